@@ -1,0 +1,277 @@
+"""`Tollway` and `AsyncTollway`: the facades. Both drive the same `Engine`; only I/O differs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tollway.engine.decision import Decision
+from tollway.engine.step import ACQUIRE, RESERVE, Engine, Reply, Step, degraded
+from tollway.errors import (
+    StoreError,
+    StoreUnavailableError,
+    UnknownLimitError,
+    UnknownPlanError,
+)
+from tollway.policy import load
+from tollway.policy.model import Policy
+from tollway.reservation import AsyncReservation, Reservation, ReservationCore
+from tollway.stores import AsyncStore, SyncStore, open_async_store, open_store
+from tollway.usage import Usage
+
+# A step is rebuilt when the store says it was built on stale knowledge (a plan changed, a
+# window ended); more rebuilds than this means something is flapping, not just stale.
+_MAX_TRIES = 4
+PolicySource = Policy | Mapping[str, Any] | str | os.PathLike[str]
+
+
+def _policy(source: PolicySource) -> Policy:
+    if isinstance(source, Policy):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return load(Path(source))
+    return load(source)
+
+
+class _Face:
+    """What both facades share: the policy, the engine and the argument checks."""
+
+    def __init__(self, policy: PolicySource, clock: Callable[[], int] | None) -> None:
+        self._engine = Engine(_policy(policy), clock)
+
+    @property
+    def policy(self) -> Policy:
+        return self._engine.policy
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def _check_plan(self, plan: str | None) -> None:
+        if plan is not None and plan not in self.policy.plans:
+            raise UnknownPlanError(
+                f"plan: {plan!r} is not declared in the policy; known plans: "
+                f"{', '.join(sorted(self.policy.plans)) or 'none'}"
+            )
+
+    def _reset_keys(self, usage: Usage, limit: str | None) -> list[str]:
+        """Every counter key of the subject's current windows (of one limit, if named)."""
+        names = {state.name for state in usage.limits}
+        if limit is not None and limit not in names:
+            raise UnknownLimitError(
+                f"limit: {limit!r} does not apply to {usage.subject!r} (plan {usage.plan!r}); "
+                f"its limits: {', '.join(sorted(names)) or 'none'}"
+            )
+        return [key for key, state in zip(usage.keys, usage.limits, strict=True)
+                if limit is None or state.name == limit]
+
+    def _degraded(self, step: Step, exc: StoreUnavailableError, store: object) -> Decision:
+        """Decide without the store; journal what a fail-open acquire let through."""
+        if step.plan is None:
+            raise exc
+        decision = degraded(step, str(exc), exc.retry_after, self._engine.clock())
+        journal = getattr(store, "journal_step", None)
+        if decision.allowed and step.mode == ACQUIRE and journal is not None:
+            journal(step)
+        return decision
+
+    def _usage(self, step: Step, reply: Reply) -> Usage | None:
+        decision = self._engine.finish(step, reply)
+        if decision is None:
+            return None
+        return Usage(subject=step.subject, plan=step.plan, limits=decision.limits,
+                     keys=tuple(step.keys))
+
+
+class Tollway(_Face):
+    """Fair-usage control, synchronous face.
+
+    ``Tollway(policy, store="redis://127.0.0.1:6379/0")``; ``policy`` is a `Policy`, a dict
+    shaped like the policy file, or a path to a TOML/YAML file. The store defaults to the
+    policy's ``[store] url``. ``clock`` (microseconds since the epoch) drives the memory store
+    and is how tests avoid sleeping.
+    """
+
+    def __init__(self, policy: PolicySource, store: str | SyncStore | None = None, *,
+                 clock: Callable[[], int] | None = None) -> None:
+        super().__init__(policy, clock)
+        self._store: SyncStore = open_store(store, self.policy, self._engine.clock)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], store: str | None = None, *,
+                  clock: Callable[[], int] | None = None) -> Tollway:
+        return cls(load(Path(path)), store, clock=clock)
+
+    @property
+    def store(self) -> SyncStore:
+        return self._store
+
+    def _run(self, build: Callable[[], Step]) -> tuple[Step, Reply]:
+        for _ in range(_MAX_TRIES):
+            step = build()
+            reply = self._store.execute(step)
+            if reply.code <= 1:
+                return step, reply
+            self._engine.finish(step, reply)
+        raise StoreError("the store kept answering that the step was stale; giving up")
+
+    def acquire(self, subject: str, operation: str, cost: int | None = None, *,
+                amount: Decimal | None = None) -> Decision:
+        """Take ``cost`` units (default: the operation's cost) under every limit, or none."""
+        engine = self._engine
+        step = engine.consume(subject, operation, cost, amount, ACQUIRE)
+        try:
+            reply = self._store.execute(step)
+            if reply.code > 1:
+                step, reply = self._run(lambda: engine.consume(subject, operation, cost, amount,
+                                                               ACQUIRE))
+        except StoreUnavailableError as exc:
+            return self._degraded(step, exc, self._store)
+        decision = engine.finish(step, reply)
+        assert decision is not None
+        return decision
+
+    def reserve(self, subject: str, operation: str, estimate: int | None = None, *,
+                amount: Decimal | None = None) -> Reservation:
+        """Hold ``estimate`` units until `Reservation.commit` or `Reservation.release`."""
+        engine = self._engine
+
+        def build() -> Step:
+            step = engine.consume(subject, operation, estimate, amount, RESERVE)
+            step.hold_id = self._store.new_hold_id()
+            return step
+
+        step, reply = self._run(build)
+        decision = engine.finish(step, reply)
+        assert decision is not None
+        return Reservation(ReservationCore(engine, step, reply, decision), self._store)
+
+    def usage(self, subject: str) -> Usage:
+        """Where every limit of the subject's plan stands, consuming nothing."""
+        step, reply = self._run(lambda: self._engine.peek(subject))
+        usage = self._usage(step, reply)
+        assert usage is not None
+        return usage
+
+    def reset(self, subject: str, limit: str | None = None) -> int:
+        """Clear the subject's counters (of one limit, if named); returns how many existed."""
+        keys = self._reset_keys(self.usage(subject), limit)
+        return self._store.delete(subject, keys)
+
+    def assign(self, subject: str, plan: str | None) -> None:
+        """Put the subject on ``plan`` (``None``: back to the default), everywhere at once."""
+        self._engine.check_subject(subject)
+        self._check_plan(plan)
+        self._store.assign(subject, plan)
+        self._engine.remember(subject, plan)
+
+    def plan_of(self, subject: str) -> str | None:
+        """The plan in force for the subject, read from the store."""
+        self._engine.check_subject(subject)
+        assigned = self._store.assigned(subject)
+        self._engine.remember(subject, assigned)
+        return self._engine.plan_of(subject, assigned)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Tollway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTollway(_Face):
+    """Fair-usage control, asyncio face: the same engine, awaited store calls."""
+
+    def __init__(self, policy: PolicySource, store: str | AsyncStore | None = None, *,
+                 clock: Callable[[], int] | None = None) -> None:
+        super().__init__(policy, clock)
+        self._store: AsyncStore = open_async_store(store, self.policy, self._engine.clock)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], store: str | None = None, *,
+                  clock: Callable[[], int] | None = None) -> AsyncTollway:
+        return cls(load(Path(path)), store, clock=clock)
+
+    @property
+    def store(self) -> AsyncStore:
+        return self._store
+
+    async def _run(self, build: Callable[[], Step]) -> tuple[Step, Reply]:
+        for _ in range(_MAX_TRIES):
+            step = build()
+            reply = await self._store.execute(step)
+            if reply.code <= 1:
+                return step, reply
+            self._engine.finish(step, reply)
+        raise StoreError("the store kept answering that the step was stale; giving up")
+
+    async def acquire(self, subject: str, operation: str, cost: int | None = None, *,
+                      amount: Decimal | None = None) -> Decision:
+        engine = self._engine
+        step = engine.consume(subject, operation, cost, amount, ACQUIRE)
+        try:
+            reply = await self._store.execute(step)
+            if reply.code > 1:
+                step, reply = await self._run(
+                    lambda: engine.consume(subject, operation, cost, amount, ACQUIRE))
+        except StoreUnavailableError as exc:
+            return self._degraded(step, exc, self._store)
+        decision = engine.finish(step, reply)
+        assert decision is not None
+        return decision
+
+    async def reserve(self, subject: str, operation: str, estimate: int | None = None, *,
+                      amount: Decimal | None = None) -> AsyncReservation:
+        engine = self._engine
+
+        def build() -> Step:
+            step = engine.consume(subject, operation, estimate, amount, RESERVE)
+            step.hold_id = self._store.new_hold_id()
+            return step
+
+        step, reply = await self._run(build)
+        decision = engine.finish(step, reply)
+        assert decision is not None
+        return AsyncReservation(ReservationCore(engine, step, reply, decision), self._store)
+
+    async def usage(self, subject: str) -> Usage:
+        step, reply = await self._run(lambda: self._engine.peek(subject))
+        usage = self._usage(step, reply)
+        assert usage is not None
+        return usage
+
+    async def reset(self, subject: str, limit: str | None = None) -> int:
+        keys = self._reset_keys(await self.usage(subject), limit)
+        return await self._store.delete(subject, keys)
+
+    async def assign(self, subject: str, plan: str | None) -> None:
+        self._engine.check_subject(subject)
+        self._check_plan(plan)
+        await self._store.assign(subject, plan)
+        self._engine.remember(subject, plan)
+
+    async def plan_of(self, subject: str) -> str | None:
+        self._engine.check_subject(subject)
+        assigned = await self._store.assigned(subject)
+        self._engine.remember(subject, assigned)
+        return self._engine.plan_of(subject, assigned)
+
+    async def aclose(self) -> None:
+        await self._store.aclose()
+
+    async def __aenter__(self) -> AsyncTollway:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+__all__ = ["AsyncTollway", "Tollway"]

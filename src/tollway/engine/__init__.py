@@ -1,0 +1,1 @@
+"""The engine: pure, I/O-free. GCRA and window arithmetic, steps and decisions."""

@@ -1,0 +1,277 @@
+"""The answer of one step: allowed or not, and where every limit stands.
+
+A `Decision` keeps the store's raw figures and derives the per-limit view only when it is
+read, so the common "allowed, move on" path builds one small object and nothing more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+from collections.abc import Sequence
+
+from tollway.engine.rules import RATE, Rule
+from tollway.money import micros_to_decimal
+
+US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """Where one limit stands after (or, when denied, before) the step."""
+
+    name: str
+    kind: str
+    """``rate``, ``quota`` or ``budget``."""
+    limit: int | Decimal
+    """The burst of a rate, the count of a quota, the amount of a budget."""
+    used: int | Decimal
+    remaining: int | Decimal
+    reset_after: float
+    """Seconds until the limit is whole again (a rate refilled, a window ended)."""
+    retry_after: float | None
+    """Seconds until the step's cost would fit this limit; 0 when it fits now, ``None`` when it
+    never can (the cost is larger than the limit itself)."""
+    allowed: bool
+    """Whether this limit admits the step's cost."""
+    shadow: bool = False
+    operation: str | None = None
+    """Set on a limit counted per operation."""
+    currency: str | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "limit": _jsonable(self.limit),
+            "used": _jsonable(self.used),
+            "remaining": _jsonable(self.remaining),
+            "reset_after": round(self.reset_after, 6),
+            "retry_after": None if self.retry_after is None else round(self.retry_after, 6),
+            "allowed": self.allowed,
+        }
+        if self.shadow:
+            out["shadow"] = True
+        if self.operation is not None:
+            out["operation"] = self.operation
+        if self.currency is not None:
+            out["currency"] = self.currency
+        if self.window_start is not None and self.window_end is not None:
+            out["window"] = [self.window_start.isoformat(), self.window_end.isoformat()]
+        return out
+
+
+def _jsonable(value: int | Decimal) -> int | str:
+    return str(value) if isinstance(value, Decimal) else value
+
+
+def limit_state(rule: Rule, value: int, cost: int, now_us: int,
+                window: tuple[int, int, str] | None, admitted: bool) -> LimitState:
+    """The public view of one rule from its stored value (TAT or count)."""
+    kind = rule.limit.kind
+    if rule.kind == RATE:
+        tat = max(value, now_us)
+        burst = rule.burst
+        remaining = max(0, (rule.capacity_us - (tat - now_us)) // rule.emission_us)
+        retry: float | None = 0.0
+        if not admitted:
+            need = cost * rule.emission_us
+            retry = None if need > rule.capacity_us else (tat + need - rule.capacity_us - now_us) / US
+        return LimitState(
+            name=rule.name, kind=kind, limit=burst, used=burst - remaining, remaining=remaining,
+            reset_after=(tat - now_us) / US, retry_after=retry, allowed=admitted,
+            shadow=rule.shadow, operation=rule.operation,
+        )
+    assert window is not None
+    start, end, _ = window
+    if admitted:
+        retry = 0.0
+    else:
+        retry = None if cost > rule.hard else (end - now_us) / US
+    used: int | Decimal = value
+    remaining: int | Decimal = max(0, rule.soft - value)
+    limit: int | Decimal = rule.soft
+    if rule.money:
+        used, remaining, limit = (micros_to_decimal(v) for v in (value, remaining, rule.soft))
+    return LimitState(
+        name=rule.name, kind=kind, limit=limit, used=used, remaining=remaining,
+        reset_after=(end - now_us) / US, retry_after=retry, allowed=admitted,
+        shadow=rule.shadow, operation=rule.operation, currency=rule.limit.currency,
+        window_start=datetime.fromtimestamp(start // US, tz=timezone.utc),
+        window_end=datetime.fromtimestamp(end // US, tz=timezone.utc),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """A threshold of a limit crossed by this step (each crossed once per window)."""
+
+    limit: str
+    threshold: Decimal
+    used: int | Decimal
+    operation: str | None = None
+
+
+class Decision:
+    """The answer of `acquire`: allowed or not, which limits said no, and where each stands."""
+
+    __slots__ = (
+        "_costs",
+        "_fixed_retry",
+        "_limits",
+        "_misfits",
+        "_rules",
+        "_values",
+        "_windows",
+        "allowed",
+        "amount",
+        "cost",
+        "degraded",
+        "now_us",
+        "operation",
+        "plan",
+        "reason",
+        "subject",
+    )
+
+    def __init__(
+        self,
+        *,
+        allowed: bool,
+        subject: str,
+        operation: str,
+        plan: str | None,
+        cost: int,
+        amount: int | None,
+        now_us: int,
+        rules: tuple[Rule, ...] = (),
+        values: Sequence[int] = (),
+        costs: Sequence[int] = (),
+        windows: Sequence[tuple[int, int, str] | None] = (),
+        misfits: int = 0,
+        degraded: bool = False,
+        reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.allowed = allowed
+        self.subject = subject
+        self.operation = operation
+        self.plan = plan
+        self.cost = cost
+        self.amount = amount
+        self.now_us = now_us
+        self.degraded = degraded
+        self.reason = reason
+        self._rules = rules
+        self._values = values
+        self._costs = costs
+        self._windows = windows
+        self._misfits = misfits
+        self._limits: tuple[LimitState, ...] | None = None
+        # A degraded denial has no limit figures: its wait is the circuit breaker's cooldown.
+        self._fixed_retry = retry_after
+
+    @property
+    def limits(self) -> tuple[LimitState, ...]:
+        """Every limit that applied, in policy order (shadow limits included, marked)."""
+        if self._limits is None:
+            now, misfits = self.now_us, self._misfits
+            self._limits = tuple(
+                limit_state(rule, value, cost, now, window, not (misfits >> i) & 1)
+                for i, (rule, value, cost, window) in enumerate(
+                    zip(self._rules, self._values, self._costs, self._windows, strict=True)
+                )
+            )
+        return self._limits
+
+    def limit(self, name: str, operation: str | None = None) -> LimitState:
+        """The state of the limit called ``name``."""
+        for state in self.limits:
+            if state.name == name and (operation is None or state.operation == operation):
+                return state
+        raise KeyError(name)
+
+    @property
+    def violated(self) -> tuple[str, ...]:
+        """Names of the enforcing limits that denied the step (empty when allowed)."""
+        if self.allowed:
+            return ()
+        return tuple(s.name for s in self.limits if not s.allowed and not s.shadow)
+
+    @property
+    def shadow_violated(self) -> tuple[str, ...]:
+        """Names of shadow limits that would have denied the step."""
+        return tuple(s.name for s in self.limits if s.shadow and not s.allowed)
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds after which the same step could pass: 0 when allowed; ``None`` when it never
+        can (its cost exceeds a limit outright)."""
+        if self.allowed:
+            return 0.0
+        if self._fixed_retry is not None:
+            return self._fixed_retry
+        waits = [s.retry_after for s in self.limits if not s.allowed and not s.shadow]
+        if not waits:
+            return 0.0
+        if any(w is None for w in waits):
+            return None
+        return max(w for w in waits if w is not None)
+
+    @property
+    def crossings(self) -> tuple[Crossing, ...]:
+        """Thresholds this step crossed (window limits only; only on an allowed step)."""
+        if not self.allowed:
+            return ()
+        out: list[Crossing] = []
+        rows = zip(self._rules, self._values, self._costs, strict=True)
+        for i, (rule, value, cost) in enumerate(rows):
+            if (self._misfits >> i) & 1:
+                continue
+            for threshold, mark in zip(rule.limit.thresholds, rule.thresholds, strict=True):
+                if value - cost < mark <= value:
+                    used: int | Decimal = micros_to_decimal(value) if rule.money else value
+                    out.append(Crossing(rule.name, threshold, used, rule.operation))
+        return tuple(out)
+
+    @property
+    def amount_decimal(self) -> Decimal | None:
+        return None if self.amount is None else micros_to_decimal(self.amount)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (money as strings, times in seconds)."""
+        out: dict[str, Any] = {
+            "allowed": self.allowed,
+            "subject": self.subject,
+            "operation": self.operation,
+            "plan": self.plan,
+            "cost": self.cost,
+            "retry_after": self.retry_after,
+            "violated": list(self.violated),
+            "limits": [s.to_dict() for s in self.limits],
+        }
+        if self.amount is not None:
+            out["amount"] = str(micros_to_decimal(self.amount))
+        if self.degraded:
+            out["degraded"] = True
+            out["reason"] = self.reason
+        if self.shadow_violated:
+            out["shadow_violated"] = list(self.shadow_violated)
+        crossings = self.crossings
+        if crossings:
+            out["crossings"] = [
+                {"limit": c.limit, "threshold": str(c.threshold), "used": _jsonable(c.used)}
+                for c in crossings
+            ]
+        return out
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def __repr__(self) -> str:
+        verdict = "allowed" if self.allowed else f"denied by {list(self.violated)}"
+        return f"<Decision {self.subject!r} {self.operation!r} cost={self.cost} {verdict}>"

@@ -1,0 +1,169 @@
+"""Limits compiled for the store: integer parameters, key suffixes and a cached window.
+
+A `Rule` is one limit as the store evaluates it for one operation. Rules are built once per
+policy, so the hot path never parses, looks up a timezone or divides a period again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tollway.engine.windows import window_at
+from tollway.policy.model import Limit, Period, Plan, Policy, Provider
+
+RATE = 0
+WINDOW = 1
+
+
+class Rule:
+    """One limit as the store evaluates it: GCRA (``RATE``) or a calendar counter (``WINDOW``)."""
+
+    __slots__ = (
+        "_window",
+        "anchor",
+        "capacity_us",
+        "closed",
+        "emission_us",
+        "hard",
+        "kind",
+        "limit",
+        "money",
+        "name",
+        "operation",
+        "period",
+        "shadow",
+        "soft",
+        "suffix",
+        "thresholds",
+        "timezone",
+    )
+
+    def __init__(self, limit: Limit, operation: str | None) -> None:
+        self.limit = limit
+        self.name = limit.name
+        self.operation = operation
+        self.shadow = limit.shadow
+        self.closed = limit.on_error == "closed"
+        self.money = limit.budget is not None
+        letter = {"rate": "r", "quota": "q", "budget": "b"}[limit.kind]
+        self.suffix = f"{letter}:{limit.name}" + (f":{operation}" if operation else "")
+        self.timezone = limit.timezone
+        self.anchor = limit.anchor
+        self.emission_us = self.capacity_us = self.soft = self.hard = 0
+        self.period: Period | None = limit.period
+        self.thresholds: tuple[int, ...] = ()
+        # One tuple, replaced whole, so a thread never reads a start and an end of two windows.
+        self._window: tuple[int, int, str] = (0, 0, "")
+        if limit.rate is not None:
+            self.kind = RATE
+            self.emission_us = limit.rate.emission_us
+            self.capacity_us = (limit.burst or limit.rate.count) * self.emission_us
+        else:
+            self.kind = WINDOW
+            if limit.quota is not None:
+                self.soft = limit.quota.count
+            else:
+                assert limit.budget is not None
+                self.soft = limit.budget.amount.micros
+            self.hard = self.soft + (limit.grace.extra(self.soft) if limit.grace else 0)
+            # A threshold is crossed by the step that moves the count from below to at-or-above.
+            self.thresholds = tuple(max(1, math.ceil(t * self.soft)) for t in limit.thresholds)
+
+    @property
+    def burst(self) -> int:
+        return self.capacity_us // self.emission_us if self.emission_us else 0
+
+    def window(self, now_us: int) -> tuple[int, int, str]:
+        """The window holding ``now_us`` as ``(start, end, key)``, the key naming the rule and
+        the window's start second; cached until the window ends (one compare when hot)."""
+        window = self._window
+        if window[0] <= now_us < window[1]:
+            return window
+        assert self.period is not None
+        start, end = window_at(self.period, self.timezone, self.anchor, now_us)
+        window = (start, end, f"{self.suffix}:{start // 1_000_000}")
+        self._window = window
+        return window
+
+    def __repr__(self) -> str:
+        return f"Rule({self.suffix!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Every rule one (plan, operation) pair must pass, and how to price its budget rules."""
+
+    plan: str
+    operation: str
+    rules: tuple[Rule, ...]
+    default_cost: int
+    price_micros: int | None
+    has_money: bool
+    has_window: bool
+    keys: list[str]
+    """The rules' keys when no rule has a window (rate limits only); shared, never mutated."""
+
+
+def _rules_for(limits: tuple[Limit, ...], operation: str) -> tuple[Rule, ...]:
+    return tuple(
+        Rule(limit, operation if limit.per == "operation" else None)
+        for limit in limits
+        if limit.applies_to(operation)
+    )
+
+
+def _check(name: str, limits: tuple[Limit, ...], operation: str, cost: int,
+           price: int | None) -> Check:
+    rules = _rules_for(limits, operation)
+    return Check(
+        plan=name,
+        operation=operation,
+        rules=rules,
+        default_cost=cost,
+        price_micros=price,
+        has_money=any(rule.money for rule in rules),
+        has_window=any(rule.kind == WINDOW for rule in rules),
+        keys=[rule.suffix for rule in rules],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """The policy's checks, built once: ``checks[plan][operation]``, plus usage views."""
+
+    checks: Mapping[str, Mapping[str, Check]]
+    usage: Mapping[str, tuple[Rule, ...]]
+    """Per plan: one rule per distinct counter (per-operation limits once per operation)."""
+    providers: Mapping[str, Check]
+
+
+def _usage_rules(plan: Plan, operations: tuple[str, ...]) -> tuple[Rule, ...]:
+    rules: list[Rule] = []
+    for limit in plan.limits:
+        if limit.per == "operation":
+            rules.extend(Rule(limit, op) for op in operations if limit.applies_to(op))
+        else:
+            rules.append(Rule(limit, None))
+    return tuple(rules)
+
+
+def _provider_check(provider: Provider) -> Check:
+    price = provider.price.micros if provider.price is not None else None
+    return _check(provider.name, provider.limits, "call", 1, price)
+
+
+def compile_policy(policy: Policy) -> Compiled:
+    operations = tuple(policy.operations)
+    checks = {
+        plan.name: {
+            op.name: _check(plan.name, plan.limits, op.name, op.cost,
+                            op.price.micros if op.price is not None else None)
+            for op in policy.operations.values()
+        }
+        for plan in policy.plans.values()
+    }
+    usage = {plan.name: _usage_rules(plan, operations) for plan in policy.plans.values()}
+    providers = {name: _provider_check(p) for name, p in policy.providers.items()}
+    return Compiled(checks=checks, usage=usage, providers=providers)

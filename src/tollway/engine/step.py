@@ -1,0 +1,262 @@
+"""What to ask the store, and how to read its answer: the logic the sync and async faces share.
+
+A facade asks `Engine` for a `Step`, hands it to its store (sync or async, that is the only
+difference), and gives the store's `Reply` back to `Engine.finish`, which returns the decision,
+or ``None`` after adjusting the step when the store said the step was built on stale knowledge
+(the subject's plan changed, or a window ended): the facade then sends the step again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import NamedTuple
+
+from tollway.engine.decision import Decision
+from tollway.engine.rules import WINDOW, Check, Compiled, Rule, compile_policy
+from tollway.errors import (
+    InvalidArgumentError,
+    UnknownOperationError,
+    UnknownPlanError,
+    UnknownSubjectError,
+)
+from tollway.money import MAX_MICROS, decimal_to_micros
+from tollway.policy.model import Policy
+
+ACQUIRE = 0
+RESERVE = 1
+PEEK = 2
+
+OK = 0
+DENIED = 1
+PLAN_MISMATCH = 2
+STALE_WINDOW = 3
+
+MAX_COST = 10**15
+MAX_SUBJECT = 512
+# Assignments cached per process; a stale entry costs one extra round trip, never a wrong answer.
+_PLAN_CACHE_SIZE = 100_000
+
+
+class Step:
+    """One request to the store: the subject's expected plan, the rules, costs and windows."""
+
+    __slots__ = (
+        "amount",
+        "assigned",
+        "check",
+        "cost",
+        "costs",
+        "hold_id",
+        "hold_ttl_us",
+        "keys",
+        "mode",
+        "plan",
+        "rules",
+        "subject",
+        "windows",
+    )
+
+    def __init__(self, subject: str, assigned: str | None, plan: str | None, check: Check | None,
+                 rules: tuple[Rule, ...], costs: list[int], cost: int, amount: int | None,
+                 mode: int) -> None:
+        self.subject = subject
+        self.assigned = assigned
+        """The plan the subject was assigned, as this process last knew it (None: none)."""
+        self.plan = plan
+        """The plan in force: the assigned one, else the policy's default."""
+        self.check = check
+        self.rules = rules
+        self.costs = costs
+        self.cost = cost
+        self.amount = amount
+        self.mode = mode
+        self.windows: list[tuple[int, int, str] | None] = []
+        self.keys: list[str] = []
+        """Per rule, the counter's key below the subject (the rule, and the window if any)."""
+        self.hold_id = ""
+        self.hold_ttl_us = 0
+
+
+class Reply(NamedTuple):
+    """The store's answer: a status code, the store's clock, and each rule's stored value
+    (after the step when it was taken, as found when it was not)."""
+
+    code: int
+    now_us: int
+    values: list[int]
+    misfits: int = 0
+    """Bit i set: rule i's cost did not fit (for a shadow rule: it would have denied)."""
+    plan: str | None = None
+    """With ``PLAN_MISMATCH``: the plan the store holds for the subject (None: unassigned)."""
+
+
+def system_clock() -> int:
+    """Microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+class Engine:
+    """Pure, I/O-free: builds steps from the policy and turns store replies into decisions."""
+
+    def __init__(self, policy: Policy, clock: Callable[[], int] | None = None) -> None:
+        self.policy = policy
+        self.compiled: Compiled = compile_policy(policy)
+        self.clock = clock or system_clock
+        self.hold_ttl_us = policy.store.hold_ttl_ms * 1000
+        self._assigned: dict[str, str | None] = {}
+        self.offset_us = 0
+        """Store clock minus local clock, learned from replies, to pick the store's windows."""
+
+    # -- building steps ---------------------------------------------------------------------
+
+    def check_subject(self, subject: object) -> str:
+        if not isinstance(subject, str):
+            raise InvalidArgumentError(
+                f"subject: {subject!r} is a {type(subject).__name__}; expected a string"
+            )
+        if not subject or len(subject) > MAX_SUBJECT or not subject.isprintable():
+            raise InvalidArgumentError(
+                f"subject: {subject[:80]!r} is not a valid subject; expected 1 to {MAX_SUBJECT} "
+                "printable characters (no control characters, no line breaks)"
+            )
+        try:
+            subject.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(
+                f"subject: {subject[:80]!r} is not valid Unicode text ({exc.reason})"
+            ) from None
+        return subject
+
+    def assigned(self, subject: str) -> str | None:
+        return self._assigned.get(subject)
+
+    def remember(self, subject: str, plan: str | None) -> None:
+        cache = self._assigned
+        if len(cache) >= _PLAN_CACHE_SIZE and subject not in cache:
+            cache.clear()
+        cache[subject] = plan
+
+    def plan_of(self, subject: str, assigned: str | None) -> str | None:
+        plan = assigned if assigned is not None else self.policy.defaults.plan
+        if plan is not None and plan not in self.compiled.checks:
+            # An assignment made under another policy that no longer has that plan.
+            raise UnknownPlanError(
+                f"subject {subject!r} is assigned plan {plan!r}, which this policy does not "
+                f"declare; known plans: {', '.join(sorted(self.compiled.checks)) or 'none'}"
+            )
+        return plan
+
+    def consume(self, subject: str, operation: str, cost: int | None, amount: Decimal | None,
+                mode: int) -> Step:
+        """A step that tries to take ``cost`` units (and ``amount`` money) of ``operation``."""
+        if subject not in self._assigned:
+            self.check_subject(subject)
+            self._assigned[subject] = None
+        assigned = self._assigned[subject]
+        plan = self.plan_of(subject, assigned)
+        if plan is None:
+            step = Step(subject, assigned, None, None, (), [], 0, None, mode)
+            return step
+        checks = self.compiled.checks[plan]
+        check = checks.get(operation) if isinstance(operation, str) else None
+        if check is None:
+            raise UnknownOperationError(
+                f"operation: {operation!r} is not declared in the policy; known operations: "
+                f"{', '.join(sorted(checks)) or 'none'}"
+            )
+        units = check.default_cost if cost is None else _check_cost(cost)
+        micros = None if amount is None else decimal_to_micros(amount, what="amount")
+        if check.has_money:
+            if micros is None:
+                if check.price_micros is None:
+                    raise InvalidArgumentError(
+                        f"amount: operation {operation!r} has no price in the policy, and a "
+                        "budget limit applies to it; pass amount=Decimal(...) to acquire"
+                    )
+                micros = units * check.price_micros
+                if micros > MAX_MICROS:
+                    raise InvalidArgumentError(
+                        f"cost: {units} units at the operation's price is more than the "
+                        "largest amount a budget can hold"
+                    )
+            costs = [micros if rule.money else units for rule in check.rules]
+        else:
+            costs = [units] * len(check.rules)
+        step = Step(subject, assigned, plan, check, check.rules, costs, units, micros, mode)
+        if check.has_window:
+            self.set_windows(step, self.clock() + self.offset_us)
+        else:
+            step.windows = [None] * len(check.rules)
+            step.keys = check.keys
+        if mode == RESERVE:
+            step.hold_ttl_us = self.hold_ttl_us
+        return step
+
+    def peek(self, subject: str) -> Step:
+        """A step that reads every counter of the subject's plan without consuming."""
+        self.check_subject(subject)
+        assigned = self._assigned.get(subject)
+        plan = self.plan_of(subject, assigned)
+        rules = self.compiled.usage[plan] if plan is not None else ()
+        step = Step(subject, assigned, plan, None, rules, [0] * len(rules), 0, None, PEEK)
+        self.set_windows(step, self.clock() + self.offset_us)
+        return step
+
+    def set_windows(self, step: Step, now_us: int) -> None:
+        windows = step.windows = [rule.window(now_us) if rule.kind == WINDOW else None
+                                  for rule in step.rules]
+        step.keys = [rule.suffix if w is None else w[2] for rule, w in zip(step.rules, windows)]
+
+    # -- reading replies --------------------------------------------------------------------
+
+    def finish(self, step: Step, reply: Reply) -> Decision | None:
+        """The decision for ``reply``, or None when the step was built on stale knowledge (the
+        subject's plan changed, or the store's clock is in another window): build it again."""
+        code = reply.code
+        if code <= DENIED:
+            if step.plan is None:
+                raise UnknownSubjectError(
+                    f"subject {step.subject!r} has no plan: it was never assigned one and the "
+                    "policy has no [defaults] plan"
+                )
+            return Decision(
+                allowed=code == OK, subject=step.subject,
+                operation=step.check.operation if step.check else "",
+                plan=step.plan, cost=step.cost, amount=step.amount, now_us=reply.now_us,
+                rules=step.rules, values=reply.values, costs=step.costs, windows=step.windows,
+                misfits=reply.misfits,
+            )
+        if code == PLAN_MISMATCH:
+            self.remember(step.subject, reply.plan)
+        elif code == STALE_WINDOW:
+            self.offset_us = reply.now_us - self.clock()
+        else:  # pragma: no cover - the stores only send the codes above
+            raise AssertionError(f"unknown store reply code {code}")
+        return None
+
+
+def degraded(step: Step, reason: str, retry_after: float, now_us: int) -> Decision:
+    """The decision taken without the store: denied if any enforcing limit fails closed."""
+    closed = [rule.name for rule in step.rules if rule.closed and not rule.shadow]
+    if closed:
+        reason += f"; fail-closed limits deny: {', '.join(closed)}"
+    return Decision(
+        allowed=not closed, subject=step.subject,
+        operation=step.check.operation if step.check else "", plan=step.plan, cost=step.cost,
+        amount=step.amount, now_us=now_us, degraded=True, reason=reason,
+        retry_after=retry_after if closed else None,
+    )
+
+
+def _check_cost(cost: object) -> int:
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise InvalidArgumentError(
+            f"cost: {cost!r} is a {type(cost).__name__}; expected a whole number of units >= 1"
+        )
+    if cost < 1 or cost > MAX_COST:
+        raise InvalidArgumentError(f"cost: {cost} is out of range; expected 1 to {MAX_COST}")
+    return cost
+
+

@@ -1,0 +1,96 @@
+"""The one exception tree: every error tollway raises derives from `TollwayError`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tollway.engine.decision import Decision
+
+
+class TollwayError(Exception):
+    """Root of every error tollway raises."""
+
+
+@dataclass(frozen=True)
+class PolicyIssue:
+    """One problem found in a policy document."""
+
+    path: str
+    """Key path inside the document, e.g. ``plans.free.limits[1].quota``."""
+    message: str
+    """What is wrong, with the bad value and what was expected."""
+    source: str | None = None
+    """The file the document came from, when it came from a file."""
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class PolicyError(TollwayError, ValueError):
+    """The policy document is invalid; `issues` lists every problem found at once."""
+
+    def __init__(self, issues: list[PolicyIssue] | tuple[PolicyIssue, ...]) -> None:
+        self.issues = tuple(issues)
+        count = len(self.issues)
+        head = f"{count} problem{'s' if count != 1 else ''} in the policy"
+        super().__init__(head + ":\n" + "\n".join(f"  {issue}" for issue in self.issues))
+
+
+class ConfigurationError(TollwayError, ValueError):
+    """A setting outside the policy document is wrong: a store URL, a clock, an option."""
+
+
+class InvalidArgumentError(TollwayError, ValueError):
+    """An argument to a call is out of range or of the wrong type (a cost, an amount, a subject)."""
+
+
+class UnknownNameError(TollwayError, LookupError):
+    """A name that the policy or the store does not know."""
+
+
+class UnknownSubjectError(UnknownNameError):
+    """The subject has no plan: it was never assigned one and the policy has no default plan."""
+
+
+class UnknownOperationError(UnknownNameError):
+    """The operation is not declared in the policy's ``[operations]``."""
+
+
+class UnknownPlanError(UnknownNameError):
+    """The plan is not declared in the policy's ``[plans]``."""
+
+
+class UnknownLimitError(UnknownNameError):
+    """No limit of that name applies to the subject."""
+
+
+class StoreError(TollwayError):
+    """The store failed to answer."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached (timeout, refused connection, open circuit breaker)."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds until the store will be tried again (the circuit breaker's cooldown)."""
+
+
+class ReservationError(TollwayError):
+    """A reservation was settled twice, or settled with a bad amount."""
+
+
+class LimitExceeded(TollwayError):
+    """Raised by the helpers that raise on denial; carries the decision."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        names = ", ".join(decision.violated) or "store unavailable"
+        super().__init__(
+            f"{decision.subject!r} may not {decision.operation!r} now: {names}"
+            + (f"; retry after {decision.retry_after:.3f} s" if decision.retry_after else "")
+        )

@@ -1,0 +1,183 @@
+"""The validated, immutable policy: what `tollway.policy.load` returns.
+
+Every object here is frozen. Values are already resolved: a limit's timezone and failure mode
+are filled in from the policy defaults, so the engine never looks anything up twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+from tollway.money import Money
+
+Period = Literal["minute", "hour", "day", "week", "month"]
+LimitKind = Literal["rate", "quota", "budget"]
+OnError = Literal["open", "closed"]
+Per = Literal["subject", "operation"]
+
+PERIODS: tuple[Period, ...] = ("minute", "hour", "day", "week", "month")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A GCRA rate: ``count`` units per ``period_us`` microseconds (``"5/s"``)."""
+
+    count: int
+    period_us: int
+    text: str
+
+    @property
+    def emission_us(self) -> int:
+        """Microseconds between two units, rounded up so the rate never exceeds its text."""
+        return -(-self.period_us // self.count)
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """``count`` units of cost per calendar ``period`` (``"1000/hour"``)."""
+
+    count: int
+    period: Period
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """An amount of money per calendar ``period`` (``"50.00 USD/day"``)."""
+
+    amount: Money
+    period: Period
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Grace:
+    """A soft allowance past a quota or budget: a fraction of it, or an absolute count."""
+
+    fraction: Decimal | None = None
+    units: int | None = None
+    text: str = ""
+
+    def extra(self, base: int) -> int:
+        """Units (or micro-units) allowed past ``base``; a fraction rounds down."""
+        if self.units is not None:
+            return self.units
+        assert self.fraction is not None
+        return int(base * self.fraction)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One rule on one counter: exactly one of ``rate``, ``quota``, ``budget`` is set."""
+
+    name: str
+    kind: LimitKind
+    path: str
+    """Where the limit was declared, e.g. ``plans.free.limits[0]``."""
+    rate: Rate | None = None
+    burst: int | None = None
+    """GCRA burst: units that may pass at once; defaults to the rate's count."""
+    quota: Quota | None = None
+    budget: Budget | None = None
+    timezone: str = "UTC"
+    anchor: int | None = None
+    """Day of the month (1-31) a monthly window starts on; 31 clamps to the month's last day."""
+    grace: Grace | None = None
+    thresholds: tuple[Decimal, ...] = ()
+    """Fractions of the limit (0 < t <= 1, or beyond 1 into grace) that raise a crossing."""
+    on_error: OnError = "open"
+    shadow: bool = False
+    operations: tuple[str, ...] | None = None
+    """The operations the limit applies to; ``None`` means all of them."""
+    per: Per = "subject"
+
+    @property
+    def period(self) -> Period | None:
+        if self.quota is not None:
+            return self.quota.period
+        if self.budget is not None:
+            return self.budget.period
+        return None
+
+    @property
+    def currency(self) -> str | None:
+        return self.budget.amount.currency if self.budget is not None else None
+
+    def applies_to(self, operation: str) -> bool:
+        return self.operations is None or operation in self.operations
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A named kind of call, its default cost in units, and its price per unit."""
+
+    name: str
+    cost: int = 1
+    price: Money | None = None
+    endpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    limits: tuple[Limit, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A paid API the service itself calls: a subject of its own, with a price and limits."""
+
+    name: str
+    price: Money | None
+    limits: tuple[Limit, ...]
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An ordered chain of providers for one kind of outbound call."""
+
+    name: str
+    providers: tuple[str, ...]
+    strategy: Literal["priority", "cheapest", "weighted"] = "priority"
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    plan: str | None = None
+    """The plan of subjects never assigned one; ``None`` refuses unassigned subjects."""
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str = "memory://"
+    timeout_ms: int = 50
+    on_error: OnError = "open"
+    journal: str | None = None
+    """Folder for the fail-open journal; ``None`` picks one under the user's state folder."""
+    breaker_failures: int = 3
+    """Consecutive store failures that open the circuit breaker."""
+    breaker_cooldown_ms: int = 1000
+    """How long an open breaker skips the store before one probe call."""
+    hold_ttl_ms: int = 60_000
+    """How long an unsettled reservation holds capacity before it is released by itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The whole validated policy document."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    defaults: Defaults = field(default_factory=Defaults)
+    operations: Mapping[str, Operation] = field(default_factory=dict)
+    plans: Mapping[str, Plan] = field(default_factory=dict)
+    providers: Mapping[str, Provider] = field(default_factory=dict)
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    source: str | None = None
+    """The file the policy was loaded from, if any."""
+    version: str = ""
+    """A short digest of the document, so events can say which policy decided them."""

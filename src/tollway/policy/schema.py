@@ -1,0 +1,196 @@
+"""The JSON Schema (draft 2020-12) of a policy document, for editors and CI linters.
+
+The string patterns are the ones `load` itself uses (see `fields.py`), so the schema never
+accepts a rate, quota, budget or amount that `load` refuses. Checks a schema cannot express
+(a name pointing at a declared plan, one currency per budget, thresholds in increasing order,
+timezones in the IANA database) are left to `load`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollway.policy import fields
+from tollway.policy.model import PERIODS
+
+Schema = dict[str, Any]
+
+_PERIODS = ", ".join(PERIODS)
+
+
+def policy_schema() -> Schema:
+    """A fresh JSON Schema of the policy document; callers may change their copy."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "tollway policy",
+        "description": "Operations, plans of limits, providers and routes for tollway.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "store": _store(),
+            "defaults": _object(
+                "Defaults for subjects and limits.",
+                plan=_ref("name", "The plan of subjects never assigned one; a plan in [plans]."),
+                timezone=_ref("timezone", "Timezone of calendar windows. Default: UTC."),
+            ),
+            "operations": _named(
+                "operation", "Named kinds of call, their cost in units and price per unit."
+            ),
+            "plans": _named("plan", "Named sets of limits; each subject is on one plan."),
+            "providers": _named("provider", "Paid APIs the service calls, with their limits."),
+            "routes": _named("route", "Ordered chains of providers for outbound calls."),
+        },
+        "$defs": _defs(),
+    }
+
+
+def _object(description: str, required: tuple[str, ...] = (), **properties: Schema) -> Schema:
+    schema: Schema = {
+        "type": "object",
+        "description": description,
+        "additionalProperties": False,
+        "properties": properties,
+    }
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def _ref(name: str, description: str) -> Schema:
+    return {"$ref": f"#/$defs/{name}", "description": description}
+
+
+def _pattern(pattern: str, description: str) -> Schema:
+    return {"type": "string", "pattern": pattern, "description": description}
+
+
+def _int(description: str, minimum: int, maximum: int | None = None) -> Schema:
+    schema: Schema = {"type": "integer", "minimum": minimum, "description": description}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def _enum(description: str, *values: str) -> Schema:
+    return {"enum": list(values), "description": description}
+
+
+def _named(definition: str, description: str) -> Schema:
+    return {
+        "type": "object",
+        "description": description,
+        "propertyNames": {"$ref": "#/$defs/name"},
+        "additionalProperties": {"$ref": f"#/$defs/{definition}"},
+    }
+
+
+def _store() -> Schema:
+    return _object(
+        "Where counters live and what happens when the store fails.",
+        url=_pattern(
+            fields.STORE_URL_PATTERN,
+            "memory://, redis://host:port/db, rediss://..., redis+cluster://host:port. "
+            "Default: memory://.",
+        ),
+        timeout_ms=_int("Timeout of one store call, in ms. Default: 50.", 1, 60_000),
+        on_error=_ref("on_error", "Default failure mode of every limit. Default: open."),
+        journal={"type": "string", "minLength": 1, "description": "Fail-open journal folder."},
+        breaker_failures=_int("Consecutive failures that open the breaker. Default: 3.", 1),
+        breaker_cooldown_ms=_int("How long an open breaker waits, in ms. Default: 1000.", 1),
+        hold_ttl_ms=_int("How long a reservation holds capacity, in ms. Default: 60000.", 1),
+    )
+
+
+def _defs() -> Schema:
+    return {
+        "name": _pattern(fields.NAME_PATTERN, "1-64 letters, digits, _ . -"),
+        "timezone": {"type": "string", "description": "An IANA timezone such as Europe/Paris."},
+        "on_error": _enum("open: allow when the store fails; closed: deny.", "open", "closed"),
+        "money": _pattern(fields.MONEY_PATTERN, 'AMOUNT CURRENCY such as "0.005 USD".'),
+        "percent": _pattern(fields.PERCENT_PATTERN, 'A percentage such as "20%".'),
+        "operation": _object(
+            "A kind of call.",
+            cost=_int("Units of cost one call consumes. Default: 1.", 1, fields.MAX_QUOTA),
+            price=_ref("money", "Price per unit of cost."),
+            endpoints={
+                "type": "array",
+                "description": "HTTP endpoints the operation covers.",
+                "items": _pattern(fields.ENDPOINT_PATTERN, '"METHOD /path" such as "GET /v1/x".'),
+            },
+        ),
+        "plan": _object(
+            "A named set of limits.",
+            limits={"type": "array", "items": {"$ref": "#/$defs/limit"}},
+        ),
+        "provider": _object(
+            "A paid API the service itself calls.",
+            price=_ref("money", "Price per unit of cost."),
+            timezone=_ref("timezone", "Default timezone of the provider's limits."),
+            limits={"type": "array", "items": {"$ref": "#/$defs/provider_limit"}},
+        ),
+        "route": _object(
+            "An ordered chain of providers.",
+            ("providers",),
+            providers={
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"$ref": "#/$defs/name"},
+                "description": "Provider names, in order of preference.",
+            },
+            strategy=_enum("How to pick a provider.", "priority", "cheapest", "weighted"),
+        ),
+        "limit": _limit(in_plan=True),
+        "provider_limit": _limit(in_plan=False),
+    }
+
+
+def _limit(*, in_plan: bool) -> Schema:
+    properties: Schema = {
+        "name": _ref("name", 'Default: "rate", or KIND_PERIOD such as "quota_hour".'),
+        "rate": _pattern(fields.RATE_PATTERN, 'GCRA rate N/UNIT or N/KUNIT: "5/s", "10/5s".'),
+        "quota": _pattern(fields.QUOTA_PATTERN, f"N/PERIOD with PERIOD one of {_PERIODS}."),
+        "budget": _pattern(fields.BUDGET_PATTERN, 'AMOUNT CURRENCY/PERIOD: "50.00 USD/day".'),
+        "burst": _int("Units that may pass at once. Default: the rate's count.", 1),
+        "timezone": _ref("timezone", "Timezone of the calendar window."),
+        "anchor": _int("Day of the month a monthly window starts on.", 1, 31),
+        "grace": {
+            "description": 'Allowance past the limit: "20%", a count of units, or "5.00 USD".',
+            "anyOf": [
+                {"$ref": "#/$defs/percent"},
+                {"type": "integer", "minimum": 0},
+                {"$ref": "#/$defs/money"},
+            ],
+        },
+        "thresholds": {
+            "type": "array",
+            "description": "Fractions of the limit that raise a crossing event, increasing.",
+            "items": {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+                    {"$ref": "#/$defs/percent"},
+                ]
+            },
+        },
+        "on_error": _ref("on_error", "Failure mode. Default: the store's on_error."),
+        "shadow": {"type": "boolean", "description": "Evaluate and record, never block."},
+    }
+    if in_plan:
+        properties["operations"] = {
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"$ref": "#/$defs/name"},
+            "description": "Operations the limit applies to. Default: all.",
+        }
+        properties["per"] = _enum("Count per subject or per operation.", "subject", "operation")
+    not_rate = {"not": {"required": ["rate"]}}
+    return {
+        "type": "object",
+        "description": "One rule on one counter: exactly one of rate, quota, budget.",
+        "additionalProperties": False,
+        "properties": properties,
+        "oneOf": [{"required": [kind]} for kind in ("rate", "quota", "budget")],
+        "dependentRequired": {"burst": ["rate"]},
+        "dependentSchemas": {"grace": not_rate, "thresholds": not_rate, "anchor": not_rate},
+    }

@@ -1,0 +1,171 @@
+"""Reservations: hold capacity for a cost known only after the call, then commit or release.
+
+`ReservationCore` holds the logic; `Reservation` and `AsyncReservation` only add the store
+call. As a context manager a reservation raises `LimitExceeded` on entry when it was denied,
+releases on an exception, and commits the estimate when the block ends unsettled.
+"""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from tollway.engine.decision import Decision
+from tollway.engine.step import Engine, Reply, Step
+from tollway.errors import InvalidArgumentError, LimitExceeded, ReservationError
+from tollway.money import decimal_to_micros
+from tollway.stores.settle import SettleStep, hold_of, settle_step
+
+if TYPE_CHECKING:
+    from tollway.stores import AsyncStore, SyncStore
+
+
+class ReservationCore:
+    """The held step, its hold, and the settle arithmetic."""
+
+    def __init__(self, engine: Engine, step: Step, reply: Reply, decision: Decision) -> None:
+        self.engine = engine
+        self.step = step
+        self.decision = decision
+        self.hold = hold_of(step, reply.misfits, reply.now_us + step.hold_ttl_us)
+        self._lock = threading.Lock()
+        self.settled = False
+
+    def _claim(self) -> None:
+        with self._lock:
+            if not self.decision.allowed:
+                raise ReservationError(
+                    "this reservation was denied; there is nothing to commit or release"
+                )
+            if self.settled:
+                raise ReservationError(f"reservation {self.step.hold_id} was already settled")
+            self.settled = True
+
+    def commit_step(self, actual: int | None, amount: Decimal | None) -> tuple[SettleStep,
+                                                                             list[int]]:
+        step = self.step
+        units = step.cost if actual is None else actual
+        if isinstance(units, bool) or not isinstance(units, int) or units < 0:
+            raise InvalidArgumentError(
+                f"actual: {actual!r} is not a cost; expected a whole number of units >= 0"
+            )
+        micros = self._amount(units, amount)
+        costs = [micros if rule.money else units for rule in step.rules]
+        self._claim()
+        return settle_step(step, self.hold, costs), costs
+
+    def _amount(self, units: int, amount: Decimal | None) -> int:
+        if amount is not None:
+            return decimal_to_micros(amount, what="amount")
+        check = self.step.check
+        if check is not None and check.price_micros is not None:
+            return units * check.price_micros
+        return self.step.amount or 0
+
+    def release_step(self) -> SettleStep:
+        self._claim()
+        return settle_step(self.step, self.hold, None)
+
+    def settled_decision(self, reply: Reply, costs: list[int]) -> Decision:
+        step = self.step
+        return Decision(
+            allowed=True, subject=step.subject,
+            operation=step.check.operation if step.check else "", plan=step.plan,
+            cost=costs[0] if costs else 0, amount=step.amount, now_us=reply.now_us,
+            rules=step.rules, values=reply.values, costs=costs, windows=step.windows,
+        )
+
+
+class _Face:
+    def __init__(self, core: ReservationCore) -> None:
+        self._core = core
+
+    @property
+    def allowed(self) -> bool:
+        return self._core.decision.allowed
+
+    @property
+    def decision(self) -> Decision:
+        """The decision taken at reserve time."""
+        return self._core.decision
+
+    @property
+    def id(self) -> str:
+        return self._core.step.hold_id
+
+    @property
+    def estimate(self) -> int:
+        return self._core.step.cost
+
+    @property
+    def settled(self) -> bool:
+        return self._core.settled
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def _enter_check(self) -> None:
+        if not self.allowed:
+            raise LimitExceeded(self._core.decision)
+
+
+class Reservation(_Face):
+    """Capacity held by `Tollway.reserve`."""
+
+    def __init__(self, core: ReservationCore, store: SyncStore) -> None:
+        super().__init__(core)
+        self._store = store
+
+    def commit(self, actual: int | None = None, *, amount: Decimal | None = None) -> Decision:
+        """Settle at the actual cost (default: the estimate); the difference is given back or
+        taken. A commit after the hold expired takes the whole actual cost."""
+        settle, costs = self._core.commit_step(actual, amount)
+        return self._core.settled_decision(self._store.settle(settle), costs)
+
+    def release(self) -> None:
+        """Give the whole hold back (the call was not made, or is not billed)."""
+        self._store.settle(self._core.release_step())
+
+    def __enter__(self) -> Reservation:
+        self._enter_check()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.settled:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.release()
+
+
+class AsyncReservation(_Face):
+    """Capacity held by `AsyncTollway.reserve`."""
+
+    def __init__(self, core: ReservationCore, store: AsyncStore) -> None:
+        super().__init__(core)
+        self._store = store
+
+    async def commit(self, actual: int | None = None, *,
+                     amount: Decimal | None = None) -> Decision:
+        settle, costs = self._core.commit_step(actual, amount)
+        return self._core.settled_decision(await self._store.settle(settle), costs)
+
+    async def release(self) -> None:
+        await self._store.settle(self._core.release_step())
+
+    async def __aenter__(self) -> AsyncReservation:
+        self._enter_check()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self.settled:
+            return
+        if exc_type is None:
+            await self.commit()
+        else:
+            await self.release()

@@ -1,0 +1,273 @@
+"""The Redis stores (standalone, TLS, Cluster): one EVALSHA per step, reloaded on NOSCRIPT.
+
+`RedisStore` and `AsyncRedisStore` differ only in awaiting the client; the keys, arguments,
+replies, breaker and journal are shared (`redis_codec`, `breaker`, `journal`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tollway.engine.step import Reply, Step
+from tollway.errors import ConfigurationError, StoreError, StoreUnavailableError
+from tollway.policy.model import StoreConfig
+from tollway.stores import redis_codec as codec
+from tollway.stores.breaker import Breaker
+from tollway.stores.journal import Journal, JournalEntry, default_folder
+from tollway.stores.settle import SettleStep
+
+try:
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.cluster
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+except ImportError:  # pragma: no cover - exercised only without the extra installed
+    redis = None  # type: ignore[assignment]
+
+SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+
+
+def _split(url: str) -> tuple[str, bool]:
+    """The URL redis-py understands, and whether it names a cluster."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"store url: {url!r} has scheme {parts.scheme!r}; expected one of memory, "
+            + ", ".join(SCHEMES)
+        )
+    if not parts.hostname:
+        raise ConfigurationError(f"store url: {url!r} names no host; expected e.g. "
+                                 "redis://127.0.0.1:6379/0")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigurationError(f"store url: {url!r} has a bad port; expected 1-65535") from None
+    cluster = parts.scheme.endswith("+cluster")
+    scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment)), cluster
+
+
+def _need_redis() -> None:
+    if redis is None:
+        raise ConfigurationError(
+            "a redis:// store needs the redis client: pip install 'tollway[redis]'"
+        )
+
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = ()
+if redis is not None:
+    _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class _Common:
+    """Configuration, breaker and journal shared by the sync and async stores."""
+
+    def __init__(self, url: str, config: StoreConfig, clock: Callable[[], int]) -> None:
+        _need_redis()
+        self.url = url
+        self._target, self.cluster = _split(url)
+        self.timeout = config.timeout_ms / 1000
+        self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_ms * 1000, clock)
+        self.journal = Journal(config.journal or default_folder(url))
+        self.clock = clock
+
+    def _client_options(self) -> dict[str, Any]:
+        # No client-side retries: a slow store must cost one bounded timeout, then the breaker.
+        return {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
+                "retry": Retry(NoBackoff(), 0)}
+
+    def _blocked(self) -> None:
+        wait = self.breaker.allow()
+        if wait:
+            raise StoreUnavailableError(
+                f"store {self.url} is unavailable (circuit open); next try in {wait / 1e6:.3f} s",
+                wait / 1e6,
+            )
+
+    def _failed(self, exc: BaseException) -> StoreUnavailableError:
+        self.breaker.failure()
+        wait = self.breaker.cooldown_us / 1e6 if self.breaker.is_open else 0.0
+        return StoreUnavailableError(f"store {self.url} did not answer: {exc}", wait)
+
+    @staticmethod
+    def _error(exc: Exception) -> StoreError:
+        return StoreError(f"the store refused a command: {exc}")
+
+    def new_hold_id(self) -> str:
+        return uuid.uuid4().hex
+
+    def journal_step(self, step: Step) -> None:
+        """Record what a fail-open step let through, to replay when the store is back."""
+        self.journal.append(codec.journal_entry(step, uuid.uuid4().hex, self.clock()))
+
+
+class RedisStore(_Common):
+    """Synchronous Redis store."""
+
+    def __init__(self, url: str, config: StoreConfig, clock: Callable[[], int]) -> None:
+        super().__init__(url, config, clock)
+        options = self._client_options()
+        self.client: Any
+        if self.cluster:
+            self.client = redis.cluster.RedisCluster.from_url(self._target, **options)
+        else:
+            self.client = redis.Redis.from_url(self._target, **options)
+
+    def _call(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+        self._blocked()
+        try:
+            try:
+                result = self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self.client.script_load(script.text)
+                result = self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from exc
+        except ResponseError as exc:
+            raise self._error(exc) from exc
+        if self.breaker.success() or self.journal.pending:
+            self.replay_journal()
+        return result
+
+    def execute(self, step: Step) -> Reply:
+        keys, args = codec.step_call(step)
+        return codec.reply(self._call(codec.STEP, keys, args))
+
+    def settle(self, settle: SettleStep) -> Reply:
+        keys, args = codec.settle_call(settle)
+        return codec.reply(self._call(codec.SETTLE, keys, args))
+
+    def replay_journal(self) -> int:
+        return self.journal.replay(self._replay_one)
+
+    def _replay_one(self, entry: JournalEntry) -> None:
+        keys, args = codec.replay_call(entry)
+        try:
+            self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.client.script_load(codec.REPLAY.text)
+            self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
+
+    def _plain(self, fn: Callable[[], Any]) -> Any:
+        self._blocked()
+        try:
+            result = fn()
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from exc
+        except RedisError as exc:
+            raise self._error(exc) from exc
+        self.breaker.success()
+        return result
+
+    def assign(self, subject: str, plan: str | None) -> None:
+        key = codec.prefix(subject) + "plan"
+        self._plain(lambda: self.client.delete(key) if plan is None
+                    else self.client.set(key, plan))
+
+    def assigned(self, subject: str) -> str | None:
+        raw = self._plain(lambda: self.client.get(codec.prefix(subject) + "plan"))
+        return raw.decode("utf-8") if raw is not None else None
+
+    def delete(self, subject: str, keys: list[str]) -> int:
+        if not keys:
+            return 0
+        head = codec.prefix(subject)
+        return int(self._plain(lambda: self.client.delete(*(head + key for key in keys))))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncRedisStore(_Common):
+    """asyncio Redis store."""
+
+    def __init__(self, url: str, config: StoreConfig, clock: Callable[[], int]) -> None:
+        super().__init__(url, config, clock)
+        options = self._client_options()
+        options["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
+        self.client: Any
+        if self.cluster:
+            self.client = redis.asyncio.cluster.RedisCluster.from_url(self._target, **options)
+        else:
+            self.client = redis.asyncio.Redis.from_url(self._target, **options)
+
+    async def _call(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+        self._blocked()
+        try:
+            try:
+                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self.client.script_load(script.text)
+                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from exc
+        except ResponseError as exc:
+            raise self._error(exc) from exc
+        if self.breaker.success() or self.journal.pending:
+            await self.replay_journal()
+        return result
+
+    async def execute(self, step: Step) -> Reply:
+        keys, args = codec.step_call(step)
+        return codec.reply(await self._call(codec.STEP, keys, args))
+
+    async def settle(self, settle: SettleStep) -> Reply:
+        keys, args = codec.settle_call(settle)
+        return codec.reply(await self._call(codec.SETTLE, keys, args))
+
+    async def replay_journal(self) -> int:
+        loop = asyncio.get_running_loop()
+
+        def apply(entry: JournalEntry) -> None:
+            asyncio.run_coroutine_threadsafe(self._replay_one(entry), loop).result()
+
+        return await asyncio.to_thread(self.journal.replay, apply)
+
+    async def _replay_one(self, entry: JournalEntry) -> None:
+        keys, args = codec.replay_call(entry)
+        try:
+            await self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(codec.REPLAY.text)
+            await self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
+
+    async def _plain(self, coro: Any) -> Any:
+        try:
+            self._blocked()
+        except StoreUnavailableError:
+            coro.close()  # never sent: close it so it is not reported as never awaited
+            raise
+        try:
+            result = await coro
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from exc
+        except RedisError as exc:
+            raise self._error(exc) from exc
+        self.breaker.success()
+        return result
+
+    async def assign(self, subject: str, plan: str | None) -> None:
+        key = codec.prefix(subject) + "plan"
+        await self._plain(self.client.delete(key) if plan is None else self.client.set(key, plan))
+
+    async def assigned(self, subject: str) -> str | None:
+        raw = await self._plain(self.client.get(codec.prefix(subject) + "plan"))
+        return raw.decode("utf-8") if raw is not None else None
+
+    async def delete(self, subject: str, keys: list[str]) -> int:
+        if not keys:
+            return 0
+        head = codec.prefix(subject)
+        return int(await self._plain(self.client.delete(*(head + key for key in keys))))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,58 @@
+"""Reservation holds and how a reservation is settled, shared by every store.
+
+A hold records, per counter, how much a reservation took: microseconds of a rate's TAT, or
+units (micro-units for money) of a window. Settling applies the difference between what was
+held and what was actually used; a hold that expired was already given back, so a late commit
+takes the whole actual cost instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tollway.engine.rules import RATE
+from tollway.engine.step import Step
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    id: str
+    subject: str
+    expires_us: int
+    entries: tuple[tuple[str, bool, int], ...]
+    """Per rule of the step: (counter key, is a rate, amount held); 0 for a shadow misfit."""
+
+
+def hold_of(step: Step, misfits: int, expires_us: int) -> Hold:
+    """The hold a reserve step leaves behind, in the step's rule order."""
+    entries = tuple(
+        (
+            key,
+            rule.kind == RATE,
+            0 if (misfits >> i) & 1 else (cost * rule.emission_us if rule.kind == RATE else cost),
+        )
+        for i, (rule, key, cost) in enumerate(zip(step.rules, step.keys, step.costs, strict=True))
+    )
+    return Hold(step.hold_id, step.subject, expires_us, entries)
+
+
+@dataclass(frozen=True, slots=True)
+class SettleStep:
+    """Settle a hold: ``deltas`` apply while it lives, ``late_deltas`` once it has expired."""
+
+    hold: Hold
+    deltas: list[int]
+    late_deltas: list[int]
+
+
+def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> SettleStep:
+    """Commit ``actual_costs`` (per rule, in the rule's unit), or release when None."""
+    if actual_costs is None:
+        return SettleStep(hold, [-held for _, _, held in hold.entries], [0] * len(hold.entries))
+    actual = [
+        0 if held == 0 and cost != 0 and rule.shadow else
+        (cost * rule.emission_us if rule.kind == RATE else cost)
+        for rule, cost, (_, _, held) in zip(step.rules, actual_costs, hold.entries, strict=True)
+    ]
+    deltas = [a - held for a, (_, _, held) in zip(actual, hold.entries, strict=True)]
+    return SettleStep(hold, deltas, actual)

@@ -1,0 +1,30 @@
+"""`Usage`: where every limit of a subject's plan stands, read without consuming."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tollway.engine.decision import LimitState
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    subject: str
+    plan: str | None
+    limits: tuple[LimitState, ...]
+    keys: tuple[str, ...] = ()
+    """The store keys of the counters, in the order of ``limits`` (for `reset`)."""
+
+    def limit(self, name: str, operation: str | None = None) -> LimitState:
+        for state in self.limits:
+            if state.name == name and (operation is None or state.operation == operation):
+                return state
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "plan": self.plan,
+            "limits": [state.to_dict() for state in self.limits],
+        }

@@ -1,0 +1,107 @@
+"""Shared pytest fixtures for tollway.
+
+Sections: real Redis servers (below). Append new fixture blocks (fake clock, ...)
+in their own section at the end of this file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+import redis.cluster
+
+from servers import RedisCluster, RedisServer, parse_cluster_url
+
+# =========================================================================== Redis
+# Real servers on 127.0.0.1, started lazily (only when a test asks for them) and
+# stopped at session end. TOLLWAY_TEST_REDIS_URL / TOLLWAY_TEST_REDIS_CLUSTER_URL
+# point `redis_url` / `redis_cluster_url` (and the clients) at existing servers
+# instead. `redis_server` / `redis_cluster` are always servers started here.
+# A missing redis-server is an error, never a skip.
+
+REDIS_URL_ENV = "TOLLWAY_TEST_REDIS_URL"
+REDIS_CLUSTER_URL_ENV = "TOLLWAY_TEST_REDIS_CLUSTER_URL"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the servers they use, so `-m "not cluster"` etc. work."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & {"redis_server", "redis_url", "redis_client", "make_redis_server"}:
+            item.add_marker(pytest.mark.redis)
+        if names & {"redis_cluster", "redis_cluster_url", "redis_cluster_client"}:
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A standalone redis-server for the whole session. Do not kill it; use
+    `make_redis_server` for crash/restart tests."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """``redis://127.0.0.1:PORT/0`` of the session server (or $TOLLWAY_TEST_REDIS_URL)."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if url:
+        return url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster (no replicas) for the whole session."""
+    cluster = RedisCluster(masters=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(request: pytest.FixtureRequest) -> str:
+    """``redis+cluster://127.0.0.1:PORT`` (or $TOLLWAY_TEST_REDIS_CLUSTER_URL)."""
+    url = os.environ.get(REDIS_CLUSTER_URL_ENV)
+    if url:
+        return url
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    return cluster.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """redis-py client on the standalone server, FLUSHALLed before the test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_cluster_client(redis_cluster_url: str) -> Iterator[redis.cluster.RedisCluster]:
+    """redis-py cluster client, FLUSHALL on every primary before the test."""
+    nodes = [redis.cluster.ClusterNode(h, p) for h, p in parse_cluster_url(redis_cluster_url)]
+    client = redis.cluster.RedisCluster(startup_nodes=nodes)
+    client.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_redis_server() -> Iterator[Callable[[], RedisServer]]:
+    """Factory of private, started servers (for kill()/start() tests); all stopped after."""
+    started: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        server = RedisServer().start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
