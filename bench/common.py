@@ -26,7 +26,8 @@ class Ctx:
 
 @dataclass(frozen=True)
 class Subject:
-    """``setup(ctx)`` returns ``(call, close)``; ``call()`` is truthy when the hit is allowed.
+    """``setup(ctx)`` returns ``(call, close)`` or ``(call, close, stats)``; ``call()`` is truthy
+    when the hit is allowed; ``stats()`` returns extra fields for the record (read after timing).
 
     For async groups ``setup`` is a coroutine function and ``call``/``close`` return awaitables.
     """
@@ -61,6 +62,31 @@ def closer(*fns: Callable[[], object]) -> Callable[[], None]:
 RATE_LIMIT = {"name": "burst", "rate": "1000000/s", "burst": 10000000}
 HOURLY = {"name": "hourly", "quota": "100000000/hour"}
 DAILY = {"name": "daily", "budget": "1000000.00 USD/day"}
+
+
+def tollway_call(acquire: Callable[[str, str], Any], key: str) -> tuple[Any, Any]:
+    """A sync call that also counts degraded (fail-open/closed, store not asked) decisions."""
+    degraded = [0]
+
+    def call() -> bool:
+        d = acquire(key, "call")
+        if d.degraded:
+            degraded[0] += 1
+        return bool(d.allowed)
+
+    return call, lambda: {"degraded": degraded[0]}
+
+
+def tollway_acall(acquire: Callable[[str, str], Any], key: str) -> tuple[Any, Any]:
+    degraded = [0]
+
+    async def call() -> bool:
+        d = await acquire(key, "call")
+        if d.degraded:
+            degraded[0] += 1
+        return bool(d.allowed)
+
+    return call, lambda: {"degraded": degraded[0]}
 
 
 def tollway_policy(three: bool) -> dict[str, Any]:

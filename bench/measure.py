@@ -35,7 +35,7 @@ def time_sync(call: Callable[[], object], n: int, warm: int) -> dict[str, Any]:
             denied += 1
         stamps[i] = pc()
     gaps = [stamps[i] - stamps[i - 1] for i in range(1, n + 1)]
-    return summarize(gaps, n, stamps[n] - stamps[0], denied)
+    return {**summarize(gaps, n, stamps[n] - stamps[0], denied), "calls_total": n + warm}
 
 
 async def time_async(
@@ -55,11 +55,12 @@ async def time_async(
                 gaps.append(t2 - t)
                 t = t2
 
-    per_task = max(1, n // tasks)
-    await asyncio.gather(*(one_task(max(1, warm // tasks), None) for _ in range(tasks)))
+    per_task, warm_per_task = max(1, n // tasks), max(1, warm // tasks)
+    await asyncio.gather(*(one_task(warm_per_task, None) for _ in range(tasks)))
     gc.collect()
     gaps: list[int] = []
     start = time.perf_counter_ns()
     await asyncio.gather(*(one_task(per_task, gaps) for _ in range(tasks)))
     elapsed = time.perf_counter_ns() - start
-    return summarize(gaps, per_task * tasks, elapsed, denied[0])
+    total = (per_task + warm_per_task) * tasks
+    return {**summarize(gaps, per_task * tasks, elapsed, denied[0]), "calls_total": total}

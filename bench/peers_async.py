@@ -16,6 +16,7 @@ from bench.common import (
     Setup,
     Subject,
     load_tollway,
+    tollway_acall,
     tollway_policy,
 )
 
@@ -38,12 +39,8 @@ async def _floor(ctx: Ctx) -> Any:
 
 async def _tollway(ctx: Ctx) -> Any:
     atw = load_tollway("AsyncTollway")(tollway_policy(False), store=ctx.url)
-    acquire, key = atw.acquire, ctx.key
-
-    async def call() -> bool:
-        return bool((await acquire(key, "call")).allowed)
-
-    return call, atw.aclose
+    call, stats = tollway_acall(atw.acquire, ctx.key)
+    return call, atw.aclose, stats
 
 
 def _limits(strategy: str) -> Setup:

@@ -16,6 +16,7 @@ from bench.common import (
     Subject,
     closer,
     load_tollway,
+    tollway_call,
     tollway_policy,
 )
 
@@ -49,8 +50,8 @@ def _floor(three: bool) -> Setup:
 def _tollway(three: bool) -> Setup:
     def setup(ctx: Ctx) -> Any:
         tw = load_tollway("Tollway")(tollway_policy(three), store="memory://")
-        acquire, key = tw.acquire, ctx.key
-        return (lambda: acquire(key, "call").allowed), closer(tw.close)
+        call, stats = tollway_call(tw.acquire, ctx.key)
+        return call, closer(tw.close), stats
 
     return setup
 

@@ -15,6 +15,7 @@ from bench.common import (
     Subject,
     closer,
     load_tollway,
+    tollway_call,
     tollway_policy,
 )
 
@@ -33,8 +34,8 @@ def _floor(ctx: Ctx) -> Any:
 def _tollway(three: bool) -> Setup:
     def setup(ctx: Ctx) -> Any:
         tw = load_tollway("Tollway")(tollway_policy(three), store=ctx.url)
-        acquire, key = tw.acquire, ctx.key
-        return (lambda: acquire(key, "call").allowed), closer(tw.close)
+        call, stats = tollway_call(tw.acquire, ctx.key)
+        return call, closer(tw.close), stats
 
     return setup
 

@@ -36,6 +36,7 @@ class Cell:
     ratio: list[float] = field(default_factory=list)
     denied: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def med(self, attr: str) -> float | None:
         values = getattr(self, attr)
@@ -47,6 +48,16 @@ class Row:
     name: str
     kind: str
     cells: dict[str, Cell] = field(default_factory=lambda: {c: Cell() for c in CONFIGS})
+    cmds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    trips: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def redis_text(self) -> str:
+        def fmt(d: dict[str, list[float]]) -> str:
+            meds = sorted(((median(v), c) for c, v in d.items()), reverse=True)
+            return " + ".join(f"{c.upper()} {v:.2f}" for v, c in meds if v >= 0.005) or "none"
+
+        total = sum(median(v) for v in self.trips.values())
+        return f"**{total:.2f}** ({fmt(self.trips)}); commands run: {fmt(self.cmds)}"
 
 
 def aggregate(records: list[dict[str, Any]]) -> tuple[dict[str, list[Row]], dict[str, Any]]:
@@ -69,6 +80,11 @@ def aggregate(records: list[dict[str, Any]]) -> tuple[dict[str, list[Row]], dict
             cell.problems.append(f"{r['status']}: {r.get('error', '')}")
             continue
         cell.denied += int(r["denied"])
+        cell.warnings += r.get("warnings", [])
+        for cmd, per_call in r.get("cmds_per_call", {}).items():
+            row.cmds[cmd].append(per_call)
+        for cmd, per_call in r.get("round_trips", {}).items():
+            row.trips[cmd].append(per_call)
         cell.p50.append(r["p50_us"])
         cell.p99.append(r["p99_us"])
         ref = refs.get((r["round"], r["config"], r["group"]))
@@ -101,8 +117,8 @@ def cell_text(cell: Cell | None, is_floor: bool) -> list[str]:
         status = cell.problems[0].split(":", 1)[0]
         return [status, "", ""]
     ratio = "1.00 (ref)" if is_floor else f"**{cell.med('ratio'):.2f}**" if cell.ratio else "—"
-    if cell.denied:
-        ratio += f" ⚠ {cell.denied} denied"
+    if cell.warnings:
+        ratio += " ⚠ see Notes"
     if cell.problems:
         ratio += f" ⚠ {len(cell.problems)} failed round(s)"
     lat = f"{fmt_us(cell.med('p50'))} / {fmt_us(cell.med('p99'))}"
@@ -160,14 +176,19 @@ def target_rows(rows: dict[str, list[Row]]) -> list[str]:
                     if gap >= 0
                     else f"**missed** by {-gap:,.0f}/s ({pct:.0f}%)"
                 )
-            if cell.denied:
-                verdict += f" ⚠ {cell.denied} denied"
+            if cell.warnings:
+                verdict += " ⚠ invalid, see Notes"
             out.append(
                 f"| {title} | {config} | {show(threshold)} | {show(value)} | {spread} "
                 f"| {best} | {verdict} |"
             )
     return out
 
+
+REDIS_NOTE = (
+    "Round trips per call (MONITOR over 20 calls after timing; commands inside Lua not "
+    "counted) and the commands Redis ran per call, Lua-internal included (INFO commandstats):"
+)
 
 GROUP_NOTES = {
     "redis1": 'Ratio: calls/s ÷ raw redis-py `EVALSHA "return 1"` (0 keys, one connection), '
@@ -203,6 +224,9 @@ def render(
             continue
         out += ["", f"## {title}", "", GROUP_NOTES.get(group, ""), ""]
         out += group_table(rows[group])
+        cmds = [f"- {row.name}: {row.redis_text()}" for row in rows[group] if row.cmds]
+        if cmds:
+            out += ["", REDIS_NOTE, "", *cmds]
         d = [f"{c}: {drift[f'{group}/{c}']:.2f}" for c in CONFIGS if f"{group}/{c}" in drift]
         if d:
             out += ["", f"Floor drift within a round (after ÷ before, median): {', '.join(d)}."]

@@ -171,10 +171,10 @@ def write_report(
         f"Worker round {r['round']} config {r['config']} exited with {r['rc']}; see {r['stderr']}."
         for r in crashes
     ]
-    bad = [r for r in meas if r["status"] == "error" or r.get("denied")]
+    bad = [r for r in meas if r["status"] == "error" or r.get("warnings")]
     notes += [
-        f"{r['name']} ({r['group']}, round {r['round']}, config {r['config']}): "
-        f"{r.get('error') or str(r['denied']) + ' denied'}"
+        f"⚠ {r['name']} ({r['group']}, round {r['round']}, config {r['config']}): "
+        + "; ".join([r["error"]] if r.get("error") else r["warnings"])
         for r in bad
     ]
     unavailable = {r.get("error") for r in meas if r["status"] == "unavailable"}

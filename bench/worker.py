@@ -18,6 +18,7 @@ from typing import Any
 from bench import peers_async, peers_memory, peers_redis
 from bench.common import FLOOR, Ctx, Subject, Unavailable, tollway_origin
 from bench.measure import time_async, time_sync
+from bench.probe import PROBE_CALLS, RoundTrips
 
 # group -> (title, which counts to use, is_async, uses_redis)
 GROUPS: dict[str, tuple[str, str, bool, bool]] = {
@@ -83,11 +84,31 @@ def versions() -> dict[str, Any]:
     return out
 
 
-def flush(url: str) -> None:
+# Admin traffic on our own connection, left out of the per-call command counts.
+ADMIN_COMMANDS = ("config", "info", "flushdb", "client", "hello")
+
+
+def reset_server(url: str) -> None:
+    """FLUSHDB and zero the command statistics before a subject (outside its timing)."""
     import redis
 
     with redis.Redis.from_url(url) as r:
         r.flushdb()
+        r.config_resetstat()
+
+
+def commands_per_call(url: str, calls: int) -> dict[str, float]:
+    """Redis commands the subject sent per call (warm-up included), from INFO commandstats."""
+    import redis
+
+    with redis.Redis.from_url(url) as r:
+        stats = r.info("commandstats")
+    out = {}
+    for name, value in stats.items():
+        cmd = name.removeprefix("cmdstat_")
+        if cmd.split("|", 1)[0] not in ADMIN_COMMANDS and calls:
+            out[cmd] = round(int(value["calls"]) / calls, 3)
+    return out
 
 
 def measure_one(
@@ -97,22 +118,56 @@ def measure_one(
     n, warm = counts
     ctx = Ctx(url=args.url, key=f"bench:{group}:{idx}:client-1")
     if uses_redis:
-        flush(args.url)
+        reset_server(args.url)
     if is_async:
 
         async def go() -> dict[str, Any]:
-            call, close = await subject.setup(ctx)
+            call, close, *stats = await subject.setup(ctx)
             try:
-                return await time_async(call, n, warm, peers_async.TASKS)
+                out = await time_async(call, n, warm, peers_async.TASKS)
+                for fn in stats:
+                    out.update(fn())
+                with RoundTrips(args.url) as rt:
+                    for _ in range(PROBE_CALLS):
+                        await call()
+                    out["round_trips"] = rt.per_call()
+                return out
             finally:
                 await close()
 
-        return asyncio.run(go())
-    call, close = subject.setup(ctx)
-    try:
-        return time_sync(call, n, warm)
-    finally:
-        close()
+        result = asyncio.run(go())
+    else:
+        call, close, *stats = subject.setup(ctx)
+        try:
+            result = time_sync(call, n, warm)
+            for fn in stats:
+                result.update(fn())
+            if uses_redis:
+                with RoundTrips(args.url) as rt:
+                    for _ in range(PROBE_CALLS):
+                        call()
+                    result["round_trips"] = rt.per_call()
+        finally:
+            close()
+    if uses_redis:
+        calls = result["calls_total"] + PROBE_CALLS
+        result["cmds_per_call"] = commands_per_call(args.url, calls)
+    result["warnings"] = sanity(result, uses_redis)
+    return result
+
+
+def sanity(result: dict[str, Any], uses_redis: bool) -> list[str]:
+    """Reasons this measurement is not what it claims to be (flagged in the report)."""
+    out = []
+    if result["denied"]:
+        out.append(f"{result['denied']} calls denied (limits are meant never to deny)")
+    if result.get("degraded"):
+        out.append(f"{result['degraded']} degraded decisions (store not asked: fail-open/closed)")
+    if uses_redis:
+        sent = sum(v for k, v in result["cmds_per_call"].items() if k != "monitor")
+        if sent < 0.5:
+            out.append(f"Redis ran only {sent:.2f} commands per call: did it reach Redis?")
+    return out
 
 
 def run_group(group: str, args: argparse.Namespace, counts: tuple[int, int]) -> None:

@@ -58,15 +58,15 @@ class _Face:
                 f"{', '.join(sorted(self.policy.plans)) or 'none'}"
             )
 
-    def _reset_keys(self, usage: Usage, limit: str | None) -> list[str]:
-        """Every counter key of the subject's current windows (of one limit, if named)."""
+    def _reset_fields(self, usage: Usage, limit: str | None) -> list[str]:
+        """The subject's counter fields (of one limit, if named)."""
         names = {state.name for state in usage.limits}
         if limit is not None and limit not in names:
             raise UnknownLimitError(
                 f"limit: {limit!r} does not apply to {usage.subject!r} (plan {usage.plan!r}); "
                 f"its limits: {', '.join(sorted(names)) or 'none'}"
             )
-        return [key for key, state in zip(usage.keys, usage.limits, strict=True)
+        return [field for field, state in zip(usage.fields, usage.limits, strict=True)
                 if limit is None or state.name == limit]
 
     def _degraded(self, step: Step, exc: StoreUnavailableError, store: object) -> Decision:
@@ -84,7 +84,7 @@ class _Face:
         if decision is None:
             return None
         return Usage(subject=step.subject, plan=step.plan, limits=decision.limits,
-                     keys=tuple(step.keys))
+                     fields=tuple(rule.field for rule in step.rules))
 
 
 class Tollway(_Face):
@@ -159,8 +159,7 @@ class Tollway(_Face):
 
     def reset(self, subject: str, limit: str | None = None) -> int:
         """Clear the subject's counters (of one limit, if named); returns how many existed."""
-        keys = self._reset_keys(self.usage(subject), limit)
-        return self._store.delete(subject, keys)
+        return self._store.delete(subject, self._reset_fields(self.usage(subject), limit))
 
     def assign(self, subject: str, plan: str | None) -> None:
         """Put the subject on ``plan`` (``None``: back to the default), everywhere at once."""
@@ -248,8 +247,8 @@ class AsyncTollway(_Face):
         return usage
 
     async def reset(self, subject: str, limit: str | None = None) -> int:
-        keys = self._reset_keys(await self.usage(subject), limit)
-        return await self._store.delete(subject, keys)
+        fields = self._reset_fields(await self.usage(subject), limit)
+        return await self._store.delete(subject, fields)
 
     async def assign(self, subject: str, plan: str | None) -> None:
         self._engine.check_subject(subject)

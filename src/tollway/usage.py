@@ -13,8 +13,8 @@ class Usage:
     subject: str
     plan: str | None
     limits: tuple[LimitState, ...]
-    keys: tuple[str, ...] = ()
-    """The store keys of the counters, in the order of ``limits`` (for `reset`)."""
+    fields: tuple[str, ...] = ()
+    """The counters' fields in the subject's state, in the order of ``limits`` (for `reset`)."""
 
     def limit(self, name: str, operation: str | None = None) -> LimitState:
         for state in self.limits:

@@ -26,6 +26,7 @@ class Rule:
         "capacity_us",
         "closed",
         "emission_us",
+        "fragment",
         "hard",
         "kind",
         "limit",
@@ -35,7 +36,7 @@ class Rule:
         "period",
         "shadow",
         "soft",
-        "suffix",
+        "field",
         "thresholds",
         "timezone",
     )
@@ -48,7 +49,8 @@ class Rule:
         self.closed = limit.on_error == "closed"
         self.money = limit.budget is not None
         letter = {"rate": "r", "quota": "q", "budget": "b"}[limit.kind]
-        self.suffix = f"{letter}:{limit.name}" + (f":{operation}" if operation else "")
+        self.field = f"{letter}:{limit.name}" + (f":{operation}" if operation else "")
+        """The rule's field in the subject's state (a window's start is kept at field + '@')."""
         self.timezone = limit.timezone
         self.anchor = limit.anchor
         self.emission_us = self.capacity_us = self.soft = self.hard = 0
@@ -70,25 +72,30 @@ class Rule:
             self.hard = self.soft + (limit.grace.extra(self.soft) if limit.grace else 0)
             # A threshold is crossed by the step that moves the count from below to at-or-above.
             self.thresholds = tuple(max(1, math.ceil(t * self.soft)) for t in limit.thresholds)
+        shadow = 8 if self.shadow else 0
+        # The rule as the Redis script reads it (a JSON array fragment); windows add theirs.
+        self.fragment = f'{shadow},"{self.field}",{self.emission_us},{self.capacity_us}'
+        if self.kind == WINDOW:
+            self.fragment = f'{(2 if self.money else 1) + shadow},"{self.field}",{self.hard}'
 
     @property
     def burst(self) -> int:
         return self.capacity_us // self.emission_us if self.emission_us else 0
 
     def window(self, now_us: int) -> tuple[int, int, str]:
-        """The window holding ``now_us`` as ``(start, end, key)``, the key naming the rule and
-        the window's start second; cached until the window ends (one compare when hot)."""
+        """The window holding ``now_us`` as ``(start, end, fragment)``, the fragment being the
+        rule's part of the Redis script's argument; cached until the window ends."""
         window = self._window
         if window[0] <= now_us < window[1]:
             return window
         assert self.period is not None
         start, end = window_at(self.period, self.timezone, self.anchor, now_us)
-        window = (start, end, f"{self.suffix}:{start // 1_000_000}")
+        window = (start, end, f"{self.fragment},{start},{end}")
         self._window = window
         return window
 
     def __repr__(self) -> str:
-        return f"Rule({self.suffix!r})"
+        return f"Rule({self.field!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +109,6 @@ class Check:
     price_micros: int | None
     has_money: bool
     has_window: bool
-    keys: list[str]
-    """The rules' keys when no rule has a window (rate limits only); shared, never mutated."""
 
 
 def _rules_for(limits: tuple[Limit, ...], operation: str) -> tuple[Rule, ...]:
@@ -125,7 +130,6 @@ def _check(name: str, limits: tuple[Limit, ...], operation: str, cost: int,
         price_micros=price,
         has_money=any(rule.money for rule in rules),
         has_window=any(rule.kind == WINDOW for rule in rules),
-        keys=[rule.suffix for rule in rules],
     )
 
 

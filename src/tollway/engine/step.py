@@ -50,7 +50,6 @@ class Step:
         "costs",
         "hold_id",
         "hold_ttl_us",
-        "keys",
         "mode",
         "plan",
         "rules",
@@ -73,8 +72,7 @@ class Step:
         self.amount = amount
         self.mode = mode
         self.windows: list[tuple[int, int, str] | None] = []
-        self.keys: list[str] = []
-        """Per rule, the counter's key below the subject (the rule, and the window if any)."""
+        """Per rule, the window it counts in: (start, end, script fragment); None for a rate."""
         self.hold_id = ""
         self.hold_ttl_us = 0
 
@@ -189,7 +187,6 @@ class Engine:
             self.set_windows(step, self.clock() + self.offset_us)
         else:
             step.windows = [None] * len(check.rules)
-            step.keys = check.keys
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
         return step
@@ -205,9 +202,8 @@ class Engine:
         return step
 
     def set_windows(self, step: Step, now_us: int) -> None:
-        windows = step.windows = [rule.window(now_us) if rule.kind == WINDOW else None
-                                  for rule in step.rules]
-        step.keys = [rule.suffix if w is None else w[2] for rule, w in zip(step.rules, windows)]
+        step.windows = [rule.window(now_us) if rule.kind == WINDOW else None
+                        for rule in step.rules]
 
     # -- reading replies --------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ RATE_UNIT = "(?:" + "|".join(sorted(RATE_UNITS, key=len, reverse=True)) + ")"
 RATE_PATTERN = rf"^({COUNT})/([0-9]*)({RATE_UNIT})$"
 QUOTA_PATTERN = rf"^({COUNT})/({PERIOD})$"
 MONEY_PATTERN = rf"^\s*{AMOUNT}\s*[A-Z]{{3}}\s*$"
-BUDGET_PATTERN = rf"^(\s*{AMOUNT}\s*[A-Z]{{3}})/({PERIOD})$"
+BUDGET_PATTERN = rf"^({AMOUNT}\s*[A-Z]{{3}})/({PERIOD})$"
 PERCENT_PATTERN = r"^([0-9]+(?:\.[0-9]+)?)%$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ENDPOINT_PATTERN = r"^(?:[A-Z]+|\*) /\S*$"
@@ -124,6 +124,12 @@ def boolean(value: object) -> bool:
 def string(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {got(value)}")
+    return value
+
+
+def nonempty(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {got(value)}")
     return value
 
 
@@ -269,12 +275,6 @@ def threshold(value: object) -> Decimal:
     if not fraction.is_finite() or not 0 < fraction <= MAX_PERCENT / 100:
         raise ValueError(f"expected a fraction above 0 and at most 10, got {show(value)}")
     return fraction
-
-
-def nonempty(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {got(value)}")
-    return value
 
 
 def grace(kind: str | None, budget: Budget | None) -> Check[Grace]:

@@ -222,12 +222,13 @@ class _Walker:
         store = self.store(doc)
         defaults = self.defaults(doc)
         self.on_error, self.timezone = store.on_error, defaults.timezone
+        self.operation_names = self.section_names(doc, "operations")
         self.operations = self.operations_section(doc)
         plans = self.plans(doc)
         providers = self.providers(doc)
         routes = self.routes(doc)
         if defaults.plan is not None:
-            declared = list(self.section_names(doc, "plans"))
+            declared = self.section_names(doc, "plans")
             if defaults.plan not in declared:
                 expected = (
                     f"one of {quoted(declared)}" if declared else "a plan declared in [plans]"
@@ -277,7 +278,6 @@ class _Walker:
         )
 
     def operations_section(self, doc: Table) -> dict[str, Operation]:
-        self.operation_names = self.section_names(doc, "operations")
         operations: dict[str, Operation] = {}
         for name, path, raw in self.named(self.section(doc, "operations"), "operations"):
             t = self.table(raw, path, OPERATION_KEYS)

@@ -26,23 +26,25 @@ class JournalEntry:
     id: str
     subject: str
     at_us: int
-    keys: tuple[str, ...]
+    fields: tuple[str, ...]
     rates: tuple[bool, ...]
     amounts: tuple[int, ...]
     """Per counter: microseconds of TAT for a rate, units (or micro-units) for a window."""
+    starts: tuple[int, ...]
     ends: tuple[int, ...]
-    """Per counter: the window's end (us), 0 for a rate."""
+    """Per counter: the window's start and end (us), 0 for a rate."""
 
     def to_line(self) -> str:
         return json.dumps({"id": self.id, "s": self.subject, "at": self.at_us,
-                           "k": self.keys, "r": self.rates, "a": self.amounts, "e": self.ends},
+                           "f": self.fields, "r": self.rates, "a": self.amounts,
+                           "st": self.starts, "e": self.ends},
                           separators=(",", ":"), ensure_ascii=False) + "\n"
 
     @classmethod
     def from_line(cls, line: str) -> JournalEntry:
         d = json.loads(line)
-        return cls(d["id"], d["s"], d["at"], tuple(d["k"]), tuple(d["r"]), tuple(d["a"]),
-                   tuple(d["e"]))
+        return cls(d["id"], d["s"], d["at"], tuple(d["f"]), tuple(d["r"]), tuple(d["a"]),
+                   tuple(d["st"]), tuple(d["e"]))
 
 
 def default_folder(url: str) -> Path:

@@ -1,8 +1,10 @@
 """The embedded store: the same atomic step as the Redis script, in process memory.
 
-One lock makes every step atomic across threads; a step never awaits, so it is atomic across
-asyncio tasks too. Memory stays bounded without a thread per key: every counter is pushed once
-on a heap by the time it may be dropped, and each step first pops what has expired.
+A subject's state is a dict of the same fields as its Redis hash (see ``lua/lib.lua``), and
+every step follows the script line for line, so both stores answer alike. One lock makes each
+step atomic across threads; a step never awaits, so it is atomic across asyncio tasks too.
+Memory stays bounded without a thread per key: a subject is pushed on a heap by the time its
+state may be dropped, and each step first pops what has expired.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from tollway.stores.settle import Hold, SettleStep, hold_of
 
 # How long a window's counter outlives the window (for late refunds and inspection).
 RETENTION_US = 3600 * 1_000_000
+# A subject's expiry is pushed out with this much slack, so it moves about once a minute.
+_SLACK_US = 60 * 1_000_000
+
+State = dict[str, int]
 
 
 class MemoryStore:
@@ -28,10 +34,10 @@ class MemoryStore:
     def __init__(self, clock: Callable[[], int]) -> None:
         self.clock = clock
         self._lock = threading.Lock()
-        self._counters: dict[str, dict[str, int]] = {}
+        self._states: dict[str, State] = {}
         self._plans: dict[str, str] = {}
         self._holds: dict[str, Hold] = {}
-        # (drop-at, subject, key) for counters; (expires-at, "", hold id) for holds.
+        # (when, subject, "") for a subject's state; (when, "", hold id) for a hold.
         self._expiry: list[tuple[int, str, str]] = []
 
     # -- the atomic step --------------------------------------------------------------------
@@ -39,34 +45,40 @@ class MemoryStore:
     def execute(self, step: Step) -> Reply:
         with self._lock:
             now = self.clock()
-            if self._expiry and self._expiry[0][0] <= now:
-                self._sweep(now)
+            for window in step.windows:
+                if window is not None and not window[0] <= now < window[1]:
+                    return Reply(STALE_WINDOW, now, [])
             subject = step.subject
             plan = self._plans.get(subject)
             if plan != step.assigned:
                 return Reply(PLAN_MISMATCH, now, [], 0, plan)
-            for window in step.windows:
-                if window is not None and not window[0] <= now < window[1]:
-                    return Reply(STALE_WINDOW, now, [])
-            counters = self._counters.get(subject)
-            if counters is None:
-                counters = self._counters[subject] = {}
-            rules, costs, keys = step.rules, step.costs, step.keys
-            values = [counters.get(key, 0) for key in keys]
-            after = values.copy()
+            if self._expiry and self._expiry[0][0] <= now:
+                self._sweep(now)
+            state = self._states.get(subject)
+            if state is None:
+                state = self._states[subject] = {}
+            rules, costs, windows = step.rules, step.costs, step.windows
+            values: list[int] = []
+            after: list[int] = []
+            fresh = 0
             misfits = 0
             denied = False
             for i, rule in enumerate(rules):
+                value = state.get(rule.field, 0)
                 if rule.kind == RATE:
-                    tat = values[i] if values[i] > now else now
-                    new = tat + costs[i] * rule.emission_us
+                    new = (value if value > now else now) + costs[i] * rule.emission_us
                     fit = new - now <= rule.capacity_us
                 else:
-                    new = values[i] + costs[i]
+                    if state.get(rule.field + "@") != windows[i][0]:  # type: ignore[index]
+                        value = 0
+                        fresh |= 1 << i
+                    new = value + costs[i]
                     fit = new <= rule.hard
+                values.append(value)
                 if fit:
-                    after[i] = new
+                    after.append(new)
                 else:
+                    after.append(value)
                     misfits |= 1 << i
                     if not rule.shadow:
                         denied = True
@@ -74,109 +86,139 @@ class MemoryStore:
                 return Reply(OK, now, values, misfits)
             if denied:
                 return Reply(DENIED, now, values, misfits)
-            expiry = self._expiry
+            needed = 0
             for i, rule in enumerate(rules):
-                if (misfits >> i) & 1:
-                    after[i] = values[i]
-                    continue
-                key = keys[i]
-                if key not in counters:
+                if after[i] != values[i] or (fresh >> i) & 1:
+                    state[rule.field] = after[i]
                     if rule.kind == RATE:
-                        heapq.heappush(expiry, (after[i], subject, key))
+                        needed = max(needed, after[i])
                     else:
-                        window = step.windows[i]
+                        window = windows[i]
                         assert window is not None
-                        heapq.heappush(expiry, (window[1] + RETENTION_US, subject, key))
-                counters[key] = after[i]
+                        if (fresh >> i) & 1:
+                            state[rule.field + "@"] = window[0]
+                        needed = max(needed, window[1] + RETENTION_US)
+            if needed:
+                self._keep_until(subject, state, needed)
             if step.mode == RESERVE:
-                self._hold(step, now, misfits)
+                self._hold(step, state, now, misfits)
             return Reply(OK, now, after, misfits)
 
-    def _hold(self, step: Step, now: int, misfits: int) -> None:
+    def _keep_until(self, subject: str, state: State, needed: int) -> None:
+        if subject in self._plans or needed <= state.get("exp", 0):
+            return
+        state["exp"] = needed + _SLACK_US
+        heapq.heappush(self._expiry, (needed + _SLACK_US, subject, ""))
+
+    def _hold(self, step: Step, state: State, now: int, misfits: int) -> None:
         hold = hold_of(step, misfits, now + step.hold_ttl_us)
         self._holds[hold.id] = hold
         heapq.heappush(self._expiry, (hold.expires_us, "", hold.id))
+        self._keep_until(step.subject, state, hold.expires_us + RETENTION_US)
 
     def _sweep(self, now: int) -> None:
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
-            _, subject, key = heapq.heappop(expiry)
+            _, subject, hold_id = heapq.heappop(expiry)
             if not subject:
-                hold = self._holds.pop(key, None)
+                hold = self._holds.pop(hold_id, None)
                 if hold is not None:
-                    self._refund(hold, now)
+                    self._apply(hold, [-entry[2] for entry in hold.entries], now, now)
                 continue
-            counters = self._counters.get(subject)
-            if counters is None or key not in counters:
-                continue
-            if key.startswith("r:") and counters[key] > now:
-                heapq.heappush(expiry, (counters[key], subject, key))  # the TAT moved on
-                continue
-            del counters[key]
-            if not counters:
-                del self._counters[subject]
+            state = self._states.get(subject)
+            if state is None or subject in self._plans or state.get("exp", 0) > now:
+                continue  # assigned since, or its expiry moved on (a later heap entry exists)
+            del self._states[subject]
 
-    def _refund(self, hold: Hold, now: int) -> None:
-        self._adjust(hold, [-amount for _, _, amount in hold.entries], now)
+    def _apply(self, hold: Hold, deltas: list[int], base: int, now: int) -> list[int]:
+        """``adjust`` of lua/lib.lua for each entry of ``hold``; the values after."""
+        state = self._states.setdefault(hold.subject, {})
+        out = []
+        for (field, is_rate, _, start, ends), delta in zip(hold.entries, deltas, strict=True):
+            out.append(self._adjust(hold.subject, state, field, is_rate, delta, start, ends,
+                                    base, now))
+        return out
 
-    def _adjust(self, hold: Hold, deltas: list[int], now: int) -> None:
-        counters = self._counters.setdefault(hold.subject, {})
-        for (key, is_rate, _), delta in zip(hold.entries, deltas):
-            if key not in counters and delta <= 0:
-                continue  # the counter is gone: nothing left to give back
-            value = counters.get(key, 0)
-            if is_rate:
-                value = max(value, now) + delta if delta > 0 else value + delta
-                if value <= now:
-                    counters.pop(key, None)
-                    continue
-                heapq.heappush(self._expiry, (value, hold.subject, key))
-            else:
-                value = max(0, value + delta)
-                if key not in counters:
-                    heapq.heappush(self._expiry, (now + RETENTION_US, hold.subject, key))
-            counters[key] = value
+    def _adjust(self, subject: str, state: State, field: str, is_rate: bool, delta: int,
+                start: int, ends: int, base: int, now: int) -> int:
+        if is_rate:
+            if field not in state and delta <= 0:
+                return 0
+            value = state.get(field, 0)
+            if delta > 0 and value < base:
+                value = base
+            value += delta
+            if value <= now:
+                state.pop(field, None)
+                return 0
+            state[field] = value
+            self._keep_until(subject, state, value)
+            return value
+        value = state.get(field, 0)
+        if state.get(field + "@") != start:
+            current = state.get(field + "@")
+            if delta <= 0 or now >= ends or (current is not None and current > start):
+                return 0
+            value = 0
+        value = max(0, value + delta)
+        state[field] = value
+        state[field + "@"] = start
+        self._keep_until(subject, state, ends + RETENTION_US)
+        return value
 
-    # -- settling reservations --------------------------------------------------------------
+    # -- settling reservations and replays --------------------------------------------------
 
     def settle(self, settle: SettleStep) -> Reply:
         with self._lock:
             now = self.clock()
             if self._expiry and self._expiry[0][0] <= now:
                 self._sweep(now)
-            hold = self._holds.pop(settle.hold.id, None)
-            live = hold is not None
+            live = self._holds.pop(settle.hold.id, None) is not None
             deltas = settle.deltas if live else settle.late_deltas
-            self._adjust(settle.hold, deltas, now)
-            counters = self._counters.get(settle.hold.subject, {})
-            values = [counters.get(key, 0) for key, _, _ in settle.hold.entries]
+            state = self._states.setdefault(settle.hold.subject, {})
+            values = []
+            for (field, is_rate, _, start, ends), delta in zip(settle.hold.entries, deltas,
+                                                               strict=True):
+                if delta:
+                    values.append(self._adjust(settle.hold.subject, state, field, is_rate,
+                                               delta, start, ends, now, now))
+                elif is_rate or state.get(field + "@") == start:
+                    values.append(state.get(field, 0))
+                else:
+                    values.append(0)
             return Reply(OK if live else DENIED, now, values)
 
     # -- administration ---------------------------------------------------------------------
 
     def assign(self, subject: str, plan: str | None) -> None:
         with self._lock:
-            if plan is None:
-                self._plans.pop(subject, None)
-            else:
+            if plan is not None:
                 self._plans[subject] = plan
+                return
+            if self._plans.pop(subject, None) is not None:
+                state = self._states.get(subject)
+                if state is not None:
+                    state.pop("exp", None)  # unassigned again: the next step sets an expiry
 
     def assigned(self, subject: str) -> str | None:
         with self._lock:
             return self._plans.get(subject)
 
-    def delete(self, subject: str, keys: list[str]) -> int:
+    def delete(self, subject: str, fields: list[str]) -> int:
         with self._lock:
-            counters = self._counters.get(subject, {})
-            return sum(counters.pop(key, None) is not None for key in keys)
+            state = self._states.get(subject, {})
+            cleared = sum(state.pop(field, None) is not None for field in fields)
+            for field in fields:
+                state.pop(field + "@", None)
+            return cleared
 
     def new_hold_id(self) -> str:
         return uuid.uuid4().hex
 
     def size(self) -> int:
-        """Counters and holds held now (for tests of bounded memory)."""
+        """Subjects with state, plus holds, held now (for tests of bounded memory)."""
         with self._lock:
-            return sum(len(c) for c in self._counters.values()) + len(self._holds)
+            return len(self._states) + len(self._holds)
 
     def close(self) -> None:
         pass

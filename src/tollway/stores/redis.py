@@ -169,19 +169,20 @@ class RedisStore(_Common):
         return result
 
     def assign(self, subject: str, plan: str | None) -> None:
-        key = codec.prefix(subject) + "plan"
-        self._plain(lambda: self.client.delete(key) if plan is None
-                    else self.client.set(key, plan))
+        keys, args = codec.assign_call(subject, plan)
+        self._call(codec.ASSIGN, keys, args)
 
     def assigned(self, subject: str) -> str | None:
-        raw = self._plain(lambda: self.client.get(codec.prefix(subject) + "plan"))
+        raw = self._plain(lambda: self.client.hget(codec.state_key(subject), "plan"))
         return raw.decode("utf-8") if raw is not None else None
 
-    def delete(self, subject: str, keys: list[str]) -> int:
-        if not keys:
+    def delete(self, subject: str, fields: list[str]) -> int:
+        if not fields:
             return 0
-        head = codec.prefix(subject)
-        return int(self._plain(lambda: self.client.delete(*(head + key for key in keys))))
+        key = codec.state_key(subject)
+        cleared = self._plain(lambda: self.client.hdel(key, *fields))
+        self._plain(lambda: self.client.hdel(key, *(field + "@" for field in fields)))
+        return int(cleared)
 
     def close(self) -> None:
         self.client.close()
@@ -256,18 +257,20 @@ class AsyncRedisStore(_Common):
         return result
 
     async def assign(self, subject: str, plan: str | None) -> None:
-        key = codec.prefix(subject) + "plan"
-        await self._plain(self.client.delete(key) if plan is None else self.client.set(key, plan))
+        keys, args = codec.assign_call(subject, plan)
+        await self._call(codec.ASSIGN, keys, args)
 
     async def assigned(self, subject: str) -> str | None:
-        raw = await self._plain(self.client.get(codec.prefix(subject) + "plan"))
+        raw = await self._plain(self.client.hget(codec.state_key(subject), "plan"))
         return raw.decode("utf-8") if raw is not None else None
 
-    async def delete(self, subject: str, keys: list[str]) -> int:
-        if not keys:
+    async def delete(self, subject: str, fields: list[str]) -> int:
+        if not fields:
             return 0
-        head = codec.prefix(subject)
-        return int(await self._plain(self.client.delete(*(head + key for key in keys))))
+        key = codec.state_key(subject)
+        cleared = await self._plain(self.client.hdel(key, *fields))
+        await self._plain(self.client.hdel(key, *(field + "@" for field in fields)))
+        return int(cleared)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -37,47 +37,51 @@ def _script(name: str) -> Script:
 STEP = _script("step")
 SETTLE = _script("settle")
 REPLAY = _script("replay")
+ASSIGN = _script("assign")
 RETENTION = str(RETENTION_US)
 
 
-def prefix(subject: str) -> str:
-    return f"tw:{{{subject}}}:"
+def state_key(subject: str) -> str:
+    """The subject's hash; its holds and replay marks hang below it in the same slot."""
+    return f"tw:{{{subject}}}"
 
 
 def step_call(step: Step) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the step script."""
-    head = prefix(step.subject)
-    keys = [head + "plan", head + "hx"]
-    keys += [head + key for key in step.keys]
-    keys.append(head + "holds")
-    args: list[Any] = [step.mode, step.assigned or "", step.hold_id, step.hold_ttl_us, RETENTION]
-    for rule, window, cost in zip(step.rules, step.windows, step.costs, strict=True):
-        shadow = 2 if rule.shadow else 0
-        if window is None:
-            args += (shadow, rule.emission_us, rule.capacity_us, 0, cost)
-        else:
-            args += (1 + shadow, rule.hard, window[0], window[1], cost)
-    return keys, args
+    rules = ",".join([rule.fragment if window is None else window[2]
+                      for rule, window in zip(step.rules, step.windows, strict=True)])
+    args: list[Any] = [f"[{rules}]", _MODES[step.mode], step.assigned or "", step.cost,
+                       step.amount or 0]
+    if step.hold_id:
+        args += (step.hold_id, step.hold_ttl_us, RETENTION)
+    else:
+        args += ("", "0", RETENTION)
+    return [state_key(step.subject)], args
+
+
+_MODES = ("0", "1", "2")
 
 
 def settle_call(settle: SettleStep) -> tuple[list[str], list[Any]]:
-    head = prefix(settle.hold.subject)
-    keys = [head + "plan", head + "hx", head + "holds"]
     args: list[Any] = [settle.hold.id, RETENTION]
-    for (key, is_rate, _), live, late in zip(settle.hold.entries, settle.deltas,
-                                             settle.late_deltas, strict=True):
-        keys.append(head + key)
-        args += (1 if is_rate else 0, live, late)
-    return keys, args
+    for (field, is_rate, _, start, ends), live, late in zip(
+        settle.hold.entries, settle.deltas, settle.late_deltas, strict=True
+    ):
+        args += (field, 1 if is_rate else 0, live, late, start, ends)
+    return [state_key(settle.hold.subject)], args
 
 
 def replay_call(entry: JournalEntry) -> tuple[list[str], list[Any]]:
-    head = prefix(entry.subject)
-    keys = [head + "j:" + entry.id] + [head + key for key in entry.keys]
+    key = state_key(entry.subject)
     args: list[Any] = [REPLAY_MARK_TTL_MS, RETENTION, entry.at_us]
-    for is_rate, amount, end in zip(entry.rates, entry.amounts, entry.ends, strict=True):
-        args += (1 if is_rate else 0, amount, end)
-    return keys, args
+    for field, is_rate, amount, start, end in zip(entry.fields, entry.rates, entry.amounts,
+                                                  entry.starts, entry.ends, strict=True):
+        args += (field, 1 if is_rate else 0, amount, start, end)
+    return [key, f"{key}:j:{entry.id}"], args
+
+
+def assign_call(subject: str, plan: str | None) -> tuple[list[str], list[Any]]:
+    return [state_key(subject)], [plan or ""]
 
 
 def reply(raw: list[Any]) -> Reply:
@@ -90,11 +94,12 @@ def reply(raw: list[Any]) -> Reply:
 
 def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
     """What a fail-open step consumed, to replay into Redis when it answers again."""
-    rates, amounts, ends = [], [], []
+    rates, amounts, starts, ends = [], [], [], []
     for rule, window, cost in zip(step.rules, step.windows, step.costs, strict=True):
         is_rate = rule.kind == RATE
         rates.append(is_rate)
         amounts.append(cost * rule.emission_us if is_rate else cost)
+        starts.append(0 if window is None else window[0])
         ends.append(0 if window is None else window[1])
-    return JournalEntry(event_id, step.subject, at_us, tuple(step.keys), tuple(rates),
-                        tuple(amounts), tuple(ends))
+    return JournalEntry(event_id, step.subject, at_us, tuple(r.field for r in step.rules),
+                        tuple(rates), tuple(amounts), tuple(starts), tuple(ends))

@@ -19,19 +19,24 @@ class Hold:
     id: str
     subject: str
     expires_us: int
-    entries: tuple[tuple[str, bool, int], ...]
-    """Per rule of the step: (counter key, is a rate, amount held); 0 for a shadow misfit."""
+    entries: tuple[tuple[str, bool, int, int, int], ...]
+    """Per rule of the step: (field, is a rate, amount held, window start, window end); the
+    amount is 0 for a shadow rule that did not fit, start and end are 0 for a rate."""
 
 
 def hold_of(step: Step, misfits: int, expires_us: int) -> Hold:
     """The hold a reserve step leaves behind, in the step's rule order."""
     entries = tuple(
         (
-            key,
+            rule.field,
             rule.kind == RATE,
             0 if (misfits >> i) & 1 else (cost * rule.emission_us if rule.kind == RATE else cost),
+            0 if window is None else window[0],
+            0 if window is None else window[1],
         )
-        for i, (rule, key, cost) in enumerate(zip(step.rules, step.keys, step.costs, strict=True))
+        for i, (rule, window, cost) in enumerate(
+            zip(step.rules, step.windows, step.costs, strict=True)
+        )
     )
     return Hold(step.hold_id, step.subject, expires_us, entries)
 
@@ -48,11 +53,11 @@ class SettleStep:
 def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> SettleStep:
     """Commit ``actual_costs`` (per rule, in the rule's unit), or release when None."""
     if actual_costs is None:
-        return SettleStep(hold, [-held for _, _, held in hold.entries], [0] * len(hold.entries))
+        return SettleStep(hold, [-entry[2] for entry in hold.entries], [0] * len(hold.entries))
     actual = [
-        0 if held == 0 and cost != 0 and rule.shadow else
+        0 if entry[2] == 0 and rule.shadow else
         (cost * rule.emission_us if rule.kind == RATE else cost)
-        for rule, cost, (_, _, held) in zip(step.rules, actual_costs, hold.entries, strict=True)
+        for rule, cost, entry in zip(step.rules, actual_costs, hold.entries, strict=True)
     ]
-    deltas = [a - held for a, (_, _, held) in zip(actual, hold.entries, strict=True)]
+    deltas = [a - entry[2] for a, entry in zip(actual, hold.entries, strict=True)]
     return SettleStep(hold, deltas, actual)

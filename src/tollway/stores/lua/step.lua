@@ -1,114 +1,156 @@
 -- The atomic step: check every rule, then consume all or nothing.
--- KEYS: 1 plan assignment, 2 earliest-hold marker, 3..n+2 counters, n+3 holds (sorted set)
--- ARGV: 1 mode (0 acquire, 1 reserve, 2 peek), 2 expected assignment ('' for none),
---       3 hold id, 4 hold ttl (us), 5 retention (us),
---       then 5 per rule: kind (0 rate, 1 window, +2 shadow), a, b, c, cost
---       rate: a = emission interval, b = capacity (both us); window: a = hard limit,
---       b = window start, c = window end (us).
+-- KEYS: 1 the subject's hash
+-- ARGV: 1 rules as a JSON array, per rule:
+--         rate:   kind 0 (+8 shadow), field, emission (us), capacity (us)
+--         window: kind 1 units / 2 money (+8 shadow), field, hard limit, start, end (us)
+--       2 mode (0 acquire, 1 reserve, 2 peek), 3 expected plan ('' for none),
+--       4 units, 5 micro-units of money, 6 hold id, 7 hold ttl (us), 8 retention (us)
 -- Reply: {code, now, misfits, value...}; code 0 taken, 1 denied, 2 plan mismatch (+ plan),
 --        3 stale window. Values are after the step when taken, as found otherwise.
 local now = clock()
-local n = #KEYS - 3
-local found = redis.call('MGET', unpack(KEYS, 1, n + 2))
-local plan = found[1] or ''
-if plan ~= ARGV[2] then
-  return {2, now, 0, plan}
-end
-for i = 1, n do
-  local b = 5 + (i - 1) * 5
-  if tonumber(ARGV[b + 1]) % 2 == 1 then
-    if now < tonumber(ARGV[b + 3]) or now >= tonumber(ARGV[b + 4]) then
+local key = KEYS[1]
+local spec = cjson.decode(ARGV[1])
+local kinds, fields, pa, pb, pc = {}, {}, {}, {}, {}
+local names = {'plan', 'hx', 'exp'}
+local i, n = 1, 0
+while i <= #spec do
+  n = n + 1
+  local kind = spec[i]
+  kinds[n] = kind
+  fields[n] = spec[i + 1]
+  pa[n] = spec[i + 2]
+  pb[n] = spec[i + 3]
+  names[#names + 1] = spec[i + 1]
+  if kind % 8 == 0 then
+    i = i + 4
+  else
+    pc[n] = spec[i + 4]
+    names[#names + 1] = spec[i + 1] .. '@'
+    if now < pb[n] or now >= pc[n] then
       return {3, now, 0}
     end
+    i = i + 5
   end
 end
-local prefix = string.sub(KEYS[1], 1, -5)
-local retention = tonumber(ARGV[5])
-if found[2] and tonumber(found[2]) <= now then
-  sweep(prefix, KEYS[n + 3], KEYS[2], now, retention)
-  found = redis.call('MGET', unpack(KEYS, 1, n + 2))
+local found = redis.call('HMGET', key, unpack(names))
+local plan = found[1]
+if (plan or '') ~= ARGV[3] then
+  return {2, now, 0, plan or ''}
 end
-local mode = tonumber(ARGV[1])
-local values, after = {}, {}
+local retention = tonumber(ARGV[8])
+if found[2] and tonumber(found[2]) <= now then
+  sweep(key, now, retention)
+  found = redis.call('HMGET', key, unpack(names))
+end
+local units, micros = tonumber(ARGV[4]), tonumber(ARGV[5])
+local values, after, fresh = {}, {}, {}
 local misfits, bit, denied = 0, 1, false
-for i = 1, n do
-  local b = 5 + (i - 1) * 5
-  local kind = tonumber(ARGV[b + 1])
-  local cost = tonumber(ARGV[b + 5])
-  local v = tonumber(found[i + 2]) or 0
+local pos = 4
+for j = 1, n do
+  local kind = kinds[j] % 8
+  local v = tonumber(found[pos]) or 0
   local new, fit
-  if kind % 2 == 0 then
+  pos = pos + 1
+  if kind == 0 then
     local tat = v
     if tat < now then
       tat = now
     end
-    new = tat + cost * tonumber(ARGV[b + 2])
-    fit = new - now <= tonumber(ARGV[b + 3])
+    new = tat + units * pa[j]
+    fit = new - now <= pb[j]
   else
-    new = v + cost
-    fit = new <= tonumber(ARGV[b + 2])
+    if tonumber(found[pos]) ~= pb[j] then
+      v = 0
+      fresh[j] = true
+    end
+    pos = pos + 1
+    if kind == 1 then
+      new = v + units
+    else
+      new = v + micros
+    end
+    fit = new <= pa[j]
   end
-  values[i] = v
+  values[j] = v
   if fit then
-    after[i] = new
+    after[j] = new
   else
-    after[i] = v
+    after[j] = v
     misfits = misfits + bit
-    if kind < 2 then
+    if kinds[j] < 8 then
       denied = true
     end
   end
   bit = bit * 2
 end
+local mode = tonumber(ARGV[2])
 if mode == 2 then
   return {0, now, misfits, unpack(values)}
 end
 if denied then
   return {1, now, misfits, unpack(values)}
 end
-for i = 1, n do
-  if after[i] ~= values[i] then
-    local b = 5 + (i - 1) * 5
-    if tonumber(ARGV[b + 1]) % 2 == 0 then
-      redis.call('SET', KEYS[i + 2], fmt(after[i]), 'PXAT', fmt(math.floor(after[i] / 1000) + 1))
+local writes, needed = {}, 0
+for j = 1, n do
+  if after[j] ~= values[j] or fresh[j] then
+    writes[#writes + 1] = fields[j]
+    writes[#writes + 1] = fmt(after[j])
+    if kinds[j] % 8 == 0 then
+      if after[j] > needed then
+        needed = after[j]
+      end
     else
-      redis.call('SET', KEYS[i + 2], fmt(after[i]), 'PXAT',
-        fmt(math.floor((tonumber(ARGV[b + 4]) + retention) / 1000)))
+      if fresh[j] then
+        writes[#writes + 1] = fields[j] .. '@'
+        writes[#writes + 1] = fmt(pb[j])
+      end
+      if pc[j] + retention > needed then
+        needed = pc[j] + retention
+      end
     end
   end
 end
+if #writes > 0 then
+  redis.call('HSET', key, unpack(writes))
+  keep_until(key, needed, plan, found[3])
+end
 if mode == 1 then
-  local id = ARGV[3]
-  local expires = now + tonumber(ARGV[4])
-  local hold = prefix .. 'h:' .. id
-  local fields = {}
-  local plen = #prefix
+  local id = ARGV[6]
+  local expires = now + tonumber(ARGV[7])
+  local entries = {}
   bit = 1
-  for i = 1, n do
-    local b = 5 + (i - 1) * 5
-    local kind = tonumber(ARGV[b + 1])
+  for j = 1, n do
+    local kind = kinds[j] % 8
     local held = 0
     if math.floor(misfits / bit) % 2 == 0 then
-      held = tonumber(ARGV[b + 5])
-      if kind % 2 == 0 then
-        held = held * tonumber(ARGV[b + 2])
+      if kind == 0 then
+        held = units * pa[j]
+      elseif kind == 1 then
+        held = units
+      else
+        held = micros
       end
     end
-    local tag = 'w'
-    if kind % 2 == 0 then
-      tag = 'r'
+    local tag, start, ends = 'r', 0, 0
+    if kind ~= 0 then
+      tag, start, ends = 'w', pb[j], pc[j]
     end
-    fields[#fields + 1] = string.sub(KEYS[i + 2], plen + 1)
-    fields[#fields + 1] = tag .. fmt(held)
+    entries[#entries + 1] = fields[j]
+    entries[#entries + 1] = tag .. fmt(held) .. '@' .. fmt(start) .. '@' .. fmt(ends)
     bit = bit * 2
   end
-  if #fields > 0 then
-    redis.call('HSET', hold, unpack(fields))
+  local hold = key .. ':h:' .. id
+  local holds = key .. ':holds'
+  if #entries > 0 then
+    redis.call('HSET', hold, unpack(entries))
     redis.call('PEXPIREAT', hold, fmt(math.floor((expires + retention) / 1000)))
   end
-  redis.call('ZADD', KEYS[n + 3], fmt(expires), id)
+  redis.call('ZADD', holds, fmt(expires), id)
+  redis.call('PEXPIREAT', holds, fmt(math.floor((expires + retention) / 1000)), 'GT')
+  redis.call('PEXPIREAT', holds, fmt(math.floor((expires + retention) / 1000)), 'NX')
   if not found[2] or tonumber(found[2]) > expires then
-    redis.call('SET', KEYS[2], fmt(expires))
+    redis.call('HSET', key, 'hx', fmt(expires))
   end
+  keep_until(key, expires + retention, plan, redis.call('HGET', key, 'exp'))
 end
 return {0, now, misfits, unpack(after)}

@@ -1,0 +1,238 @@
+"""The `tollway` command: the parser, and the one place errors become exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
+
+from tollway import __version__
+from tollway.cli import commands
+from tollway.cli.output import PROG, error
+from tollway.errors import PolicyError, StoreError, TollwayError
+
+Command = Callable[[argparse.Namespace], int]
+
+EXIT_CODES = """\
+exit status:
+  0  success (acquire: allowed; policy check: the policy is valid)
+  1  acquire: denied; policy check: the policy has problems (listed on stderr)
+  2  usage error, invalid policy or setting, unknown subject, plan, operation or limit
+  3  the store could not be reached, or refused a command
+"""
+
+CONFIG_HELP = f"the policy file (default: ./{commands.DEFAULT_CONFIG})"
+STORE_HELP = (
+    "store URL, overriding the policy's [store] url: memory://, "
+    "redis://HOST:PORT/DB, rediss://..., redis+cluster://HOST:PORT"
+)
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount; expected e.g. 0.25")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout (the exit status table)."""
+
+
+def _store_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    common.add_argument("--store", metavar="URL", help=STORE_HELP)
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fair-usage control: rate limits, quotas and money budgets, on Redis or "
+        "in memory. Inspect and operate the counters of a tollway policy.",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = _store_options()
+
+    def add(
+        name: str,
+        run: Command,
+        help: str,
+        *,
+        description: str | None = None,
+        parents: Sequence[argparse.ArgumentParser] = (common,),
+        into: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+    ) -> argparse.ArgumentParser:
+        command = into.add_parser(
+            name,
+            help=help,
+            description=description or help,
+            parents=list(parents),
+            epilog=EXIT_CODES,
+            formatter_class=_Formatter,
+        )
+        command.set_defaults(run=run)
+        return command
+
+    demo = add(
+        "demo",
+        commands.demo,
+        "simulate a day of traffic through a policy, in memory",
+        description="Simulate one day of API traffic (free and pro subjects: bursts, an hourly "
+        "quota run out, a spend budget run out, an upgrade at noon, reservations) "
+        "through the engine on the memory store with a fake clock, and print what "
+        "happened. Uses the built-in policy (the same as examples/tollway.toml) unless "
+        "--config is given; a policy of your own must declare plans free and pro and "
+        "operations geocode, search and enrich.",
+        parents=(),
+    )
+    demo.add_argument(
+        "--config", metavar="FILE", help="run the day on this policy instead of the built-in one"
+    )
+    demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    demo.add_argument(
+        "--subjects",
+        type=_positive,
+        default=4,
+        metavar="N",
+        help="how many subjects; roles repeat every four (default: 4, max: 40)",
+    )
+
+    policy = sub.add_parser(
+        "policy",
+        help="check a policy file, or print its JSON Schema",
+        description="Check a policy file, or print its JSON Schema.",
+    )
+    policy.set_defaults(run=lambda args: _help(policy))
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND")
+    check = add(
+        "check",
+        commands.policy_check,
+        "validate a policy file, listing every problem",
+        description="Validate a policy file. Prints 'ok: FILE (...)', or every problem, one per "
+        "line, on stderr as FILE: KEY.PATH: what is wrong.",
+        parents=(),
+        into=policy_sub,
+    )
+    check.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help=f"the policy file (default: --config, else ./{commands.DEFAULT_CONFIG})",
+    )
+    check.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    add(
+        "schema",
+        commands.policy_schema_command,
+        "print the JSON Schema of policy files",
+        parents=(),
+        into=policy_sub,
+    )
+
+    acquire = add(
+        "acquire",
+        commands.acquire,
+        "take units of an operation for a subject; print the decision as JSON",
+        description="Take COST units of OPERATION for SUBJECT under every limit of its plan, or "
+        "none, and print the decision as JSON. Exit status 0 when allowed, 1 when "
+        "denied.",
+    )
+    acquire.add_argument("subject", metavar="SUBJECT")
+    acquire.add_argument("operation", metavar="OPERATION")
+    acquire.add_argument(
+        "--cost", type=int, metavar="N", help="units to take (default: the operation's cost)"
+    )
+    acquire.add_argument(
+        "--amount",
+        type=_decimal,
+        metavar="DECIMAL",
+        help="money to count against budgets (default: cost x price)",
+    )
+
+    usage = add(
+        "usage",
+        commands.usage,
+        "print where every limit of a subject stands, as JSON",
+        description="Print where every limit of SUBJECT's plan stands, as JSON, consuming nothing.",
+    )
+    usage.add_argument("subject", metavar="SUBJECT")
+
+    reset = add(
+        "reset",
+        commands.reset,
+        "clear a subject's counters",
+        description="Clear SUBJECT's counters in their current windows (of one limit with "
+        "--limit) and print how many were cleared.",
+    )
+    reset.add_argument("subject", metavar="SUBJECT")
+    reset.add_argument("--limit", metavar="NAME", help="clear only this limit's counter")
+
+    assign = add(
+        "assign",
+        commands.assign,
+        "put a subject on a plan",
+        description="Put SUBJECT on PLAN (- or --default: back to the policy's default plan) and "
+        "print the plan now in force.",
+    )
+    assign.add_argument("subject", metavar="SUBJECT")
+    assign.add_argument("plan", nargs="?", metavar="PLAN", help="a plan of the policy, or -")
+    assign.add_argument(
+        "--default",
+        action="store_true",
+        help="clear the assignment: the subject gets the default plan",
+    )
+    return parser
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return commands.FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return the exit status (argparse's own exits included)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else commands.FAILED
+    run: Command | None = getattr(args, "run", None)
+    if run is None:
+        return _help(parser)
+    try:
+        return run(args)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            error(issue)
+        return commands.FAILED
+    except StoreError as exc:
+        error(exc)
+        return commands.STORE_FAILED
+    except TollwayError as exc:
+        error(exc)
+        return commands.FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `tollway policy schema | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

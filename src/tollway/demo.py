@@ -1,0 +1,499 @@
+"""The demo: one simulated day of API traffic through the engine, in a few milliseconds.
+
+`simulate` drives a `Tollway` on the memory store with a `FakeClock` (it never sleeps) through
+a scripted day: a few subjects on the free and pro plans of `DEMO_POLICY` (the very text of
+``examples/tollway.toml``, embedded so an installed package needs no data file). The script is
+deterministic for a seed and shows, in one day:
+
+- bursts hitting the GCRA ``burst`` limit;
+- a free subject exhausting its ``hourly`` quota, 20% grace included, then its ``daily`` one;
+- a pro subject whose ``enrich`` calls run its ``spend`` budget out;
+- a subject moved from free to pro at noon, keeping the counts of same-named limits;
+- reservations (``enrich``) committed below their estimate, the difference given back.
+
+`tollway demo` renders the `DemoResult` (see `tollway.cli.report`); tests read it directly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from tollway.client import Tollway
+from tollway.engine.decision import Decision, LimitState
+from tollway.errors import ConfigurationError
+from tollway.policy import loads
+from tollway.policy.model import Policy
+from tollway.reservation import Reservation
+from tollway.testing import FakeClock
+from tollway.usage import Usage
+
+DEMO_POLICY = """\
+# A sample tollway policy: an API sold on two plans, free and pro.
+#
+#   tollway policy check examples/tollway.toml
+#   tollway demo                      # a simulated day of traffic through this very policy
+#
+# A limit's counter is named by the limit's name and window, never by its numbers: a subject
+# moved from free to pro keeps what it used under "burst" and "daily" (same name, same period,
+# same timezone in both plans) and starts the new plan's other limits from zero.
+
+[store]
+url = "memory://"                # redis://127.0.0.1:6379/0 to share counters between processes
+timeout_ms = 50
+on_error = "open"                # default for every limit: let traffic through if Redis is down
+
+[defaults]
+plan = "free"                    # for subjects never assigned a plan
+timezone = "UTC"
+
+[operations]                     # what a call is, what it costs in units, its price per unit
+geocode = { cost = 1, price = "0.001 USD", endpoints = ["GET /v1/geocode"] }
+search  = { cost = 5, price = "0.002 USD", endpoints = ["GET /v1/search", "POST /v1/search/*"] }
+enrich  = { cost = 20, price = "0.05 USD", endpoints = ["POST /v1/enrich"] }  # 1.00 USD a call
+
+[plans.free]
+limits = [
+  { name = "burst",  rate = "5/s", burst = 10 },
+  { name = "hourly", quota = "100/hour", grace = "20%" },       # 120 units pass, 100 are promised
+  { name = "daily",  quota = "1000/day", thresholds = [0.8, 1.0] },
+]
+
+[plans.pro]
+limits = [
+  { name = "burst", rate = "50/s", burst = 100 },
+  { name = "daily", quota = "100000/day" },
+  { name = "spend", budget = "25.00 USD/day", operations = ["enrich"], thresholds = [0.8] },
+]
+
+[providers.google]               # paid APIs the service itself calls (outbound)
+price = "0.005 USD"
+limits = [
+  { name = "qps",    rate = "50/s" },
+  { name = "daily",  quota = "10000/day",      timezone = "America/Los_Angeles" },
+  { name = "budget", budget = "50.00 USD/day", timezone = "America/Los_Angeles" },
+]
+
+[providers.opencage]
+price = "0 USD"
+limits = [{ name = "daily", quota = "2500/day" }, { name = "rps", rate = "1/s" }]
+
+[routes.geocoding]
+providers = ["opencage", "google"]
+"""
+"""The demo's policy: the same text as ``examples/tollway.toml``."""
+
+DAY = datetime(2024, 6, 4, tzinfo=timezone.utc)
+"""The simulated day (a Tuesday), midnight to midnight UTC."""
+US = 1_000_000
+HOUR = 3600 * US
+DAY_US = 24 * HOUR
+MS = 1000
+
+ROLES = ("light", "heavy", "upgrader", "spender")
+"""Subjects take these roles in turn; the first four cover every scenario."""
+MAX_SUBJECTS = 40
+UPGRADE_AT = 12 * HOUR
+NEEDED_PLANS = ("free", "pro")
+NEEDED_OPERATIONS = ("geocode", "search", "enrich")
+
+# Share of a subject's peak traffic in each UTC hour of the day.
+PROFILE = (
+    0.05, 0.03, 0.02, 0.02, 0.03, 0.05, 0.10, 0.25, 0.55, 0.80, 0.95, 1.00,
+    0.90, 0.95, 1.00, 0.95, 0.85, 0.70, 0.50, 0.35, 0.25, 0.15, 0.10, 0.07,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One scripted event: an acquire, a reservation, its commit, or a plan change."""
+
+    at: int
+    """Microseconds since the start of the day."""
+    order: int
+    subject: str
+    action: str
+    """``acquire``, ``reserve``, ``commit`` or ``assign``."""
+    operation: str = ""
+    units: int = 0
+    """For ``commit``: the actual cost, in units."""
+    plan: str = ""
+    """For ``assign``: the new plan."""
+    ref: int = 0
+    """Links a ``commit`` to its ``reserve``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """Something worth telling, when it first happened."""
+
+    at: int
+    subject: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """A plan change, with the counts of same-named window limits before and after it."""
+
+    at: int
+    subject: str
+    old: str
+    new: str
+    carried: dict[str, tuple[int | Decimal, int | Decimal]]
+    """Per limit name present in both plans: (used before, used after)."""
+
+
+@dataclass(slots=True)
+class SubjectStats:
+    name: str
+    role: str
+    plans: list[str] = field(default_factory=list)
+    """Every plan the subject was on during the day, in order."""
+    attempts: int = 0
+    allowed: int = 0
+    denied: int = 0
+    denied_by: Counter[str] = field(default_factory=Counter)
+    """Denied attempts per violated limit (an attempt can violate several)."""
+    units: list[int] = field(default_factory=lambda: [0] * 24)
+    """Units allowed in each hour (acquires and reservations, at their requested cost)."""
+    plan_by_hour: list[str] = field(default_factory=lambda: [""] * 24)
+    """The plan in force at the end of each hour."""
+    reservations: int = 0
+    """Reservations committed."""
+    estimated: int = 0
+    committed: int = 0
+    end: Usage | None = None
+    """Where every limit of the subject's plan stands at 23:59:59."""
+
+
+@dataclass(slots=True)
+class HourStats:
+    attempts: int = 0
+    allowed: int = 0
+    denied: int = 0
+
+
+@dataclass(slots=True)
+class DemoResult:
+    seed: int
+    policy: Policy
+    subjects: list[SubjectStats]
+    hours: list[HourStats]
+    moments: list[Moment]
+    upgrades: list[Upgrade]
+    start: datetime = DAY
+
+    @property
+    def total_attempts(self) -> int:
+        return sum(hour.attempts for hour in self.hours)
+
+
+def demo_policy() -> Policy:
+    return loads(DEMO_POLICY, source="examples/tollway.toml (built in)")
+
+
+def check_policy(policy: Policy) -> None:
+    """Refuse a policy the demo's script cannot run on, saying what is missing."""
+    missing = [f"plan {name!r}" for name in NEEDED_PLANS if name not in policy.plans]
+    missing += [
+        f"operation {name!r}" for name in NEEDED_OPERATIONS if name not in policy.operations
+    ]
+    if missing:
+        where = policy.source or "the policy"
+        raise ConfigurationError(
+            f"{where}: the demo needs plans free and pro and operations geocode, search and "
+            f"enrich; missing: {', '.join(missing)}"
+        )
+
+
+def subject_names(count: int) -> list[tuple[str, str]]:
+    """``(name, role)`` of each subject: light, heavy, upgrader, spender, light-2, ..."""
+    if not 1 <= count <= MAX_SUBJECTS:
+        raise ConfigurationError(f"subjects: {count} is out of range; expected 1 to {MAX_SUBJECTS}")
+    out = []
+    for i in range(count):
+        role = ROLES[i % len(ROLES)]
+        rank = i // len(ROLES) + 1
+        out.append((role if rank == 1 else f"{role}-{rank}", role))
+    return out
+
+
+# -- the script --------------------------------------------------------------------------------
+
+
+class _Script:
+    """Builds every call of the day from one seeded random generator."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.calls: list[Call] = []
+        self._refs = 0
+
+    def add(
+        self,
+        at: int,
+        subject: str,
+        action: str,
+        operation: str = "",
+        *,
+        units: int = 0,
+        plan: str = "",
+        ref: int = 0,
+    ) -> None:
+        self.calls.append(Call(at, len(self.calls), subject, action, operation, units, plan, ref))
+
+    def scaled(self, hour: int, peak: float) -> int:
+        return round(PROFILE[hour] * peak * self.rng.uniform(0.7, 1.3))
+
+    def scattered(self, subject: str, hour: int, count: int, search_share: float) -> None:
+        """``count`` single calls at random instants of the hour."""
+        rng = self.rng
+        for _ in range(count):
+            op = "search" if rng.random() < search_share else "geocode"
+            self.add(hour * HOUR + rng.randrange(HOUR), subject, "acquire", op)
+
+    def burst(self, subject: str, at: int, count: int, gap_us: int, op: str = "geocode") -> None:
+        """``count`` calls ``gap_us`` apart: a client firing as fast as it can."""
+        for i in range(count):
+            self.add(at + i * gap_us, subject, "acquire", op)
+
+    def light(self, subject: str) -> None:
+        """A well-behaved free app: a few dozen calls an hour, never near a limit."""
+        for hour in range(24):
+            self.scattered(subject, hour, self.scaled(hour, 30), 0.15)
+
+    def heavy(self, subject: str) -> None:
+        """A free account running a scraper: steady batches under the rate but far over the
+        hourly quota, plus bursts fired all at once."""
+        rng = self.rng
+        for hour in range(24):
+            if hour != 2 and PROFILE[hour] < 0.5:
+                continue
+            start = hour * HOUR + rng.randrange(45 * 60 * US)
+            self.burst(subject, start, rng.randint(150, 260), 250 * MS)  # 4/s, under 5/s
+            for _ in range(rng.randint(1, 3)):
+                at = hour * HOUR + rng.randrange(HOUR - 60 * US)
+                self.burst(subject, at, rng.randint(15, 30), 10 * MS)
+
+    def upgrader(self, subject: str) -> None:
+        """A growing free app: busy mornings on free, moved to pro at noon, much busier after."""
+        rng = self.rng
+        self.burst(subject, 7 * HOUR + rng.randrange(HOUR // 2), 110, 300 * MS)
+        for hour in range(12):
+            self.scattered(subject, hour, self.scaled(hour, 140), 0.0)
+            if hour >= 7:
+                for _ in range(2):
+                    at = hour * HOUR + rng.randrange(HOUR - 60 * US)
+                    self.burst(subject, at, rng.randint(8, 14), 30 * MS)
+        self.add(UPGRADE_AT, subject, "assign", plan="pro")
+        for hour in range(12, 24):
+            self.scattered(subject, hour, self.scaled(hour, 600), 0.3)
+            at = hour * HOUR + rng.randrange(HOUR - 60 * US)
+            self.burst(subject, at, rng.randint(80, 200), 2 * MS)
+
+    def spender(self, subject: str) -> None:
+        """A pro account: steady traffic, and ``enrich`` calls held by reservations at their
+        estimate and committed at what they really cost, until the daily budget runs out."""
+        rng = self.rng
+        for hour in range(24):
+            self.scattered(subject, hour, self.scaled(hour, 400), 0.25)
+            if 7 <= hour <= 22:
+                for _ in range(round(PROFILE[hour] * 6 + rng.random())):
+                    at = hour * HOUR + rng.randrange(HOUR - 60 * US)
+                    self._refs += 1
+                    self.add(at, subject, "reserve", "enrich", ref=self._refs)
+                    done = at + rng.randrange(1 * US, 8 * US)
+                    self.add(
+                        done, subject, "commit", "enrich", units=rng.randint(5, 20), ref=self._refs
+                    )
+        self.burst(subject, 16 * HOUR + rng.randrange(HOUR - 60 * US), 160, 2 * MS)
+
+
+def script(seed: int, subjects: list[tuple[str, str]]) -> list[Call]:
+    """Every call of the day, in the order they happen."""
+    builder = _Script(seed)
+    for name, role in subjects:
+        getattr(builder, role)(name)
+    return sorted(builder.calls, key=lambda call: (call.at, call.order))
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+class _Day:
+    """Runs the script through a `Tollway` and keeps the score."""
+
+    def __init__(self, policy: Policy, seed: int, subjects: list[tuple[str, str]]) -> None:
+        self.clock = FakeClock(DAY)
+        self.start_us = self.clock()
+        self.now = 0
+        self.tw = Tollway(policy, store="memory://", clock=self.clock)
+        self.stats = {name: SubjectStats(name, role) for name, role in subjects}
+        self.result = DemoResult(
+            seed, policy, list(self.stats.values()), [HourStats() for _ in range(24)], [], []
+        )
+        self.held: dict[int, Reservation] = {}
+        self.seen: set[tuple[str, str]] = set()
+
+    def at(self, when: int) -> None:
+        self.clock.advance(us=when - self.now)
+        self.now = when
+
+    def tell(self, subject: str, text: str, key: str | None = None) -> None:
+        """Record a moment; with ``key``, only the first one of its kind per subject."""
+        if key is not None:
+            if (subject, key) in self.seen:
+                return
+            self.seen.add((subject, key))
+        self.result.moments.append(Moment(self.now, subject, text))
+
+    def run(self, calls: list[Call]) -> DemoResult:
+        for name, stats in self.stats.items():
+            plan = "pro" if stats.role == "spender" else "free"
+            self.tw.assign(name, plan)
+            stats.plans.append(plan)
+        for call in calls:
+            self.at(call.at)
+            if call.action == "assign":
+                self.assign(call)
+            elif call.action == "commit":
+                self.commit(call)
+            elif call.action == "reserve":
+                reservation = self.tw.reserve(call.subject, call.operation)
+                if reservation.allowed:
+                    self.held[call.ref] = reservation
+                self.count(call.subject, reservation.decision)
+            else:
+                self.count(call.subject, self.tw.acquire(call.subject, call.operation))
+            stats = self.stats[call.subject]
+            stats.plan_by_hour[call.at // HOUR] = stats.plans[-1]
+        self.at(DAY_US - US)
+        for stats in self.result.subjects:
+            stats.end = self.tw.usage(stats.name)
+            previous = stats.plans[0]
+            for hour in range(24):  # an hour without a call keeps the plan of the hour before
+                previous = stats.plan_by_hour[hour] = stats.plan_by_hour[hour] or previous
+        self.tw.close()
+        return self.result
+
+    def count(self, subject: str, decision: Decision) -> None:
+        stats = self.stats[subject]
+        hour = self.result.hours[self.now // HOUR]
+        stats.attempts += 1
+        hour.attempts += 1
+        if decision.allowed:
+            stats.allowed += 1
+            hour.allowed += 1
+            stats.units[self.now // HOUR] += decision.cost
+            for crossing in decision.crossings:
+                state = decision.limit(crossing.limit, crossing.operation)
+                percent = _percent(crossing.threshold)
+                # Once per limit and threshold: a reservation committed below its estimate
+                # gives units back, and the next step may cross the same threshold again.
+                self.tell(
+                    subject,
+                    f"{crossing.limit} crossed {percent}: "
+                    f"{_amount(crossing.used, state)} of "
+                    f"{_amount(state.limit, state)} used",
+                    key=f"crossed:{crossing.limit}:{percent}",
+                )
+            return
+        stats.denied += 1
+        hour.denied += 1
+        for name in decision.violated:
+            stats.denied_by[name] += 1
+            state = decision.limit(name)
+            self.tell(
+                subject,
+                f"first denied by {name} ({decision.operation}): {_why(state, decision)}",
+                key=f"denied:{name}",
+            )
+
+    def commit(self, call: Call) -> None:
+        reservation = self.held.pop(call.ref, None)
+        if reservation is None:  # the reservation was denied: nothing to settle
+            return
+        stats = self.stats[call.subject]
+        estimate = reservation.estimate
+        actual = min(call.units, estimate)
+        reservation.commit(actual)
+        stats.reservations += 1
+        stats.estimated += estimate
+        stats.committed += actual
+        if actual < estimate:
+            price = self.result.policy.operations[call.operation].price
+            money = (
+                ""
+                if price is None
+                else f" ({price.amount * estimate} -> {price.amount * actual} {price.currency})"
+            )
+            self.tell(
+                call.subject,
+                f"{call.operation} reserved at its estimate and committed "
+                f"below it: {estimate} -> {actual} units{money}",
+                key="commit",
+            )
+
+    def assign(self, call: Call) -> None:
+        subject, new = call.subject, call.plan
+        stats = self.stats[subject]
+        before = self.tw.usage(subject)
+        self.tw.assign(subject, new)
+        after = self.tw.usage(subject)
+        old = stats.plans[-1]
+        stats.plans.append(new)
+        carried: dict[str, tuple[int | Decimal, int | Decimal]] = {}
+        kept = []
+        for state in before.limits:
+            if state.kind == "rate":  # a rate's state is a time, not a count
+                continue
+            try:
+                now = after.limit(state.name)
+            except KeyError:
+                continue
+            carried[state.name] = (state.used, now.used)
+            kept.append(
+                f"{state.name} {_amount(state.used, state)} used before, "
+                f"{_amount(now.used, now)} after (of {_amount(state.limit, state)}, now "
+                f"of {_amount(now.limit, now)})"
+            )
+        self.result.upgrades.append(Upgrade(self.now, subject, old, new, carried))
+        self.tell(
+            subject,
+            f"moved from {old} to {new}; same-named limits keep their counts: "
+            + ("; ".join(kept) or "none in both plans"),
+        )
+
+
+def _percent(fraction: Decimal) -> str:
+    return f"{(fraction * 100).normalize():f}%"
+
+
+def _amount(value: int | Decimal, state: LimitState) -> str:
+    return f"{value} {state.currency}" if state.currency else str(value)
+
+
+def _why(state: LimitState, decision: Decision) -> str:
+    if state.kind == "rate":
+        return f"{state.used} of a burst of {state.limit} used"
+    text = f"{_amount(state.used, state)} of {_amount(state.limit, state)} used"
+    if state.used > state.limit:
+        text += " (grace included)"
+    if state.kind == "budget" and decision.amount_decimal is not None:
+        text += f", the call needs {decision.amount_decimal}"
+    return text
+
+
+def simulate(seed: int = 1, subjects: int = 4, policy: Policy | None = None) -> DemoResult:
+    """Run the scripted day; ``policy`` defaults to `DEMO_POLICY`."""
+    policy = demo_policy() if policy is None else policy
+    check_policy(policy)
+    names = subject_names(subjects)
+    return _Day(policy, seed, names).run(script(seed, names))
+
+
+__all__ = ["DEMO_POLICY", "DemoResult", "SubjectStats", "demo_policy", "simulate"]
