@@ -66,8 +66,11 @@ class _Face:
                 f"limit: {limit!r} does not apply to {usage.subject!r} (plan {usage.plan!r}); "
                 f"its limits: {', '.join(sorted(names)) or 'none'}"
             )
-        return [field for field, state in zip(usage.fields, usage.limits, strict=True)
-                if limit is None or state.name == limit]
+        return [
+            field
+            for field, state in zip(usage.fields, usage.limits, strict=True)
+            if limit is None or state.name == limit
+        ]
 
     def _degraded(self, step: Step, exc: StoreUnavailableError, store: object) -> Decision:
         """Decide without the store; journal what a fail-open acquire let through."""
@@ -83,8 +86,12 @@ class _Face:
         decision = self._engine.finish(step, reply)
         if decision is None:
             return None
-        return Usage(subject=step.subject, plan=step.plan, limits=decision.limits,
-                     fields=tuple(rule.field for rule in step.rules))
+        return Usage(
+            subject=step.subject,
+            plan=step.plan,
+            limits=decision.limits,
+            fields=tuple(rule.field for rule in step.rules),
+        )
 
 
 class Tollway(_Face):
@@ -96,14 +103,24 @@ class Tollway(_Face):
     and is how tests avoid sleeping.
     """
 
-    def __init__(self, policy: PolicySource, store: str | SyncStore | None = None, *,
-                 clock: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        policy: PolicySource,
+        store: str | SyncStore | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         super().__init__(policy, clock)
         self._store: SyncStore = open_store(store, self.policy, self._engine.clock)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], store: str | None = None, *,
-                  clock: Callable[[], int] | None = None) -> Tollway:
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        store: str | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> Tollway:
         return cls(load(Path(path)), store, clock=clock)
 
     @property
@@ -119,24 +136,37 @@ class Tollway(_Face):
             self._engine.finish(step, reply)
         raise StoreError("the store kept answering that the step was stale; giving up")
 
-    def acquire(self, subject: str, operation: str, cost: int | None = None, *,
-                amount: Decimal | None = None) -> Decision:
+    def acquire(
+        self,
+        subject: str,
+        operation: str,
+        cost: int | None = None,
+        *,
+        amount: Decimal | None = None,
+    ) -> Decision:
         """Take ``cost`` units (default: the operation's cost) under every limit, or none."""
         engine = self._engine
         step = engine.consume(subject, operation, cost, amount, ACQUIRE)
         try:
             reply = self._store.execute(step)
             if reply.code > 1:
-                step, reply = self._run(lambda: engine.consume(subject, operation, cost, amount,
-                                                               ACQUIRE))
+                step, reply = self._run(
+                    lambda: engine.consume(subject, operation, cost, amount, ACQUIRE)
+                )
         except StoreUnavailableError as exc:
             return self._degraded(step, exc, self._store)
         decision = engine.finish(step, reply)
         assert decision is not None
         return decision
 
-    def reserve(self, subject: str, operation: str, estimate: int | None = None, *,
-                amount: Decimal | None = None) -> Reservation:
+    def reserve(
+        self,
+        subject: str,
+        operation: str,
+        estimate: int | None = None,
+        *,
+        amount: Decimal | None = None,
+    ) -> Reservation:
         """Hold ``estimate`` units until `Reservation.commit` or `Reservation.release`."""
         engine = self._engine
 
@@ -188,14 +218,24 @@ class Tollway(_Face):
 class AsyncTollway(_Face):
     """Fair-usage control, asyncio face: the same engine, awaited store calls."""
 
-    def __init__(self, policy: PolicySource, store: str | AsyncStore | None = None, *,
-                 clock: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        policy: PolicySource,
+        store: str | AsyncStore | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         super().__init__(policy, clock)
         self._store: AsyncStore = open_async_store(store, self.policy, self._engine.clock)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], store: str | None = None, *,
-                  clock: Callable[[], int] | None = None) -> AsyncTollway:
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        store: str | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> AsyncTollway:
         return cls(load(Path(path)), store, clock=clock)
 
     @property
@@ -211,23 +251,36 @@ class AsyncTollway(_Face):
             self._engine.finish(step, reply)
         raise StoreError("the store kept answering that the step was stale; giving up")
 
-    async def acquire(self, subject: str, operation: str, cost: int | None = None, *,
-                      amount: Decimal | None = None) -> Decision:
+    async def acquire(
+        self,
+        subject: str,
+        operation: str,
+        cost: int | None = None,
+        *,
+        amount: Decimal | None = None,
+    ) -> Decision:
         engine = self._engine
         step = engine.consume(subject, operation, cost, amount, ACQUIRE)
         try:
             reply = await self._store.execute(step)
             if reply.code > 1:
                 step, reply = await self._run(
-                    lambda: engine.consume(subject, operation, cost, amount, ACQUIRE))
+                    lambda: engine.consume(subject, operation, cost, amount, ACQUIRE)
+                )
         except StoreUnavailableError as exc:
             return self._degraded(step, exc, self._store)
         decision = engine.finish(step, reply)
         assert decision is not None
         return decision
 
-    async def reserve(self, subject: str, operation: str, estimate: int | None = None, *,
-                      amount: Decimal | None = None) -> AsyncReservation:
+    async def reserve(
+        self,
+        subject: str,
+        operation: str,
+        estimate: int | None = None,
+        *,
+        amount: Decimal | None = None,
+    ) -> AsyncReservation:
         engine = self._engine
 
         def build() -> Step:
@@ -268,8 +321,12 @@ class AsyncTollway(_Face):
     async def __aenter__(self) -> AsyncTollway:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.aclose()
 
 

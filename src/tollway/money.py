@@ -29,7 +29,7 @@ class Money:
 
     @property
     def amount(self) -> Decimal:
-        return (Decimal(self.micros) / MICROS_PER_UNIT).normalize() + Decimal("0.00")
+        return micros_to_decimal(self.micros)
 
     def __str__(self) -> str:
         return f"{self.amount} {self.currency}"
@@ -40,7 +40,7 @@ class Money:
         match = _MONEY_RE.match(text) if isinstance(text, str) else None
         if match is None:
             raise ValueError(
-                f"{text!r} is not an amount of money; expected AMOUNT CURRENCY such as \"0.005 USD\""
+                f'{text!r} is not an amount of money; expected AMOUNT CURRENCY such as "0.005 USD"'
             )
         value = Decimal(match["amount"].replace("_", ""))
         return cls(micros=decimal_to_micros(value, what=repr(text)), currency=match["currency"])
@@ -66,9 +66,8 @@ def decimal_to_micros(value: Decimal, *, what: str = "amount") -> int:
     if micros < 0:
         raise InvalidArgumentError(f"{what}: {value} is negative; expected an amount >= 0")
     if micros > MAX_MICROS:
-        raise InvalidArgumentError(
-            f"{what}: {value} is too large; expected at most {Decimal(MAX_MICROS) / MICROS_PER_UNIT}"
-        )
+        largest = Decimal(MAX_MICROS) / MICROS_PER_UNIT
+        raise InvalidArgumentError(f"{what}: {value} is too large; expected at most {largest}")
     return micros
 
 

@@ -32,6 +32,8 @@ class ReservationCore:
         self.hold = hold_of(step, reply.misfits, reply.now_us + step.hold_ttl_us)
         self._lock = threading.Lock()
         self.settled = False
+        self.committed: tuple[int, int | None, list[int]] = (0, None, [])
+        """(units, micro-units, per-rule costs) of the commit, once made."""
 
     def _claim(self) -> None:
         with self._lock:
@@ -43,8 +45,7 @@ class ReservationCore:
                 raise ReservationError(f"reservation {self.step.hold_id} was already settled")
             self.settled = True
 
-    def commit_step(self, actual: int | None, amount: Decimal | None) -> tuple[SettleStep,
-                                                                             list[int]]:
+    def commit_step(self, actual: int | None, amount: Decimal | None) -> SettleStep:
         step = self.step
         units = step.cost if actual is None else actual
         if isinstance(units, bool) or not isinstance(units, int) or units < 0:
@@ -54,7 +55,8 @@ class ReservationCore:
         micros = self._amount(units, amount)
         costs = [micros if rule.money else units for rule in step.rules]
         self._claim()
-        return settle_step(step, self.hold, costs), costs
+        self.committed = (units, micros if step.check and step.check.has_money else None, costs)
+        return settle_step(step, self.hold, costs)
 
     def _amount(self, units: int, amount: Decimal | None) -> int:
         if amount is not None:
@@ -68,14 +70,16 @@ class ReservationCore:
         self._claim()
         return settle_step(self.step, self.hold, None)
 
-    def settled_decision(self, reply: Reply, costs: list[int]) -> Decision:
-        step = self.step
-        return Decision(
-            allowed=True, subject=step.subject,
-            operation=step.check.operation if step.check else "", plan=step.plan,
-            cost=costs[0] if costs else 0, amount=step.amount, now_us=reply.now_us,
-            rules=step.rules, values=reply.values, costs=costs, windows=step.windows,
+    def settled_decision(
+        self, reply: Reply, units: int, micros: int | None, costs: list[int]
+    ) -> Decision:
+        """Where the limits stand after the settlement, at the committed cost."""
+        held = self.step
+        step = Step(
+            held.subject, held.assigned, held.plan, held.check, units, micros, costs, held.mode
         )
+        step.windows = held.windows
+        return Decision(True, step, reply.now_us, reply.values, 0)
 
 
 class _Face:
@@ -121,8 +125,8 @@ class Reservation(_Face):
     def commit(self, actual: int | None = None, *, amount: Decimal | None = None) -> Decision:
         """Settle at the actual cost (default: the estimate); the difference is given back or
         taken. A commit after the hold expired takes the whole actual cost."""
-        settle, costs = self._core.commit_step(actual, amount)
-        return self._core.settled_decision(self._store.settle(settle), costs)
+        reply = self._store.settle(self._core.commit_step(actual, amount))
+        return self._core.settled_decision(reply, *self._core.committed)
 
     def release(self) -> None:
         """Give the whole hold back (the call was not made, or is not billed)."""
@@ -132,8 +136,12 @@ class Reservation(_Face):
         self._enter_check()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self.settled:
             return
         if exc_type is None:
@@ -149,10 +157,9 @@ class AsyncReservation(_Face):
         super().__init__(core)
         self._store = store
 
-    async def commit(self, actual: int | None = None, *,
-                     amount: Decimal | None = None) -> Decision:
-        settle, costs = self._core.commit_step(actual, amount)
-        return self._core.settled_decision(await self._store.settle(settle), costs)
+    async def commit(self, actual: int | None = None, *, amount: Decimal | None = None) -> Decision:
+        reply = await self._store.settle(self._core.commit_step(actual, amount))
+        return self._core.settled_decision(reply, *self._core.committed)
 
     async def release(self) -> None:
         await self._store.settle(self._core.release_step())
@@ -161,8 +168,12 @@ class AsyncReservation(_Face):
         self._enter_check()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self.settled:
             return
         if exc_type is None:

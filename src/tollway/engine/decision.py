@@ -6,14 +6,17 @@ read, so the common "allowed, move on" path builds one small object and nothing 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
-from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from tollway.engine.rules import RATE, Rule
 from tollway.money import micros_to_decimal
+
+if TYPE_CHECKING:
+    from tollway.engine.step import Step
 
 US = 1_000_000
 
@@ -69,22 +72,37 @@ def _jsonable(value: int | Decimal) -> int | str:
     return str(value) if isinstance(value, Decimal) else value
 
 
-def limit_state(rule: Rule, value: int, cost: int, now_us: int,
-                window: tuple[int, int, str] | None, admitted: bool) -> LimitState:
+def limit_state(
+    rule: Rule,
+    value: int,
+    cost: int,
+    now_us: int,
+    window: tuple[int, int, str] | None,
+    admitted: bool,
+) -> LimitState:
     """The public view of one rule from its stored value (TAT or count)."""
     kind = rule.limit.kind
     if rule.kind == RATE:
         tat = max(value, now_us)
         burst = rule.burst
-        remaining = max(0, (rule.capacity_us - (tat - now_us)) // rule.emission_us)
+        units_left = max(0, (rule.capacity_us - (tat - now_us)) // rule.emission_us)
         retry: float | None = 0.0
         if not admitted:
             need = cost * rule.emission_us
-            retry = None if need > rule.capacity_us else (tat + need - rule.capacity_us - now_us) / US
+            retry = (
+                None if need > rule.capacity_us else (tat + need - rule.capacity_us - now_us) / US
+            )
         return LimitState(
-            name=rule.name, kind=kind, limit=burst, used=burst - remaining, remaining=remaining,
-            reset_after=(tat - now_us) / US, retry_after=retry, allowed=admitted,
-            shadow=rule.shadow, operation=rule.operation,
+            name=rule.name,
+            kind=kind,
+            limit=burst,
+            used=burst - units_left,
+            remaining=units_left,
+            reset_after=(tat - now_us) / US,
+            retry_after=retry,
+            allowed=admitted,
+            shadow=rule.shadow,
+            operation=rule.operation,
         )
     assert window is not None
     start, end, _ = window
@@ -92,15 +110,24 @@ def limit_state(rule: Rule, value: int, cost: int, now_us: int,
         retry = 0.0
     else:
         retry = None if cost > rule.hard else (end - now_us) / US
+    left = max(0, rule.soft - value)
     used: int | Decimal = value
-    remaining: int | Decimal = max(0, rule.soft - value)
+    remaining: int | Decimal = left
     limit: int | Decimal = rule.soft
     if rule.money:
-        used, remaining, limit = (micros_to_decimal(v) for v in (value, remaining, rule.soft))
+        used, remaining, limit = (micros_to_decimal(v) for v in (value, left, rule.soft))
     return LimitState(
-        name=rule.name, kind=kind, limit=limit, used=used, remaining=remaining,
-        reset_after=(end - now_us) / US, retry_after=retry, allowed=admitted,
-        shadow=rule.shadow, operation=rule.operation, currency=rule.limit.currency,
+        name=rule.name,
+        kind=kind,
+        limit=limit,
+        used=used,
+        remaining=remaining,
+        reset_after=(end - now_us) / US,
+        retry_after=retry,
+        allowed=admitted,
+        shadow=rule.shadow,
+        operation=rule.operation,
+        currency=rule.limit.currency,
         window_start=datetime.fromtimestamp(start // US, tz=timezone.utc),
         window_end=datetime.fromtimestamp(end // US, tz=timezone.utc),
     )
@@ -120,70 +147,67 @@ class Decision:
     """The answer of `acquire`: allowed or not, which limits said no, and where each stands."""
 
     __slots__ = (
-        "_costs",
-        "_fixed_retry",
         "_limits",
         "_misfits",
-        "_rules",
+        "_step",
         "_values",
-        "_windows",
         "allowed",
-        "amount",
-        "cost",
         "degraded",
+        "fixed_retry",
         "now_us",
-        "operation",
-        "plan",
         "reason",
-        "subject",
+        "rules",
     )
 
     def __init__(
-        self,
-        *,
-        allowed: bool,
-        subject: str,
-        operation: str,
-        plan: str | None,
-        cost: int,
-        amount: int | None,
-        now_us: int,
-        rules: tuple[Rule, ...] = (),
-        values: Sequence[int] = (),
-        costs: Sequence[int] = (),
-        windows: Sequence[tuple[int, int, str] | None] = (),
-        misfits: int = 0,
-        degraded: bool = False,
-        reason: str | None = None,
-        retry_after: float | None = None,
+        self, allowed: bool, step: Step, now_us: int, values: Sequence[int], misfits: int
     ) -> None:
         self.allowed = allowed
-        self.subject = subject
-        self.operation = operation
-        self.plan = plan
-        self.cost = cost
-        self.amount = amount
+        """Whether the step was taken."""
+        self._step = step
         self.now_us = now_us
-        self.degraded = degraded
-        self.reason = reason
-        self._rules = rules
+        """The store's clock when it decided (microseconds since the epoch)."""
         self._values = values
-        self._costs = costs
-        self._windows = windows
         self._misfits = misfits
         self._limits: tuple[LimitState, ...] | None = None
+        self.rules = step.rules
+        self.degraded = False
+        """True when the store could not be asked and the limits' ``on_error`` decided."""
+        self.reason: str | None = None
         # A degraded denial has no limit figures: its wait is the circuit breaker's cooldown.
-        self._fixed_retry = retry_after
+        self.fixed_retry: float | None = None
+
+    @property
+    def subject(self) -> str:
+        return self._step.subject
+
+    @property
+    def operation(self) -> str:
+        return self._step.operation
+
+    @property
+    def plan(self) -> str | None:
+        return self._step.plan
+
+    @property
+    def cost(self) -> int:
+        """Units of cost taken (or asked for, when denied)."""
+        return self._step.cost
+
+    @property
+    def amount(self) -> int | None:
+        """Micro-units of money taken (or asked for), when a budget applied or one was given."""
+        return self._step.amount
 
     @property
     def limits(self) -> tuple[LimitState, ...]:
         """Every limit that applied, in policy order (shadow limits included, marked)."""
         if self._limits is None:
-            now, misfits = self.now_us, self._misfits
+            now, misfits, step = self.now_us, self._misfits, self._step
             self._limits = tuple(
                 limit_state(rule, value, cost, now, window, not (misfits >> i) & 1)
                 for i, (rule, value, cost, window) in enumerate(
-                    zip(self._rules, self._values, self._costs, self._windows, strict=True)
+                    zip(self.rules, self._values, step.costs, step.windows, strict=True)
                 )
             )
         return self._limits
@@ -213,8 +237,8 @@ class Decision:
         can (its cost exceeds a limit outright)."""
         if self.allowed:
             return 0.0
-        if self._fixed_retry is not None:
-            return self._fixed_retry
+        if self.fixed_retry is not None:
+            return self.fixed_retry
         waits = [s.retry_after for s in self.limits if not s.allowed and not s.shadow]
         if not waits:
             return 0.0
@@ -228,7 +252,7 @@ class Decision:
         if not self.allowed:
             return ()
         out: list[Crossing] = []
-        rows = zip(self._rules, self._values, self._costs, strict=True)
+        rows = zip(self.rules, self._values, self._step.costs, strict=True)
         for i, (rule, value, cost) in enumerate(rows):
             if (self._misfits >> i) & 1:
                 continue

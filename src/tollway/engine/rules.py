@@ -26,6 +26,7 @@ class Rule:
         "capacity_us",
         "closed",
         "emission_us",
+        "field",
         "fragment",
         "hard",
         "kind",
@@ -36,7 +37,6 @@ class Rule:
         "period",
         "shadow",
         "soft",
-        "field",
         "thresholds",
         "timezone",
     )
@@ -98,17 +98,86 @@ class Rule:
         return f"Rule({self.field!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Check:
-    """Every rule one (plan, operation) pair must pass, and how to price its budget rules."""
+    """Every rule one (plan, operation) pair must pass, and how to price its budget rules.
 
-    plan: str
-    operation: str
-    rules: tuple[Rule, ...]
-    default_cost: int
-    price_micros: int | None
-    has_money: bool
-    has_window: bool
+    Built once per policy. It caches what every step at the default cost shares: the per-rule
+    costs, and the current windows with the Redis script's rule argument, until one ends.
+    """
+
+    __slots__ = (
+        "_windows",
+        "default_cost",
+        "default_costs",
+        "default_micros",
+        "fixed_windows",
+        "has_money",
+        "has_window",
+        "operation",
+        "plan",
+        "price_micros",
+        "rules",
+        "static_packed",
+    )
+
+    def __init__(
+        self,
+        plan: str,
+        operation: str,
+        rules: tuple[Rule, ...],
+        default_cost: int,
+        price_micros: int | None,
+    ) -> None:
+        self.plan = plan
+        self.operation = operation
+        self.rules = rules
+        self.default_cost = default_cost
+        self.price_micros = price_micros
+        self.has_money = any(rule.money for rule in rules)
+        self.has_window = any(rule.kind == WINDOW for rule in rules)
+        self.default_micros: int | None = (
+            default_cost * price_micros if price_micros is not None else None
+        )
+        """The money of one call at the default cost (None: no price)."""
+        self.default_costs: list[int] | None = self.costs(default_cost, self.default_micros)
+        """Per-rule costs at the default cost; None when a budget applies and there is no price
+        (the caller must give an amount). Shared by steps: never mutated."""
+        self.static_packed = "[" + ",".join(rule.fragment for rule in rules) + "]"
+        self.fixed_windows: list[tuple[int, int, str] | None] = [None] * len(rules)
+        """The windows of a check with rate limits only: none. Shared: never mutated."""
+        # (valid from, valid until, windows, packed rules) for the windows holding "now".
+        self._windows: tuple[int, int, list[tuple[int, int, str] | None], str] = (
+            0,
+            0,
+            [None] * len(rules),
+            self.static_packed,
+        )
+
+    def costs(self, units: int, micros: int | None) -> list[int] | None:
+        if not self.has_money:
+            return [units] * len(self.rules)
+        if micros is None:
+            return None
+        return [micros if rule.money else units for rule in self.rules]
+
+    def windows(self, now_us: int) -> tuple[list[tuple[int, int, str] | None], str]:
+        """The rules' windows at ``now_us`` and the script's rule argument for them."""
+        cached = self._windows
+        if cached[0] <= now_us < cached[1]:
+            return cached[2], cached[3]
+        windows = [rule.window(now_us) if rule.kind == WINDOW else None for rule in self.rules]
+        lo = max(w[0] for w in windows if w is not None)
+        hi = min(w[1] for w in windows if w is not None)
+        packed = (
+            "["
+            + ",".join(
+                rule.fragment if w is None else w[2]
+                for rule, w in zip(self.rules, windows, strict=True)
+            )
+            + "]"
+        )
+        self._windows = (lo, hi, windows, packed)
+        return windows, packed
 
 
 def _rules_for(limits: tuple[Limit, ...], operation: str) -> tuple[Rule, ...]:
@@ -119,18 +188,10 @@ def _rules_for(limits: tuple[Limit, ...], operation: str) -> tuple[Rule, ...]:
     )
 
 
-def _check(name: str, limits: tuple[Limit, ...], operation: str, cost: int,
-           price: int | None) -> Check:
-    rules = _rules_for(limits, operation)
-    return Check(
-        plan=name,
-        operation=operation,
-        rules=rules,
-        default_cost=cost,
-        price_micros=price,
-        has_money=any(rule.money for rule in rules),
-        has_window=any(rule.kind == WINDOW for rule in rules),
-    )
+def _check(
+    name: str, limits: tuple[Limit, ...], operation: str, cost: int, price: int | None
+) -> Check:
+    return Check(name, operation, _rules_for(limits, operation), cost, price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +223,13 @@ def compile_policy(policy: Policy) -> Compiled:
     operations = tuple(policy.operations)
     checks = {
         plan.name: {
-            op.name: _check(plan.name, plan.limits, op.name, op.cost,
-                            op.price.micros if op.price is not None else None)
+            op.name: _check(
+                plan.name,
+                plan.limits,
+                op.name,
+                op.cost,
+                op.price.micros if op.price is not None else None,
+            )
             for op in policy.operations.values()
         }
         for plan in policy.plans.values()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tollway.engine.decision import Decision
 from tollway.engine.rules import WINDOW, Check, Compiled, Rule, compile_policy
@@ -35,6 +35,7 @@ STALE_WINDOW = 3
 
 MAX_COST = 10**15
 MAX_SUBJECT = 512
+_UNSEEN: Any = object()
 # Assignments cached per process; a stale entry costs one extra round trip, never a wrong answer.
 _PLAN_CACHE_SIZE = 100_000
 
@@ -51,30 +52,48 @@ class Step:
         "hold_id",
         "hold_ttl_us",
         "mode",
+        "packed",
         "plan",
         "rules",
         "subject",
         "windows",
     )
 
-    def __init__(self, subject: str, assigned: str | None, plan: str | None, check: Check | None,
-                 rules: tuple[Rule, ...], costs: list[int], cost: int, amount: int | None,
-                 mode: int) -> None:
+    def __init__(
+        self,
+        subject: str,
+        assigned: str | None,
+        plan: str | None,
+        check: Check | None,
+        cost: int,
+        amount: int | None,
+        costs: list[int],
+        mode: int,
+    ) -> None:
         self.subject = subject
         self.assigned = assigned
         """The plan the subject was assigned, as this process last knew it (None: none)."""
         self.plan = plan
         """The plan in force: the assigned one, else the policy's default."""
         self.check = check
-        self.rules = rules
-        self.costs = costs
+        self.rules: tuple[Rule, ...] = check.rules if check is not None else ()
         self.cost = cost
+        """Units of cost."""
         self.amount = amount
+        """Micro-units of money (None when no budget applies and none was given)."""
+        self.costs = costs
+        """Per rule: units, or micro-units for a budget."""
         self.mode = mode
         self.windows: list[tuple[int, int, str] | None] = []
         """Per rule, the window it counts in: (start, end, script fragment); None for a rate."""
+        self.packed = ""
+        """The rules as the Redis script's JSON argument."""
         self.hold_id = ""
         self.hold_ttl_us = 0
+
+    @property
+    def operation(self) -> str:
+        return self.check.operation if self.check is not None else ""
 
 
 class Reply(NamedTuple):
@@ -88,6 +107,16 @@ class Reply(NamedTuple):
     """Bit i set: rule i's cost did not fit (for a shadow rule: it would have denied)."""
     plan: str | None = None
     """With ``PLAN_MISMATCH``: the plan the store holds for the subject (None: unassigned)."""
+
+
+_new_tuple = tuple.__new__
+
+
+def reply(
+    code: int, now_us: int, values: list[int], misfits: int = 0, plan: str | None = None
+) -> Reply:
+    """A `Reply`, built without the NamedTuple constructor's Python-level overhead."""
+    return _new_tuple(Reply, (code, now_us, values, misfits, plan))
 
 
 def system_clock() -> int:
@@ -106,6 +135,7 @@ class Engine:
         self._assigned: dict[str, str | None] = {}
         self.offset_us = 0
         """Store clock minus local clock, learned from replies, to pick the store's windows."""
+        self._default_plan = policy.defaults.plan
 
     # -- building steps ---------------------------------------------------------------------
 
@@ -146,64 +176,94 @@ class Engine:
             )
         return plan
 
-    def consume(self, subject: str, operation: str, cost: int | None, amount: Decimal | None,
-                mode: int) -> Step:
+    def consume(
+        self, subject: str, operation: str, cost: int | None, amount: Decimal | None, mode: int
+    ) -> Step:
         """A step that tries to take ``cost`` units (and ``amount`` money) of ``operation``."""
-        if subject not in self._assigned:
+        assigned: str | None = self._assigned.get(subject, _UNSEEN)
+        if assigned is _UNSEEN:
             self.check_subject(subject)
-            self._assigned[subject] = None
-        assigned = self._assigned[subject]
-        plan = self.plan_of(subject, assigned)
-        if plan is None:
-            step = Step(subject, assigned, None, None, (), [], 0, None, mode)
-            return step
-        checks = self.compiled.checks[plan]
-        check = checks.get(operation) if isinstance(operation, str) else None
+            self._assigned[subject] = assigned = None
+        plan: str | None = assigned if assigned is not None else self._default_plan
+        checks = self.compiled.checks.get(plan) if plan is not None else None
+        if checks is None or plan is None:
+            if self.plan_of(subject, assigned) is None:
+                return Step(subject, None, None, None, 0, None, [], mode)  # unknown subject
+            raise AssertionError("unreachable")  # pragma: no cover - plan_of raised
+        check = checks.get(operation)
         if check is None:
             raise UnknownOperationError(
                 f"operation: {operation!r} is not declared in the policy; known operations: "
                 f"{', '.join(sorted(checks)) or 'none'}"
             )
-        units = check.default_cost if cost is None else _check_cost(cost)
-        micros = None if amount is None else decimal_to_micros(amount, what="amount")
-        if check.has_money:
-            if micros is None:
-                if check.price_micros is None:
-                    raise InvalidArgumentError(
-                        f"amount: operation {operation!r} has no price in the policy, and a "
-                        "budget limit applies to it; pass amount=Decimal(...) to acquire"
-                    )
-                micros = units * check.price_micros
-                if micros > MAX_MICROS:
-                    raise InvalidArgumentError(
-                        f"cost: {units} units at the operation's price is more than the "
-                        "largest amount a budget can hold"
-                    )
-            costs = [micros if rule.money else units for rule in check.rules]
+        if cost is None and amount is None and check.default_costs is not None:
+            step = Step(
+                subject,
+                assigned,
+                plan,
+                check,
+                check.default_cost,
+                check.default_micros,
+                check.default_costs,
+                mode,
+            )
         else:
-            costs = [units] * len(check.rules)
-        step = Step(subject, assigned, plan, check, check.rules, costs, units, micros, mode)
+            step = self._priced(subject, assigned, plan, check, cost, amount, mode)
         if check.has_window:
-            self.set_windows(step, self.clock() + self.offset_us)
+            step.windows, step.packed = check.windows(self.clock() + self.offset_us)
         else:
-            step.windows = [None] * len(check.rules)
+            step.windows, step.packed = check.fixed_windows, check.static_packed
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
         return step
+
+    def _priced(
+        self,
+        subject: str,
+        assigned: str | None,
+        plan: str,
+        check: Check,
+        cost: int | None,
+        amount: Decimal | None,
+        mode: int,
+    ) -> Step:
+        units = check.default_cost if cost is None else _check_cost(cost)
+        micros = None if amount is None else decimal_to_micros(amount, what="amount")
+        if micros is None and check.price_micros is not None:
+            micros = units * check.price_micros
+            if micros > MAX_MICROS:
+                raise InvalidArgumentError(
+                    f"cost: {units} units at the operation's price is more than the largest "
+                    "amount a budget can hold"
+                )
+        costs = check.costs(units, micros)
+        if costs is None:
+            raise InvalidArgumentError(
+                f"amount: operation {check.operation!r} has no price in the policy, and a "
+                "budget limit applies to it; pass amount=Decimal(...)"
+            )
+        return Step(subject, assigned, plan, check, units, micros, costs, mode)
 
     def peek(self, subject: str) -> Step:
         """A step that reads every counter of the subject's plan without consuming."""
         self.check_subject(subject)
         assigned = self._assigned.get(subject)
         plan = self.plan_of(subject, assigned)
-        rules = self.compiled.usage[plan] if plan is not None else ()
-        step = Step(subject, assigned, plan, None, rules, [0] * len(rules), 0, None, PEEK)
-        self.set_windows(step, self.clock() + self.offset_us)
+        step = Step(subject, assigned, plan, None, 0, None, [], PEEK)
+        if plan is not None:
+            step.rules = rules = self.compiled.usage[plan]
+            step.costs = [0] * len(rules)
+            now = self.clock() + self.offset_us
+            step.windows = [rule.window(now) if rule.kind == WINDOW else None for rule in rules]
+            step.packed = (
+                "["
+                + ",".join(
+                    rule.fragment if w is None else w[2]
+                    for rule, w in zip(rules, step.windows, strict=True)
+                )
+                + "]"
+            )
         return step
-
-    def set_windows(self, step: Step, now_us: int) -> None:
-        step.windows = [rule.window(now_us) if rule.kind == WINDOW else None
-                        for rule in step.rules]
 
     # -- reading replies --------------------------------------------------------------------
 
@@ -217,13 +277,7 @@ class Engine:
                     f"subject {step.subject!r} has no plan: it was never assigned one and the "
                     "policy has no [defaults] plan"
                 )
-            return Decision(
-                allowed=code == OK, subject=step.subject,
-                operation=step.check.operation if step.check else "",
-                plan=step.plan, cost=step.cost, amount=step.amount, now_us=reply.now_us,
-                rules=step.rules, values=reply.values, costs=step.costs, windows=step.windows,
-                misfits=reply.misfits,
-            )
+            return Decision(code == OK, step, reply.now_us, reply.values, reply.misfits)
         if code == PLAN_MISMATCH:
             self.remember(step.subject, reply.plan)
         elif code == STALE_WINDOW:
@@ -238,12 +292,12 @@ def degraded(step: Step, reason: str, retry_after: float, now_us: int) -> Decisi
     closed = [rule.name for rule in step.rules if rule.closed and not rule.shadow]
     if closed:
         reason += f"; fail-closed limits deny: {', '.join(closed)}"
-    return Decision(
-        allowed=not closed, subject=step.subject,
-        operation=step.check.operation if step.check else "", plan=step.plan, cost=step.cost,
-        amount=step.amount, now_us=now_us, degraded=True, reason=reason,
-        retry_after=retry_after if closed else None,
-    )
+    decision = Decision(not closed, step, now_us, (), 0)
+    decision.degraded = True
+    decision.reason = reason
+    decision.fixed_retry = retry_after if closed else None
+    decision.rules = ()
+    return decision
 
 
 def _check_cost(cost: object) -> int:
@@ -254,5 +308,3 @@ def _check_cost(cost: object) -> int:
     if cost < 1 or cost > MAX_COST:
         raise InvalidArgumentError(f"cost: {cost} is out of range; expected 1 to {MAX_COST}")
     return cost
-
-

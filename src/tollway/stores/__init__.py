@@ -72,8 +72,9 @@ class AsyncMemoryStore:
 def _url(spec: str | None, policy: Policy) -> str:
     url = policy.store.url if spec is None else spec
     if not isinstance(url, str) or not url.strip():
-        raise ConfigurationError(f"store url: {url!r} is not a URL; expected memory:// or "
-                                 "redis://HOST:PORT/DB")
+        raise ConfigurationError(
+            f"store url: {url!r} is not a URL; expected memory:// or redis://HOST:PORT/DB"
+        )
     return url.strip()
 
 
@@ -81,13 +82,13 @@ def _is_memory(url: str) -> bool:
     if url.split("://", 1)[0] != "memory":
         return False
     if url not in ("memory://", "memory:///"):
-        raise ConfigurationError(f"store url: {url!r}; the memory store takes no host or "
-                                 "options: expected memory://")
+        raise ConfigurationError(
+            f"store url: {url!r}; the memory store takes no host or options: expected memory://"
+        )
     return True
 
 
-def open_store(spec: str | SyncStore | None, policy: Policy,
-               clock: Callable[[], int]) -> SyncStore:
+def open_store(spec: str | SyncStore | None, policy: Policy, clock: Callable[[], int]) -> SyncStore:
     """The store named by ``spec`` (a URL, or a store object), else by the policy."""
     if spec is not None and not isinstance(spec, str):
         return spec
@@ -99,8 +100,9 @@ def open_store(spec: str | SyncStore | None, policy: Policy,
     return RedisStore(url, policy.store, clock)
 
 
-def open_async_store(spec: str | AsyncStore | None, policy: Policy,
-                     clock: Callable[[], int]) -> AsyncStore:
+def open_async_store(
+    spec: str | AsyncStore | None, policy: Policy, clock: Callable[[], int]
+) -> AsyncStore:
     if spec is not None and not isinstance(spec, str):
         return spec
     url = _url(spec, policy)
@@ -111,5 +113,11 @@ def open_async_store(spec: str | AsyncStore | None, policy: Policy,
     return AsyncRedisStore(url, policy.store, clock)
 
 
-__all__ = ["AsyncMemoryStore", "AsyncStore", "MemoryStore", "SyncStore", "open_async_store",
-           "open_store"]
+__all__ = [
+    "AsyncMemoryStore",
+    "AsyncStore",
+    "MemoryStore",
+    "SyncStore",
+    "open_async_store",
+    "open_store",
+]

@@ -35,16 +35,37 @@ class JournalEntry:
     """Per counter: the window's start and end (us), 0 for a rate."""
 
     def to_line(self) -> str:
-        return json.dumps({"id": self.id, "s": self.subject, "at": self.at_us,
-                           "f": self.fields, "r": self.rates, "a": self.amounts,
-                           "st": self.starts, "e": self.ends},
-                          separators=(",", ":"), ensure_ascii=False) + "\n"
+        return (
+            json.dumps(
+                {
+                    "id": self.id,
+                    "s": self.subject,
+                    "at": self.at_us,
+                    "f": self.fields,
+                    "r": self.rates,
+                    "a": self.amounts,
+                    "st": self.starts,
+                    "e": self.ends,
+                },
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
 
     @classmethod
     def from_line(cls, line: str) -> JournalEntry:
         d = json.loads(line)
-        return cls(d["id"], d["s"], d["at"], tuple(d["f"]), tuple(d["r"]), tuple(d["a"]),
-                   tuple(d["st"]), tuple(d["e"]))
+        return cls(
+            d["id"],
+            d["s"],
+            d["at"],
+            tuple(d["f"]),
+            tuple(d["r"]),
+            tuple(d["a"]),
+            tuple(d["st"]),
+            tuple(d["e"]),
+        )
 
 
 def default_folder(url: str) -> Path:

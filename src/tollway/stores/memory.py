@@ -15,7 +15,17 @@ import uuid
 from collections.abc import Callable
 
 from tollway.engine.rules import RATE
-from tollway.engine.step import DENIED, OK, PEEK, PLAN_MISMATCH, RESERVE, STALE_WINDOW, Reply, Step
+from tollway.engine.step import (
+    DENIED,
+    OK,
+    PEEK,
+    PLAN_MISMATCH,
+    RESERVE,
+    STALE_WINDOW,
+    Reply,
+    Step,
+    reply,
+)
 from tollway.stores.settle import Hold, SettleStep, hold_of
 
 # How long a window's counter outlives the window (for late refunds and inspection).
@@ -47,11 +57,11 @@ class MemoryStore:
             now = self.clock()
             for window in step.windows:
                 if window is not None and not window[0] <= now < window[1]:
-                    return Reply(STALE_WINDOW, now, [])
+                    return reply(STALE_WINDOW, now, [])
             subject = step.subject
             plan = self._plans.get(subject)
             if plan != step.assigned:
-                return Reply(PLAN_MISMATCH, now, [], 0, plan)
+                return reply(PLAN_MISMATCH, now, [], 0, plan)
             if self._expiry and self._expiry[0][0] <= now:
                 self._sweep(now)
             state = self._states.get(subject)
@@ -83,9 +93,9 @@ class MemoryStore:
                     if not rule.shadow:
                         denied = True
             if step.mode == PEEK:
-                return Reply(OK, now, values, misfits)
+                return reply(OK, now, values, misfits)
             if denied:
-                return Reply(DENIED, now, values, misfits)
+                return reply(DENIED, now, values, misfits)
             needed = 0
             for i, rule in enumerate(rules):
                 if after[i] != values[i] or (fresh >> i) & 1:
@@ -102,7 +112,7 @@ class MemoryStore:
                 self._keep_until(subject, state, needed)
             if step.mode == RESERVE:
                 self._hold(step, state, now, misfits)
-            return Reply(OK, now, after, misfits)
+            return reply(OK, now, after, misfits)
 
     def _keep_until(self, subject: str, state: State, needed: int) -> None:
         if subject in self._plans or needed <= state.get("exp", 0):
@@ -135,12 +145,23 @@ class MemoryStore:
         state = self._states.setdefault(hold.subject, {})
         out = []
         for (field, is_rate, _, start, ends), delta in zip(hold.entries, deltas, strict=True):
-            out.append(self._adjust(hold.subject, state, field, is_rate, delta, start, ends,
-                                    base, now))
+            out.append(
+                self._adjust(hold.subject, state, field, is_rate, delta, start, ends, base, now)
+            )
         return out
 
-    def _adjust(self, subject: str, state: State, field: str, is_rate: bool, delta: int,
-                start: int, ends: int, base: int, now: int) -> int:
+    def _adjust(
+        self,
+        subject: str,
+        state: State,
+        field: str,
+        is_rate: bool,
+        delta: int,
+        start: int,
+        ends: int,
+        base: int,
+        now: int,
+    ) -> int:
         if is_rate:
             if field not in state and delta <= 0:
                 return 0
@@ -177,16 +198,20 @@ class MemoryStore:
             deltas = settle.deltas if live else settle.late_deltas
             state = self._states.setdefault(settle.hold.subject, {})
             values = []
-            for (field, is_rate, _, start, ends), delta in zip(settle.hold.entries, deltas,
-                                                               strict=True):
+            for (field, is_rate, _, start, ends), delta in zip(
+                settle.hold.entries, deltas, strict=True
+            ):
                 if delta:
-                    values.append(self._adjust(settle.hold.subject, state, field, is_rate,
-                                               delta, start, ends, now, now))
+                    values.append(
+                        self._adjust(
+                            settle.hold.subject, state, field, is_rate, delta, start, ends, now, now
+                        )
+                    )
                 elif is_rate or state.get(field + "@") == start:
                     values.append(state.get(field, 0))
                 else:
                     values.append(0)
-            return Reply(OK if live else DENIED, now, values)
+            return reply(OK if live else DENIED, now, values)
 
     # -- administration ---------------------------------------------------------------------
 

@@ -45,8 +45,9 @@ def _split(url: str) -> tuple[str, bool]:
             + ", ".join(SCHEMES)
         )
     if not parts.hostname:
-        raise ConfigurationError(f"store url: {url!r} names no host; expected e.g. "
-                                 "redis://127.0.0.1:6379/0")
+        raise ConfigurationError(
+            f"store url: {url!r} names no host; expected e.g. redis://127.0.0.1:6379/0"
+        )
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
@@ -82,8 +83,11 @@ class _Common:
 
     def _client_options(self) -> dict[str, Any]:
         # No client-side retries: a slow store must cost one bounded timeout, then the breaker.
-        return {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
-                "retry": Retry(NoBackoff(), 0)}
+        return {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
 
     def _blocked(self) -> None:
         wait = self.breaker.allow()
@@ -140,11 +144,11 @@ class RedisStore(_Common):
 
     def execute(self, step: Step) -> Reply:
         keys, args = codec.step_call(step)
-        return codec.reply(self._call(codec.STEP, keys, args))
+        return codec.read_reply(self._call(codec.STEP, keys, args))
 
     def settle(self, settle: SettleStep) -> Reply:
         keys, args = codec.settle_call(settle)
-        return codec.reply(self._call(codec.SETTLE, keys, args))
+        return codec.read_reply(self._call(codec.SETTLE, keys, args))
 
     def replay_journal(self) -> int:
         return self.journal.replay(self._replay_one)
@@ -219,11 +223,11 @@ class AsyncRedisStore(_Common):
 
     async def execute(self, step: Step) -> Reply:
         keys, args = codec.step_call(step)
-        return codec.reply(await self._call(codec.STEP, keys, args))
+        return codec.read_reply(await self._call(codec.STEP, keys, args))
 
     async def settle(self, settle: SettleStep) -> Reply:
         keys, args = codec.settle_call(settle)
-        return codec.reply(await self._call(codec.SETTLE, keys, args))
+        return codec.read_reply(await self._call(codec.SETTLE, keys, args))
 
     async def replay_journal(self) -> int:
         loop = asyncio.get_running_loop()

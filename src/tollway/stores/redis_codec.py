@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any
 
 from tollway.engine.rules import RATE
-from tollway.engine.step import PLAN_MISMATCH, Reply, Step
+from tollway.engine.step import PLAN_MISMATCH, Reply, Step, reply
 from tollway.stores.journal import JournalEntry
 from tollway.stores.memory import RETENTION_US
 from tollway.stores.settle import SettleStep
@@ -48,10 +48,19 @@ def state_key(subject: str) -> str:
 
 def step_call(step: Step) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the step script."""
-    rules = ",".join([rule.fragment if window is None else window[2]
-                      for rule, window in zip(step.rules, step.windows, strict=True)])
-    args: list[Any] = [f"[{rules}]", _MODES[step.mode], step.assigned or "", step.cost,
-                       step.amount or 0]
+    rules = ",".join(
+        [
+            rule.fragment if window is None else window[2]
+            for rule, window in zip(step.rules, step.windows, strict=True)
+        ]
+    )
+    args: list[Any] = [
+        f"[{rules}]",
+        _MODES[step.mode],
+        step.assigned or "",
+        step.cost,
+        step.amount or 0,
+    ]
     if step.hold_id:
         args += (step.hold_id, step.hold_ttl_us, RETENTION)
     else:
@@ -74,8 +83,9 @@ def settle_call(settle: SettleStep) -> tuple[list[str], list[Any]]:
 def replay_call(entry: JournalEntry) -> tuple[list[str], list[Any]]:
     key = state_key(entry.subject)
     args: list[Any] = [REPLAY_MARK_TTL_MS, RETENTION, entry.at_us]
-    for field, is_rate, amount, start, end in zip(entry.fields, entry.rates, entry.amounts,
-                                                  entry.starts, entry.ends, strict=True):
+    for field, is_rate, amount, start, end in zip(
+        entry.fields, entry.rates, entry.amounts, entry.starts, entry.ends, strict=True
+    ):
         args += (field, 1 if is_rate else 0, amount, start, end)
     return [key, f"{key}:j:{entry.id}"], args
 
@@ -84,12 +94,12 @@ def assign_call(subject: str, plan: str | None) -> tuple[list[str], list[Any]]:
     return [state_key(subject)], [plan or ""]
 
 
-def reply(raw: list[Any]) -> Reply:
+def read_reply(raw: list[Any]) -> Reply:
     code = raw[0]
     if code == PLAN_MISMATCH:
         plan = raw[3].decode("utf-8") if isinstance(raw[3], bytes) else str(raw[3])
-        return Reply(code, raw[1], [], 0, plan or None)
-    return Reply(code, raw[1], raw[3:], raw[2])
+        return reply(code, raw[1], [], 0, plan or None)
+    return reply(code, raw[1], raw[3:], raw[2])
 
 
 def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
@@ -101,5 +111,13 @@ def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
         amounts.append(cost * rule.emission_us if is_rate else cost)
         starts.append(0 if window is None else window[0])
         ends.append(0 if window is None else window[1])
-    return JournalEntry(event_id, step.subject, at_us, tuple(r.field for r in step.rules),
-                        tuple(rates), tuple(amounts), tuple(starts), tuple(ends))
+    return JournalEntry(
+        event_id,
+        step.subject,
+        at_us,
+        tuple(r.field for r in step.rules),
+        tuple(rates),
+        tuple(amounts),
+        tuple(starts),
+        tuple(ends),
+    )

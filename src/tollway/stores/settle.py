@@ -55,8 +55,9 @@ def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> Settl
     if actual_costs is None:
         return SettleStep(hold, [-entry[2] for entry in hold.entries], [0] * len(hold.entries))
     actual = [
-        0 if entry[2] == 0 and rule.shadow else
-        (cost * rule.emission_us if rule.kind == RATE else cost)
+        0
+        if entry[2] == 0 and rule.shadow
+        else (cost * rule.emission_us if rule.kind == RATE else cost)
         for rule, cost, entry in zip(step.rules, actual_costs, hold.entries, strict=True)
     ]
     deltas = [a - entry[2] for a, entry in zip(actual, hold.entries, strict=True)]
