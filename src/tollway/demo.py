@@ -396,9 +396,7 @@ class _Day:
                 # gives units back, and the next step may cross the same threshold again.
                 self.tell(
                     subject,
-                    f"{crossing.limit} crossed {percent}: "
-                    f"{_amount(crossing.used, state)} of "
-                    f"{_amount(state.limit, state)} used",
+                    f"{crossing.limit} crossed {percent}: {_of(crossing.used, state)} used",
                     key=f"crossed:{crossing.limit}:{percent}",
                 )
             return
@@ -426,15 +424,14 @@ class _Day:
         stats.committed += actual
         if actual < estimate:
             price = self.result.policy.operations[call.operation].price
-            money = (
-                ""
-                if price is None
-                else f" ({price.amount * estimate} -> {price.amount * actual} {price.currency})"
-            )
+            held = paid = ""
+            if price is not None:
+                held = f" ({price.amount * estimate} {price.currency})"
+                paid = f" ({price.amount * actual} {price.currency})"
             self.tell(
                 call.subject,
-                f"{call.operation} reserved at its estimate and committed "
-                f"below it: {estimate} -> {actual} units{money}",
+                f"{call.operation} reserved for {estimate} units{held}, "
+                f"committed {actual}{paid}; the rest given back",
                 key="commit",
             )
 
@@ -456,16 +453,11 @@ class _Day:
             except KeyError:
                 continue
             carried[state.name] = (state.used, now.used)
-            kept.append(
-                f"{state.name} {_amount(state.used, state)} used before, "
-                f"{_amount(now.used, now)} after (of {_amount(state.limit, state)}, now "
-                f"of {_amount(now.limit, now)})"
-            )
+            kept.append(f"{state.name} {_of(state.used, state)} -> {_of(now.used, now)}")
         self.result.upgrades.append(Upgrade(self.now, subject, old, new, carried))
         self.tell(
             subject,
-            f"moved from {old} to {new}; same-named limits keep their counts: "
-            + ("; ".join(kept) or "none in both plans"),
+            f"moved from {old} to {new}; counts kept: " + ("; ".join(kept) or "none"),
         )
 
 
@@ -473,14 +465,16 @@ def _percent(fraction: Decimal) -> str:
     return f"{(fraction * 100).normalize():f}%"
 
 
-def _amount(value: int | Decimal, state: LimitState) -> str:
-    return f"{value} {state.currency}" if state.currency else str(value)
+def _of(used: int | Decimal, state: LimitState) -> str:
+    """``used of limit``, with the currency of a budget."""
+    text = f"{used} of {state.limit}"
+    return f"{text} {state.currency}" if state.currency else text
 
 
 def _why(state: LimitState, decision: Decision) -> str:
     if state.kind == "rate":
         return f"{state.used} of a burst of {state.limit} used"
-    text = f"{_amount(state.used, state)} of {_amount(state.limit, state)} used"
+    text = f"{_of(state.used, state)} used"
     if state.used > state.limit:
         text += " (grace included)"
     if state.kind == "budget" and decision.amount_decimal is not None:

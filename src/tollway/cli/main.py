@@ -50,8 +50,13 @@ def _positive(text: str) -> int:
     return value
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the epilog's layout (the exit status table)."""
+class _Formatter(argparse.HelpFormatter):
+    """Wraps one-paragraph texts; keeps a text with line breaks (the exit status table) as is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def _store_options() -> argparse.ArgumentParser:

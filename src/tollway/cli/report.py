@@ -47,8 +47,7 @@ def _describe(limit: Limit) -> str:
 def _heading(result: DemoResult, policy_name: str) -> list[str]:
     day = result.start.strftime("%a %Y-%m-%d")
     lines = [
-        f"tollway demo: one simulated day ({day}, 00:00-24:00 UTC) on the memory store, "
-        "with a fake clock",
+        f"tollway demo: a simulated day ({day} UTC) on the memory store, with a fake clock",
         f"seed {result.seed}, {plural(len(result.subjects), 'subject')}, "
         f"{plural(result.total_attempts, 'call')}; policy: {policy_name}",
         "",

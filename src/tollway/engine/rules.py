@@ -98,6 +98,13 @@ class Rule:
         return f"Rule({self.field!r})"
 
 
+Window = tuple[int, int, str]
+Span = tuple[int, int, list[Window | None], str]
+"""(valid from, valid until, per-rule windows, the Redis script's rule argument)."""
+ALWAYS = 1 << 62
+"""The end of time, for checks without windows."""
+
+
 class Check:
     """Every rule one (plan, operation) pair must pass, and how to price its budget rules.
 
@@ -146,12 +153,9 @@ class Check:
         self.fixed_windows: list[tuple[int, int, str] | None] = [None] * len(rules)
         """The windows of a check with rate limits only: none. Shared: never mutated."""
         # (valid from, valid until, windows, packed rules) for the windows holding "now".
-        self._windows: tuple[int, int, list[tuple[int, int, str] | None], str] = (
-            0,
-            0,
-            [None] * len(rules),
-            self.static_packed,
-        )
+        self._windows: Span = (0, 0, self.fixed_windows, self.static_packed)
+        if not self.has_window:
+            self._windows = (0, ALWAYS, self.fixed_windows, self.static_packed)
 
     def costs(self, units: int, micros: int | None) -> list[int] | None:
         if not self.has_money:
@@ -160,11 +164,11 @@ class Check:
             return None
         return [micros if rule.money else units for rule in self.rules]
 
-    def windows(self, now_us: int) -> tuple[list[tuple[int, int, str] | None], str]:
+    def windows(self, now_us: int) -> Span:
         """The rules' windows at ``now_us`` and the script's rule argument for them."""
         cached = self._windows
         if cached[0] <= now_us < cached[1]:
-            return cached[2], cached[3]
+            return cached
         windows = [rule.window(now_us) if rule.kind == WINDOW else None for rule in self.rules]
         lo = max(w[0] for w in windows if w is not None)
         hi = min(w[1] for w in windows if w is not None)
@@ -176,8 +180,8 @@ class Check:
             )
             + "]"
         )
-        self._windows = (lo, hi, windows, packed)
-        return windows, packed
+        self._windows = cached = (lo, hi, windows, packed)
+        return cached
 
 
 def _rules_for(limits: tuple[Limit, ...], operation: str) -> tuple[Rule, ...]:
@@ -199,7 +203,7 @@ class Compiled:
     """The policy's checks, built once: ``checks[plan][operation]``, plus usage views."""
 
     checks: Mapping[str, Mapping[str, Check]]
-    usage: Mapping[str, tuple[Rule, ...]]
+    usage: Mapping[str, Check]
     """Per plan: one rule per distinct counter (per-operation limits once per operation)."""
     providers: Mapping[str, Check]
 
@@ -234,6 +238,9 @@ def compile_policy(policy: Policy) -> Compiled:
         }
         for plan in policy.plans.values()
     }
-    usage = {plan.name: _usage_rules(plan, operations) for plan in policy.plans.values()}
+    usage = {
+        plan.name: Check(plan.name, "", _usage_rules(plan, operations), 0, None)
+        for plan in policy.plans.values()
+    }
     providers = {name: _provider_check(p) for name, p in policy.providers.items()}
     return Compiled(checks=checks, usage=usage, providers=providers)

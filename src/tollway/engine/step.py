@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from tollway.engine.decision import Decision
-from tollway.engine.rules import WINDOW, Check, Compiled, Rule, compile_policy
+from tollway.engine.rules import ALWAYS, Check, Compiled, Rule, Span, compile_policy
 from tollway.errors import (
     InvalidArgumentError,
     UnknownOperationError,
@@ -55,6 +55,7 @@ class Step:
         "packed",
         "plan",
         "rules",
+        "span",
         "subject",
         "windows",
     )
@@ -88,6 +89,8 @@ class Step:
         """Per rule, the window it counts in: (start, end, script fragment); None for a rate."""
         self.packed = ""
         """The rules as the Redis script's JSON argument."""
+        self.span: Span = (0, ALWAYS, [], "[]")
+        """When the windows hold: a store whose clock is outside says the step is stale."""
         self.hold_id = ""
         self.hold_ttl_us = 0
 
@@ -209,10 +212,9 @@ class Engine:
             )
         else:
             step = self._priced(subject, assigned, plan, check, cost, amount, mode)
-        if check.has_window:
-            step.windows, step.packed = check.windows(self.clock() + self.offset_us)
-        else:
-            step.windows, step.packed = check.fixed_windows, check.static_packed
+        span = step.span = check.windows(self.clock() + self.offset_us)
+        step.windows = span[2]
+        step.packed = span[3]
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
         return step
@@ -249,20 +251,13 @@ class Engine:
         self.check_subject(subject)
         assigned = self._assigned.get(subject)
         plan = self.plan_of(subject, assigned)
-        step = Step(subject, assigned, plan, None, 0, None, [], PEEK)
-        if plan is not None:
-            step.rules = rules = self.compiled.usage[plan]
-            step.costs = [0] * len(rules)
-            now = self.clock() + self.offset_us
-            step.windows = [rule.window(now) if rule.kind == WINDOW else None for rule in rules]
-            step.packed = (
-                "["
-                + ",".join(
-                    rule.fragment if w is None else w[2]
-                    for rule, w in zip(rules, step.windows, strict=True)
-                )
-                + "]"
-            )
+        if plan is None:
+            return Step(subject, assigned, plan, None, 0, None, [], PEEK)
+        check = self.compiled.usage[plan]
+        step = Step(subject, assigned, plan, check, 0, None, [0] * len(check.rules), PEEK)
+        span = step.span = check.windows(self.clock() + self.offset_us)
+        step.windows = span[2]
+        step.packed = span[3]
         return step
 
     # -- reading replies --------------------------------------------------------------------

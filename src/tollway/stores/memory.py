@@ -55,25 +55,25 @@ class MemoryStore:
     def execute(self, step: Step) -> Reply:
         with self._lock:
             now = self.clock()
-            for window in step.windows:
-                if window is not None and not window[0] <= now < window[1]:
-                    return reply(STALE_WINDOW, now, [])
+            span = step.span
+            if not span[0] <= now < span[1]:
+                return reply(STALE_WINDOW, now, [])
             subject = step.subject
             plan = self._plans.get(subject)
             if plan != step.assigned:
                 return reply(PLAN_MISMATCH, now, [], 0, plan)
-            if self._expiry and self._expiry[0][0] <= now:
+            expiry = self._expiry
+            if expiry and expiry[0][0] <= now:
                 self._sweep(now)
             state = self._states.get(subject)
             if state is None:
                 state = self._states[subject] = {}
-            rules, costs, windows = step.rules, step.costs, step.windows
+            costs, windows = step.costs, step.windows
             values: list[int] = []
             after: list[int] = []
-            fresh = 0
-            misfits = 0
+            fresh = misfits = 0
             denied = False
-            for i, rule in enumerate(rules):
+            for i, rule in enumerate(step.rules):
                 value = state.get(rule.field, 0)
                 if rule.kind == RATE:
                     new = (value if value > now else now) + costs[i] * rule.emission_us
@@ -96,23 +96,29 @@ class MemoryStore:
                 return reply(OK, now, values, misfits)
             if denied:
                 return reply(DENIED, now, values, misfits)
-            needed = 0
-            for i, rule in enumerate(rules):
-                if after[i] != values[i] or (fresh >> i) & 1:
-                    state[rule.field] = after[i]
-                    if rule.kind == RATE:
-                        needed = max(needed, after[i])
-                    else:
-                        window = windows[i]
-                        assert window is not None
-                        if (fresh >> i) & 1:
-                            state[rule.field + "@"] = window[0]
-                        needed = max(needed, window[1] + RETENTION_US)
-            if needed:
-                self._keep_until(subject, state, needed)
+            self._write(step, state, values, after, fresh, now)
             if step.mode == RESERVE:
                 self._hold(step, state, now, misfits)
             return reply(OK, now, after, misfits)
+
+    def _write(
+        self, step: Step, state: State, values: list[int], after: list[int], fresh: int, now: int
+    ) -> None:
+        needed = 0
+        for i, rule in enumerate(step.rules):
+            if after[i] == values[i] and not (fresh >> i) & 1:
+                continue
+            state[rule.field] = after[i]
+            if rule.kind == RATE:
+                needed = max(needed, after[i])
+            else:
+                window = step.windows[i]
+                assert window is not None
+                if (fresh >> i) & 1:
+                    state[rule.field + "@"] = window[0]
+                needed = max(needed, window[1] + RETENTION_US)
+        if needed > state.get("exp", 0):
+            self._keep_until(step.subject, state, needed)
 
     def _keep_until(self, subject: str, state: State, needed: int) -> None:
         if subject in self._plans or needed <= state.get("exp", 0):
