@@ -152,6 +152,7 @@ class Decision:
         "_step",
         "_values",
         "allowed",
+        "crossed",
         "degraded",
         "fixed_retry",
         "now_us",
@@ -176,6 +177,8 @@ class Decision:
         self.reason: str | None = None
         # A degraded denial has no limit figures: its wait is the circuit breaker's cooldown.
         self.fixed_retry: float | None = None
+        self.crossed: tuple[int, ...] = ()
+        """Thresholds first reached by this step, as the store reported them."""
 
     @property
     def subject(self) -> str:
@@ -248,18 +251,14 @@ class Decision:
 
     @property
     def crossings(self) -> tuple[Crossing, ...]:
-        """Thresholds this step crossed (window limits only; only on an allowed step)."""
-        if not self.allowed:
-            return ()
-        out: list[Crossing] = []
-        rows = zip(self.rules, self._values, self._step.costs, strict=True)
-        for i, (rule, value, cost) in enumerate(rows):
-            if (self._misfits >> i) & 1:
-                continue
-            for threshold, mark in zip(rule.limit.thresholds, rule.thresholds, strict=True):
-                if value - cost < mark <= value:
-                    used: int | Decimal = micros_to_decimal(value) if rule.money else value
-                    out.append(Crossing(rule.name, threshold, used, rule.operation))
+        """Thresholds this step was the first to reach in their window: each threshold of each
+        window is reported by exactly one step, across every process sharing the store."""
+        out = []
+        for code in self.crossed:
+            rule = self.rules[code // 64]
+            value = self._values[code // 64]
+            used: int | Decimal = micros_to_decimal(value) if rule.money else value
+            out.append(Crossing(rule.name, rule.limit.thresholds[code % 64], used, rule.operation))
         return tuple(out)
 
     @property

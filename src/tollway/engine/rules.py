@@ -76,7 +76,10 @@ class Rule:
         # The rule as the Redis script reads it (a JSON array fragment); windows add theirs.
         self.fragment = f'{shadow},"{self.field}",{self.emission_us},{self.capacity_us}'
         if self.kind == WINDOW:
-            self.fragment = f'{(2 if self.money else 1) + shadow},"{self.field}",{self.hard}'
+            kind = (2 if self.money else 1) + shadow + (16 if self.thresholds else 0)
+            self.fragment = f'{kind},"{self.field}",{self.hard}'
+            if self.thresholds:
+                self.fragment += f",[{','.join(map(str, self.thresholds))}]"
 
     @property
     def burst(self) -> int:
@@ -120,6 +123,7 @@ class Check:
         "fixed_windows",
         "has_money",
         "has_window",
+        "marks",
         "operation",
         "plan",
         "price_micros",
@@ -142,6 +146,8 @@ class Check:
         self.price_micros = price_micros
         self.has_money = any(rule.money for rule in rules)
         self.has_window = any(rule.kind == WINDOW for rule in rules)
+        self.marks = any(rule.thresholds for rule in rules)
+        """Whether any rule has thresholds to report."""
         self.default_micros: int | None = (
             default_cost * price_micros if price_micros is not None else None
         )

@@ -98,6 +98,10 @@ class Step:
     def operation(self) -> str:
         return self.check.operation if self.check is not None else ""
 
+    @property
+    def marks(self) -> bool:
+        return self.check is not None and self.check.marks
+
 
 class Reply(NamedTuple):
     """The store's answer: a status code, the store's clock, and each rule's stored value
@@ -110,16 +114,23 @@ class Reply(NamedTuple):
     """Bit i set: rule i's cost did not fit (for a shadow rule: it would have denied)."""
     plan: str | None = None
     """With ``PLAN_MISMATCH``: the plan the store holds for the subject (None: unassigned)."""
+    crossings: tuple[int, ...] = ()
+    """Thresholds this step was the first to reach in their window: rule * 64 + threshold."""
 
 
 _new_tuple = tuple.__new__
 
 
 def reply(
-    code: int, now_us: int, values: list[int], misfits: int = 0, plan: str | None = None
+    code: int,
+    now_us: int,
+    values: list[int],
+    misfits: int = 0,
+    plan: str | None = None,
+    crossings: tuple[int, ...] = (),
 ) -> Reply:
     """A `Reply`, built without the NamedTuple constructor's Python-level overhead."""
-    return _new_tuple(Reply, (code, now_us, values, misfits, plan))
+    return _new_tuple(Reply, (code, now_us, values, misfits, plan, crossings))
 
 
 def system_clock() -> int:
@@ -272,7 +283,10 @@ class Engine:
                     f"subject {step.subject!r} has no plan: it was never assigned one and the "
                     "policy has no [defaults] plan"
                 )
-            return Decision(code == OK, step, reply.now_us, reply.values, reply.misfits)
+            decision = Decision(code == OK, step, reply.now_us, reply.values, reply.misfits)
+            if reply.crossings:
+                decision.crossed = reply.crossings
+            return decision
         if code == PLAN_MISMATCH:
             self.remember(step.subject, reply.plan)
         elif code == STALE_WINDOW:

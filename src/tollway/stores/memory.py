@@ -99,7 +99,27 @@ class MemoryStore:
             self._write(step, state, values, after, fresh, now)
             if step.mode == RESERVE:
                 self._hold(step, state, now, misfits)
-            return reply(OK, now, after, misfits)
+            crossed = self._crossings(step, state, values, after, misfits) if step.marks else ()
+            return reply(OK, now, after, misfits, None, crossed)
+
+    @staticmethod
+    def _crossings(
+        step: Step, state: State, values: list[int], after: list[int], misfits: int
+    ) -> tuple[int, ...]:
+        """Thresholds first reached in their window by this step, marked so no other step
+        reports them again (``field#k`` holds the window start of the last report)."""
+        out = []
+        for i, rule in enumerate(step.rules):
+            if not rule.thresholds or (misfits >> i) & 1:
+                continue
+            window = step.windows[i]
+            assert window is not None
+            for k, mark in enumerate(rule.thresholds):
+                flag = f"{rule.field}#{k}"
+                if values[i] < mark <= after[i] and state.get(flag) != window[0]:
+                    state[flag] = window[0]
+                    out.append(i * 64 + k)
+        return tuple(out)
 
     def _write(
         self, step: Step, state: State, values: list[int], after: list[int], fresh: int, now: int
@@ -250,6 +270,9 @@ class MemoryStore:
         """Subjects with state, plus holds, held now (for tests of bounded memory)."""
         with self._lock:
             return len(self._states) + len(self._holds)
+
+    def ping(self) -> None:
+        """The memory store always answers."""
 
     def close(self) -> None:
         pass

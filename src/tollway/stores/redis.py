@@ -53,6 +53,15 @@ def _split(url: str) -> tuple[str, bool]:
     except ValueError:
         raise ConfigurationError(f"store url: {url!r} has a bad port; expected 1-65535") from None
     cluster = parts.scheme.endswith("+cluster")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigurationError(
+            f"store url: {url!r} names database {database!r}; expected a number such as /0"
+        )
+    if cluster and database not in ("", "0"):
+        raise ConfigurationError(
+            f"store url: {url!r} names database {database}; a Redis Cluster has only /0"
+        )
     scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
     return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment)), cluster
 
@@ -188,6 +197,10 @@ class RedisStore(_Common):
         self._plain(lambda: self.client.hdel(key, *(field + "@" for field in fields)))
         return int(cleared)
 
+    def ping(self) -> None:
+        """Raise `StoreUnavailableError` unless the store answers."""
+        self._plain(self.client.ping)
+
     def close(self) -> None:
         self.client.close()
 
@@ -275,6 +288,9 @@ class AsyncRedisStore(_Common):
         cleared = await self._plain(self.client.hdel(key, *fields))
         await self._plain(self.client.hdel(key, *(field + "@" for field in fields)))
         return int(cleared)
+
+    async def ping(self) -> None:
+        await self._plain(self.client.ping())
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -97,9 +97,12 @@ def assign_call(subject: str, plan: str | None) -> tuple[list[str], list[Any]]:
 def read_reply(raw: list[Any]) -> Reply:
     code = raw[0]
     if code == PLAN_MISMATCH:
-        plan = raw[3].decode("utf-8") if isinstance(raw[3], bytes) else str(raw[3])
+        plan = raw[4].decode("utf-8") if isinstance(raw[4], bytes) else str(raw[4])
         return reply(code, raw[1], [], 0, plan or None)
-    return reply(code, raw[1], raw[3:], raw[2])
+    crossed = raw[3]
+    if crossed:
+        return reply(code, raw[1], raw[4 + crossed :], raw[2], None, tuple(raw[4 : 4 + crossed]))
+    return reply(code, raw[1], raw[4:], raw[2])
 
 
 def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:

@@ -3,7 +3,7 @@
 -- KEYS: 1 the subject's hash
 -- ARGV: 1 hold id, 2 retention (us), then 6 per entry:
 --       field, is rate (1/0), live delta, late delta, window start, window end (0 for a rate)
--- Reply: {code, now, 0, value...}; code 0 the hold was live, 1 it had expired.
+-- Reply: {code, now, 0, 0, value...}; code 0 the hold was live, 1 it had expired.
 local now = clock()
 local key = KEYS[1]
 local retention = tonumber(ARGV[2])
@@ -48,4 +48,4 @@ local code = 1
 if live then
   code = 0
 end
-return {code, now, 0, unpack(values)}
+return {code, now, 0, 0, unpack(values)}

@@ -2,15 +2,18 @@
 -- KEYS: 1 the subject's hash
 -- ARGV: 1 rules as a JSON array, per rule:
 --         rate:   kind 0 (+8 shadow), field, emission (us), capacity (us)
---         window: kind 1 units / 2 money (+8 shadow), field, hard limit, start, end (us)
+--         window: kind 1 units / 2 money (+8 shadow, +16 thresholds), field, hard limit,
+--                 [threshold marks, with +16], start, end (us)
 --       2 mode (0 acquire, 1 reserve, 2 peek), 3 expected plan ('' for none),
 --       4 units, 5 micro-units of money, 6 hold id, 7 hold ttl (us), 8 retention (us)
--- Reply: {code, now, misfits, value...}; code 0 taken, 1 denied, 2 plan mismatch (+ plan),
---        3 stale window. Values are after the step when taken, as found otherwise.
+-- Reply: {code, now, misfits, crossings, crossing..., value...}; code 0 taken, 1 denied,
+--        2 plan mismatch (+ plan), 3 stale window. Values are after the step when taken, as
+--        found otherwise. A crossing is rule * 64 + threshold (0-based), reported by the one
+--        step that first reaches the threshold in its window (marked in field#threshold).
 local now = clock()
 local key = KEYS[1]
 local spec = cjson.decode(ARGV[1])
-local kinds, fields, pa, pb, pc = {}, {}, {}, {}, {}
+local kinds, fields, pa, pb, pc, marks = {}, {}, {}, {}, {}, {}
 local names = {'plan', 'hx', 'exp'}
 local i, n = 1, 0
 while i <= #spec do
@@ -24,10 +27,16 @@ while i <= #spec do
   if kind % 8 == 0 then
     i = i + 4
   else
+    if kind >= 16 then
+      marks[n] = spec[i + 3]
+      kinds[n] = kind - 16
+      i = i + 1
+    end
+    pb[n] = spec[i + 3]
     pc[n] = spec[i + 4]
-    names[#names + 1] = spec[i + 1] .. '@'
+    names[#names + 1] = fields[n] .. '@'
     if now < pb[n] or now >= pc[n] then
-      return {3, now, 0}
+      return {3, now, 0, 0}
     end
     i = i + 5
   end
@@ -35,7 +44,7 @@ end
 local found = redis.call('HMGET', key, unpack(names))
 local plan = found[1]
 if (plan or '') ~= ARGV[3] then
-  return {2, now, 0, plan or ''}
+  return {2, now, 0, 0, plan or ''}
 end
 local retention = tonumber(ARGV[8])
 if found[2] and tonumber(found[2]) <= now then
@@ -85,10 +94,10 @@ for j = 1, n do
 end
 local mode = tonumber(ARGV[2])
 if mode == 2 then
-  return {0, now, misfits, unpack(values)}
+  return {0, now, misfits, 0, unpack(values)}
 end
 if denied then
-  return {1, now, misfits, unpack(values)}
+  return {1, now, misfits, 0, unpack(values)}
 end
 local writes, needed = {}, 0
 for j = 1, n do
@@ -153,4 +162,24 @@ if mode == 1 then
   end
   keep_until(key, expires + retention, plan, redis.call('HGET', key, 'exp'))
 end
-return {0, now, misfits, unpack(after)}
+local reply = {0, now, misfits, 0}
+bit = 1
+for j = 1, n do
+  if marks[j] and math.floor(misfits / bit) % 2 == 0 then
+    for k, mark in ipairs(marks[j]) do
+      if values[j] < mark and mark <= after[j] then
+        local flag = fields[j] .. '#' .. (k - 1)
+        if tonumber(redis.call('HGET', key, flag)) ~= pb[j] then
+          redis.call('HSET', key, flag, fmt(pb[j]))
+          reply[#reply + 1] = (j - 1) * 64 + k - 1
+        end
+      end
+    end
+  end
+  bit = bit * 2
+end
+reply[4] = #reply - 4
+for j = 1, n do
+  reply[#reply + 1] = after[j]
+end
+return reply
