@@ -205,6 +205,10 @@ class Tollway(_Face):
         self._engine.remember(subject, assigned)
         return self._engine.plan_of(subject, assigned)
 
+    def ping(self) -> None:
+        """Raise `StoreUnavailableError` unless the store answers (for health checks)."""
+        self._store.ping()
+
     def close(self) -> None:
         self._store.close()
 
@@ -314,6 +318,10 @@ class AsyncTollway(_Face):
         assigned = await self._store.assigned(subject)
         self._engine.remember(subject, assigned)
         return self._engine.plan_of(subject, assigned)
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailableError` unless the store answers (for health checks)."""
+        await self._store.ping()
 
     async def aclose(self) -> None:
         await self._store.aclose()
