@@ -21,6 +21,7 @@ class Rule:
     """One limit as the store evaluates it: GCRA (``RATE``) or a calendar counter (``WINDOW``)."""
 
     __slots__ = (
+        "_marks",
         "_window",
         "anchor",
         "capacity_us",
@@ -35,6 +36,7 @@ class Rule:
         "name",
         "operation",
         "period",
+        "reads",
         "shadow",
         "soft",
         "thresholds",
@@ -73,13 +75,19 @@ class Rule:
             # A threshold is crossed by the step that moves the count from below to at-or-above.
             self.thresholds = tuple(max(1, math.ceil(t * self.soft)) for t in limit.thresholds)
         shadow = 8 if self.shadow else 0
-        # The rule as the Redis script reads it (a JSON array fragment); windows add theirs.
-        self.fragment = f'{shadow},"{self.field}",{self.emission_us},{self.capacity_us}'
-        if self.kind == WINDOW:
-            kind = (2 if self.money else 1) + shadow + (16 if self.thresholds else 0)
+        # The rule as the Redis script reads it: 6 items of a JSON array (see lua/step.lua);
+        # a window's start and end are filled in by `window`.
+        if self.kind == RATE:
+            self.fragment = f'{shadow},"{self.field}",{self.emission_us},{self.capacity_us},0,0'
+            self._marks = ""
+        else:
+            kind = (2 if self.money else 1) + shadow
             self.fragment = f'{kind},"{self.field}",{self.hard}'
-            if self.thresholds:
-                self.fragment += f",[{','.join(map(str, self.thresholds))}]"
+            self._marks = f"[{','.join(map(str, self.thresholds))}]" if self.thresholds else "0"
+        self.reads: tuple[str, ...] = (
+            (self.field,) if self.kind == RATE else (self.field, self.field + "@")
+        )
+        """The hash fields the step script reads for this rule."""
 
     @property
     def burst(self) -> int:
@@ -93,7 +101,7 @@ class Rule:
             return window
         assert self.period is not None
         start, end = window_at(self.period, self.timezone, self.anchor, now_us)
-        window = (start, end, f"{self.fragment},{start},{end}")
+        window = (start, end, f"{self.fragment},{start},{end},{self._marks}")
         self._window = window
         return window
 
@@ -127,6 +135,7 @@ class Check:
         "operation",
         "plan",
         "price_micros",
+        "reads",
         "rules",
         "static_packed",
     )
@@ -156,6 +165,13 @@ class Check:
         """Per-rule costs at the default cost; None when a budget applies and there is no price
         (the caller must give an amount). Shared by steps: never mutated."""
         self.static_packed = "[" + ",".join(rule.fragment for rule in rules) + "]"
+        self.reads: tuple[str, ...] = (
+            "plan",
+            "hx",
+            "exp",
+            *(field for rule in rules for field in rule.reads),
+        )
+        """The hash fields the Redis step script reads, in its order."""
         self.fixed_windows: list[tuple[int, int, str] | None] = [None] * len(rules)
         """The windows of a check with rate limits only: none. Shared: never mutated."""
         # (valid from, valid until, windows, packed rules) for the windows holding "now".

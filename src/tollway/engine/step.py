@@ -87,7 +87,7 @@ class Step:
         self.mode = mode
         self.windows: list[tuple[int, int, str] | None] = []
         """Per rule, the window it counts in: (start, end, script fragment); None for a rate."""
-        self.packed = ""
+        self.packed = "[]"
         """The rules as the Redis script's JSON argument."""
         self.span: Span = (0, ALWAYS, [], "[]")
         """When the windows hold: a store whose clock is outside says the step is stale."""

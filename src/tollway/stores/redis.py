@@ -49,9 +49,11 @@ def _split(url: str) -> tuple[str, bool]:
             f"store url: {url!r} names no host; expected e.g. redis://127.0.0.1:6379/0"
         )
     try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        port = parts.port
     except ValueError:
-        raise ConfigurationError(f"store url: {url!r} has a bad port; expected 1-65535") from None
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ConfigurationError(f"store url: {url!r} has a bad port; expected 1-65535")
     cluster = parts.scheme.endswith("+cluster")
     database = parts.path.strip("/")
     if database and not database.isdigit():

@@ -48,14 +48,9 @@ def state_key(subject: str) -> str:
 
 def step_call(step: Step) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the step script."""
-    rules = ",".join(
-        [
-            rule.fragment if window is None else window[2]
-            for rule, window in zip(step.rules, step.windows, strict=True)
-        ]
-    )
+    check = step.check
     args: list[Any] = [
-        f"[{rules}]",
+        step.packed,
         _MODES[step.mode],
         step.assigned or "",
         step.cost,
@@ -64,11 +59,17 @@ def step_call(step: Step) -> tuple[list[str], list[Any]]:
     if step.hold_id:
         args += (step.hold_id, step.hold_ttl_us, RETENTION)
     else:
-        args += ("", "0", RETENTION)
+        args += _NO_HOLD
+    if check is not None:
+        args += check.reads
+    else:
+        args += _PLAN_READS
     return [state_key(step.subject)], args
 
 
 _MODES = ("0", "1", "2")
+_NO_HOLD = ("", "0", RETENTION)
+_PLAN_READS = ("plan", "hx", "exp")
 
 
 def settle_call(settle: SettleStep) -> tuple[list[str], list[Any]]:
