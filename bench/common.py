@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +123,21 @@ def load_tollway(attr: str = "Tollway") -> Any:
     if cls is None:
         raise Unavailable(f"tollway has no {attr} yet ({_TOLLWAY.__file__})")
     return cls
+
+
+def tollway_fingerprint() -> str | None:
+    """A short hash of the imported tollway package's files, to spot edits during a run."""
+    try:
+        load_tollway()
+    except Unavailable:
+        return None
+    assert _TOLLWAY is not None
+    digest = hashlib.sha256()
+    for root in getattr(_TOLLWAY, "__path__", []):
+        for path in sorted(Path(root).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".lua"):
+                digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def tollway_origin() -> str:

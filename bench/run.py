@@ -179,6 +179,12 @@ def write_report(
     ]
     unavailable = {r.get("error") for r in meas if r["status"] == "unavailable"}
     notes += [f"tollway rows unavailable: {u}" for u in sorted(filter(None, unavailable))]
+    prints = sorted({str(m.get("tollway_fingerprint")) for m in metas})
+    if len(prints) > 1:
+        notes.append(
+            f"⚠ tollway's source changed during the run (fingerprints {', '.join(prints)}): "
+            "its rows mix versions; rerun once the code is stable."
+        )
     loads = [r for r in records if r["type"] == "load" and r["foreign"] is not None]
     noisy = [r for r in loads if r["foreign"] > NOISY]
     if noisy:
@@ -208,6 +214,7 @@ def write_report(
 def machine_rows(metas: list[dict[str, Any]], loads: list[dict[str, Any]]) -> list[tuple[str, str]]:
     v = (metas[0] if metas else {}).get
     origins = sorted({str(m.get("tollway_origin")) for m in metas})
+    prints = sorted({str(m.get("tollway_fingerprint")) for m in metas})
     shares = sorted(r["foreign"] for r in loads)
     load = (
         f"median {shares[len(shares) // 2]:.0%}, max {shares[-1]:.0%} of one CPU"
@@ -226,7 +233,11 @@ def machine_rows(metas: list[dict[str, Any]], loads: list[dict[str, Any]]) -> li
         ("limits", f"{v('limits')} (coredis {v('coredis')})"),
         ("pyrate-limiter", str(v("pyrate-limiter"))),
         ("throttled-py", str(v("throttled-py"))),
-        ("tollway", f"{v('tollway') or 'not installed'}; " + "; ".join(origins)),
+        (
+            "tollway",
+            f"{v('tollway') or 'not installed'}; {'; '.join(origins)}; "
+            f"source fingerprint {', '.join(prints)}",
+        ),
         ("other processes' CPU while workers ran", load),
     ]
 

@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any
 
 from bench import peers_async, peers_memory, peers_redis
-from bench.common import FLOOR, Ctx, Subject, Unavailable, tollway_origin
+from bench.common import FLOOR, Ctx, Subject, Unavailable, tollway_fingerprint, tollway_origin
 from bench.measure import time_async, time_sync
 from bench.probe import PROBE_CALLS, RoundTrips
 
@@ -81,6 +81,7 @@ def versions() -> dict[str, Any]:
     except ImportError:
         out["hiredis_in_use"] = None
     out["tollway_origin"] = tollway_origin()
+    out["tollway_fingerprint"] = tollway_fingerprint()
     return out
 
 

@@ -57,7 +57,7 @@ def decimal_to_micros(value: Decimal, *, what: str = "amount") -> int:
         scaled = Decimal(value) * MICROS_PER_UNIT
         if not scaled.is_finite() or scaled != scaled.to_integral_value():
             raise InvalidArgumentError(
-                f"{what}: {value} has more than 6 decimal places; expected whole micro-units "
+                f"{what}: {value:f} has more than 6 decimal places; expected whole micro-units "
                 "(quantize it with Decimal.quantize(Decimal('0.000001')) first)"
             )
     except InvalidOperation as exc:  # pragma: no cover - Decimal signals on NaN compares

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from tollway.engine.decision import Decision
-from tollway.engine.step import Engine, Reply, Step
+from tollway.engine.step import MAX_COST, Engine, Reply, Step
 from tollway.errors import InvalidArgumentError, LimitExceeded, ReservationError
 from tollway.money import decimal_to_micros
 from tollway.stores.settle import SettleStep, hold_of, settle_step
@@ -48,9 +48,10 @@ class ReservationCore:
     def commit_step(self, actual: int | None, amount: Decimal | None) -> SettleStep:
         step = self.step
         units = step.cost if actual is None else actual
-        if isinstance(units, bool) or not isinstance(units, int) or units < 0:
+        if isinstance(units, bool) or not isinstance(units, int) or not 0 <= units <= MAX_COST:
             raise InvalidArgumentError(
-                f"actual: {actual!r} is not a cost; expected a whole number of units >= 0"
+                f"actual: {actual!r} is not a cost; expected a whole number of units from 0 "
+                f"to {MAX_COST}"
             )
         micros = self._amount(units, amount)
         costs = [micros if rule.money else units for rule in step.rules]
@@ -61,6 +62,8 @@ class ReservationCore:
     def _amount(self, units: int, amount: Decimal | None) -> int:
         if amount is not None:
             return decimal_to_micros(amount, what="amount")
+        if units == self.step.cost and self.step.amount is not None:
+            return self.step.amount  # committing the estimate takes what was held
         check = self.step.check
         if check is not None and check.price_micros is not None:
             return units * check.price_micros

@@ -9,6 +9,7 @@ or ``None`` after adjusting the step when the store said the step was built on s
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -158,7 +159,7 @@ class Engine:
             raise InvalidArgumentError(
                 f"subject: {subject!r} is a {type(subject).__name__}; expected a string"
             )
-        if not subject or len(subject) > MAX_SUBJECT or not subject.isprintable():
+        if not subject or len(subject) > MAX_SUBJECT or not _printable(subject):
             raise InvalidArgumentError(
                 f"subject: {subject[:80]!r} is not a valid subject; expected 1 to {MAX_SUBJECT} "
                 "printable characters (no control characters, no line breaks)"
@@ -307,6 +308,15 @@ def degraded(step: Step, reason: str, retry_after: float, now_us: int) -> Decisi
     decision.fixed_retry = retry_after if closed else None
     decision.rules = ()
     return decision
+
+
+# Control characters, line and paragraph separators, and lone surrogates: what would break a
+# log line or a key. Format characters such as the zero-width joiner of emoji are fine.
+_REFUSED = frozenset(("Cc", "Cs", "Zl", "Zp"))
+
+
+def _printable(text: str) -> bool:
+    return text.isprintable() or not any(unicodedata.category(char) in _REFUSED for char in text)
 
 
 def _check_cost(cost: object) -> int:

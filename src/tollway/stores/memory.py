@@ -34,6 +34,8 @@ RETENTION_US = 3600 * 1_000_000
 _SLACK_US = 60 * 1_000_000
 
 State = dict[str, int]
+_EMPTY: State = {}
+"""The state of a subject that has none; never written to."""
 
 
 class MemoryStore:
@@ -65,9 +67,8 @@ class MemoryStore:
             expiry = self._expiry
             if expiry and expiry[0][0] <= now:
                 self._sweep(now)
-            state = self._states.get(subject)
-            if state is None:
-                state = self._states[subject] = {}
+            # Reading must not create state: a subject only read or denied leaves nothing.
+            state = self._states.get(subject) or _EMPTY
             costs, windows = step.costs, step.windows
             values: list[int] = []
             after: list[int] = []
@@ -96,6 +97,8 @@ class MemoryStore:
                 return reply(OK, now, values, misfits)
             if denied:
                 return reply(DENIED, now, values, misfits)
+            if state is _EMPTY:
+                state = self._states[subject] = {}
             self._write(step, state, values, after, fresh, now)
             if step.mode == RESERVE:
                 self._hold(step, state, now, misfits)
@@ -237,6 +240,8 @@ class MemoryStore:
                     values.append(state.get(field, 0))
                 else:
                     values.append(0)
+            if not state:
+                self._states.pop(settle.hold.subject, None)
             return reply(OK if live else DENIED, now, values)
 
     # -- administration ---------------------------------------------------------------------
