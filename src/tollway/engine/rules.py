@@ -164,7 +164,8 @@ class Check:
         self.default_costs: list[int] | None = self.costs(default_cost, self.default_micros)
         """Per-rule costs at the default cost; None when a budget applies and there is no price
         (the caller must give an amount). Shared by steps: never mutated."""
-        self.static_packed = "[" + ",".join(rule.fragment for rule in rules) + "]"
+        # The rules' part of the step script's JSON argument: ",rule,rule..." (see redis_codec).
+        self.static_packed = "".join("," + rule.fragment for rule in rules)
         self.reads: tuple[str, ...] = (
             "plan",
             "hx",
@@ -194,13 +195,9 @@ class Check:
         windows = [rule.window(now_us) if rule.kind == WINDOW else None for rule in self.rules]
         lo = max(w[0] for w in windows if w is not None)
         hi = min(w[1] for w in windows if w is not None)
-        packed = (
-            "["
-            + ",".join(
-                rule.fragment if w is None else w[2]
-                for rule, w in zip(self.rules, windows, strict=True)
-            )
-            + "]"
+        packed = "".join(
+            "," + (rule.fragment if w is None else w[2])
+            for rule, w in zip(self.rules, windows, strict=True)
         )
         self._windows = cached = (lo, hi, windows, packed)
         return cached

@@ -88,9 +88,9 @@ class Step:
         self.mode = mode
         self.windows: list[tuple[int, int, str] | None] = []
         """Per rule, the window it counts in: (start, end, script fragment); None for a rate."""
-        self.packed = "[]"
-        """The rules as the Redis script's JSON argument."""
-        self.span: Span = (0, ALWAYS, [], "[]")
+        self.packed = ""
+        """The rules' part of the Redis script's JSON argument (",rule,rule...")."""
+        self.span: Span = (0, ALWAYS, [], "")
         """When the windows hold: a store whose clock is outside says the step is stale."""
         self.hold_id = ""
         self.hold_ttl_us = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -19,6 +20,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger("tollway.journal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +84,9 @@ class Journal:
         self.folder = Path(folder)
         self._name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         self._lock = threading.Lock()
-        self.pending = any(self._files()) if self.folder.exists() else False
+        self.pending = self.folder.exists() and any(self._files())
         """Whether entries may be waiting for a replay (checked without touching the disk)."""
+        self.replaying = False
 
     def _files(self) -> Iterator[Path]:
         return (p for p in self.folder.glob("*.jsonl") if p.stat().st_size > 0)
@@ -98,36 +102,71 @@ class Journal:
                 os.fsync(handle.fileno())
             self.pending = True
 
+    def claim(self) -> Iterator[Claim]:
+        """Each journal file with entries, locked for replay; skip the ones another process is
+        replaying. Leave the `Claim` block normally to empty the file, or raise to keep it."""
+        if self.replaying or not self.folder.exists():
+            self.pending = False
+            return
+        self.replaying = True
+        try:
+            for path in sorted(self._files()):
+                with _claim(path) as claim:
+                    if claim is not None:
+                        yield claim
+            self.pending = False
+        finally:
+            self.replaying = False
+
     def replay(self, apply: Callable[[JournalEntry], object]) -> int:
         """Send every journaled entry through ``apply``; returns how many were sent.
 
         ``apply`` raising leaves the file as it is, to be replayed again later.
         """
-        if not self.folder.exists():
-            self.pending = False
-            return 0
         sent = 0
         with self._lock:
-            for path in sorted(self._files()):
-                sent += self._replay_file(path, apply)
-            self.pending = False
+            for claim in self.claim():
+                for entry in claim.entries:
+                    apply(entry)
+                    sent += 1
         return sent
 
-    @staticmethod
-    def _replay_file(path: Path, apply: Callable[[JournalEntry], object]) -> int:
-        sent = 0
-        with path.open("r+", encoding="utf-8") as handle:
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    path: Path
+    entries: list[JournalEntry]
+
+
+@contextlib.contextmanager
+def _claim(path: Path) -> Iterator[Claim | None]:
+    with path.open("r+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None  # another process is replaying it right now
+            return
+        entries = []
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return 0  # another process is replaying it right now
-            for line in handle:
-                if line.strip():
-                    apply(JournalEntry.from_line(line))
-                    sent += 1
-            handle.seek(0)
-            handle.truncate()
-        with contextlib.suppress(OSError):
-            if path.stat().st_size == 0 and not path.name.endswith(f"{os.getpid()}.jsonl"):
-                path.unlink()
-        return sent
+                entries.append(JournalEntry.from_line(line))
+            except (ValueError, KeyError, TypeError):
+                # A torn line (a crash mid-append, a full disk) is set aside, not retried.
+                _set_aside(path, number, line)
+        yield Claim(path, entries)
+        # Emptied, never unlinked: a writer may hold the file open to append to it.
+        handle.seek(0)
+        handle.truncate()
+
+
+def _set_aside(path: Path, number: int, line: str) -> None:
+    with path.with_suffix(".bad").open("a", encoding="utf-8") as bad:
+        bad.write(f"{path.name}:{number}: {line.rstrip()}\n")
+    logger.warning(
+        "journal %s line %d is not an entry; set aside in %s",
+        path,
+        number,
+        path.with_suffix(".bad"),
+    )

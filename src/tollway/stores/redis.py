@@ -7,6 +7,7 @@ replies, breaker and journal are shared (`redis_codec`, `breaker`, `journal`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from tollway.errors import ConfigurationError, StoreError, StoreUnavailableError
 from tollway.policy.model import StoreConfig
 from tollway.stores import redis_codec as codec
 from tollway.stores.breaker import Breaker
+from tollway.stores.deadline import Deadlines
 from tollway.stores.journal import Journal, JournalEntry, default_folder
 from tollway.stores.settle import SettleStep
 
@@ -34,6 +36,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra insta
     redis = None  # type: ignore[assignment]
 
 SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+logger = logging.getLogger("tollway.store")
 
 
 def _split(url: str) -> tuple[str, bool]:
@@ -75,9 +78,19 @@ def _need_redis() -> None:
         )
 
 
-_UNAVAILABLE: tuple[type[BaseException], ...] = ()
+_UNAVAILABLE: tuple[type[BaseException], ...] = (StoreUnavailableError,)
 if redis is not None:
-    _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+    _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, StoreUnavailableError)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the failed call provably never reached the server (it could not connect).
+
+    Only such a call is journaled when a fail-open limit lets it through: a call that was sent
+    and not answered may still run (a stalled server resumes), and must not count twice.
+    """
+    text = str(exc)
+    return "connecting to" in text or "Timeout connecting" in text
 
 
 class _Common:
@@ -110,8 +123,10 @@ class _Common:
 
     def _failed(self, exc: BaseException) -> StoreUnavailableError:
         self.breaker.failure()
-        wait = self.breaker.cooldown_us / 1e6 if self.breaker.is_open else 0.0
-        return StoreUnavailableError(f"store {self.url} did not answer: {exc}", wait)
+        wait = self.breaker.cooldown_us / 1e6 if self.breaker.is_open else self.timeout
+        error = StoreUnavailableError(f"store {self.url} did not answer: {exc}", wait)
+        error.sent = not _never_sent(exc)
+        return error
 
     @staticmethod
     def _error(exc: Exception) -> StoreError:
@@ -150,7 +165,11 @@ class RedisStore(_Common):
         except ResponseError as exc:
             raise self._error(exc) from exc
         if self.breaker.success() or self.journal.pending:
-            self.replay_journal()
+            try:
+                self.replay_journal()
+            except Exception:  # the step stands; the journal stays pending for the next call
+                logger.exception("replaying the journal into %s failed; will retry", self.url)
+                self.journal.pending = True
         return result
 
     def execute(self, step: Step) -> Reply:
@@ -214,26 +233,48 @@ class AsyncRedisStore(_Common):
         super().__init__(url, config, clock)
         options = self._client_options()
         options["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
+        # Reads are bounded by one watchdog (see deadline.py), not a timer per read.
+        options["socket_timeout"] = None
+        self._deadlines = Deadlines(self.timeout)
+        # A fresh async cluster client raced by many first calls loses connections: it is
+        # initialized once, under a lock, before the first command.
+        self._ready = not self.cluster
+        self._init_lock: asyncio.Lock | None = None
         self.client: Any
         if self.cluster:
             self.client = redis.asyncio.cluster.RedisCluster.from_url(self._target, **options)
         else:
             self.client = redis.asyncio.Redis.from_url(self._target, **options)
 
+    async def _initialize(self) -> None:
+        if self._init_lock is None:
+            self._init_lock = asyncio.Lock()
+        async with self._init_lock:
+            if not self._ready:
+                await self._deadlines.run(self.client.initialize())
+                self._ready = True
+
     async def _call(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
         self._blocked()
+        run = self._deadlines.run
         try:
+            if not self._ready:
+                await self._initialize()
             try:
-                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                result = await run(self.client.evalsha(script.sha, len(keys), *keys, *args))
             except NoScriptError:
-                await self.client.script_load(script.text)
-                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                await run(self.client.script_load(script.text))
+                result = await run(self.client.evalsha(script.sha, len(keys), *keys, *args))
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from exc
         except ResponseError as exc:
             raise self._error(exc) from exc
         if self.breaker.success() or self.journal.pending:
-            await self.replay_journal()
+            try:
+                await self.replay_journal()
+            except Exception:  # the step stands; the journal stays pending for the next call
+                logger.exception("replaying the journal into %s failed; will retry", self.url)
+                self.journal.pending = True
         return result
 
     async def execute(self, step: Step) -> Reply:
@@ -245,12 +286,12 @@ class AsyncRedisStore(_Common):
         return codec.read_reply(await self._call(codec.SETTLE, keys, args))
 
     async def replay_journal(self) -> int:
-        loop = asyncio.get_running_loop()
-
-        def apply(entry: JournalEntry) -> None:
-            asyncio.run_coroutine_threadsafe(self._replay_one(entry), loop).result()
-
-        return await asyncio.to_thread(self.journal.replay, apply)
+        sent = 0
+        for claim in self.journal.claim():
+            for entry in claim.entries:
+                await self._replay_one(entry)
+                sent += 1
+        return sent
 
     async def _replay_one(self, entry: JournalEntry) -> None:
         keys, args = codec.replay_call(entry)
@@ -267,7 +308,9 @@ class AsyncRedisStore(_Common):
             coro.close()  # never sent: close it so it is not reported as never awaited
             raise
         try:
-            result = await coro
+            if not self._ready:
+                await self._initialize()
+            result = await self._deadlines.run(coro)
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from exc
         except RedisError as exc:
@@ -295,4 +338,5 @@ class AsyncRedisStore(_Common):
         await self._plain(self.client.ping())
 
     async def aclose(self) -> None:
+        await self._deadlines.close()
         await self.client.aclose()

@@ -30,6 +30,7 @@ class Script:
 def _script(name: str) -> Script:
     folder = resources.files("tollway.stores") / "lua"
     lib = (folder / "lib.lua").read_text(encoding="utf-8")
+    lib = lib.replace("__RETENTION__", str(RETENTION_US))
     text = lib + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
     return Script(name, text, hashlib.sha1(text.encode("utf-8")).hexdigest())
 
@@ -47,29 +48,12 @@ def state_key(subject: str) -> str:
 
 
 def step_call(step: Step) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of the step script."""
-    check = step.check
-    args: list[Any] = [
-        step.packed,
-        _MODES[step.mode],
-        step.assigned or "",
-        step.cost,
-        step.amount or 0,
-    ]
+    """KEYS and ARGV of the step script: the rules and the step's figures in one JSON array
+    (the rules part is cached per check and window), the expected plan, and a hold id."""
+    spec = f"[{step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us}{step.packed}]"
     if step.hold_id:
-        args += (step.hold_id, step.hold_ttl_us, RETENTION)
-    else:
-        args += _NO_HOLD
-    if check is not None:
-        args += check.reads
-    else:
-        args += _PLAN_READS
-    return [state_key(step.subject)], args
-
-
-_MODES = ("0", "1", "2")
-_NO_HOLD = ("", "0", RETENTION)
-_PLAN_READS = ("plan", "hx", "exp")
+        return [state_key(step.subject)], [spec, step.assigned or "", step.hold_id]
+    return [state_key(step.subject)], [spec, step.assigned or ""]
 
 
 def settle_call(settle: SettleStep) -> tuple[list[str], list[Any]]:

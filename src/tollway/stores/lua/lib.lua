@@ -7,6 +7,9 @@
 --   q:NAME[:OP], b:...    a quota's or budget's count, and with '@' its window start (us)
 -- Holds live beside it: KEY:holds (sorted set of ids by expiry) and KEY:h:ID (hash).
 -- Counts stay below 2^53; '%.0f' writes them whole (tostring would use exponents).
+-- How long a window's counter outlives its window (us); the same as the memory store's.
+local RETENTION = __RETENTION__
+
 local function fmt(n)
   return string.format('%.0f', n)
 end

@@ -1,12 +1,11 @@
 -- The atomic step: check every rule, then consume all or nothing.
 -- KEYS: 1 the subject's hash
--- ARGV: 1 rules as a JSON array, 6 items per rule:
+-- ARGV: 1 a JSON array: mode (0 acquire, 1 reserve, 2 peek), units, micro-units of money,
+--         hold ttl (us), then 6 items per rule:
 --         rate:   kind 0 (+8 shadow), field, emission (us), capacity (us), 0, 0
 --         window: kind 1 units / 2 money (+8 shadow), field, hard limit, start, end (us),
 --                 threshold marks (an array) or 0
---       2 mode (0 acquire, 1 reserve, 2 peek), 3 expected plan ('' for none),
---       4 units, 5 micro-units of money, 6 hold id, 7 hold ttl (us), 8 retention (us),
---       9.. the hash fields to read: plan, hx, exp, then each rule's field (and field@)
+--       2 expected plan ('' for none), 3 hold id (reserve only)
 -- Reply: {code, now, misfits, crossings, crossing..., value...}; code 0 taken, 1 denied,
 --        2 plan mismatch (+ plan), 3 stale window. Values are after the step when taken, as
 --        found otherwise. A crossing is rule * 64 + threshold (0-based), reported by the one
@@ -14,28 +13,33 @@
 local now = clock()
 local key = KEYS[1]
 local spec = cjson.decode(ARGV[1])
-local n = #spec / 6
-for b = 1, #spec, 6 do
-  if spec[b] % 8 ~= 0 and (now < spec[b + 3] or now >= spec[b + 4]) then
-    return {3, now, 0, 0}
+local n = (#spec - 4) / 6
+local names = {'plan', 'hx', 'exp'}
+for b = 5, #spec, 6 do
+  names[#names + 1] = spec[b + 1]
+  if spec[b] % 8 ~= 0 then
+    if now < spec[b + 3] or now >= spec[b + 4] then
+      return {3, now, 0, 0}
+    end
+    names[#names + 1] = spec[b + 1] .. '@'
   end
 end
-local found = redis.call('HMGET', key, unpack(ARGV, 9))
+local found = redis.call('HMGET', key, unpack(names))
 local plan = found[1]
-if (plan or '') ~= ARGV[3] then
+if (plan or '') ~= ARGV[2] then
   return {2, now, 0, 0, plan or ''}
 end
-local retention = tonumber(ARGV[8])
+local retention = RETENTION
 if found[2] and tonumber(found[2]) <= now then
   sweep(key, now, retention)
-  found = redis.call('HMGET', key, unpack(ARGV, 9))
+  found = redis.call('HMGET', key, unpack(names))
 end
-local units, micros = tonumber(ARGV[4]), tonumber(ARGV[5])
+local units, micros = spec[2], spec[3]
 local values, after = {}, {}
 local fresh, misfits, bit, denied = 0, 0, 1, false
 local pos = 4
 for j = 1, n do
-  local b = j * 6 - 5
+  local b = j * 6 - 1
   local kind = spec[b] % 8
   local v = tonumber(found[pos]) or 0
   local new
@@ -76,7 +80,7 @@ for j = 1, n do
   end
   bit = bit * 2
 end
-local mode = tonumber(ARGV[2])
+local mode = spec[1]
 if mode == 2 then
   return {0, now, misfits, 0, unpack(values)}
 end
@@ -86,7 +90,7 @@ end
 local writes, needed = {}, 0
 bit = 1
 for j = 1, n do
-  local b = j * 6 - 5
+  local b = j * 6 - 1
   local renew = math.floor(fresh / bit) % 2 == 1
   if after[j] ~= values[j] or renew then
     writes[#writes + 1] = spec[b + 1]
@@ -112,12 +116,12 @@ if #writes > 0 then
   keep_until(key, needed, plan, found[3])
 end
 if mode == 1 then
-  local id = ARGV[6]
-  local expires = now + tonumber(ARGV[7])
+  local id = ARGV[3]
+  local expires = now + spec[4]
   local entries = {}
   bit = 1
   for j = 1, n do
-    local b = j * 6 - 5
+    local b = j * 6 - 1
     local kind = spec[b] % 8
     local held, tag, start, ends = 0, 'w', spec[b + 3], spec[b + 4]
     if math.floor(misfits / bit) % 2 == 0 then
@@ -154,7 +158,7 @@ end
 local reply = {0, now, misfits, 0}
 bit = 1
 for j = 1, n do
-  local b = j * 6 - 5
+  local b = j * 6 - 1
   local marks = spec[b + 5]
   if marks ~= 0 and math.floor(misfits / bit) % 2 == 0 then
     for k, mark in ipairs(marks) do

@@ -1,0 +1,300 @@
+"""When Redis fails: bounded latency, a circuit breaker, fail-open / fail-closed decisions, and
+a journal of what fail-open let through, replayed exactly once when Redis is back.
+
+Every test runs its own redis-server (``make_redis_server``) and stops it mid-run. The store is
+configured with ``timeout_ms=50, breaker_failures=2, breaker_cooldown_ms=200``. The breaker's
+clock is the system clock, so waiting for its cooldown is a short real wait: a poll every 20 ms,
+for at most 5 s (a cooldown, not a limit's window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from model import day_safe_timezone
+from servers import RedisServer
+from tollway import AsyncTollway, Tollway
+
+COOLDOWN_S = 0.2
+OPEN, CLOSED = "acct-open", "acct-closed"
+
+
+def _policy(url: str, journal: Path) -> dict[str, Any]:
+    tz = day_safe_timezone()
+    return {
+        "store": {
+            "url": url,
+            "timeout_ms": 50,
+            "breaker_failures": 2,
+            "breaker_cooldown_ms": int(COOLDOWN_S * 1000),
+            "journal": str(journal),
+        },
+        "defaults": {"plan": "lenient"},
+        "operations": {"call": {"cost": 1}},
+        "plans": {
+            "lenient": {
+                "limits": [
+                    {"name": "calls", "quota": "100000/day", "timezone": tz, "on_error": "open"}
+                ]
+            },
+            "strict": {
+                "limits": [
+                    {"name": "guarded", "quota": "100000/day", "timezone": tz, "on_error": "closed"}
+                ]
+            },
+        },
+    }
+
+
+def _journal_lines(folder: Path) -> int:
+    if not folder.exists():
+        return 0
+    return sum(
+        1
+        for path in folder.glob("*.jsonl")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    )
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def _p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def _until_recovered(acquire: Callable[[], Any]) -> tuple[Any, list[Any]]:
+    """Acquire every 20 ms until the store answers again (at most 5 s); returns the first
+    decision the store took and the degraded ones before it."""
+    degraded = []
+    deadline = time.perf_counter() + 5
+    while True:
+        decision = acquire()
+        if not decision.degraded:
+            return decision, degraded
+        degraded.append(decision)
+        assert time.perf_counter() < deadline, "the store was not used again within 5 s"
+        time.sleep(0.02)
+
+
+def _saved(server: RedisServer) -> None:
+    """Persist the dataset, so the restarted server starts from what it had (an RDB file)."""
+    with redis.Redis.from_url(server.url) as client:
+        client.save()
+
+
+def test_outage_fail_open_fail_closed_journal_and_replay(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    server = make_redis_server()
+    folder = tmp_path / "journal"
+    policy = _policy(server.url, folder)
+    tw = Tollway(policy)
+    tw.assign(CLOSED, "strict")
+
+    # -- before: the store decides
+    for _ in range(10):
+        assert tw.acquire(OPEN, "call").allowed
+    for _ in range(5):
+        assert tw.acquire(CLOSED, "call").allowed
+    _saved(server)
+    server.kill()
+
+    # -- the outage
+    opened, closed, latencies = [], [], []
+    for _ in range(30):
+        decision, took = _timed(lambda: tw.acquire(OPEN, "call"))
+        opened.append(decision)
+        latencies.append(took)
+        decision, took = _timed(lambda: tw.acquire(CLOSED, "call"))
+        closed.append(decision)
+        latencies.append(took)
+    assert all(d.allowed and d.degraded for d in opened)
+    assert all(d.reason for d in opened)
+    assert all(not d.allowed and d.degraded for d in closed)
+    assert all("guarded" in d.reason for d in closed), closed[0].reason
+    assert [d.retry_after for d in closed if not d.retry_after or d.retry_after <= 0] == []
+    assert _p99(latencies) < 0.5
+    # after the breaker opened (2 failures), calls skip the network: all of them fast
+    assert max(latencies[2:]) < 0.25, latencies
+    assert sum(latencies) < 2.0
+
+    # the journal holds exactly what fail-open let through, on disk, during the outage
+    assert _journal_lines(folder) == len(opened)
+    copy = tmp_path / "journal-copy"
+    shutil.copytree(folder, copy)
+
+    # -- back: same port, same data (the RDB written before the outage)
+    server.start()
+    first, polls = _until_recovered(lambda: tw.acquire(OPEN, "call"))
+    assert first.allowed
+    assert all(d.allowed for d in polls)
+    degraded_allowed = len(opened) + len(polls)
+    usage = tw.usage(OPEN).limit("calls")
+    assert usage.used == 10 + degraded_allowed + 1
+    assert tw.usage(CLOSED).limit("guarded").used == 5  # fail-closed let nothing through
+    assert _journal_lines(folder) == 0  # replayed, then emptied
+    assert tw.acquire(CLOSED, "call").allowed
+    tw.close()
+
+    # -- replaying the same entries again counts nothing twice
+    for path in copy.glob("*.jsonl"):
+        shutil.copy(path, folder / f"again-{path.name}")
+    assert _journal_lines(folder) == len(opened)
+    with Tollway(policy) as again:
+        assert again.usage(OPEN).limit("calls").used == 10 + degraded_allowed + 1
+        assert again.acquire(OPEN, "call").allowed
+        assert again.usage(OPEN).limit("calls").used == 10 + degraded_allowed + 2
+    assert _journal_lines(folder) == 0
+    with Tollway(policy) as third:  # a later instance on the same folder finds nothing
+        assert third.usage(OPEN).limit("calls").used == 10 + degraded_allowed + 2
+
+
+def test_hung_server_costs_one_timeout_per_cooldown(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    """A server that accepts but never answers (SIGSTOP): every call is bounded by the
+    timeout, and while the breaker is open calls do not wait on the network at all."""
+    server = make_redis_server()
+    folder = tmp_path / "journal"
+    tw = Tollway(_policy(server.url, folder))
+    for _ in range(5):
+        assert tw.acquire(OPEN, "call").allowed
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        latencies = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < 1.0:  # about 5 cooldowns
+            decision, took = _timed(lambda: tw.acquire(OPEN, "call"))
+            assert decision.allowed and decision.degraded
+            latencies.append(took)
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - started
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert _p99(latencies) < 0.5
+    assert max(latencies) < 0.5
+    waited = [t for t in latencies if t >= 0.04]  # calls that waited for a timeout
+    # two failures open the breaker, then one probe per cooldown at most
+    assert 2 <= len(waited) <= 2 + math.ceil(elapsed / COOLDOWN_S) + 3, waited
+    assert len(latencies) > 10 * len(waited)
+    degraded_allowed = len(latencies)
+
+    first, polls = _until_recovered(lambda: tw.acquire(OPEN, "call"))
+    assert first.allowed
+    degraded_allowed += len(polls)
+    # every allowed call counted exactly once: the journaled ones are replayed, and a step
+    # that timed out must not also have been counted by the server
+    used = tw.usage(OPEN).limit("calls").used
+    expected = 5 + degraded_allowed + 1
+    assert used == expected, f"{used - expected} timed-out step(s) counted twice"
+    tw.close()
+
+
+async def test_async_outage_and_replay(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    server = make_redis_server()
+    folder = tmp_path / "journal"
+    async with AsyncTollway(_policy(server.url, folder)) as tw:
+        await tw.assign(CLOSED, "strict")
+        for _ in range(4):
+            assert (await tw.acquire(OPEN, "call")).allowed
+        assert (await tw.acquire(CLOSED, "call")).allowed
+        _saved(server)
+        server.kill()
+
+        latencies = []
+        opened = []
+        for _ in range(10):
+            start = time.perf_counter()
+            decision = await tw.acquire(OPEN, "call")
+            denied = await tw.acquire(CLOSED, "call")
+            latencies.append(time.perf_counter() - start)
+            assert decision.allowed and decision.degraded and decision.reason
+            assert not denied.allowed and denied.degraded and "guarded" in denied.reason
+            assert denied.retry_after is not None and denied.retry_after > 0
+            opened.append(decision)
+        assert max(latencies) < 0.5
+        assert _journal_lines(folder) == len(opened)
+
+        server.start()
+        polls = 0
+        deadline = time.perf_counter() + 5
+        while True:
+            decision = await asyncio.wait_for(tw.acquire(OPEN, "call"), timeout=5)
+            if not decision.degraded:
+                break
+            polls += 1
+            assert time.perf_counter() < deadline
+            await asyncio.sleep(0.02)
+        usage = await asyncio.wait_for(tw.usage(OPEN), timeout=5)
+        assert usage.limit("calls").used == 4 + len(opened) + polls + 1
+        assert (await tw.usage(CLOSED)).limit("guarded").used == 1
+        assert _journal_lines(folder) == 0
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+def test_breaker_opens_after_the_configured_failures(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path, failures: int
+) -> None:
+    """Fail-closed denials say how long to wait, from the very first failed call."""
+    server = make_redis_server()
+    policy = _policy(server.url, tmp_path / "journal")
+    policy["store"]["breaker_failures"] = failures
+    policy["defaults"]["plan"] = "strict"
+    with Tollway(policy) as tw:
+        assert tw.acquire(CLOSED, "call").allowed
+        server.kill()
+        denials = [tw.acquire(CLOSED, "call") for _ in range(failures + 3)]
+        assert all(not d.allowed and d.degraded for d in denials)
+        assert [d.retry_after for d in denials if not d.retry_after or d.retry_after <= 0] == []
+        server.start()
+        first, _ = _until_recovered(lambda: tw.acquire(CLOSED, "call"))
+        assert first.allowed
+        # the data did not survive the crash (no persistence): only the new call counts
+        assert tw.usage(CLOSED).limit("guarded").used == 1
+
+
+def test_a_torn_journal_line_does_not_break_acquires(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    """A process that dies mid-append (or a full disk) leaves a partial last line; the complete
+    entries must still be replayed once, and acquires must keep answering."""
+    server = make_redis_server()
+    folder = tmp_path / "journal"
+    tw = Tollway(_policy(server.url, folder))
+    assert tw.acquire(OPEN, "call").allowed
+    _saved(server)
+    server.kill()
+    journaled = [tw.acquire(OPEN, "call") for _ in range(3)]
+    assert all(d.allowed and d.degraded for d in journaled)
+    [path] = folder.glob("*.jsonl")
+    whole = path.read_text(encoding="utf-8")
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(whole.splitlines()[0][:40])  # the torn append: no closing brace, no \n
+
+    server.start()
+    first, polls = _until_recovered(lambda: tw.acquire(OPEN, "call"))
+    assert first.allowed
+    after = [tw.acquire(OPEN, "call") for _ in range(2)]
+    assert all(d.allowed and not d.degraded for d in after)
+    assert tw.usage(OPEN).limit("calls").used == 1 + 3 + len(polls) + 1 + 2
+    tw.close()
