@@ -78,7 +78,7 @@ class _Face:
             raise exc
         decision = degraded(step, str(exc), exc.retry_after, self._engine.clock())
         journal = getattr(store, "journal_step", None)
-        if decision.allowed and step.mode == ACQUIRE and journal is not None and not exc.sent:
+        if decision.allowed and step.mode == ACQUIRE and journal is not None:
             journal(step)
         return decision
 

@@ -78,8 +78,6 @@ class StoreUnavailableError(StoreError):
         super().__init__(message)
         self.retry_after = retry_after
         """Seconds until the store will be tried again (the circuit breaker's cooldown)."""
-        self.sent = False
-        """Whether the request may have reached the store (then it may still have run)."""
 
 
 class ReservationError(TollwayError):

@@ -95,9 +95,15 @@ class Journal:
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / self._name
-            with path.open("a", encoding="utf-8") as handle:
+            with path.open("a+b") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
-                handle.write(entry.to_line())
+                line = entry.to_line().encode("utf-8")
+                end = handle.seek(0, os.SEEK_END)
+                if end:
+                    handle.seek(end - 1)
+                    if handle.read(1) != b"\n":
+                        line = b"\n" + line  # a torn last line stays apart from this entry
+                handle.write(line)
                 handle.flush()
                 os.fsync(handle.fileno())
             self.pending = True

@@ -83,16 +83,6 @@ if redis is not None:
     _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, StoreUnavailableError)
 
 
-def _never_sent(exc: BaseException) -> bool:
-    """Whether the failed call provably never reached the server (it could not connect).
-
-    Only such a call is journaled when a fail-open limit lets it through: a call that was sent
-    and not answered may still run (a stalled server resumes), and must not count twice.
-    """
-    text = str(exc)
-    return "connecting to" in text or "Timeout connecting" in text
-
-
 class _Common:
     """Configuration, breaker and journal shared by the sync and async stores."""
 
@@ -104,6 +94,8 @@ class _Common:
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_ms * 1000, clock)
         self.journal = Journal(config.journal or default_folder(url))
         self.clock = clock
+        self._deadline_us = config.timeout_ms * 800
+        self._offset_us = 0
 
     def _client_options(self) -> dict[str, Any]:
         # No client-side retries: a slow store must cost one bounded timeout, then the breaker.
@@ -124,13 +116,21 @@ class _Common:
     def _failed(self, exc: BaseException) -> StoreUnavailableError:
         self.breaker.failure()
         wait = self.breaker.cooldown_us / 1e6 if self.breaker.is_open else self.timeout
-        error = StoreUnavailableError(f"store {self.url} did not answer: {exc}", wait)
-        error.sent = not _never_sent(exc)
-        return error
+        return StoreUnavailableError(f"store {self.url} did not answer: {exc}", wait)
 
     @staticmethod
     def _error(exc: Exception) -> StoreError:
         return StoreError(f"the store refused a command: {exc}")
+
+    def _deadline(self) -> int:
+        """When, on the store's clock, a step sent now is no longer worth taking: before the
+        client gives up on it (the timeout), with a fifth of the timeout left for the reply.
+        A step that arrives later is refused by the script, so a step that timed out here
+        has not been counted there, and journaling it cannot count it twice."""
+        return self.clock() + self._offset_us + self._deadline_us
+
+    def _learn(self, store_now_us: int) -> None:
+        self._offset_us = store_now_us - self.clock()
 
     def new_hold_id(self) -> str:
         return uuid.uuid4().hex
@@ -173,8 +173,13 @@ class RedisStore(_Common):
         return result
 
     def execute(self, step: Step) -> Reply:
-        keys, args = codec.step_call(step)
-        return codec.read_reply(self._call(codec.STEP, keys, args))
+        keys, args = codec.step_call(step, self._deadline())
+        reply = codec.read_reply(self._call(codec.STEP, keys, args))
+        if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
+            self._learn(reply.now_us)
+            keys, args = codec.step_call(step, self._deadline())
+            reply = codec.read_reply(self._call(codec.STEP, keys, args))
+        return reply
 
     def settle(self, settle: SettleStep) -> Reply:
         keys, args = codec.settle_call(settle)
@@ -278,8 +283,13 @@ class AsyncRedisStore(_Common):
         return result
 
     async def execute(self, step: Step) -> Reply:
-        keys, args = codec.step_call(step)
-        return codec.read_reply(await self._call(codec.STEP, keys, args))
+        keys, args = codec.step_call(step, self._deadline())
+        reply = codec.read_reply(await self._call(codec.STEP, keys, args))
+        if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
+            self._learn(reply.now_us)
+            keys, args = codec.step_call(step, self._deadline())
+            reply = codec.read_reply(await self._call(codec.STEP, keys, args))
+        return reply
 
     async def settle(self, settle: SettleStep) -> Reply:
         keys, args = codec.settle_call(settle)

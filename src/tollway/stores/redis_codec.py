@@ -47,10 +47,13 @@ def state_key(subject: str) -> str:
     return f"tw:{{{subject}}}"
 
 
-def step_call(step: Step) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of the step script: the rules and the step's figures in one JSON array
-    (the rules part is cached per check and window), the expected plan, and a hold id."""
-    spec = f"[{step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us}{step.packed}]"
+def step_call(step: Step, deadline_us: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the step script: the step's figures and rules in one JSON array (the
+    rules part is cached per check and window), the expected plan, and a hold id."""
+    spec = (
+        f"[{step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us}"
+        f"{step.packed}]"
+    )
     if step.hold_id:
         return [state_key(step.subject)], [spec, step.assigned or "", step.hold_id]
     return [state_key(step.subject)], [spec, step.assigned or ""]
@@ -77,6 +80,10 @@ def replay_call(entry: JournalEntry) -> tuple[list[str], list[Any]]:
 
 def assign_call(subject: str, plan: str | None) -> tuple[list[str], list[Any]]:
     return [state_key(subject)], [plan or ""]
+
+
+EXPIRED = 4
+"""The step reached the store after its deadline and was not taken."""
 
 
 def read_reply(raw: list[Any]) -> Reply:

@@ -1,21 +1,26 @@
 -- The atomic step: check every rule, then consume all or nothing.
 -- KEYS: 1 the subject's hash
 -- ARGV: 1 a JSON array: mode (0 acquire, 1 reserve, 2 peek), units, micro-units of money,
---         hold ttl (us), then 6 items per rule:
+--         hold ttl (us), deadline (us, 0 for none), then 6 items per rule:
 --         rate:   kind 0 (+8 shadow), field, emission (us), capacity (us), 0, 0
 --         window: kind 1 units / 2 money (+8 shadow), field, hard limit, start, end (us),
 --                 threshold marks (an array) or 0
 --       2 expected plan ('' for none), 3 hold id (reserve only)
 -- Reply: {code, now, misfits, crossings, crossing..., value...}; code 0 taken, 1 denied,
---        2 plan mismatch (+ plan), 3 stale window. Values are after the step when taken, as
+--        2 plan mismatch (+ plan), 3 stale window, 4 past its deadline (the client has given
+--        up on this step, and may let it through unrecorded and journal it: so it must not
+--        count here). Values are after the step when taken, as
 --        found otherwise. A crossing is rule * 64 + threshold (0-based), reported by the one
 --        step that first reaches the threshold in its window (marked in field#threshold).
 local now = clock()
 local key = KEYS[1]
 local spec = cjson.decode(ARGV[1])
-local n = (#spec - 4) / 6
+if spec[5] > 0 and now > spec[5] then
+  return {4, now, 0, 0}
+end
+local n = (#spec - 5) / 6
 local names = {'plan', 'hx', 'exp'}
-for b = 5, #spec, 6 do
+for b = 6, #spec, 6 do
   names[#names + 1] = spec[b + 1]
   if spec[b] % 8 ~= 0 then
     if now < spec[b + 3] or now >= spec[b + 4] then
@@ -39,7 +44,7 @@ local values, after = {}, {}
 local fresh, misfits, bit, denied = 0, 0, 1, false
 local pos = 4
 for j = 1, n do
-  local b = j * 6 - 1
+  local b = j * 6
   local kind = spec[b] % 8
   local v = tonumber(found[pos]) or 0
   local new
@@ -90,7 +95,7 @@ end
 local writes, needed = {}, 0
 bit = 1
 for j = 1, n do
-  local b = j * 6 - 1
+  local b = j * 6
   local renew = math.floor(fresh / bit) % 2 == 1
   if after[j] ~= values[j] or renew then
     writes[#writes + 1] = spec[b + 1]
@@ -121,7 +126,7 @@ if mode == 1 then
   local entries = {}
   bit = 1
   for j = 1, n do
-    local b = j * 6 - 1
+    local b = j * 6
     local kind = spec[b] % 8
     local held, tag, start, ends = 0, 'w', spec[b + 3], spec[b + 4]
     if math.floor(misfits / bit) % 2 == 0 then
@@ -158,7 +163,7 @@ end
 local reply = {0, now, misfits, 0}
 bit = 1
 for j = 1, n do
-  local b = j * 6 - 1
+  local b = j * 6
   local marks = spec[b + 5]
   if marks ~= 0 and math.floor(misfits / bit) % 2 == 0 then
     for k, mark in ipairs(marks) do
