@@ -109,8 +109,10 @@ class Server:
                     command = monitor.next_command()
                     if marker in command["command"]:
                         break
-                    if command["client_type"] != "lua":
-                        seen.append(command["command"].split(" ", 1)[0].upper())
+                    name = command["command"].split(" ", 1)[0].upper()
+                    # HELLO: the handshake of the connection that sends the marker (redis-py 8)
+                    if command["client_type"] != "lua" and name != "HELLO":
+                        seen.append(name)
 
     def commandstats(self) -> dict[str, int]:
         """Calls per command, summed over every primary (commands run by scripts included)."""
