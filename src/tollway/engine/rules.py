@@ -39,6 +39,7 @@ class Rule:
         "reads",
         "shadow",
         "soft",
+        "start_field",
         "thresholds",
         "timezone",
     )
@@ -52,7 +53,9 @@ class Rule:
         self.money = limit.budget is not None
         letter = {"rate": "r", "quota": "q", "budget": "b"}[limit.kind]
         self.field = f"{letter}:{limit.name}" + (f":{operation}" if operation else "")
-        """The rule's field in the subject's state (a window's start is kept at field + '@')."""
+        """The rule's field in the subject's state."""
+        self.start_field = self.field + "@"
+        """Where a window rule keeps the start of the window its count belongs to."""
         self.timezone = limit.timezone
         self.anchor = limit.anchor
         self.emission_us = self.capacity_us = self.soft = self.hard = 0
@@ -186,6 +189,11 @@ class Check:
         if micros is None:
             return None
         return [micros if rule.money else units for rule in self.rules]
+
+    def current_span(self, now_us: int) -> Span | None:
+        """The cached span if it holds ``now_us`` (no window is computed)."""
+        cached = self._windows
+        return cached if cached[0] <= now_us < cached[1] else None
 
     def windows(self, now_us: int) -> Span:
         """The rules' windows at ``now_us`` and the script's rule argument for them."""

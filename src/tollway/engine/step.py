@@ -151,6 +151,8 @@ class Engine:
         self.offset_us = 0
         """Store clock minus local clock, learned from replies, to pick the store's windows."""
         self._default_plan = policy.defaults.plan
+        self._steps: dict[str, dict[str, Step]] = {}
+        """Recent default-cost acquire steps per subject and operation, reused while valid."""
 
     # -- building steps ---------------------------------------------------------------------
 
@@ -180,6 +182,7 @@ class Engine:
         if len(cache) >= _PLAN_CACHE_SIZE and subject not in cache:
             cache.clear()
         cache[subject] = plan
+        self._steps.pop(subject, None)  # they were built for the plan known before
 
     def plan_of(self, subject: str, assigned: str | None) -> str | None:
         plan = assigned if assigned is not None else self.policy.defaults.plan
@@ -195,6 +198,18 @@ class Engine:
         self, subject: str, operation: str, cost: int | None, amount: Decimal | None, mode: int
     ) -> Step:
         """A step that tries to take ``cost`` units (and ``amount`` money) of ``operation``."""
+        if mode == ACQUIRE and cost is None and amount is None:
+            # The common case: the same subject, operation and windows as a recent step, whose
+            # Step (immutable once built) can be sent again as it is.
+            steps = self._steps.get(subject)
+            if steps is not None:
+                step = steps.get(operation)
+                if step is not None:
+                    span = step.span
+                    if span[1] == ALWAYS or span is step.check.current_span(  # type: ignore[union-attr]
+                        self.clock() + self.offset_us
+                    ):
+                        return step
         assigned: str | None = self._assigned.get(subject, _UNSEEN)
         if assigned is _UNSEEN:
             self.check_subject(subject)
@@ -229,6 +244,13 @@ class Engine:
         step.packed = span[3]
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
+        elif mode == ACQUIRE and cost is None and amount is None:
+            steps = self._steps.get(subject)
+            if steps is None:
+                if len(self._steps) >= _PLAN_CACHE_SIZE:
+                    self._steps.clear()
+                steps = self._steps[subject] = {}
+            steps[operation] = step
         return step
 
     def _priced(

@@ -64,46 +64,67 @@ class MemoryStore:
             plan = self._plans.get(subject)
             if plan != step.assigned:
                 return reply(PLAN_MISMATCH, now, [], 0, plan)
-            expiry = self._expiry
-            if expiry and expiry[0][0] <= now:
+            if self._expiry and self._expiry[0][0] <= now:
                 self._sweep(now)
             # Reading must not create state: a subject only read or denied leaves nothing.
             state = self._states.get(subject) or _EMPTY
-            costs, windows = step.costs, step.windows
+            windows = step.windows
             values: list[int] = []
             after: list[int] = []
             fresh = misfits = 0
             denied = False
-            for i, rule in enumerate(step.rules):
+            bit = 1
+            for i, (rule, cost) in enumerate(zip(step.rules, step.costs, strict=True)):
                 value = state.get(rule.field, 0)
                 if rule.kind == RATE:
-                    new = (value if value > now else now) + costs[i] * rule.emission_us
+                    new = (value if value > now else now) + cost * rule.emission_us
                     fit = new - now <= rule.capacity_us
                 else:
-                    if state.get(rule.field + "@") != windows[i][0]:  # type: ignore[index]
+                    if state.get(rule.start_field) != windows[i][0]:  # type: ignore[index]
                         value = 0
-                        fresh |= 1 << i
-                    new = value + costs[i]
+                        fresh |= bit
+                    new = value + cost
                     fit = new <= rule.hard
                 values.append(value)
                 if fit:
                     after.append(new)
                 else:
                     after.append(value)
-                    misfits |= 1 << i
+                    misfits |= bit
                     if not rule.shadow:
                         denied = True
+                bit <<= 1
             if step.mode == PEEK:
                 return reply(OK, now, values, misfits)
             if denied:
                 return reply(DENIED, now, values, misfits)
             if state is _EMPTY:
                 state = self._states[subject] = {}
-            self._write(step, state, values, after, fresh, now)
+            needed = 0
+            bit = 1
+            for i, rule in enumerate(step.rules):
+                new = after[i]
+                if new != values[i] or fresh & bit:
+                    state[rule.field] = new
+                    if rule.kind == RATE:
+                        if new > needed:
+                            needed = new
+                    else:
+                        window = windows[i]
+                        assert window is not None
+                        if fresh & bit:
+                            state[rule.start_field] = window[0]
+                        if window[1] + RETENTION_US > needed:
+                            needed = window[1] + RETENTION_US
+                bit <<= 1
+            if needed > state.get("exp", 0):
+                self._keep_until(subject, state, needed)
             if step.mode == RESERVE:
                 self._hold(step, state, now, misfits)
-            crossed = self._crossings(step, state, values, after, misfits) if step.marks else ()
-            return reply(OK, now, after, misfits, None, crossed)
+            if step.check is not None and step.check.marks:
+                crossed = self._crossings(step, state, values, after, misfits)
+                return reply(OK, now, after, misfits, None, crossed)
+            return reply(OK, now, after, misfits)
 
     @staticmethod
     def _crossings(
@@ -123,25 +144,6 @@ class MemoryStore:
                     state[flag] = window[0]
                     out.append(i * 64 + k)
         return tuple(out)
-
-    def _write(
-        self, step: Step, state: State, values: list[int], after: list[int], fresh: int, now: int
-    ) -> None:
-        needed = 0
-        for i, rule in enumerate(step.rules):
-            if after[i] == values[i] and not (fresh >> i) & 1:
-                continue
-            state[rule.field] = after[i]
-            if rule.kind == RATE:
-                needed = max(needed, after[i])
-            else:
-                window = step.windows[i]
-                assert window is not None
-                if (fresh >> i) & 1:
-                    state[rule.field + "@"] = window[0]
-                needed = max(needed, window[1] + RETENTION_US)
-        if needed > state.get("exp", 0):
-            self._keep_until(step.subject, state, needed)
 
     def _keep_until(self, subject: str, state: State, needed: int) -> None:
         if subject in self._plans or needed <= state.get("exp", 0):
