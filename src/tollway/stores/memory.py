@@ -73,17 +73,20 @@ class MemoryStore:
             after: list[int] = []
             fresh = misfits = 0
             denied = False
+            costs = step.costs
             bit = 1
-            for i, (rule, cost) in enumerate(zip(step.rules, step.costs, strict=True)):
+            # Index loops: several times faster here than enumerate(zip(...)).
+            i = 0
+            for rule in step.rules:
                 value = state.get(rule.field, 0)
                 if rule.kind == RATE:
-                    new = (value if value > now else now) + cost * rule.emission_us
+                    new = (value if value > now else now) + costs[i] * rule.emission_us
                     fit = new - now <= rule.capacity_us
                 else:
                     if state.get(rule.start_field) != windows[i][0]:  # type: ignore[index]
                         value = 0
                         fresh |= bit
-                    new = value + cost
+                    new = value + costs[i]
                     fit = new <= rule.hard
                 values.append(value)
                 if fit:
@@ -94,6 +97,7 @@ class MemoryStore:
                     if not rule.shadow:
                         denied = True
                 bit <<= 1
+                i += 1
             if step.mode == PEEK:
                 return reply(OK, now, values, misfits)
             if denied:
@@ -102,7 +106,8 @@ class MemoryStore:
                 state = self._states[subject] = {}
             needed = 0
             bit = 1
-            for i, rule in enumerate(step.rules):
+            i = 0
+            for rule in step.rules:
                 new = after[i]
                 if new != values[i] or fresh & bit:
                     state[rule.field] = new
@@ -117,6 +122,7 @@ class MemoryStore:
                         if window[1] + RETENTION_US > needed:
                             needed = window[1] + RETENTION_US
                 bit <<= 1
+                i += 1
             if needed > state.get("exp", 0):
                 self._keep_until(subject, state, needed)
             if step.mode == RESERVE:
