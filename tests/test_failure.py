@@ -298,3 +298,39 @@ def test_a_torn_journal_line_does_not_break_acquires(
     assert all(d.allowed and not d.degraded for d in after)
     assert tw.usage(OPEN).limit("calls").used == 1 + 3 + len(polls) + 1 + 2
     tw.close()
+
+
+def test_reservations_during_an_outage_count_the_actual_cost_once(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    """A reservation taken before the outage and committed during it, and one taken and
+    committed during it: each ends counted at its actual cost, once; a release during the
+    outage costs nothing."""
+    server = make_redis_server()
+    folder = tmp_path / "journal"
+    policy = _policy(server.url, folder)
+    policy["store"]["hold_ttl_ms"] = 300
+    tw = Tollway(policy)
+    before = tw.reserve(OPEN, "call", 5)
+    assert before.allowed and not before.decision.degraded
+    _saved(server)
+    server.kill()
+
+    during = tw.reserve(OPEN, "call", 4)
+    assert during.allowed and during.decision.degraded
+    committed_before = before.commit(2)  # the store is away: journaled at the actual cost
+    assert committed_before.degraded
+    committed_during = during.commit(3)
+    assert committed_during.degraded
+    released = tw.reserve(OPEN, "call", 7)
+    released.release()  # nothing held anywhere, nothing to give back
+    assert _journal_lines(folder) == 2
+
+    server.start()
+    time.sleep(0.35)  # the pre-outage hold's ttl (a reservation's expiry, not a window)
+    first, polls = _until_recovered(lambda: tw.acquire(OPEN, "call"))
+    assert first.allowed
+    used = tw.usage(OPEN).limit("calls").used
+    assert used == 2 + 3 + len(polls) + 1, used
+    assert _journal_lines(folder) == 0
+    tw.close()

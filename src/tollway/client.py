@@ -10,7 +10,8 @@ from types import TracebackType
 from typing import Any
 
 from tollway.engine.decision import Decision
-from tollway.engine.step import ACQUIRE, RESERVE, Engine, Reply, Step, degraded
+from tollway.engine.step import ACQUIRE, OK, RESERVE, Engine, Reply, Step, degraded
+from tollway.engine.step import reply as make_reply
 from tollway.errors import (
     StoreError,
     StoreUnavailableError,
@@ -81,6 +82,13 @@ class _Face:
         if decision.allowed and step.mode == ACQUIRE and journal is not None:
             journal(step)
         return decision
+
+    def _degraded_hold(self, step: Step, exc: StoreUnavailableError) -> ReservationCore:
+        """A reservation decided without the store: nothing is held anywhere; its commit
+        records the actual cost (journaled if the store is still away)."""
+        decision = self._degraded(step, exc, None)
+        now = self._engine.clock()
+        return ReservationCore(self._engine, step, make_reply(OK, now, []), decision)
 
     def _usage(self, step: Step, reply: Reply) -> Usage | None:
         decision = self._engine.finish(step, reply)
@@ -175,7 +183,11 @@ class Tollway(_Face):
             step.hold_id = self._store.new_hold_id()
             return step
 
-        step, reply = self._run(build)
+        try:
+            step, reply = self._run(build)
+        except StoreUnavailableError as exc:
+            step = build()
+            return Reservation(self._degraded_hold(step, exc), self._store)
         decision = engine.finish(step, reply)
         assert decision is not None
         return Reservation(ReservationCore(engine, step, reply, decision), self._store)
@@ -292,7 +304,11 @@ class AsyncTollway(_Face):
             step.hold_id = self._store.new_hold_id()
             return step
 
-        step, reply = await self._run(build)
+        try:
+            step, reply = await self._run(build)
+        except StoreUnavailableError as exc:
+            step = build()
+            return AsyncReservation(self._degraded_hold(step, exc), self._store)
         decision = engine.finish(step, reply)
         assert decision is not None
         return AsyncReservation(ReservationCore(engine, step, reply, decision), self._store)

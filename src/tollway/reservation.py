@@ -7,14 +7,20 @@ releases on an exception, and commits the estimate when the block ends unsettled
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from tollway.engine.decision import Decision
-from tollway.engine.step import MAX_COST, Engine, Reply, Step
-from tollway.errors import InvalidArgumentError, LimitExceeded, ReservationError
+from tollway.engine.step import ACQUIRE, MAX_COST, Engine, Reply, Step, degraded
+from tollway.errors import (
+    InvalidArgumentError,
+    LimitExceeded,
+    ReservationError,
+    StoreUnavailableError,
+)
 from tollway.money import decimal_to_micros
 from tollway.stores.settle import SettleStep, hold_of, settle_step
 
@@ -73,16 +79,28 @@ class ReservationCore:
         self._claim()
         return settle_step(self.step, self.hold, None)
 
-    def settled_decision(
-        self, reply: Reply, units: int, micros: int | None, costs: list[int]
-    ) -> Decision:
-        """Where the limits stand after the settlement, at the committed cost."""
+    def committed_step(self) -> Step:
+        """The held step at the committed cost."""
         held = self.step
+        units, micros, costs = self.committed
         step = Step(
-            held.subject, held.assigned, held.plan, held.check, units, micros, costs, held.mode
+            held.subject, held.assigned, held.plan, held.check, units, micros, costs, ACQUIRE
         )
-        step.windows = held.windows
-        return Decision(True, step, reply.now_us, reply.values, 0)
+        step.windows, step.span, step.packed = held.windows, held.span, held.packed
+        return step
+
+    def settled_decision(self, reply: Reply) -> Decision:
+        """Where the limits stand after the settlement, at the committed cost."""
+        return Decision(True, self.committed_step(), reply.now_us, reply.values, 0)
+
+    def unsettled_decision(self, exc: StoreUnavailableError, store: object) -> Decision:
+        """The store could not take the commit: the actual cost is journaled, to be counted
+        when it answers again (the hold, if any, expires and gives the estimate back)."""
+        step = self.committed_step()
+        journal = getattr(store, "journal_step", None)
+        if journal is not None:
+            journal(step)
+        return degraded(step, str(exc), exc.retry_after, self.engine.clock())
 
 
 class _Face:
@@ -128,12 +146,19 @@ class Reservation(_Face):
     def commit(self, actual: int | None = None, *, amount: Decimal | None = None) -> Decision:
         """Settle at the actual cost (default: the estimate); the difference is given back or
         taken. A commit after the hold expired takes the whole actual cost."""
-        reply = self._store.settle(self._core.commit_step(actual, amount))
-        return self._core.settled_decision(reply, *self._core.committed)
+        settle = self._core.commit_step(actual, amount)
+        try:
+            reply = self._store.settle(settle)
+        except StoreUnavailableError as exc:
+            return self._core.unsettled_decision(exc, self._store)
+        return self._core.settled_decision(reply)
 
     def release(self) -> None:
-        """Give the whole hold back (the call was not made, or is not billed)."""
-        self._store.settle(self._core.release_step())
+        """Give the whole hold back (the call was not made, or is not billed). With the store
+        away, there is nothing to do: the hold expires by itself."""
+        settle = self._core.release_step()
+        with contextlib.suppress(StoreUnavailableError):
+            self._store.settle(settle)
 
     def __enter__(self) -> Reservation:
         self._enter_check()
@@ -161,11 +186,17 @@ class AsyncReservation(_Face):
         self._store = store
 
     async def commit(self, actual: int | None = None, *, amount: Decimal | None = None) -> Decision:
-        reply = await self._store.settle(self._core.commit_step(actual, amount))
-        return self._core.settled_decision(reply, *self._core.committed)
+        settle = self._core.commit_step(actual, amount)
+        try:
+            reply = await self._store.settle(settle)
+        except StoreUnavailableError as exc:
+            return self._core.unsettled_decision(exc, self._store)
+        return self._core.settled_decision(reply)
 
     async def release(self) -> None:
-        await self._store.settle(self._core.release_step())
+        settle = self._core.release_step()
+        with contextlib.suppress(StoreUnavailableError):
+            await self._store.settle(settle)
 
     async def __aenter__(self) -> AsyncReservation:
         self._enter_check()

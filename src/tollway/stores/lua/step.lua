@@ -99,7 +99,7 @@ for j = 1, n do
   local renew = math.floor(fresh / bit) % 2 == 1
   if after[j] ~= values[j] or renew then
     writes[#writes + 1] = spec[b + 1]
-    writes[#writes + 1] = fmt(after[j])
+    writes[#writes + 1] = after[j]
     if spec[b] % 8 == 0 then
       if after[j] > needed then
         needed = after[j]
@@ -107,7 +107,7 @@ for j = 1, n do
     else
       if renew then
         writes[#writes + 1] = spec[b + 1] .. '@'
-        writes[#writes + 1] = fmt(spec[b + 3])
+        writes[#writes + 1] = spec[b + 3]
       end
       if spec[b + 4] + retention > needed then
         needed = spec[b + 4] + retention
