@@ -71,6 +71,16 @@ local function adjust(key, field, is_rate, delta, start, ends, base, now, retent
   return v
 end
 
+-- Note in the subject's hash when its earliest remaining hold expires (the step reads it).
+local function mark_earliest(key)
+  local first = redis.call('ZRANGE', key .. ':holds', 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('HSET', key, 'hx', first[2])
+  else
+    redis.call('HDEL', key, 'hx')
+  end
+end
+
 -- Give back every hold of the subject that expired by `now`, then re-mark the earliest.
 local function sweep(key, now, retention)
   local holds = key .. ':holds'
@@ -86,10 +96,5 @@ local function sweep(key, now, retention)
     redis.call('DEL', hold)
     redis.call('ZREM', holds, id)
   end
-  local first = redis.call('ZRANGE', holds, 0, 0, 'WITHSCORES')
-  if first[2] then
-    redis.call('HSET', key, 'hx', first[2])
-  else
-    redis.call('HDEL', key, 'hx')
-  end
+  mark_earliest(key)
 end

@@ -16,12 +16,7 @@ local holds = key .. ':holds'
 local live = redis.call('ZREM', holds, id) == 1
 if live then
   redis.call('DEL', key .. ':h:' .. id)
-  local first = redis.call('ZRANGE', holds, 0, 0, 'WITHSCORES')
-  if first[2] then
-    redis.call('HSET', key, 'hx', first[2])
-  else
-    redis.call('HDEL', key, 'hx')
-  end
+  mark_earliest(key)
 end
 local values = {}
 local count = (#ARGV - 2) / 6
