@@ -153,15 +153,25 @@ class Decision:
         "_values",
         "allowed",
         "crossed",
-        "degraded",
-        "fixed_retry",
         "now_us",
-        "reason",
         "rules",
     )
 
+    degraded: bool = False
+    """True when the store could not be asked and the limits' ``on_error`` decided."""
+    reason: str | None = None
+    """Why the decision is degraded."""
+    fixed_retry: float | None = None
+    # A degraded denial has no limit figures: its wait is the circuit breaker's cooldown.
+
     def __init__(
-        self, allowed: bool, step: Step, now_us: int, values: Sequence[int], misfits: int
+        self,
+        allowed: bool,
+        step: Step,
+        now_us: int,
+        values: Sequence[int],
+        misfits: int,
+        crossed: tuple[int, ...] = (),
     ) -> None:
         self.allowed = allowed
         """Whether the step was taken."""
@@ -172,12 +182,7 @@ class Decision:
         self._misfits = misfits
         self._limits: tuple[LimitState, ...] | None = None
         self.rules = step.rules
-        self.degraded = False
-        """True when the store could not be asked and the limits' ``on_error`` decided."""
-        self.reason: str | None = None
-        # A degraded denial has no limit figures: its wait is the circuit breaker's cooldown.
-        self.fixed_retry: float | None = None
-        self.crossed: tuple[int, ...] = ()
+        self.crossed = crossed
         """Thresholds first reached by this step, as the store reported them."""
 
     @property
@@ -298,3 +303,18 @@ class Decision:
     def __repr__(self) -> str:
         verdict = "allowed" if self.allowed else f"denied by {list(self.violated)}"
         return f"<Decision {self.subject!r} {self.operation!r} cost={self.cost} {verdict}>"
+
+
+class DegradedDecision(Decision):
+    """A decision taken without the store (it could not be reached): no limit figures."""
+
+    __slots__ = ("degraded", "fixed_retry", "reason")
+
+    def __init__(
+        self, allowed: bool, step: Step, now_us: int, reason: str, retry_after: float | None
+    ) -> None:
+        super().__init__(allowed, step, now_us, (), 0)
+        self.rules = ()
+        self.degraded = True
+        self.reason = reason
+        self.fixed_retry = retry_after

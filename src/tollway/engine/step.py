@@ -14,7 +14,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from tollway.engine.decision import Decision
+from tollway.engine.decision import Decision, DegradedDecision
 from tollway.engine.rules import ALWAYS, Check, Compiled, Rule, Span, compile_policy
 from tollway.errors import (
     InvalidArgumentError,
@@ -306,10 +306,9 @@ class Engine:
                     f"subject {step.subject!r} has no plan: it was never assigned one and the "
                     "policy has no [defaults] plan"
                 )
-            decision = Decision(code == OK, step, reply.now_us, reply.values, reply.misfits)
-            if reply.crossings:
-                decision.crossed = reply.crossings
-            return decision
+            return Decision(
+                code == OK, step, reply.now_us, reply.values, reply.misfits, reply.crossings
+            )
         if code == PLAN_MISMATCH:
             self.remember(step.subject, reply.plan)
         elif code == STALE_WINDOW:
@@ -324,12 +323,7 @@ def degraded(step: Step, reason: str, retry_after: float, now_us: int) -> Decisi
     closed = [rule.name for rule in step.rules if rule.closed and not rule.shadow]
     if closed:
         reason += f"; fail-closed limits deny: {', '.join(closed)}"
-    decision = Decision(not closed, step, now_us, (), 0)
-    decision.degraded = True
-    decision.reason = reason
-    decision.fixed_retry = retry_after if closed else None
-    decision.rules = ()
-    return decision
+    return DegradedDecision(not closed, step, now_us, reason, retry_after if closed else None)
 
 
 # Control characters, line and paragraph separators, and lone surrogates: what would break a
