@@ -334,3 +334,32 @@ def test_reservations_during_an_outage_count_the_actual_cost_once(
     assert used == 2 + 3 + len(polls) + 1, used
     assert _journal_lines(folder) == 0
     tw.close()
+
+
+async def test_async_hung_server_is_bounded_by_the_watchdog(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    """asyncio calls carry no per-read timer: the deadline watchdog must still bound a call to
+    a server that accepts and never answers, and count every allowed call exactly once."""
+    server = make_redis_server()
+    folder = tmp_path / "journal"
+    async with AsyncTollway(_policy(server.url, folder)) as tw:
+        for _ in range(3):
+            assert (await tw.acquire(OPEN, "call")).allowed
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            started = time.perf_counter()
+            stalled = await asyncio.gather(*(tw.acquire(OPEN, "call") for _ in range(5)))
+            took = time.perf_counter() - started
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert all(d.allowed and d.degraded for d in stalled)
+        assert took < 0.5  # about 1.5 timeouts (75 ms), not forever
+        deadline = time.perf_counter() + 5
+        while (first := await tw.acquire(OPEN, "call")).degraded:
+            stalled.append(first)
+            assert time.perf_counter() < deadline
+            await asyncio.sleep(0.02)
+        used = (await tw.usage(OPEN)).limit("calls").used
+        assert used == 3 + len(stalled) + 1

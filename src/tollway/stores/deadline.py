@@ -29,29 +29,48 @@ class Deadlines:
         self._ids = itertools.count()
         self._watchdog: asyncio.Task[None] | None = None
 
-    async def run(self, call: Awaitable[_T]) -> _T:
-        """Await ``call``; raise `StoreUnavailableError` if it runs past the timeout."""
+    def enter(self) -> int:
+        """Register the current task's store call; pass the token to `leave` when it ends."""
         task = asyncio.current_task()
-        if task is None:  # pragma: no cover - a coroutine always runs in a task here
-            return await call
+        assert task is not None
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         token = next(self._ids)
         self._calls[token] = (time.monotonic(), task)
+        return token
+
+    def leave(self, token: int) -> bool:
+        """End the call; True when the watchdog cancelled it for running past the timeout
+        (the caller then turns its `CancelledError` into `StoreUnavailableError`)."""
+        del self._calls[token]
+        if token not in self._expired:
+            return False
+        self._expired.discard(token)
+        task = asyncio.current_task()
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+: undo our cancel() only
+        if uncancel is not None:
+            uncancel()
+        return True
+
+    def expired(self) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"the store did not answer within {self.timeout_s * 1000:.0f} ms"
+        )
+
+    async def run(self, call: Awaitable[_T]) -> _T:
+        """Await ``call``; raise `StoreUnavailableError` if it runs past the timeout."""
+        token = self.enter()
         try:
-            return await call
+            result = await call
         except asyncio.CancelledError:
-            if token not in self._expired:
-                raise
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: undo our cancel() only
-            if uncancel is not None:
-                uncancel()
-            raise StoreUnavailableError(
-                f"the store did not answer within {self.timeout_s * 1000:.0f} ms"
-            ) from None
-        finally:
-            del self._calls[token]
-            self._expired.discard(token)
+            if self.leave(token):
+                raise self.expired() from None
+            raise
+        except BaseException:
+            self.leave(token)
+            raise
+        self.leave(token)
+        return result
 
     async def _watch(self) -> None:
         period = self.timeout_s / 2

@@ -255,25 +255,37 @@ class AsyncRedisStore(_Common):
         if self._init_lock is None:
             self._init_lock = asyncio.Lock()
         async with self._init_lock:
-            if not self._ready:
+            if self._ready:
+                return
+            try:
                 await self._deadlines.run(self.client.initialize())
-                self._ready = True
+            except _UNAVAILABLE as exc:
+                raise self._failed(exc) from exc
+            self._ready = True
 
     async def _call(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
         self._blocked()
-        run = self._deadlines.run
+        if not self._ready:
+            await self._initialize()
+        deadlines = self._deadlines
+        token = deadlines.enter()  # inline, not a wrapping coroutine: this is the hot path
         try:
-            if not self._ready:
-                await self._initialize()
             try:
-                result = await run(self.client.evalsha(script.sha, len(keys), *keys, *args))
+                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
-                await run(self.client.script_load(script.text))
-                result = await run(self.client.evalsha(script.sha, len(keys), *keys, *args))
+                await self.client.script_load(script.text)
+                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except asyncio.CancelledError:
+            if deadlines.leave(token):
+                raise self._failed(deadlines.expired()) from None
+            raise
         except _UNAVAILABLE as exc:
+            deadlines.leave(token)
             raise self._failed(exc) from exc
         except ResponseError as exc:
+            deadlines.leave(token)
             raise self._error(exc) from exc
+        deadlines.leave(token)
         if self.breaker.success() or self.journal.pending:
             try:
                 await self.replay_journal()
