@@ -1,0 +1,69 @@
+"""The public surface is pinned: adding or removing a name is a deliberate, reviewed change."""
+
+from __future__ import annotations
+
+import inspect
+
+import tollway
+import tollway.errors
+import tollway.testing
+
+PUBLIC = {
+    "AsyncReservation",
+    "AsyncTollway",
+    "ConfigurationError",
+    "Crossing",
+    "Decision",
+    "InvalidArgumentError",
+    "LimitExceeded",
+    "LimitState",
+    "Policy",
+    "PolicyError",
+    "PolicyIssue",
+    "Reservation",
+    "ReservationError",
+    "StoreError",
+    "StoreUnavailableError",
+    "Tollway",
+    "TollwayError",
+    "UnknownLimitError",
+    "UnknownNameError",
+    "UnknownOperationError",
+    "UnknownPlanError",
+    "UnknownSubjectError",
+    "Usage",
+    "__version__",
+    "load_policy",
+}
+
+
+def test_all_is_pinned_and_importable() -> None:
+    assert set(tollway.__all__) == PUBLIC
+    assert len(tollway.__all__) == len(PUBLIC)  # no duplicates
+    for name in tollway.__all__:
+        assert hasattr(tollway, name), name
+    assert tollway.testing.__all__ == ["FakeClock"]
+
+
+def test_every_error_derives_from_tollway_error() -> None:
+    errors = [
+        obj
+        for _, obj in inspect.getmembers(tollway.errors, inspect.isclass)
+        if issubclass(obj, BaseException) and obj.__module__ == "tollway.errors"
+    ]
+    assert len(errors) >= 12
+    assert all(issubclass(error, tollway.TollwayError) for error in errors)
+
+
+def test_errors_are_also_the_builtin_kinds_callers_expect() -> None:
+    assert issubclass(tollway.PolicyError, ValueError)
+    assert issubclass(tollway.InvalidArgumentError, ValueError)
+    assert issubclass(tollway.UnknownOperationError, LookupError)
+    assert issubclass(tollway.StoreUnavailableError, tollway.StoreError)
+
+
+def test_the_package_is_typed() -> None:
+    from importlib import resources
+
+    assert (resources.files("tollway") / "py.typed").is_file()
+    assert (resources.files("tollway.stores") / "lua" / "step.lua").is_file()
