@@ -105,3 +105,19 @@ def make_redis_server() -> Iterator[Callable[[], RedisServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+# =========================================================================== state folder
+# A degraded (fail-open) decision journals to $XDG_STATE_HOME/tollway/...; keep every test
+# session's journals in a folder of its own instead of the user's home.
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    previous = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = previous

@@ -241,9 +241,10 @@ class AsyncRedisStore(_Common):
         # Reads are bounded by one watchdog (see deadline.py), not a timer per read.
         options["socket_timeout"] = None
         self._deadlines = Deadlines(self.timeout)
-        # A fresh async cluster client raced by many first calls loses connections: it is
-        # initialized once, under a lock, before the first command.
-        self._ready = not self.cluster
+        # A fresh async client raced by many first calls (a cluster client loses connections,
+        # and every call would meet NOSCRIPT and load the script) is made ready once, under a
+        # lock, before the first command.
+        self._ready = False
         self._init_lock: asyncio.Lock | None = None
         self.client: Any
         if self.cluster:
@@ -258,7 +259,9 @@ class AsyncRedisStore(_Common):
             if self._ready:
                 return
             try:
-                await self._deadlines.run(self.client.initialize())
+                if self.cluster:
+                    await self._deadlines.run(self.client.initialize())
+                await self._deadlines.run(self.client.script_load(codec.STEP.text))
             except _UNAVAILABLE as exc:
                 raise self._failed(exc) from exc
             self._ready = True
