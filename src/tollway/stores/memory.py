@@ -47,9 +47,12 @@ class MemoryStore:
     def __init__(self, clock: Callable[[], int]) -> None:
         self.clock = clock
         self._lock = threading.Lock()
+        self.lock = self._lock
         self._states: dict[str, State] = {}
         self._plans: dict[str, str] = {}
         self._holds: dict[str, Hold] = {}
+        self.records: dict[str, str] = {}
+        """Small records kept beside the counters (API keys); callers hold `lock` to change them."""
         # (when, subject, "") for a subject's state; (when, "", hold id) for a hold.
         self._expiry: list[tuple[int, str, str]] = []
 
