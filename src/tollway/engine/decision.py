@@ -306,15 +306,32 @@ class Decision:
 
 
 class DegradedDecision(Decision):
-    """A decision taken without the store (it could not be reached): no limit figures."""
+    """A decision taken without the store (it could not be reached): no limit figures; a
+    denial names the enforcing limits that fail closed."""
 
-    __slots__ = ("degraded", "fixed_retry", "reason")
+    __slots__ = ("closed", "degraded", "fixed_retry", "reason")
 
     def __init__(
-        self, allowed: bool, step: Step, now_us: int, reason: str, retry_after: float | None
+        self,
+        allowed: bool,
+        step: Step,
+        now_us: int,
+        reason: str,
+        retry_after: float | None,
+        closed: tuple[str, ...] = (),
     ) -> None:
         super().__init__(allowed, step, now_us, (), 0)
         self.rules = ()
         self.degraded = True
         self.reason = reason
         self.fixed_retry = retry_after
+        self.closed = closed
+
+    @property
+    def limits(self) -> tuple[LimitState, ...]:
+        return ()
+
+    @property
+    def violated(self) -> tuple[str, ...]:
+        """The fail-closed limits that denied the step while the store was away."""
+        return () if self.allowed else self.closed

@@ -323,7 +323,9 @@ def degraded(step: Step, reason: str, retry_after: float, now_us: int) -> Decisi
     closed = [rule.name for rule in step.rules if rule.closed and not rule.shadow]
     if closed:
         reason += f"; fail-closed limits deny: {', '.join(closed)}"
-    return DegradedDecision(not closed, step, now_us, reason, retry_after if closed else None)
+    return DegradedDecision(
+        not closed, step, now_us, reason, retry_after if closed else None, tuple(closed)
+    )
 
 
 # Control characters, line and paragraph separators, and lone surrogates: what would break a
