@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
 from tollway import __version__
-from tollway.cli import commands
+from tollway.cli import commands, keys
 from tollway.cli.output import PROG, error
 from tollway.errors import PolicyError, StoreError, TollwayError
 
@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="clear the assignment: the subject gets the default plan",
     )
+    keys.register(sub, add)
     return parser
 
 
