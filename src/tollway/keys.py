@@ -390,6 +390,12 @@ class ApiKeys:
         self._tollway = tollway
         self._backend = _backend(tollway.store)
 
+    @property
+    def blocking(self) -> bool:
+        """Whether verifying a key waits on the network (callers on an event loop should
+        verify in a worker thread)."""
+        return not isinstance(self._tollway.store, MemoryStore)
+
     def __repr__(self) -> str:
         return f"ApiKeys(store={self._tollway.store.url!r})"
 

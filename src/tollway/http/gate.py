@@ -1,0 +1,198 @@
+"""The request → decision → response logic that the ASGI and WSGI middleware share.
+
+A `Gate` does everything but the store call: it maps the request to an operation, finds the
+subject (a user callable, an API key, or the client address), and turns the decision into
+the response's status, headers and body. The middleware only call ``acquire`` (awaited or not)
+between `Gate.plan` and `Gate.verdict`, so both faces run the same logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tollway.engine.decision import Decision
+from tollway.errors import StoreError, TollwayError
+from tollway.http.clientip import ClientIP, subject_for_ip
+from tollway.http.headers import legacy_fields, ratelimit_fields
+from tollway.http.problem import problem, problem_for
+from tollway.http.routes import EXEMPT, EndpointMap
+from tollway.keys import ApiKeys
+from tollway.policy.model import Policy
+
+HeaderList = list[tuple[str, str]]
+HeaderMode = Literal["all", "closest", "none"]
+# An API key is short; a longer header is refused before any parsing or store lookup.
+MAX_KEY_HEADER = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the gate needs of a request, whatever the framework."""
+
+    method: str
+    path: str
+    headers: Sequence[tuple[bytes, bytes]]
+    """Header lines as (lower-case name, value) bytes, as ASGI gives them."""
+    client: str | None = None
+    """The peer address (the TCP connection's other end)."""
+    query: bytes = b""
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to acquire for a request."""
+
+    subject: str
+    operation: str
+    cost: int | None
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What to do with the request: pass it on (adding ``headers`` to the response) or answer
+    it here with ``status``, ``headers`` and ``body``."""
+
+    passed: bool
+    status: int = 200
+    headers: HeaderList = field(default_factory=list)
+    body: bytes = b""
+    decision: Decision | None = None
+
+
+PASS_UNLIMITED = Verdict(passed=True)
+"""A request no operation covers (or an exempt one): passed on, nothing consumed."""
+
+Identify = Callable[[Request], "str | None"]
+CostFn = Callable[[Request], int]
+
+
+class Gate:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        api_keys: ApiKeys | None = None,
+        identify: Identify | None = None,
+        anonymous: bool = True,
+        trusted_proxies: Iterable[str] = (),
+        exempt: Iterable[str] = (),
+        overrides: Mapping[str, str | None] | None = None,
+        costs: Mapping[str, CostFn] | None = None,
+        headers: HeaderMode = "all",
+        legacy_headers: bool = False,
+    ) -> None:
+        self.endpoints = EndpointMap.from_policy(policy, overrides=overrides, exempt=exempt)
+        self.api_keys = api_keys
+        self.identify = identify
+        self.anonymous = anonymous
+        self.client_ip = ClientIP(trusted_proxies)
+        self.costs = dict(costs or {})
+        self.header_mode: HeaderMode = headers
+        self.legacy_headers = legacy_headers
+
+    # -- before the store -------------------------------------------------------------------
+
+    def plan(self, request: Request) -> Plan | Verdict:
+        """The acquire to make for ``request``, or the verdict when none is needed (not
+        limited) or possible (a bad or unknown key). Nothing is consumed here."""
+        matched = self.endpoints.match(request.method, request.path)
+        if matched is None or matched is EXEMPT:
+            return PASS_UNLIMITED
+        subject = self._subject(request)
+        if isinstance(subject, Verdict):
+            return subject
+        cost_fn = self.costs.get(matched.operation)
+        cost = None
+        if cost_fn is not None:
+            try:
+                cost = int(cost_fn(request))
+            except (TollwayError, ValueError, TypeError) as exc:
+                return _answer(400, "Bad request", f"the request's cost cannot be computed: {exc}")
+        return Plan(subject, matched.operation, cost)
+
+    def _subject(self, request: Request) -> str | Verdict:
+        if self.identify is not None:
+            found = self.identify(request)
+            if found:
+                return found
+        presented = self._presented_key(request)
+        if isinstance(presented, Verdict):
+            return presented
+        if presented is not None:
+            if self.api_keys is None:
+                return _unauthorized("API keys are not accepted here")
+            try:
+                subject = self.api_keys.verify(presented)
+            except StoreError:
+                return _answer(
+                    503,
+                    "Service temporarily unavailable",
+                    "the API key could not be checked",
+                    retry_after=1,
+                )
+            if subject is None:
+                return _unauthorized("the API key is unknown, revoked or expired")
+            return subject
+        if not self.anonymous:
+            return _unauthorized("an API key is required")
+        return subject_for_ip(self.client_ip.resolve(request.client, request.headers))
+
+    @staticmethod
+    def _presented_key(request: Request) -> str | Verdict | None:
+        """The key from ``Authorization: Bearer …`` or ``X-API-Key``; other schemes are the
+        application's business and are left alone."""
+        raw = request.header(b"x-api-key")
+        if raw is None:
+            auth = request.header(b"authorization")
+            if auth is None or auth[:7].lower() != b"bearer ":
+                return None
+            raw = auth[7:]
+        if len(raw) > MAX_KEY_HEADER:
+            return _unauthorized("the API key is malformed")
+        try:
+            key = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            return _unauthorized("the API key is malformed")
+        if not key:
+            return _unauthorized("the API key is empty")
+        return key
+
+    # -- after the store --------------------------------------------------------------------
+
+    def verdict(self, decision: Decision) -> Verdict:
+        headers = self._rate_headers(decision)
+        if decision.allowed:
+            return Verdict(passed=True, headers=headers, decision=decision)
+        status, problem_headers, body = problem_for(decision)
+        return Verdict(False, status, problem_headers + headers, body, decision)
+
+    def _rate_headers(self, decision: Decision) -> HeaderList:
+        headers = ratelimit_fields(decision, mode=self.header_mode)
+        if self.legacy_headers:
+            headers += legacy_fields(decision)
+        return headers
+
+    @staticmethod
+    def failure(exc: TollwayError) -> Verdict:
+        """A request the engine refused (bad input): a 400, never a 500, nothing consumed."""
+        return _answer(400, "Bad request", str(exc))
+
+
+def _answer(status: int, title: str, detail: str, *, retry_after: int | None = None) -> Verdict:
+    extra = [("Retry-After", str(retry_after))] if retry_after is not None else []
+    code, headers, body = problem(status, title, detail, headers=extra)
+    return Verdict(False, code, headers, body)
+
+
+def _unauthorized(detail: str) -> Verdict:
+    verdict = _answer(401, "Unauthorized", detail)
+    verdict.headers.append(("WWW-Authenticate", 'Bearer realm="tollway"'))
+    return verdict

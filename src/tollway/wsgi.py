@@ -1,0 +1,75 @@
+"""`TollwayWSGIMiddleware`: the same gate in front of any WSGI app (Flask, Django, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tollway.asgi import reason_phrase
+from tollway.client import Tollway
+from tollway.errors import TollwayError
+from tollway.http.gate import Gate, Request, Verdict
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+def _headers(environ: Environ) -> list[tuple[bytes, bytes]]:
+    """The request's header lines, as ASGI names them (WSGI keeps them latin-1 decoded)."""
+    out = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:].replace("_", "-").lower()
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            name = key.replace("_", "-").lower()
+        else:
+            continue
+        out.append((name.encode("latin-1"), str(value).encode("latin-1", "replace")))
+    return out
+
+
+class TollwayWSGIMiddleware:
+    """``app.wsgi_app = TollwayWSGIMiddleware(app.wsgi_app, tollway=tw)``; the other keyword
+    arguments are the `tollway.http.gate.Gate` options."""
+
+    def __init__(self, app: WSGIApp, *, tollway: Tollway, **options: Any) -> None:
+        self.app = app
+        self.tollway = tollway
+        self.gate = Gate(tollway.policy, **options)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(
+            method=environ.get("REQUEST_METHOD", "GET"),
+            path=environ.get("PATH_INFO", "") or "/",
+            headers=_headers(environ),
+            client=environ.get("REMOTE_ADDR"),
+            query=environ.get("QUERY_STRING", "").encode("latin-1", "replace"),
+        )
+        plan = self.gate.plan(request)
+        if isinstance(plan, Verdict):
+            verdict = plan
+        else:
+            try:
+                decision = self.tollway.acquire(plan.subject, plan.operation, plan.cost)
+            except TollwayError as exc:
+                verdict = self.gate.failure(exc)
+            else:
+                verdict = self.gate.verdict(decision)
+        if not verdict.passed:
+            headers = [*verdict.headers, ("Content-Length", str(len(verdict.body)))]
+            start_response(f"{verdict.status} {reason_phrase(verdict.status)}", headers)
+            return [verdict.body]
+        if not verdict.headers:
+            return self.app(environ, start_response)
+        extra = verdict.headers
+
+        def start_with_headers(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            return start_response(status, [*headers, *extra], exc_info)
+
+        return self.app(environ, start_with_headers)
+
+
+__all__ = ["TollwayWSGIMiddleware"]
