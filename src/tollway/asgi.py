@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from http import HTTPStatus
 from typing import Any
 
 from tollway.client import AsyncTollway, Tollway
@@ -102,13 +101,6 @@ async def _respond(verdict: Verdict, send: Send) -> None:
     headers.append((b"content-length", str(len(verdict.body)).encode()))
     await send({"type": "http.response.start", "status": verdict.status, "headers": headers})
     await send({"type": "http.response.body", "body": verdict.body})
-
-
-def reason_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 __all__ = ["TollwayMiddleware"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tollway.asgi import reason_phrase
 from tollway.client import Tollway
 from tollway.errors import TollwayError
-from tollway.http.gate import Gate, Request, Verdict
+from tollway.http.gate import Gate, Request, Verdict, reason_phrase
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Literal
 
 from tollway.engine.decision import Decision
@@ -184,6 +185,14 @@ class Gate:
     def failure(exc: TollwayError) -> Verdict:
         """A request the engine refused (bad input): a 400, never a 500, nothing consumed."""
         return _answer(400, "Bad request", str(exc))
+
+
+def reason_phrase(status: int) -> str:
+    """The status line's phrase (WSGI needs it)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _answer(status: int, title: str, detail: str, *, retry_after: int | None = None) -> Verdict:
