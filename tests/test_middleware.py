@@ -192,3 +192,13 @@ def test_flask_quota_and_keys() -> None:
     assert health.status_code == 200 and "ratelimit" not in health.headers
     assert refused.status_code == 401
     assert tw.usage("acct_7").limit("hourly").used == 3
+
+
+async def test_a_bearer_header_without_a_token_is_401() -> None:
+    tw = Tollway(POLICY, clock=FakeClock())
+    keys = ApiKeys(tw, secret=SECRET)
+    async with asgi_client(tw, api_keys=keys) as client:
+        bare = await client.get("/v1/geocode", headers={"Authorization": "Bearer"})
+        spaced = await client.get("/v1/geocode", headers={"Authorization": "bearer    "})
+    assert (bare.status_code, spaced.status_code) == (401, 401)
+    assert tw.usage("ip:203.0.113.7").limit("hourly").used == 0

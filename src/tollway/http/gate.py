@@ -153,9 +153,11 @@ class Gate:
         raw = request.header(b"x-api-key")
         if raw is None:
             auth = request.header(b"authorization")
-            if auth is None or auth[:7].lower() != b"bearer ":
+            if auth is None:
                 return None
-            raw = auth[7:]
+            scheme, _, raw = auth.strip().partition(b" ")
+            if scheme.lower() != b"bearer":
+                return None
         if len(raw) > MAX_KEY_HEADER:
             return _unauthorized("the API key is malformed")
         try:

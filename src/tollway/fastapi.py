@@ -1,0 +1,189 @@
+"""FastAPI: a route-level dependency that limits one endpoint as one operation.
+
+The middleware (`tollway.asgi.TollwayMiddleware`) maps endpoints to operations from the
+policy; `limit` does it in code instead, next to the route, with a cost that may be computed
+from the request (even from its body)::
+
+    from fastapi import Depends, FastAPI, Request
+    from tollway import AsyncTollway
+    from tollway.fastapi import install, limit
+
+    app = FastAPI()
+    install(app, AsyncTollway.from_file("tollway.toml"))   # app.state.tollway + 429 handler
+
+    async def batch_size(request: Request) -> int:
+        return len((await request.json())["items"])
+
+    @app.post("/v1/batch", dependencies=[Depends(limit("geocode", cost=batch_size))])
+    async def batch(...): ...
+
+- The `Tollway` or `AsyncTollway` is read from ``request.app.state.tollway`` on every request
+  (`install` puts it there; so does ``app.state.tollway = tw``). A synchronous `Tollway` on a
+  networked store is called in a worker thread, never on the event loop.
+- The subject is ``subject(request)`` when given (a function, sync or async, returning the
+  subject's name), otherwise the client's address as the middleware counts anonymous clients
+  (``ip:203.0.113.7``, IPv6 by /64; ``X-Forwarded-For`` is never believed here: pass a
+  ``subject`` built on `tollway.http.clientip.ClientIP` to trust proxies).
+- The cost is the operation's cost from the policy, a fixed ``cost=N``, or ``cost(request)``
+  (sync or async). A cost that cannot be computed (the function raises `ValueError`,
+  `TypeError`, `LookupError`, or a `TollwayError`) is a 400 problem; nothing is consumed.
+- Allowed: the ``RateLimit-Policy`` and ``RateLimit`` fields are added to the response.
+- Denied: a `TollwayHTTPException` (a FastAPI ``HTTPException``) with status 429 (503 when the
+  store is away and a limit fails closed), ``Retry-After`` and the RateLimit fields. With the
+  handler `install` registers (or `exception_handler` added by hand), its body is the same RFC
+  9457 ``application/problem+json`` the middleware sends; without it, FastAPI's own handler
+  answers with the same status and headers and ``{"detail": <the problem object>}``.
+
+Do not put the middleware and the dependency on the same endpoint: each would consume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+
+from tollway.client import AsyncTollway, Tollway
+from tollway.engine.decision import Decision
+from tollway.errors import ConfigurationError, TollwayError
+from tollway.http.clientip import ClientIP, subject_for_ip
+from tollway.http.headers import ratelimit_fields
+from tollway.http.problem import PROBLEM_JSON, problem, problem_for
+from tollway.stores.memory import MemoryStore
+
+__all__ = ["TollwayHTTPException", "exception_handler", "install", "limit"]
+
+CostSource = Callable[[Request], "int | Awaitable[int]"]
+SubjectSource = Callable[[Request], "str | Awaitable[str]"]
+Dependency = Callable[[Request, Response], Awaitable[None]]
+
+_PEERS = ClientIP()  # trusts no proxy: the TCP peer is the client
+
+
+class TollwayHTTPException(HTTPException):
+    """A request `limit` answers itself: a 429/503 denial or a 400 for an uncomputable cost.
+
+    ``status_code`` and ``headers`` are FastAPI's; ``body`` is the problem document (bytes of
+    ``application/problem+json``) and ``detail`` the same document as a dict. ``decision`` is
+    the engine's decision (None for a 400)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        decision: Decision | None = None,
+    ) -> None:
+        # FastAPI's own handler sends ``headers`` as they are (names are unique here) with its
+        # JSON body: the problem's content type is for `exception_handler` to set.
+        fields = {name: value for name, value in headers if name.lower() != "content-type"}
+        super().__init__(status_code, detail=json.loads(body), headers=fields)
+        self.body = body
+        self.decision = decision
+
+
+async def exception_handler(request: Request, exc: Exception) -> Response:
+    """Answers a `TollwayHTTPException` with its problem+json body and headers."""
+    if not isinstance(exc, TollwayHTTPException):  # pragma: no cover - registered for it only
+        raise exc
+    return Response(
+        content=exc.body, status_code=exc.status_code, headers=exc.headers, media_type=PROBLEM_JSON
+    )
+
+
+def install(app: FastAPI, tollway: AsyncTollway | Tollway) -> None:
+    """Store ``tollway`` on ``app.state.tollway`` and register `exception_handler`."""
+    app.state.tollway = tollway
+    app.add_exception_handler(TollwayHTTPException, exception_handler)
+
+
+def limit(
+    operation: str,
+    *,
+    cost: int | CostSource | None = None,
+    subject: SubjectSource | None = None,
+) -> Dependency:
+    """A dependency that acquires ``operation`` for the request's subject:
+    ``Depends(limit("search"))`` or ``Depends(limit("batch", cost=count_items))``.
+
+    ``operation`` must be an operation of the policy (checked at each request, when the tollway
+    is known: an unknown one is a `ConfigurationError`, a programming error, not a 400).
+    """
+    if not isinstance(operation, str) or not operation:
+        raise ConfigurationError(f"limit: operation {operation!r}; expected an operation's name")
+    if not (cost is None or callable(cost)) and (
+        isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
+    ):
+        raise ConfigurationError(f"limit: cost {cost!r}; expected a whole number >= 0")
+
+    async def tollway_limit(request: Request, response: Response) -> None:
+        tw = _tollway_of(request)
+        if operation not in tw.policy.operations:
+            raise ConfigurationError(
+                f"limit: {operation!r} is not an operation of the policy; expected one of "
+                + (", ".join(repr(name) for name in tw.policy.operations) or "none")
+            )
+        try:
+            who = await _subject(request, subject)
+            units = await _cost(request, cost)
+            decision = await _acquire(tw, who, operation, units)
+        except (TollwayError, ValueError, TypeError, LookupError) as exc:
+            status, headers, body = problem(
+                400, "Bad request", f"the request cannot be limited: {exc}"
+            )
+            raise TollwayHTTPException(status, headers, body) from None
+        fields = ratelimit_fields(decision)
+        if not decision.allowed:
+            status, headers, body = problem_for(decision)
+            raise TollwayHTTPException(status, headers + fields, body, decision)
+        for name, value in fields:
+            response.headers.append(name, value)
+
+    return tollway_limit
+
+
+def _tollway_of(request: Request) -> AsyncTollway | Tollway:
+    tw = getattr(request.app.state, "tollway", None)
+    if not isinstance(tw, (AsyncTollway, Tollway)):
+        raise ConfigurationError(
+            "tollway.fastapi.limit: app.state.tollway is not a Tollway or AsyncTollway; "
+            "call tollway.fastapi.install(app, tw) (or set app.state.tollway) at startup"
+        )
+    return tw
+
+
+async def _resolved(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _subject(request: Request, source: SubjectSource | None) -> str:
+    if source is None:
+        peer = request.client.host if request.client else None
+        return subject_for_ip(_PEERS.resolve(peer, ()))
+    found = await _resolved(source(request))
+    if not isinstance(found, str) or not found:
+        raise TypeError(f"the subject function returned {found!r}; expected a non-empty string")
+    return found
+
+
+async def _cost(request: Request, source: int | CostSource | None) -> int | None:
+    if source is None or isinstance(source, int):
+        return source
+    value = await _resolved(source(request))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"the cost function returned {value!r}; expected a whole number")
+    return value
+
+
+async def _acquire(
+    tw: AsyncTollway | Tollway, subject: str, operation: str, cost: int | None
+) -> Decision:
+    if isinstance(tw, AsyncTollway):
+        return await tw.acquire(subject, operation, cost)
+    if isinstance(tw.store, MemoryStore):
+        return tw.acquire(subject, operation, cost)
+    return await asyncio.to_thread(tw.acquire, subject, operation, cost)
