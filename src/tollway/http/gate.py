@@ -24,6 +24,7 @@ from tollway.policy.model import Policy
 
 HeaderList = list[tuple[str, str]]
 HeaderMode = Literal["all", "closest", "none"]
+_PEER_CACHE = 65_536
 # An API key is short; a longer header is refused before any parsing or store lookup.
 MAX_KEY_HEADER = 512
 
@@ -98,6 +99,7 @@ class Gate:
         self.costs = dict(costs or {})
         self.header_mode: HeaderMode = headers
         self.legacy_headers = legacy_headers
+        self._peer_subjects: dict[str, str] = {}
 
     # -- before the store -------------------------------------------------------------------
 
@@ -144,7 +146,17 @@ class Gate:
             return subject
         if not self.anonymous:
             return _unauthorized("an API key is required")
-        return subject_for_ip(self.client_ip.resolve(request.client, request.headers))
+        if self.client_ip.trusted:
+            return subject_for_ip(self.client_ip.resolve(request.client, request.headers))
+        # With no trusted proxy the subject depends on the peer alone: parse it once.
+        peer = request.client or ""
+        subject = self._peer_subjects.get(peer)
+        if subject is None:
+            subject = subject_for_ip(self.client_ip.resolve(request.client, request.headers))
+            if len(self._peer_subjects) >= _PEER_CACHE:
+                self._peer_subjects.clear()
+            self._peer_subjects[peer] = subject
+        return subject
 
     @staticmethod
     def _presented_key(request: Request) -> str | Verdict | None:

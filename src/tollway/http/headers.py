@@ -36,6 +36,7 @@ give no fields.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class PolicyItem:
         return f"{sf_string(self.name)};r={self.r};t={self.t}"
 
 
+@functools.lru_cache(maxsize=1024)
 def sf_string(text: str) -> str:
     """``text`` as an RFC 9651 sf-string: quoted, ``\\`` and ``"`` escaped; printable ASCII
     only (policy names always are), anything else is a `ValueError`."""
@@ -166,9 +168,19 @@ def ratelimit_fields(decision: Decision, *, mode: Mode = "all") -> list[tuple[st
     if not items:
         return []
     return [
-        ("RateLimit-Policy", ", ".join(item.policy_member() for item in items)),
+        ("RateLimit-Policy", _policy_field(tuple((i.name, i.q, i.w, i.qu) for i in items))),
         ("RateLimit", ", ".join(item.limit_member() for item in items)),
     ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_field(members: tuple[tuple[str, int, int, str | None], ...]) -> str:
+    """The ``RateLimit-Policy`` value: the same for every response until a limit or a window
+    length changes, so it is built once per distinct set."""
+    return ", ".join(
+        PolicyItem(name=name, q=q, w=w, r=0, t=0, qu=qu, violated=False).policy_member()
+        for name, q, w, qu in members
+    )
 
 
 def retry_after_field(decision: Decision) -> tuple[str, str] | None:
