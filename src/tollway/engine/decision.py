@@ -6,7 +6,7 @@ read, so the common "allowed, move on" path builds one small object and nothing 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -72,6 +72,34 @@ def _jsonable(value: int | Decimal) -> int | str:
     return str(value) if isinstance(value, Decimal) else value
 
 
+def figures(
+    rule: Rule,
+    value: int,
+    cost: int,
+    now_us: int,
+    window: tuple[int, int, str] | None,
+    admitted: bool,
+) -> tuple[int, int, int, int | None]:
+    """One rule's standing from its stored value (TAT or count), in whole units (micro-units
+    for money) and microseconds: ``(limit, remaining, reset_after, retry_after)``; the retry
+    is 0 when admitted and None when the cost can never fit."""
+    if rule.kind == RATE:
+        tat = max(value, now_us)
+        left = max(0, (rule.capacity_us - (tat - now_us)) // rule.emission_us)
+        retry: int | None = 0
+        if not admitted:
+            need = cost * rule.emission_us
+            retry = None if need > rule.capacity_us else tat + need - rule.capacity_us - now_us
+        return rule.burst, left, tat - now_us, retry
+    assert window is not None
+    end = window[1]
+    if admitted:
+        retry = 0
+    else:
+        retry = None if cost > rule.hard else end - now_us
+    return rule.soft, max(0, rule.soft - value), end - now_us, retry
+
+
 def limit_state(
     rule: Rule,
     value: int,
@@ -81,24 +109,16 @@ def limit_state(
     admitted: bool,
 ) -> LimitState:
     """The public view of one rule from its stored value (TAT or count)."""
-    kind = rule.limit.kind
+    limit, left, reset_us, retry_us = figures(rule, value, cost, now_us, window, admitted)
+    retry = None if retry_us is None else retry_us / US
     if rule.kind == RATE:
-        tat = max(value, now_us)
-        burst = rule.burst
-        units_left = max(0, (rule.capacity_us - (tat - now_us)) // rule.emission_us)
-        retry: float | None = 0.0
-        if not admitted:
-            need = cost * rule.emission_us
-            retry = (
-                None if need > rule.capacity_us else (tat + need - rule.capacity_us - now_us) / US
-            )
         return LimitState(
             name=rule.name,
-            kind=kind,
-            limit=burst,
-            used=burst - units_left,
-            remaining=units_left,
-            reset_after=(tat - now_us) / US,
+            kind=rule.limit.kind,
+            limit=limit,
+            used=limit - left,
+            remaining=left,
+            reset_after=reset_us / US,
             retry_after=retry,
             allowed=admitted,
             shadow=rule.shadow,
@@ -106,23 +126,18 @@ def limit_state(
         )
     assert window is not None
     start, end, _ = window
-    if admitted:
-        retry = 0.0
-    else:
-        retry = None if cost > rule.hard else (end - now_us) / US
-    left = max(0, rule.soft - value)
     used: int | Decimal = value
     remaining: int | Decimal = left
-    limit: int | Decimal = rule.soft
+    shown: int | Decimal = limit
     if rule.money:
-        used, remaining, limit = (micros_to_decimal(v) for v in (value, left, rule.soft))
+        used, remaining, shown = (micros_to_decimal(v) for v in (value, left, limit))
     return LimitState(
         name=rule.name,
-        kind=kind,
-        limit=limit,
+        kind=rule.limit.kind,
+        limit=shown,
         used=used,
         remaining=remaining,
-        reset_after=(end - now_us) / US,
+        reset_after=reset_us / US,
         retry_after=retry,
         allowed=admitted,
         shadow=rule.shadow,
@@ -219,6 +234,17 @@ class Decision:
                 )
             )
         return self._limits
+
+    def standings(
+        self,
+    ) -> Iterator[tuple[Rule, bool, tuple[int, int, int, int | None], tuple[int, int, str] | None]]:
+        """Per rule: (rule, admitted, `figures`, window), without building `LimitState`s."""
+        now, misfits, step = self.now_us, self._misfits, self._step
+        for i, (rule, value, cost, window) in enumerate(
+            zip(self.rules, self._values, step.costs, step.windows, strict=True)
+        ):
+            admitted = not (misfits >> i) & 1
+            yield rule, admitted, figures(rule, value, cost, now, window, admitted), window
 
     def limit(self, name: str, operation: str | None = None) -> LimitState:
         """The state of the limit called ``name``."""
