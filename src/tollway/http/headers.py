@@ -37,15 +37,13 @@ give no fields.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 from fractions import Fraction
 from typing import Literal
 
-from tollway.engine.decision import Decision, LimitState
-from tollway.engine.rules import RATE, Rule
+from tollway.engine.decision import Decision
+from tollway.engine.rules import RATE
 
 __all__ = [
     "Mode",
@@ -100,48 +98,43 @@ def _ceil(seconds: float) -> int:
     return max(0, -(-round(seconds * US) // US))
 
 
-def _micros(value: int | Decimal) -> int:
-    return int(Decimal(value).scaleb(6))
-
-
-def _item(state: LimitState, rule: Rule | None) -> PolicyItem:
-    name = state.name if state.operation is None else f"{state.name}:{state.operation}"
-    denied = not state.allowed
-    qu = None
-    if state.kind == "budget":
-        qu = f"tollway-{(state.currency or 'xxx').lower()}-micros"
-        q, r = _micros(state.limit), _micros(state.remaining)
-    else:
-        q, r = int(state.limit), int(state.remaining)
-    if state.kind == "rate":
-        emission_us = rule.emission_us if rule is not None and rule.kind == RATE else 0
-        w = max(1, -(-q * emission_us // US))
-        if denied and state.retry_after is not None:
-            t = _ceil(state.retry_after)
-        elif r == 0 and emission_us:
-            # The next unit is back when the bucket is one emission short of full capacity.
-            t = max(0, -(-(round(state.reset_after * US) - (q - 1) * emission_us) // US))
-        else:
-            t = _ceil(state.reset_after)
-    else:
-        assert state.window_start is not None and state.window_end is not None
-        w = max(1, math.ceil((state.window_end - state.window_start).total_seconds()))
-        t = _ceil(state.reset_after)
-    return PolicyItem(name=name, q=q, w=w, r=max(0, r), t=t, qu=qu, violated=denied)
+def _up(us: int) -> int:
+    """Whole seconds from microseconds, rounded up, never negative."""
+    return max(0, -(-us // US))
 
 
 def policy_items(decision: Decision) -> list[PolicyItem]:
     """Every enforcing limit of ``decision`` as a `PolicyItem`, in policy order (shadow limits
-    left out; none for a degraded decision)."""
+    left out; none for a degraded decision). Built from the decision's raw figures: this runs
+    on every response."""
     if decision.degraded:
         return []
-    limits = decision.limits
-    rules: tuple[Rule | None, ...] = decision.rules
-    if len(rules) != len(limits):
-        rules = (None,) * len(limits)
-    return [
-        _item(state, rule) for state, rule in zip(limits, rules, strict=True) if not state.shadow
-    ]
+    items = []
+    for rule, admitted, (q, r, reset_us, retry_us), window in decision.standings():
+        if rule.shadow:
+            continue
+        name = rule.name if rule.operation is None else f"{rule.name}:{rule.operation}"
+        qu = None
+        if rule.kind == RATE:
+            emission = rule.emission_us
+            w = max(1, -(-q * emission // US))
+            if not admitted and retry_us is not None:
+                t = _up(retry_us)
+            elif r == 0:
+                # The next unit is back when the bucket is one emission short of full capacity.
+                t = _up(reset_us - (q - 1) * emission)
+            else:
+                t = _up(reset_us)
+        else:
+            assert window is not None
+            w = max(1, _up(window[1] - window[0]))
+            t = _up(reset_us)
+            if rule.money:
+                qu = f"tollway-{(rule.limit.currency or 'xxx').lower()}-micros"
+        items.append(
+            PolicyItem(name=name, q=q, w=w, r=max(0, r), t=t, qu=qu, violated=not admitted)
+        )
+    return items
 
 
 def _closest(items: Iterable[PolicyItem]) -> PolicyItem | None:
