@@ -14,7 +14,7 @@ from pathlib import Path
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _busy_s() -> float:
+def busy_s() -> float:
     try:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
@@ -23,7 +23,7 @@ def _busy_s() -> float:
     return (sum(fields[:8]) - idle) / TICK  # guest time is already inside user
 
 
-def _pid_cpu_s(pid: int | None) -> float:
+def pid_cpu_s(pid: int | None) -> float:
     if pid is None:
         return 0.0
     try:
@@ -48,7 +48,7 @@ class Sample:
 
 
 def sample(server_pid: int | None) -> Sample:
-    return Sample(time.monotonic(), _busy_s(), _ours_s() + _pid_cpu_s(server_pid))
+    return Sample(time.monotonic(), busy_s(), _ours_s() + pid_cpu_s(server_pid))
 
 
 def foreign_share(a: Sample, b: Sample) -> float | None:

@@ -32,6 +32,7 @@ import httpx
 from bench.common import REPO, tollway_fingerprint
 from bench.http import apps, wrk
 from bench.server import RedisServer, free_port, server_version
+from bench.sysload import busy_s, pid_cpu_s
 
 SERVER_CPU, LOAD_CPU, REDIS_CPU = 0, 1, 1
 CONNECTIONS = 32
@@ -41,8 +42,6 @@ ADMIN_COMMANDS = {"info", "config", "flushdb", "ping", "client", "hello", "comma
 
 
 # --- machine and CPU accounting ------------------------------------------------------------
-
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_model() -> str:
@@ -59,27 +58,6 @@ def mem_total() -> str:
             if line.startswith("MemTotal:"):
                 return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
     return "unknown"
-
-
-def busy_s() -> float:
-    """Machine-wide busy CPU seconds (all CPUs) from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / TICK
-
-
-def pid_cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def own_cpu_s() -> float:
