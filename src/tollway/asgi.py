@@ -43,61 +43,77 @@ class TollwayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        gate = self.gate
+        matched = gate.operation(scope["method"], scope["path"])
+        if matched is None:  # not limited: no Request, no store call
+            await self.app(scope, receive, send)
+            return
         client = scope.get("client")
         request = Request(
-            method=scope["method"],
-            path=scope["path"],
-            headers=scope.get("headers", []),
-            client=client[0] if client else None,
-            query=scope.get("query_string", b""),
+            scope["method"],
+            scope["path"],
+            scope.get("headers", ()),
+            client[0] if client else None,
+            scope.get("query_string", b""),
         )
         if self._keys_block:
-            plan = await asyncio.to_thread(self.gate.plan, request)
+            plan = await asyncio.to_thread(gate.plan, request, matched)
         else:
-            plan = self.gate.plan(request)
+            plan = gate.plan(request, matched)
         if isinstance(plan, Verdict):
-            await self._finish(plan, scope, receive, send)
-            return
-        try:
-            decision = await self._acquire(plan)
-        except TollwayError as exc:
-            await self._finish(self.gate.failure(exc), scope, receive, send)
-            return
-        await self._finish(self.gate.verdict(decision), scope, receive, send)
-
-    async def _acquire(self, plan: Plan) -> Decision:
-        tw = self.tollway
-        if isinstance(tw, AsyncTollway):
-            return await tw.acquire(plan.subject, plan.operation, plan.cost)
-        if self._blocking:
-            return await asyncio.to_thread(tw.acquire, plan.subject, plan.operation, plan.cost)
-        return tw.acquire(plan.subject, plan.operation, plan.cost)
-
-    async def _finish(self, verdict: Verdict, scope: Scope, receive: Receive, send: Send) -> None:
+            verdict = plan
+        else:
+            try:
+                decision = await self._acquire(plan)
+            except TollwayError as exc:
+                verdict = gate.failure(exc)
+            else:
+                verdict = gate.verdict(decision)
         if not verdict.passed:
             await _respond(verdict, send)
             return
         if not verdict.headers:
             await self.app(scope, receive, send)
             return
-        extra = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in verdict.headers
-        ]
+        extra = _encoded(verdict.headers)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = dict(message)
-                message["headers"] = [*message.get("headers", []), *extra]
+                # A new list: the application may reuse its own (a module-level response).
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
+    def _acquire(self, plan: Plan) -> Awaitable[Decision]:
+        tw = self.tollway
+        if isinstance(tw, AsyncTollway):
+            return tw.acquire(plan.subject, plan.operation, plan.cost)
+        if self._blocking:
+            return asyncio.to_thread(tw.acquire, plan.subject, plan.operation, plan.cost)
+        return _ready(tw.acquire(plan.subject, plan.operation, plan.cost))
+
+
+async def _ready(decision: Decision) -> Decision:
+    return decision
+
+
+_NAMES: dict[str, bytes] = {}
+
+
+def _encoded(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """ASGI header lines: lower-case latin-1 names (each encoded once) and latin-1 values."""
+    out = []
+    for name, value in headers:
+        raw = _NAMES.get(name)
+        if raw is None:
+            raw = _NAMES[name] = name.lower().encode("latin-1")
+        out.append((raw, value.encode("latin-1")))
+    return out
+
 
 async def _respond(verdict: Verdict, send: Send) -> None:
-    headers = [
-        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in verdict.headers
-    ]
+    headers = _encoded(verdict.headers)
     headers.append((b"content-length", str(len(verdict.body)).encode()))
     await send({"type": "http.response.start", "status": verdict.status, "headers": headers})
     await send({"type": "http.response.body", "body": verdict.body})

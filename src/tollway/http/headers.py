@@ -37,13 +37,11 @@ give no fields.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Literal
 
 from tollway.engine.decision import Decision
-from tollway.engine.rules import RATE
+from tollway.engine.rules import RATE, Rule
 
 __all__ = [
     "Mode",
@@ -98,52 +96,147 @@ def _ceil(seconds: float) -> int:
     return max(0, -(-round(seconds * US) // US))
 
 
-def _up(us: int) -> int:
-    """Whole seconds from microseconds, rounded up, never negative."""
-    return max(0, -(-us // US))
+class _Member:
+    """One enforcing rule as the fields show it: everything that is the same on every
+    response, worked out once per (plan, operation) check."""
+
+    __slots__ = ("capacity", "emission", "index", "label", "name", "q", "qu", "rate", "rate_policy")
+
+    def __init__(self, index: int, rule: Rule) -> None:
+        self.index = index
+        self.label = rule.name if rule.operation is None else f"{rule.name}:{rule.operation}"
+        self.name = sf_string(self.label)
+        self.rate = rule.kind == RATE
+        self.emission = rule.emission_us
+        self.capacity = rule.capacity_us
+        self.qu: str | None = None
+        if self.rate:
+            self.q = rule.burst
+            w = max(1, -(-self.q * self.emission // US))
+            self.rate_policy = f"{self.name};q={self.q};w={w}"
+        else:
+            self.q = rule.soft
+            self.rate_policy = ""
+            if rule.money:
+                self.qu = f"tollway-{(rule.limit.currency or 'xxx').lower()}-micros"
+
+
+class _Layout:
+    """The enforcing rules of one check, and the last ``RateLimit-Policy`` value built for
+    it: that value only changes when a window of another length starts."""
+
+    __slots__ = ("last_policy", "members")
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.members = tuple(_Member(i, rule) for i, rule in enumerate(rules) if not rule.shadow)
+        self.last_policy: tuple[object, str] = (None, "")
+
+
+_LAYOUTS: dict[object, _Layout] = {}
+_MAX_LAYOUTS = 4096
+
+# One standing: (member, r, t, w, violated).
+_Standing = tuple[_Member, int, int, int, bool]
+
+
+def _layout(decision: Decision) -> _Layout:
+    step = decision._step
+    key = step.check if step.check is not None else decision.rules
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = _Layout(decision.rules)
+    return layout
+
+
+def _standings(decision: Decision, layout: _Layout) -> list[_Standing]:
+    """Each enforcing limit's figures, from the decision's raw values (this runs on every
+    response, so it is inlined arithmetic on integers, no objects per limit)."""
+    step = decision._step
+    now = decision.now_us
+    values = decision._values
+    misfits = decision._misfits
+    windows = step.windows
+    out: list[_Standing] = []
+    for member in layout.members:
+        i = member.index
+        value = values[i]
+        violated = bool(misfits >> i & 1)
+        if member.rate:
+            emission, capacity = member.emission, member.capacity
+            reset = (value if value > now else now) - now
+            r = (capacity - reset) // emission
+            if r < 0:
+                r = 0
+            need = step.costs[i] * emission
+            if violated and need <= capacity:
+                wait = reset + need - capacity  # until the step's cost fits again
+            elif r == 0:
+                # The next unit is back when the bucket is one emission short of full capacity.
+                wait = reset - (member.q - 1) * emission
+            else:
+                wait = reset
+            out.append((member, r, -(-wait // US) if wait > 0 else 0, 0, violated))
+        else:
+            start, end, _ = windows[i]  # type: ignore[misc]
+            r = member.q - value
+            left = end - now
+            w = -(-(end - start) // US)
+            out.append(
+                (
+                    member,
+                    r if r > 0 else 0,
+                    -(-left // US) if left > 0 else 0,
+                    w if w > 1 else 1,
+                    violated,
+                )
+            )
+    return out
+
+
+def _policy_value(standings: list[_Standing]) -> str:
+    return ", ".join(
+        member.rate_policy
+        or f"{member.name};q={member.q}"
+        + ("" if member.qu is None else f";qu={sf_string(member.qu)}")
+        + f";w={w}"
+        for member, _, _, w, _ in standings
+    )
+
+
+def _limit_value(standings: list[_Standing]) -> str:
+    return ", ".join([f"{member.name};r={r};t={t}" for member, r, t, _, _ in standings])
+
+
+def _item(standing: _Standing) -> PolicyItem:
+    member, r, t, w, violated = standing
+    if member.rate:
+        w = max(1, -(-member.q * member.emission // US))
+    return PolicyItem(name=member.label, q=member.q, w=w, r=r, t=t, qu=member.qu, violated=violated)
 
 
 def policy_items(decision: Decision) -> list[PolicyItem]:
     """Every enforcing limit of ``decision`` as a `PolicyItem`, in policy order (shadow limits
-    left out; none for a degraded decision). Built from the decision's raw figures: this runs
-    on every response."""
+    left out; none for a degraded decision)."""
     if decision.degraded:
         return []
-    items = []
-    for rule, admitted, (q, r, reset_us, retry_us), window in decision.standings():
-        if rule.shadow:
-            continue
-        name = rule.name if rule.operation is None else f"{rule.name}:{rule.operation}"
-        qu = None
-        if rule.kind == RATE:
-            emission = rule.emission_us
-            w = max(1, -(-q * emission // US))
-            if not admitted and retry_us is not None:
-                t = _up(retry_us)
-            elif r == 0:
-                # The next unit is back when the bucket is one emission short of full capacity.
-                t = _up(reset_us - (q - 1) * emission)
-            else:
-                t = _up(reset_us)
-        else:
-            assert window is not None
-            w = max(1, _up(window[1] - window[0]))
-            t = _up(reset_us)
-            if rule.money:
-                qu = f"tollway-{(rule.limit.currency or 'xxx').lower()}-micros"
-        items.append(
-            PolicyItem(name=name, q=q, w=w, r=max(0, r), t=t, qu=qu, violated=not admitted)
-        )
-    return items
+    return [_item(standing) for standing in _standings(decision, _layout(decision))]
 
 
-def _closest(items: Iterable[PolicyItem]) -> PolicyItem | None:
-    """The item closest to exhaustion: smallest ``r/q``; a tie goes to the largest ``t``."""
-    return min(
-        items,
-        key=lambda i: (Fraction(i.r, i.q) if i.q else Fraction(0), -i.t),
-        default=None,
-    )
+def _closest(standings: list[_Standing]) -> _Standing | None:
+    """The limit closest to exhaustion: smallest ``r/q`` (0 when ``q`` is 0); a tie goes to
+    the largest ``t``, then to the first."""
+    best: _Standing | None = None
+    best_r, best_q = 0, 1
+    for standing in standings:
+        r, q = (standing[1], standing[0].q) if standing[0].q else (0, 1)
+        # r/q < best_r/best_q, without division.
+        if best is None or r * best_q < best_r * q or (
+            r * best_q == best_r * q and standing[2] > best[2]
+        ):
+            best, best_r, best_q = standing, r, q
+    return best
 
 
 def ratelimit_fields(decision: Decision, *, mode: Mode = "all") -> list[tuple[str, str]]:
@@ -154,26 +247,23 @@ def ratelimit_fields(decision: Decision, *, mode: Mode = "all") -> list[tuple[st
         return []
     if mode not in ("all", "closest"):
         raise ValueError(f"mode: {mode!r}; expected 'all', 'closest' or 'none'")
-    items = policy_items(decision)
-    if mode == "closest":
-        closest = _closest(items)
-        items = [] if closest is None else [closest]
-    if not items:
+    if decision.degraded:
         return []
-    return [
-        ("RateLimit-Policy", _policy_field(tuple((i.name, i.q, i.w, i.qu) for i in items))),
-        ("RateLimit", ", ".join(item.limit_member() for item in items)),
-    ]
-
-
-@functools.lru_cache(maxsize=1024)
-def _policy_field(members: tuple[tuple[str, int, int, str | None], ...]) -> str:
-    """The ``RateLimit-Policy`` value: the same for every response until a limit or a window
-    length changes, so it is built once per distinct set."""
-    return ", ".join(
-        PolicyItem(name=name, q=q, w=w, r=0, t=0, qu=qu, violated=False).policy_member()
-        for name, q, w, qu in members
-    )
+    layout = _layout(decision)
+    standings = _standings(decision, layout)
+    if mode == "closest":
+        closest = _closest(standings)
+        standings = [] if closest is None else [closest]
+    elif standings:
+        span = decision._step.span
+        cached_span, policy = layout.last_policy
+        if cached_span is not span:
+            policy = _policy_value(standings)
+            layout.last_policy = (span, policy)
+        return [("RateLimit-Policy", policy), ("RateLimit", _limit_value(standings))]
+    if not standings:
+        return []
+    return [("RateLimit-Policy", _policy_value(standings)), ("RateLimit", _limit_value(standings))]
 
 
 def retry_after_field(decision: Decision) -> tuple[str, str] | None:
@@ -190,18 +280,21 @@ def retry_after_field(decision: Decision) -> tuple[str, str] | None:
         return None
     seconds = max(1, _ceil(wait))
     if not decision.degraded:
-        seconds = max([seconds, *(item.t for item in policy_items(decision) if item.violated)])
+        violated = [s[2] for s in _standings(decision, _layout(decision)) if s[4]]
+        seconds = max([seconds, *violated])
     return ("Retry-After", str(seconds))
 
 
 def legacy_fields(decision: Decision) -> list[tuple[str, str]]:
     """Opt-in ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (delay-seconds) for the
     limit closest to exhaustion, with the same numbers as its RateLimit item."""
-    closest = _closest(policy_items(decision))
+    if decision.degraded:
+        return []
+    closest = _closest(_standings(decision, _layout(decision)))
     if closest is None:
         return []
     return [
-        ("X-RateLimit-Limit", str(closest.q)),
-        ("X-RateLimit-Remaining", str(closest.r)),
-        ("X-RateLimit-Reset", str(closest.t)),
+        ("X-RateLimit-Limit", str(closest[0].q)),
+        ("X-RateLimit-Remaining", str(closest[1])),
+        ("X-RateLimit-Reset", str(closest[2])),
     ]

@@ -224,14 +224,22 @@ def _split_endpoint(text: str) -> tuple[str, str]:
     return method, path
 
 
+# Answers remembered per map: paths up to _SEEN_PATH characters, _SEEN_MAX of them (then the
+# memory starts again), so a flood of distinct paths costs at most about a megabyte.
+_SEEN_MAX = 4096
+_SEEN_PATH = 256
+
+
 class EndpointMap:
     """Which operation each endpoint consumes; build with `from_policy`, ask with `match`."""
 
-    __slots__ = ("_exempt", "_index")
+    __slots__ = ("_exempt", "_index", "_seen")
 
     def __init__(self, routes: Iterable[_Route], exempt: Iterable[_Route] = ()) -> None:
         self._index = _Index(routes)
         self._exempt = _Index(exempt)
+        # Answers by (method, path) as given: most traffic hits a few paths again and again.
+        self._seen: dict[tuple[object, object], MatchResult] = {}
 
     @classmethod
     def from_policy(
@@ -316,6 +324,22 @@ class EndpointMap:
         or not starting with ``/`` (``*``, absolute-form URLs), and a method that is not an
         RFC 9110 token of at most `MAX_METHOD` characters all give ``None``.
         """
+        key = (method, path)
+        try:
+            return self._seen[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable method or path
+            return None
+        result = self._match(method, path)
+        if isinstance(path, str) and len(path) <= _SEEN_PATH:
+            seen = self._seen
+            if len(seen) >= _SEEN_MAX:
+                seen.clear()
+            seen[key] = result
+        return result
+
+    def _match(self, method: str, path: str) -> MatchResult:
         if not isinstance(method, str) or not isinstance(path, str):
             return None
         if not path.startswith("/") or len(path) > MAX_PATH or not _METHOD.fullmatch(method):
