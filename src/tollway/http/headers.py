@@ -232,8 +232,10 @@ def _closest(standings: list[_Standing]) -> _Standing | None:
     for standing in standings:
         r, q = (standing[1], standing[0].q) if standing[0].q else (0, 1)
         # r/q < best_r/best_q, without division.
-        if best is None or r * best_q < best_r * q or (
-            r * best_q == best_r * q and standing[2] > best[2]
+        if (
+            best is None
+            or r * best_q < best_r * q
+            or (r * best_q == best_r * q and standing[2] > best[2])
         ):
             best, best_r, best_q = standing, r, q
     return best
