@@ -6,6 +6,7 @@ import inspect
 
 import tollway
 import tollway.errors
+import tollway.outbound
 import tollway.testing
 
 PUBLIC = {
@@ -17,6 +18,7 @@ PUBLIC = {
     "InvalidArgumentError",
     "LimitExceeded",
     "LimitState",
+    "NoProviderAvailable",
     "Policy",
     "PolicyError",
     "PolicyIssue",
@@ -37,12 +39,29 @@ PUBLIC = {
 }
 
 
+OUTBOUND = {
+    "AsyncCall",
+    "AsyncRoute",
+    "Call",
+    "Outcome",
+    "ProviderCallError",
+    "Route",
+    "Signal",
+    "Skip",
+    "ThresholdAlert",
+    "parse_retry_after",
+}
+
+
 def test_all_is_pinned_and_importable() -> None:
     assert set(tollway.__all__) == PUBLIC
     assert len(tollway.__all__) == len(PUBLIC)  # no duplicates
     for name in tollway.__all__:
         assert hasattr(tollway, name), name
     assert tollway.testing.__all__ == ["FakeClock"]
+    assert set(tollway.outbound.__all__) == OUTBOUND
+    for name in tollway.outbound.__all__:
+        assert hasattr(tollway.outbound, name), name
 
 
 def test_every_error_derives_from_tollway_error() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tollway.engine.decision import Decision
 from tollway.engine.step import ACQUIRE, OK, RESERVE, Engine, Reply, Step, degraded
@@ -23,6 +23,9 @@ from tollway.policy.model import Policy
 from tollway.reservation import AsyncReservation, Reservation, ReservationCore
 from tollway.stores import AsyncStore, SyncStore, open_async_store, open_store
 from tollway.usage import Usage
+
+if TYPE_CHECKING:
+    from tollway.outbound.router import AsyncRoute, Route
 
 # A step is rebuilt when the store says it was built on stale knowledge (a plan changed, a
 # window ended); more rebuilds than this means something is flapping, not just stale.
@@ -176,10 +179,16 @@ class Tollway(_Face):
         amount: Decimal | None = None,
     ) -> Reservation:
         """Hold ``estimate`` units until `Reservation.commit` or `Reservation.release`."""
+        return self._reserve(
+            lambda: self._engine.consume(subject, operation, estimate, amount, RESERVE)
+        )
+
+    def _reserve(self, make: Callable[[], Step]) -> Reservation:
+        """A reservation of the step ``make`` builds (rebuilt if the store finds it stale)."""
         engine = self._engine
 
         def build() -> Step:
-            step = engine.consume(subject, operation, estimate, amount, RESERVE)
+            step = make()
             step.hold_id = self._store.new_hold_id()
             return step
 
@@ -191,6 +200,20 @@ class Tollway(_Face):
         decision = engine.finish(step, reply)
         assert decision is not None
         return Reservation(ReservationCore(engine, step, reply, decision), self._store)
+
+    def _decide(self, build: Callable[[], Step]) -> Decision:
+        """The decision of the step ``build`` makes (a peek, say), rebuilt while stale."""
+        step, reply = self._run(build)
+        decision = self._engine.finish(step, reply)
+        assert decision is not None
+        return decision
+
+    def route(self, name: str, **options: Any) -> Route:
+        """The route ``name`` of the policy: `Route.call` and `Route.run` pick a provider
+        with headroom and fail over (see `tollway.outbound.router`)."""
+        from tollway.outbound.router import Route
+
+        return Route(self, name, **options)
 
     def usage(self, subject: str) -> Usage:
         """Where every limit of the subject's plan stands, consuming nothing."""
@@ -297,10 +320,15 @@ class AsyncTollway(_Face):
         *,
         amount: Decimal | None = None,
     ) -> AsyncReservation:
+        return await self._reserve(
+            lambda: self._engine.consume(subject, operation, estimate, amount, RESERVE)
+        )
+
+    async def _reserve(self, make: Callable[[], Step]) -> AsyncReservation:
         engine = self._engine
 
         def build() -> Step:
-            step = engine.consume(subject, operation, estimate, amount, RESERVE)
+            step = make()
             step.hold_id = self._store.new_hold_id()
             return step
 
@@ -312,6 +340,18 @@ class AsyncTollway(_Face):
         decision = engine.finish(step, reply)
         assert decision is not None
         return AsyncReservation(ReservationCore(engine, step, reply, decision), self._store)
+
+    async def _decide(self, build: Callable[[], Step]) -> Decision:
+        step, reply = await self._run(build)
+        decision = self._engine.finish(step, reply)
+        assert decision is not None
+        return decision
+
+    def route(self, name: str, **options: Any) -> AsyncRoute:
+        """The route ``name`` of the policy, asyncio face (see `Tollway.route`)."""
+        from tollway.outbound.router import AsyncRoute
+
+        return AsyncRoute(self, name, **options)
 
     async def usage(self, subject: str) -> Usage:
         step, reply = await self._run(lambda: self._engine.peek(subject))

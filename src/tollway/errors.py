@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tollway.engine.decision import Decision
+    from tollway.outbound.route import Skip
 
 
 class TollwayError(Exception):
@@ -94,3 +95,16 @@ class LimitExceeded(TollwayError):
             f"{decision.subject!r} may not {decision.operation!r} now: {names}"
             + (f"; retry after {decision.retry_after:.3f} s" if decision.retry_after else "")
         )
+
+
+class NoProviderAvailable(TollwayError):
+    """No provider of a route could take the call; ``skipped`` says why for each one."""
+
+    def __init__(self, route: str, skipped: tuple[Skip, ...]) -> None:
+        self.route = route
+        self.skipped = skipped
+        waits = [s.retry_after for s in skipped if s.retry_after is not None]
+        self.retry_after: float | None = min(waits) if waits else None
+        """Seconds until the soonest provider could take the call again (None: unknown)."""
+        reasons = "; ".join(str(skip) for skip in skipped) or "it has no providers"
+        super().__init__(f"route {route!r}: no provider can take the call: {reasons}")

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from tollway.engine.rules import RATE, Rule
+from tollway.engine.rules import GATE, RATE, WINDOW, Rule
 from tollway.money import micros_to_decimal
 
 if TYPE_CHECKING:
@@ -27,7 +27,8 @@ class LimitState:
 
     name: str
     kind: str
-    """``rate``, ``quota`` or ``budget``."""
+    """``rate``, ``quota`` or ``budget``; ``gate`` for a provider's health gate (its
+    ``reset_after`` is how long it stays shut)."""
     limit: int | Decimal
     """The burst of a rate, the count of a quota, the amount of a budget."""
     used: int | Decimal
@@ -91,6 +92,10 @@ def figures(
             need = cost * rule.emission_us
             retry = None if need > rule.capacity_us else tat + need - rule.capacity_us - now_us
         return rule.burst, left, tat - now_us, retry
+    if rule.kind == GATE:
+        # Open (0 left) until its time; a refused step may pass once that time has come.
+        wait = max(0, value - now_us)
+        return 0, 0 if wait else 1, wait, 0 if admitted else wait
     assert window is not None
     end = window[1]
     if admitted:
@@ -111,10 +116,10 @@ def limit_state(
     """The public view of one rule from its stored value (TAT or count)."""
     limit, left, reset_us, retry_us = figures(rule, value, cost, now_us, window, admitted)
     retry = None if retry_us is None else retry_us / US
-    if rule.kind == RATE:
+    if rule.kind != WINDOW:
         return LimitState(
             name=rule.name,
-            kind=rule.limit.kind,
+            kind=rule.kind_name,
             limit=limit,
             used=limit - left,
             remaining=left,
@@ -133,7 +138,7 @@ def limit_state(
         used, remaining, shown = (micros_to_decimal(v) for v in (value, left, limit))
     return LimitState(
         name=rule.name,
-        kind=rule.limit.kind,
+        kind=rule.kind_name,
         limit=shown,
         used=used,
         remaining=remaining,
@@ -142,7 +147,7 @@ def limit_state(
         allowed=admitted,
         shadow=rule.shadow,
         operation=rule.operation,
-        currency=rule.limit.currency,
+        currency=rule.currency,
         window_start=datetime.fromtimestamp(start // US, tz=timezone.utc),
         window_end=datetime.fromtimestamp(end // US, tz=timezone.utc),
     )
@@ -289,6 +294,7 @@ class Decision:
             rule = self.rules[code // 64]
             value = self._values[code // 64]
             used: int | Decimal = micros_to_decimal(value) if rule.money else value
+            assert rule.limit is not None  # only limits have thresholds
             out.append(Crossing(rule.name, rule.limit.thresholds[code % 64], used, rule.operation))
         return tuple(out)
 

@@ -15,6 +15,10 @@ from tollway.policy.model import Limit, Period, Plan, Policy, Provider
 
 RATE = 0
 WINDOW = 1
+GATE = 2
+"""A health gate of a provider: its value is a time (us) before which the step is refused.
+It never consumes; a gate with a probe time lets one step through once its time has passed
+and holds the others back for the probe time (a circuit breaker's half-open probe)."""
 
 
 class Rule:
@@ -26,16 +30,19 @@ class Rule:
         "anchor",
         "capacity_us",
         "closed",
+        "currency",
         "emission_us",
         "field",
         "fragment",
         "hard",
         "kind",
+        "kind_name",
         "limit",
         "money",
         "name",
         "operation",
         "period",
+        "probe_us",
         "reads",
         "shadow",
         "soft",
@@ -45,7 +52,10 @@ class Rule:
     )
 
     def __init__(self, limit: Limit, operation: str | None) -> None:
-        self.limit = limit
+        self.limit: Limit | None = limit
+        self.kind_name: str = limit.kind
+        """``rate``, ``quota``, ``budget`` (or ``gate``)."""
+        self.currency = limit.currency
         self.name = limit.name
         self.operation = operation
         self.shadow = limit.shadow
@@ -58,7 +68,7 @@ class Rule:
         """Where a window rule keeps the start of the window its count belongs to."""
         self.timezone = limit.timezone
         self.anchor = limit.anchor
-        self.emission_us = self.capacity_us = self.soft = self.hard = 0
+        self.emission_us = self.capacity_us = self.soft = self.hard = self.probe_us = 0
         self.period: Period | None = limit.period
         self.thresholds: tuple[int, ...] = ()
         # One tuple, replaced whole, so a thread never reads a start and an end of two windows.
@@ -92,9 +102,34 @@ class Rule:
         )
         """The hash fields the step script reads for this rule."""
 
+    @classmethod
+    def gate(cls, name: str, probe_us: int = 0) -> Rule:
+        """A health gate (see `GATE`) kept in the field ``g:NAME``."""
+        rule = cls.__new__(cls)
+        rule.limit = None
+        rule.kind_name = "gate"
+        rule.currency = None
+        rule.name = name
+        rule.operation = None
+        rule.shadow = rule.closed = rule.money = False
+        rule.kind = GATE
+        rule.field = f"g:{name}"
+        rule.start_field = rule.field + "@"
+        rule.timezone = "UTC"
+        rule.anchor = None
+        rule.period = None
+        rule.thresholds = ()
+        rule._window = (0, 0, "")
+        rule._marks = ""
+        rule.emission_us = rule.capacity_us = rule.soft = rule.hard = 0
+        rule.probe_us = probe_us
+        rule.fragment = f'3,"{rule.field}",{probe_us},0,0,0'
+        rule.reads = (rule.field,)
+        return rule
+
     @property
     def burst(self) -> int:
-        return self.capacity_us // self.emission_us if self.emission_us else 0
+        return self.capacity_us // self.emission_us if self.kind == RATE else 0
 
     def window(self, now_us: int) -> tuple[int, int, str]:
         """The window holding ``now_us`` as ``(start, end, fragment)``, the fragment being the
@@ -245,9 +280,18 @@ def _usage_rules(plan: Plan, operations: tuple[str, ...]) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+GATES = ("blocked", "exhausted", "cooldown", "breaker")
+"""A provider's health gates, first in each of its checks (see `GATE`): refused by its key or
+terms, out of quota until its reset, told to slow down, and its circuit breaker."""
+PROVIDER_OPERATION = "call"
+
+
 def _provider_check(provider: Provider) -> Check:
     price = provider.price.micros if provider.price is not None else None
-    return _check(provider.name, provider.limits, "call", 1, price)
+    probe_us = provider.health.probe_ms * 1000
+    gates = tuple(Rule.gate(name, probe_us if name == "breaker" else 0) for name in GATES)
+    rules = gates + _rules_for(provider.limits, PROVIDER_OPERATION)
+    return Check(provider.name, PROVIDER_OPERATION, rules, 1, price)
 
 
 def compile_policy(policy: Policy) -> Compiled:

@@ -18,6 +18,7 @@ from tollway.engine.decision import Decision, DegradedDecision
 from tollway.engine.rules import ALWAYS, Check, Compiled, Rule, Span, compile_policy
 from tollway.errors import (
     InvalidArgumentError,
+    UnknownNameError,
     UnknownOperationError,
     UnknownPlanError,
     UnknownSubjectError,
@@ -172,6 +173,11 @@ class Engine:
             raise InvalidArgumentError(
                 f"subject: {subject[:80]!r} is not valid Unicode text ({exc.reason})"
             ) from None
+        if subject.startswith(PROVIDER_PREFIX):
+            raise InvalidArgumentError(
+                f"subject: {subject[:80]!r} starts with {PROVIDER_PREFIX!r}, which is reserved "
+                "for the providers of the policy; expected another subject"
+            )
         return subject
 
     def assigned(self, subject: str) -> str | None:
@@ -280,6 +286,30 @@ class Engine:
             )
         return Step(subject, assigned, plan, check, units, micros, costs, mode)
 
+    def provider(
+        self, name: str, cost: int | None, amount: Decimal | None, mode: int = RESERVE
+    ) -> Step:
+        """A step on a provider's health gates and limits (its subject is `provider_subject`)."""
+        check = self.compiled.providers.get(name)
+        if check is None:
+            raise UnknownNameError(
+                f"provider: {name!r} is not declared in the policy; known providers: "
+                f"{', '.join(sorted(self.compiled.providers)) or 'none'}"
+            )
+        subject = provider_subject(name)
+        if cost is None and amount is None and check.default_costs is not None:
+            step = Step(
+                subject, None, name, check, 1, check.default_micros, check.default_costs, mode
+            )
+        else:
+            step = self._priced(subject, None, name, check, cost, amount, mode)
+        span = step.span = check.windows(self.clock() + self.offset_us)
+        step.windows = span[2]
+        step.packed = span[3]
+        if mode == RESERVE:
+            step.hold_ttl_us = self.hold_ttl_us
+        return step
+
     def peek(self, subject: str) -> Step:
         """A step that reads every counter of the subject's plan without consuming."""
         self.check_subject(subject)
@@ -316,6 +346,14 @@ class Engine:
         else:  # pragma: no cover - the stores only send the codes above
             raise AssertionError(f"unknown store reply code {code}")
         return None
+
+
+PROVIDER_PREFIX = "@provider:"
+"""Providers count under subjects of their own; no subject of an application starts so."""
+
+
+def provider_subject(name: str) -> str:
+    return PROVIDER_PREFIX + name
 
 
 def degraded(step: Step, reason: str, retry_after: float, now_us: int) -> Decision:

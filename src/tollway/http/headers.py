@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tollway.engine.decision import Decision
-from tollway.engine.rules import RATE, Rule
+from tollway.engine.rules import GATE, RATE, Rule
 
 __all__ = [
     "Mode",
@@ -118,7 +118,7 @@ class _Member:
             self.q = rule.soft
             self.rate_policy = ""
             if rule.money:
-                self.qu = f"tollway-{(rule.limit.currency or 'xxx').lower()}-micros"
+                self.qu = f"tollway-{(rule.currency or 'xxx').lower()}-micros"
 
 
 class _Layout:
@@ -128,7 +128,8 @@ class _Layout:
     __slots__ = ("last_policy", "members")
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
-        self.members = tuple(_Member(i, rule) for i, rule in enumerate(rules) if not rule.shadow)
+        shown = [i for i, rule in enumerate(rules) if not rule.shadow and rule.kind != GATE]
+        self.members = tuple(_Member(i, rules[i]) for i in shown)
         self.last_policy: tuple[object, str] = (None, "")
 
 

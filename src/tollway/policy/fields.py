@@ -158,6 +158,18 @@ def text(parse: Callable[[str], T], example: str) -> Check[T]:
 # -- the small languages ------------------------------------------------------------------
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def parse_env_name(text: str) -> str:
+    if not _ENV_NAME.match(text):
+        raise ValueError(
+            f"{show(text)} is not an environment variable name; expected letters, digits and "
+            "underscores, not starting with a digit"
+        )
+    return text
+
+
 def parse_name(value: str) -> str:
     if not _NAME.fullmatch(value):
         raise ValueError(

@@ -127,6 +127,34 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    """When errors open a provider's circuit breaker, and for how long."""
+
+    breaker_errors: int = 5
+    """Errors within ``breaker_window_ms`` that open the breaker."""
+    breaker_window_ms: int = 60_000
+    breaker_open_ms: int = 30_000
+    """How long an open breaker skips the provider before one half-open probe."""
+    probe_ms: int = 10_000
+    """How long a half-open probe holds the others back before another may try."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderClient:
+    """How to reach the provider, for the adapters that call it (geocoders)."""
+
+    kind: str | None = None
+    """The adapter: ``google``, ``here``, ``opencage``, ``nominatim``, ``mapbox``..."""
+    api_key_env: str | None = None
+    """The environment variable holding its key (keys are never written in the file)."""
+    domain: str | None = None
+    scheme: str = "https"
+    timeout_ms: int = 10_000
+    stores_results: bool | None = None
+    """Whether its terms allow keeping results (None: the adapter's default)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     """A paid API the service itself calls: a subject of its own, with a price and limits."""
 
@@ -134,6 +162,11 @@ class Provider:
     price: Money | None
     limits: tuple[Limit, ...]
     timezone: str = "UTC"
+    """The provider's billing timezone: its days end at its own midnight."""
+    health: ProviderHealth = field(default_factory=ProviderHealth)
+    weight: int = 1
+    """Its share of calls under a route's ``weighted`` strategy."""
+    client: ProviderClient = field(default_factory=ProviderClient)
 
 
 @dataclass(frozen=True, slots=True)

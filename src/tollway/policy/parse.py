@@ -32,6 +32,8 @@ from tollway.policy.model import (
     Plan,
     Policy,
     Provider,
+    ProviderClient,
+    ProviderHealth,
     Route,
     StoreConfig,
 )
@@ -54,7 +56,16 @@ STORE_KEYS = (
 DEFAULTS_KEYS = ("plan", "timezone")
 OPERATION_KEYS = ("cost", "price", "endpoints")
 PLAN_KEYS = ("limits",)
-PROVIDER_KEYS = ("price", "timezone", "limits")
+PROVIDER_HEALTH_KEYS = ("breaker_errors", "breaker_window_ms", "breaker_open_ms", "probe_ms")
+PROVIDER_CLIENT_KEYS = ("kind", "api_key_env", "domain", "scheme", "timeout_ms", "stores_results")
+PROVIDER_KEYS = (
+    "price",
+    "timezone",
+    "limits",
+    "weight",
+    *PROVIDER_HEALTH_KEYS,
+    *PROVIDER_CLIENT_KEYS,
+)
 ROUTE_KEYS = ("providers", "strategy")
 KINDS: tuple[LimitKind, ...] = ("rate", "quota", "budget")
 PLAN_ONLY_LIMIT_KEYS = ("operations", "per")
@@ -76,6 +87,7 @@ STRATEGY = fields.one_of("priority", "cheapest", "weighted")
 NAME = text(fields.parse_name, "free")
 TIMEZONE = text(fields.parse_timezone, "Europe/Paris")
 MONEY = text(fields.parse_money, "0.005 USD")
+ENV_NAME = text(fields.parse_env_name, "GOOGLE_MAPS_API_KEY")
 MAX_COST = fields.MAX_QUOTA
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -305,8 +317,37 @@ class _Walker:
             timezone = self.get(t, path, "timezone", TIMEZONE, self.timezone)
             owner = _Owner(path=path, is_provider=True, timezone=timezone, price=price)
             limits = self.limits(t, owner)
-            providers[name] = Provider(name=name, price=price, limits=limits, timezone=timezone)
+            providers[name] = Provider(
+                name=name,
+                price=price,
+                limits=limits,
+                timezone=timezone,
+                health=self.provider_health(t, path),
+                weight=self.get(t, path, "weight", fields.integer(0, 1_000_000), 1),
+                client=self.provider_client(t, path),
+            )
         return providers
+
+    def provider_health(self, t: Table, path: str) -> ProviderHealth:
+        d = ProviderHealth()
+        ms = fields.integer(1, 366 * 86_400_000)
+        return ProviderHealth(
+            breaker_errors=self.get(t, path, "breaker_errors", fields.integer(1), d.breaker_errors),
+            breaker_window_ms=self.get(t, path, "breaker_window_ms", ms, d.breaker_window_ms),
+            breaker_open_ms=self.get(t, path, "breaker_open_ms", ms, d.breaker_open_ms),
+            probe_ms=self.get(t, path, "probe_ms", ms, d.probe_ms),
+        )
+
+    def provider_client(self, t: Table, path: str) -> ProviderClient:
+        d = ProviderClient()
+        return ProviderClient(
+            kind=self.get(t, path, "kind", NAME, None),
+            api_key_env=self.get(t, path, "api_key_env", ENV_NAME, None),
+            domain=self.get(t, path, "domain", fields.nonempty, None),
+            scheme=self.get(t, path, "scheme", fields.one_of("https", "http"), d.scheme),
+            timeout_ms=self.get(t, path, "timeout_ms", fields.integer(1, 600_000), d.timeout_ms),
+            stores_results=self.get(t, path, "stores_results", fields.boolean, None),
+        )
 
     def routes(self, doc: Table) -> dict[str, Route]:
         known = self.section_names(doc, "providers")

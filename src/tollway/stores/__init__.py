@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.step import Reply, Step
 from tollway.errors import ConfigurationError
 from tollway.policy.model import Policy
@@ -18,6 +19,7 @@ class SyncStore(Protocol):
     url: str
 
     def execute(self, step: Step) -> Reply: ...
+    def health(self, op: HealthOp) -> HealthReply: ...
     def settle(self, settle: SettleStep) -> Reply: ...
     def assign(self, subject: str, plan: str | None) -> None: ...
     def assigned(self, subject: str) -> str | None: ...
@@ -32,6 +34,7 @@ class AsyncStore(Protocol):
     url: str
 
     async def execute(self, step: Step) -> Reply: ...
+    async def health(self, op: HealthOp) -> HealthReply: ...
     async def settle(self, settle: SettleStep) -> Reply: ...
     async def assign(self, subject: str, plan: str | None) -> None: ...
     async def assigned(self, subject: str) -> str | None: ...
@@ -51,6 +54,9 @@ class AsyncMemoryStore:
 
     async def execute(self, step: Step) -> Reply:
         return self.sync.execute(step)
+
+    async def health(self, op: HealthOp) -> HealthReply:
+        return self.sync.health(op)
 
     async def settle(self, settle: SettleStep) -> Reply:
         return self.sync.settle(settle)

@@ -14,7 +14,19 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from tollway.engine.rules import RATE
+from tollway.engine.health import (
+    BREAKER,
+    CLEAR,
+    CLOSE,
+    ERROR,
+    ERRORS,
+    EXTEND,
+    FLOOR,
+    GATE_FIELDS,
+    HealthOp,
+    HealthReply,
+)
+from tollway.engine.rules import GATE, RATE, WINDOW
 from tollway.engine.step import (
     DENIED,
     OK,
@@ -36,6 +48,7 @@ _SLACK_US = 60 * 1_000_000
 _new_tuple = tuple.__new__
 State = dict[str, int]
 _EMPTY: State = {}
+_HEALTH = (*GATE_FIELDS, ERRORS, ERRORS + "@")
 """The state of a subject that has none; never written to."""
 
 
@@ -86,6 +99,9 @@ class MemoryStore:
                 if rule.kind == RATE:
                     new = (value if value > now else now) + costs[i] * rule.emission_us
                     fit = new - now <= rule.capacity_us
+                elif rule.kind == GATE:
+                    fit = value <= now
+                    new = now + rule.probe_us if fit and value and rule.probe_us else value
                 else:
                     if state.get(rule.start_field) != windows[i][0]:  # type: ignore[index]
                         value = 0
@@ -115,7 +131,7 @@ class MemoryStore:
                 new = after[i]
                 if new != values[i] or fresh & bit:
                     state[rule.field] = new
-                    if rule.kind == RATE:
+                    if rule.kind != WINDOW:
                         if new > needed:
                             needed = new
                     else:
@@ -255,6 +271,63 @@ class MemoryStore:
             if not state:
                 self._states.pop(settle.hold.subject, None)
             return reply(OK if live else DENIED, now, values)
+
+    # -- provider health (lua/health.lua, line for line) ------------------------------------
+
+    def health(self, op: HealthOp) -> HealthReply:
+        with self._lock:
+            now = self.clock()
+            subject = op.subject
+            state = self._states.get(subject)
+            if state is None:
+                state = self._states[subject] = {}
+            if op.op == EXTEND:
+                target = max(op.until_us, now + op.for_us)
+                old = state.get(op.field, 0)
+                if target > old:
+                    state[op.field] = target
+                    self._keep_until(subject, state, target)
+                    return HealthReply(now, target)
+                return HealthReply(now, old)
+            if op.op == ERROR:
+                breaker = state.get(BREAKER, 0)
+                if op.force:
+                    return self._open(subject, state, now + op.open_us, now)
+                if breaker > now:
+                    return HealthReply(now, breaker)
+                count, start = state.get(ERRORS, 0), state.get(ERRORS + "@", 0)
+                if start + op.window_us <= now:
+                    count, start = 0, now
+                count += 1
+                if count >= op.threshold:
+                    return self._open(subject, state, now + op.open_us, now)
+                state[ERRORS], state[ERRORS + "@"] = count, start
+                self._keep_until(subject, state, start + op.window_us)
+                return HealthReply(now, breaker, count)
+            if op.op in (CLOSE, CLEAR):
+                for field in (BREAKER, ERRORS, ERRORS + "@") if op.op == CLOSE else _HEALTH:
+                    state.pop(field, None)
+                return HealthReply(now, 0)
+            if op.op == FLOOR:
+                value = state.get(op.field, 0)
+                if state.get(op.field + "@") != op.start_us:
+                    value = 0
+                if not op.start_us <= now < op.end_us:
+                    return HealthReply(now, value)
+                floor = op.hard - op.remaining
+                if floor > value:
+                    state[op.field], state[op.field + "@"] = floor, op.start_us
+                    self._keep_until(subject, state, op.end_us + RETENTION_US)
+                    return HealthReply(now, floor)
+                return HealthReply(now, value)
+            raise ValueError(f"health: unknown op {op.op!r}")
+
+    def _open(self, subject: str, state: State, until: int, now: int) -> HealthReply:
+        state[BREAKER] = until
+        state.pop(ERRORS, None)
+        state.pop(ERRORS + "@", None)
+        self._keep_until(subject, state, until)
+        return HealthReply(now, until)
 
     # -- administration ---------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.step import Reply, Step
 from tollway.errors import ConfigurationError, StoreError, StoreUnavailableError
 from tollway.policy.model import StoreConfig
@@ -185,6 +186,10 @@ class RedisStore(_Common):
         keys, args = codec.settle_call(settle)
         return codec.read_reply(self._call(codec.SETTLE, keys, args))
 
+    def health(self, op: HealthOp) -> HealthReply:
+        keys, args = codec.health_call(op)
+        return codec.read_health(self._call(codec.HEALTH, keys, args))
+
     def replay_journal(self) -> int:
         return self.journal.replay(self._replay_one)
 
@@ -309,6 +314,10 @@ class AsyncRedisStore(_Common):
     async def settle(self, settle: SettleStep) -> Reply:
         keys, args = codec.settle_call(settle)
         return codec.read_reply(await self._call(codec.SETTLE, keys, args))
+
+    async def health(self, op: HealthOp) -> HealthReply:
+        keys, args = codec.health_call(op)
+        return codec.read_health(await self._call(codec.HEALTH, keys, args))
 
     async def replay_journal(self) -> int:
         sent = 0

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from tollway.engine.rules import RATE
+from tollway.engine.health import HealthOp, HealthReply
+from tollway.engine.rules import GATE, RATE
 from tollway.engine.step import PLAN_MISMATCH, Reply, Step, reply
 from tollway.stores.journal import JournalEntry
 from tollway.stores.memory import RETENTION_US
@@ -39,6 +40,7 @@ STEP = _script("step")
 SETTLE = _script("settle")
 REPLAY = _script("replay")
 ASSIGN = _script("assign")
+HEALTH = _script("health")
 RETENTION = str(RETENTION_US)
 
 
@@ -78,6 +80,14 @@ def replay_call(entry: JournalEntry) -> tuple[list[str], list[Any]]:
     return [key, f"{key}:j:{entry.id}"], args
 
 
+def health_call(op: HealthOp) -> tuple[list[str], list[Any]]:
+    return [state_key(op.subject)], op.args()
+
+
+def read_health(raw: list[Any]) -> HealthReply:
+    return HealthReply(int(raw[0]), int(raw[1]), int(raw[2]))
+
+
 def assign_call(subject: str, plan: str | None) -> tuple[list[str], list[Any]]:
     return [state_key(subject)], [plan or ""]
 
@@ -103,7 +113,7 @@ def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
     for rule, window, cost in zip(step.rules, step.windows, step.costs, strict=True):
         is_rate = rule.kind == RATE
         rates.append(is_rate)
-        amounts.append(cost * rule.emission_us if is_rate else cost)
+        amounts.append(0 if rule.kind == GATE else cost * rule.emission_us if is_rate else cost)
         starts.append(0 if window is None else window[0])
         ends.append(0 if window is None else window[1])
     return JournalEntry(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tollway.engine.rules import RATE
+from tollway.engine.rules import GATE, RATE, Rule
 from tollway.engine.step import Step
 
 
@@ -24,13 +24,18 @@ class Hold:
     amount is 0 for a shadow rule that did not fit, start and end are 0 for a rate."""
 
 
+def _amount(rule: Rule, cost: int) -> int:
+    """What ``cost`` takes from the rule's counter: microseconds of TAT, or units."""
+    return cost * rule.emission_us if rule.kind == RATE else cost
+
+
 def hold_of(step: Step, misfits: int, expires_us: int) -> Hold:
     """The hold a reserve step leaves behind, in the step's rule order."""
     entries = tuple(
         (
             rule.field,
             rule.kind == RATE,
-            0 if (misfits >> i) & 1 else (cost * rule.emission_us if rule.kind == RATE else cost),
+            0 if (misfits >> i) & 1 or rule.kind == GATE else _amount(rule, cost),
             0 if window is None else window[0],
             0 if window is None else window[1],
         )
@@ -56,8 +61,8 @@ def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> Settl
         return SettleStep(hold, [-entry[2] for entry in hold.entries], [0] * len(hold.entries))
     actual = [
         0
-        if entry[2] == 0 and rule.shadow
-        else (cost * rule.emission_us if rule.kind == RATE else cost)
+        if (entry[2] == 0 and rule.shadow) or rule.kind == GATE
+        else _amount(rule, cost)
         for rule, cost, entry in zip(step.rules, actual_costs, hold.entries, strict=True)
     ]
     deltas = [a - entry[2] for a, entry in zip(actual, hold.entries, strict=True)]

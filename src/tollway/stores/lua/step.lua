@@ -5,6 +5,9 @@
 --         rate:   kind 0 (+8 shadow), field, emission (us), capacity (us), 0, 0
 --         window: kind 1 units / 2 money (+8 shadow), field, hard limit, start, end (us),
 --                 threshold marks (an array) or 0
+--         gate:   kind 3, field, probe (us), 0, 0, 0: the field holds a time before which
+--                 the step is refused; past it, a probe time > 0 lets this step through and
+--                 sets the field to now + probe (one half-open probe at a time)
 --       2 expected plan ('' for none), 3 hold id (reserve only)
 -- Reply: {code, now, misfits, crossings, crossing..., value...}; code 0 taken, 1 denied,
 --        2 plan mismatch (+ plan), 3 stale window, 4 past its deadline (the client has given
@@ -22,7 +25,8 @@ local n = (#spec - 5) / 6
 local names = {'plan', 'hx', 'exp'}
 for b = 6, #spec, 6 do
   names[#names + 1] = spec[b + 1]
-  if spec[b] % 8 ~= 0 then
+  local kind = spec[b] % 8
+  if kind == 1 or kind == 2 then
     if now < spec[b + 3] or now >= spec[b + 4] then
       return {3, now, 0, 0}
     end
@@ -57,6 +61,14 @@ for j = 1, n do
     end
     if new - now > spec[b + 3] then
       new = nil
+    end
+  elseif kind == 3 then
+    if v > now then
+      new = nil
+    elseif v > 0 and spec[b + 2] > 0 then
+      new = now + spec[b + 2]
+    else
+      new = v
     end
   else
     if tonumber(found[pos]) ~= spec[b + 3] then
@@ -100,7 +112,8 @@ for j = 1, n do
   if after[j] ~= values[j] or renew then
     writes[#writes + 1] = spec[b + 1]
     writes[#writes + 1] = after[j]
-    if spec[b] % 8 == 0 then
+    local kind = spec[b] % 8
+    if kind == 0 or kind == 3 then
       if after[j] > needed then
         needed = after[j]
       end
@@ -129,7 +142,7 @@ if mode == 1 then
     local b = j * 6
     local kind = spec[b] % 8
     local held, tag, start, ends = 0, 'w', spec[b + 3], spec[b + 4]
-    if math.floor(misfits / bit) % 2 == 0 then
+    if math.floor(misfits / bit) % 2 == 0 and kind ~= 3 then
       if kind == 0 then
         held = units * spec[b + 2]
       elseif kind == 1 then
@@ -140,6 +153,8 @@ if mode == 1 then
     end
     if kind == 0 then
       tag, start, ends = 'r', 0, 0
+    elseif kind == 3 then
+      start, ends = 0, 0
     end
     entries[#entries + 1] = spec[b + 1]
     entries[#entries + 1] = tag .. fmt(held) .. '@' .. fmt(start) .. '@' .. fmt(ends)

@@ -1,0 +1,406 @@
+"""`Route` and `AsyncRoute`: pick a provider with headroom, hold its limits, fail over.
+
+::
+
+    route = tw.route("geocoding")
+    with route.call() as call:               # reserves on every limit of the first provider
+        result = geocoders[call.provider](address)   # that can take it (health gates too)
+        call.commit(cost=1)                  # the actual cost; release() if not billed
+    outcome = route.run(lambda provider: geocoders[provider](address))
+
+One reservation step per provider tried (its health gates and every limit at once), one
+settle step per call: two round trips in the common case. A provider's answer (a `Signal`)
+writes its health only when there is something to write. Both faces share `RouteCore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+from tollway.engine.decision import Decision
+from tollway.engine.health import CLEAR, HealthOp
+from tollway.engine.step import PEEK, RESERVE, provider_subject
+from tollway.errors import NoProviderAvailable, StoreError
+from tollway.outbound.route import AlertSink, Outcome, RouteCore, Skip, logger
+from tollway.outbound.signals import ProviderCallError, Signal
+from tollway.reservation import AsyncReservation, Reservation
+
+if TYPE_CHECKING:
+    import random
+
+    from tollway.client import AsyncTollway, Tollway
+
+__all__ = ["AsyncCall", "AsyncRoute", "Call", "Classify", "Route"]
+
+T = TypeVar("T")
+Classify = Callable[[BaseException], "Signal | None"]
+"""Maps an exception raised by a call to what it says about the provider (None: it is not
+the provider's failure, so it propagates)."""
+
+
+def _signal_of(exc: BaseException, classify: Classify | None) -> Signal | None:
+    if classify is not None:
+        return classify(exc)
+    return exc.signal if isinstance(exc, ProviderCallError) else None
+
+
+class _CallBase:
+    _reservation: Reservation | AsyncReservation
+
+    def __init__(self, provider: str, skipped: tuple[Skip, ...], probe: bool) -> None:
+        self.provider = provider
+        """The provider this call goes to."""
+        self.skipped = skipped
+        """The providers passed over before this one, each with its reason."""
+        self.probe = probe
+        """Whether this call is the half-open probe of the provider's circuit breaker."""
+
+    @property
+    def decision(self) -> Decision:
+        """The reservation's decision: every limit of the provider, as held."""
+        return self._reservation.decision
+
+    @property
+    def settled(self) -> bool:
+        return self._reservation.settled
+
+    def __repr__(self) -> str:
+        return f"<Call {self.provider!r} skipped={[s.provider for s in self.skipped]}>"
+
+
+class Call(_CallBase):
+    """One call held on one provider. As a context manager: an exception releases it (and a
+    `ProviderCallError` reports its signal); leaving it unsettled commits the reservation."""
+
+    def __init__(
+        self,
+        route: Route,
+        provider: str,
+        reservation: Reservation,
+        skipped: tuple[Skip, ...],
+        probe: bool,
+    ) -> None:
+        super().__init__(provider, skipped, probe)
+        self._reservation: Reservation = reservation
+        self._route = route
+
+    def commit(
+        self,
+        cost: int | None = None,
+        *,
+        amount: Decimal | None = None,
+        signal: Signal | None = None,
+    ) -> Decision:
+        """Record the actual cost (default: what was reserved) and what the provider said."""
+        decision = self._reservation.commit(cost, amount=amount)
+        self.report(signal or Signal.ok(), decision)
+        return decision
+
+    def release(self, signal: Signal | None = None) -> None:
+        """Give the reservation back (the call was not billed); ``signal`` says why."""
+        self._reservation.release()
+        if signal is not None:
+            self.report(signal)
+
+    def report(self, signal: Signal, decision: Decision | None = None) -> None:
+        """Write what ``signal`` says about the provider's health (cooldown, exhaustion...)."""
+        self._route._report(self.provider, signal, decision or self.decision, self.probe)
+
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.settled:
+            return
+        if exc is None:
+            self.commit()
+        else:
+            self.release(_signal_of(exc, None))
+
+
+class AsyncCall(_CallBase):
+    """`Call`, asyncio face."""
+
+    def __init__(
+        self,
+        route: AsyncRoute,
+        provider: str,
+        reservation: AsyncReservation,
+        skipped: tuple[Skip, ...],
+        probe: bool,
+    ) -> None:
+        super().__init__(provider, skipped, probe)
+        self._reservation: AsyncReservation = reservation
+        self._route = route
+
+    async def commit(
+        self,
+        cost: int | None = None,
+        *,
+        amount: Decimal | None = None,
+        signal: Signal | None = None,
+    ) -> Decision:
+        decision = await self._reservation.commit(cost, amount=amount)
+        await self.report(signal or Signal.ok(), decision)
+        return decision
+
+    async def release(self, signal: Signal | None = None) -> None:
+        await self._reservation.release()
+        if signal is not None:
+            await self.report(signal)
+
+    async def report(self, signal: Signal, decision: Decision | None = None) -> None:
+        await self._route._report(self.provider, signal, decision or self.decision, self.probe)
+
+    async def __aenter__(self) -> AsyncCall:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.settled:
+            return
+        if exc is None:
+            await self.commit()
+        else:
+            await self.release(_signal_of(exc, None))
+
+
+class _Attempts:
+    """The bookkeeping of `run`: providers tried, skips seen once each, attempts left."""
+
+    def __init__(self, core: RouteCore, retries: int | None) -> None:
+        self.core = core
+        self.tried: set[str] = set()
+        self.skipped: list[Skip] = []
+        self._seen: set[tuple[str, str]] = set()
+        self.left = len(core.providers) if retries is None else retries + 1
+
+    def add(self, skips: Iterable[Skip]) -> None:
+        for skip in skips:
+            if (skip.provider, skip.reason) not in self._seen:
+                self._seen.add((skip.provider, skip.reason))
+                self.skipped.append(skip)
+
+    def failed(self, provider: str, signal: Signal, exc: BaseException) -> bool:
+        """Record a failed call; True if another attempt may follow."""
+        self.tried.add(provider)
+        detail = f"{signal.kind}: {exc}"
+        self.add([Skip(provider, "failed", signal.retry_after, detail)])
+        self.core.log_skip(self.skipped[-1])
+        self.left -= 1
+        return self.left > 0
+
+    def none_left(self, exc: NoProviderAvailable | None = None) -> NoProviderAvailable:
+        if exc is not None:
+            self.add(exc.skipped)
+        return NoProviderAvailable(self.core.name, tuple(self.skipped))
+
+
+class Route:
+    """A route of the policy, for threads; get one with `Tollway.route`."""
+
+    def __init__(
+        self,
+        tollway: Tollway,
+        name: str,
+        *,
+        on_threshold: AlertSink | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._tw = tollway
+        self.core = RouteCore(tollway.engine, name, on_threshold=on_threshold, rng=rng)
+
+    @property
+    def name(self) -> str:
+        return self.core.name
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self.core.route.providers
+
+    def call(
+        self, cost: int | None = None, *, amount: Decimal | None = None, exclude: Iterable[str] = ()
+    ) -> Call:
+        """Reserve ``cost`` units (default 1) on the first provider, in the route's order,
+        whose health gates and limits all have room; `NoProviderAvailable` if none has."""
+        core, engine = self.core, self._tw.engine
+        skipped: list[Skip] = []
+        excluded = set(exclude)
+        for provider in core.order():
+            if provider in excluded:
+                continue
+            reservation = self._tw._reserve(
+                lambda p=provider: engine.provider(p, cost, amount, RESERVE)  # type: ignore[misc]
+            )
+            decision = reservation.decision
+            if decision.allowed:
+                core.alerts(provider, decision)
+                return Call(self, provider, reservation, tuple(skipped), core.is_probe(decision))
+            skip = core.skip_for(provider, decision)
+            core.log_skip(skip)
+            skipped.append(skip)
+        raise NoProviderAvailable(core.name, tuple(skipped))
+
+    def run(
+        self,
+        fn: Callable[[str], T],
+        *,
+        cost: int | None = None,
+        amount: Decimal | None = None,
+        retries: int | None = None,
+        classify: Classify | None = None,
+    ) -> Outcome:
+        """Call ``fn(provider)`` on the first provider that can take it; when it raises a
+        provider failure (a `ProviderCallError`, or what ``classify`` maps to a `Signal`),
+        release, record the signal, and try the next provider, up to ``retries`` more times
+        (default: each provider once). Other exceptions release and propagate."""
+        attempts = _Attempts(self.core, retries)
+        while True:
+            try:
+                call = self.call(cost, amount=amount, exclude=attempts.tried)
+            except NoProviderAvailable as exc:
+                raise attempts.none_left(exc) from None
+            attempts.add(call.skipped)
+            try:
+                value = fn(call.provider)
+            except Exception as exc:
+                signal = _signal_of(exc, classify)
+                call.release(signal)
+                if signal is None:
+                    raise
+                if not attempts.failed(call.provider, signal, exc):
+                    raise attempts.none_left() from exc
+                continue
+            decision = call.commit()
+            return Outcome(value, call.provider, tuple(attempts.skipped), decision)
+
+    def status(self) -> dict[str, Decision]:
+        """Where each provider stands now (its gates and limits), consuming nothing."""
+        out = {}
+        for provider in self.providers:
+            out[provider] = self._tw._decide(
+                lambda p=provider: self._tw.engine.provider(p, None, None, PEEK)  # type: ignore[misc]
+            )
+        return out
+
+    def clear(self, provider: str) -> None:
+        """Open every health gate of ``provider`` (after fixing its key, say)."""
+        self.core.check_provider(provider)
+        self._tw.store.health(HealthOp(provider_subject(provider), CLEAR))
+
+    def _report(self, provider: str, signal: Signal, decision: Decision, probe: bool) -> None:
+        for op in self.core.health_ops(provider, signal, decision, probe):
+            try:
+                self._tw.store.health(op)
+            except StoreError as exc:  # health is advice; the call itself is already settled
+                logger.warning(
+                    "route %s: could not record %s for %s: %s", self.name, op.op, provider, exc
+                )
+
+
+class AsyncRoute:
+    """A route of the policy, for asyncio; get one with `AsyncTollway.route`."""
+
+    def __init__(
+        self,
+        tollway: AsyncTollway,
+        name: str,
+        *,
+        on_threshold: AlertSink | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._tw = tollway
+        self.core = RouteCore(tollway.engine, name, on_threshold=on_threshold, rng=rng)
+
+    @property
+    def name(self) -> str:
+        return self.core.name
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self.core.route.providers
+
+    async def call(
+        self, cost: int | None = None, *, amount: Decimal | None = None, exclude: Iterable[str] = ()
+    ) -> AsyncCall:
+        core, engine = self.core, self._tw.engine
+        skipped: list[Skip] = []
+        excluded = set(exclude)
+        for provider in core.order():
+            if provider in excluded:
+                continue
+            reservation = await self._tw._reserve(
+                lambda p=provider: engine.provider(p, cost, amount, RESERVE)  # type: ignore[misc]
+            )
+            decision = reservation.decision
+            if decision.allowed:
+                core.alerts(provider, decision)
+                return AsyncCall(
+                    self, provider, reservation, tuple(skipped), core.is_probe(decision)
+                )
+            skip = core.skip_for(provider, decision)
+            core.log_skip(skip)
+            skipped.append(skip)
+        raise NoProviderAvailable(core.name, tuple(skipped))
+
+    async def run(
+        self,
+        fn: Callable[[str], Awaitable[T]],
+        *,
+        cost: int | None = None,
+        amount: Decimal | None = None,
+        retries: int | None = None,
+        classify: Classify | None = None,
+    ) -> Outcome:
+        attempts = _Attempts(self.core, retries)
+        while True:
+            try:
+                call = await self.call(cost, amount=amount, exclude=attempts.tried)
+            except NoProviderAvailable as exc:
+                raise attempts.none_left(exc) from None
+            attempts.add(call.skipped)
+            try:
+                value = await fn(call.provider)
+            except Exception as exc:
+                signal = _signal_of(exc, classify)
+                await call.release(signal)
+                if signal is None:
+                    raise
+                if not attempts.failed(call.provider, signal, exc):
+                    raise attempts.none_left() from exc
+                continue
+            decision = await call.commit()
+            return Outcome(value, call.provider, tuple(attempts.skipped), decision)
+
+    async def status(self) -> dict[str, Decision]:
+        out = {}
+        for provider in self.providers:
+            out[provider] = await self._tw._decide(
+                lambda p=provider: self._tw.engine.provider(p, None, None, PEEK)  # type: ignore[misc]
+            )
+        return out
+
+    async def clear(self, provider: str) -> None:
+        self.core.check_provider(provider)
+        await self._tw.store.health(HealthOp(provider_subject(provider), CLEAR))
+
+    async def _report(self, provider: str, signal: Signal, decision: Decision, probe: bool) -> None:
+        for op in self.core.health_ops(provider, signal, decision, probe):
+            try:
+                await self._tw.store.health(op)
+            except StoreError as exc:
+                logger.warning(
+                    "route %s: could not record %s for %s: %s", self.name, op.op, provider, exc
+                )
