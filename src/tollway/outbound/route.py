@@ -227,9 +227,7 @@ class RouteCore:
         now = self.now_us()
         if signal.reset_at is not None and signal.reset_at * US > now:
             return round(signal.reset_at * US)
-        ends = [
-            rule.window(now)[1] for rule in self.checks[provider].rules if rule.kind == WINDOW
-        ]
+        ends = [rule.window(now)[1] for rule in self.checks[provider].rules if rule.kind == WINDOW]
         if ends:
             return min(ends)
         return window_at("day", self.providers[provider].timezone, None, now)[1]
