@@ -520,3 +520,51 @@ async def test_async_redis_route(redis_client: Any, redis_url: str) -> None:
             await route.call()
         status = await route.status()
         assert status["google"].limit("budget").used == Decimal("0.020")
+
+
+# -- a call left unsettled (its process died) stays counted ------------------------------------
+
+
+def test_an_unsettled_provider_hold_stays_counted_when_it_expires(
+    tw: Tollway, clock: FakeClock
+) -> None:
+    route = tw.route("geocoding")
+    served(route, 3)
+    lost = route.call()  # google, never settled: the call may have been billed
+    assert lost.provider == "google"
+    clock.advance(61)  # past hold_ttl_ms (60 s)
+    status = route.status()["google"]
+    assert status.limit("daily").used == 1
+    assert status.limit("budget").used == Decimal("0.005")
+    lost.commit()  # a late commit does not count it twice
+    assert route.status()["google"].limit("daily").used == 1
+    late = route.call()
+    clock.advance(61)
+    late.release()  # a late release gives it back
+    assert route.status()["google"].limit("daily").used == 1
+
+
+def test_redis_unsettled_provider_hold_stays_counted(store_url: str) -> None:
+    import redis as redis_py
+    import redis.cluster
+
+    with Tollway(policy(), store_url) as tw:
+        route = tw.route("geocoding")
+        lost = route.call()
+        assert lost.provider == "opencage"
+        # Age the hold instead of waiting for it: what the step's sweep reads is the holds'
+        # sorted set and the subject's earliest-expiry mark.
+        client: Any = (
+            redis.cluster.RedisCluster.from_url(store_url.replace("redis+cluster", "redis"))
+            if "cluster" in store_url
+            else redis_py.Redis.from_url(store_url)
+        )
+        key = "tw:{@provider:opencage}"
+        client.zadd(f"{key}:holds", {lost._reservation.id: 1})
+        client.hset(key, "hx", 1)
+        with route.call() as call:  # this step sweeps the expired hold
+            assert call.provider == "opencage"
+        assert route.status()["opencage"].limit("daily").used == 2
+        lost.commit()
+        assert route.status()["opencage"].limit("daily").used == 2
+        client.close()

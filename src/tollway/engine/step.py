@@ -53,6 +53,7 @@ class Step:
         "costs",
         "hold_id",
         "hold_ttl_us",
+        "keep",
         "mode",
         "packed",
         "plan",
@@ -95,6 +96,9 @@ class Step:
         """When the windows hold: a store whose clock is outside says the step is stale."""
         self.hold_id = ""
         self.hold_ttl_us = 0
+        self.keep = False
+        """A reservation whose hold, if never settled, stays counted when it expires (a
+        provider call that may have been billed) instead of being given back."""
 
     @property
     def operation(self) -> str:
@@ -308,6 +312,7 @@ class Engine:
         step.packed = span[3]
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
+            step.keep = True
         return step
 
     def peek(self, subject: str) -> Step:

@@ -22,6 +22,8 @@ class Hold:
     entries: tuple[tuple[str, bool, int, int, int], ...]
     """Per rule of the step: (field, is a rate, amount held, window start, window end); the
     amount is 0 for a shadow rule that did not fit, start and end are 0 for a rate."""
+    keep: bool = False
+    """When it expires unsettled, the held amounts stay counted (see `Step.keep`)."""
 
 
 def _amount(rule: Rule, cost: int) -> int:
@@ -43,7 +45,7 @@ def hold_of(step: Step, misfits: int, expires_us: int) -> Hold:
             zip(step.rules, step.windows, step.costs, strict=True)
         )
     )
-    return Hold(step.hold_id, step.subject, expires_us, entries)
+    return Hold(step.hold_id, step.subject, expires_us, entries, step.keep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,8 @@ class SettleStep:
 def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> SettleStep:
     """Commit ``actual_costs`` (per rule, in the rule's unit), or release when None."""
     if actual_costs is None:
-        return SettleStep(hold, [-entry[2] for entry in hold.entries], [0] * len(hold.entries))
+        give_back = [-entry[2] for entry in hold.entries]
+        return SettleStep(hold, give_back, give_back if hold.keep else [0] * len(hold.entries))
     actual = [
         0
         if (entry[2] == 0 and rule.shadow) or rule.kind == GATE
@@ -66,4 +69,5 @@ def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> Settl
         for rule, cost, entry in zip(step.rules, actual_costs, hold.entries, strict=True)
     ]
     deltas = [a - entry[2] for a, entry in zip(actual, hold.entries, strict=True)]
-    return SettleStep(hold, deltas, actual)
+    # A kept hold was never given back: settling it late is settling it live.
+    return SettleStep(hold, deltas, deltas if hold.keep else actual)
