@@ -261,11 +261,14 @@ class Route:
         amount: Decimal | None = None,
         retries: int | None = None,
         classify: Classify | None = None,
+        signal_of: Callable[[T], Signal | None] | None = None,
     ) -> Outcome:
         """Call ``fn(provider)`` on the first provider that can take it; when it raises a
         provider failure (a `ProviderCallError`, or what ``classify`` maps to a `Signal`),
         release, record the signal, and try the next provider, up to ``retries`` more times
-        (default: each provider once). Other exceptions release and propagate."""
+        (default: each provider once). Other exceptions release and propagate.
+        ``signal_of(value)`` may say what a successful answer tells of the provider (say,
+        how many calls it has left); the call is committed with it."""
         attempts = _Attempts(self.core, retries)
         while True:
             try:
@@ -283,7 +286,7 @@ class Route:
                 if not attempts.failed(call.provider, signal, exc):
                     raise attempts.none_left() from exc
                 continue
-            decision = call.commit()
+            decision = call.commit(signal=signal_of(value) if signal_of else None)
             return Outcome(value, call.provider, tuple(attempts.skipped), decision)
 
     def status(self) -> dict[str, Decision]:
@@ -363,6 +366,7 @@ class AsyncRoute:
         amount: Decimal | None = None,
         retries: int | None = None,
         classify: Classify | None = None,
+        signal_of: Callable[[T], Signal | None] | None = None,
     ) -> Outcome:
         attempts = _Attempts(self.core, retries)
         while True:
@@ -381,7 +385,7 @@ class AsyncRoute:
                 if not attempts.failed(call.provider, signal, exc):
                     raise attempts.none_left() from exc
                 continue
-            decision = await call.commit()
+            decision = await call.commit(signal=signal_of(value) if signal_of else None)
             return Outcome(value, call.provider, tuple(attempts.skipped), decision)
 
     async def status(self) -> dict[str, Decision]:

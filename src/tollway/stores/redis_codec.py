@@ -56,10 +56,8 @@ def state_key(subject: str) -> str:
 def step_call(step: Step, deadline_us: int) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the step script: the step's figures and rules in one JSON array (the
     rules part is cached per check and window), the expected plan, and a hold id."""
-    spec = (
-        f"[{KEEP if step.keep else step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us}"
-        f"{step.packed}]"
-    )
+    mode = KEEP if step.keep else step.mode
+    spec = f"[{mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us}{step.packed}]"
     if step.hold_id:
         return [state_key(step.subject)], [spec, step.assigned or "", step.hold_id]
     return [state_key(step.subject)], [spec, step.assigned or ""]

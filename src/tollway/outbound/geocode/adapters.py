@@ -1,0 +1,501 @@
+"""Geocoding adapters over geopy: one call in, a `GeocodeResult` and a `Signal` out.
+
+``make_adapter("opencage", api_key=...)`` wraps the real geopy class (``GoogleV3``,
+``HereV7``, ``OpenCage``, ``Nominatim``, ``MapBox``); ``lookup(query)`` returns an `Answer`
+(the result, or None when the provider found nothing, plus the call's `Signal`) or raises
+`ProviderCallError` carrying the failure's signal.
+
+geopy keeps neither the page nor the response headers, which carry what the signal needs
+(OpenCage's ``rate`` block, ``X-RateLimit-*``, ``Retry-After`` on a HERE 429, Google's
+``status``). `_RecordingAdapter`, a geopy ``URLLibAdapter``, records them per thread: a call
+runs start to end on one thread (``ageocode`` runs it in a worker thread), so one geocoder can
+serve many threads at once.
+
+What feeds ``confidence`` / ``accuracy`` in the `GeocodeResult`, per provider:
+
+========= ===================================== ==========================================
+kind      confidence                            accuracy
+========= ===================================== ==========================================
+google    None (Google gives no score)          ``geometry.location_type`` (``ROOFTOP``...)
+here      ``scoring.queryScore`` (0-1)          ``resultType`` (``houseNumber``...)
+opencage  ``confidence`` (0-10; 10 is < 250 m)  ``components._type`` (``building``...)
+nominatim ``importance`` (0-1)                  ``addresstype``, else ``type``
+mapbox    ``relevance`` (0-1)                   ``place_type[0]`` (``address``, ``place``...)
+========= ===================================== ==========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from geopy.adapters import AdapterHTTPError, URLLibAdapter  # type: ignore[import-untyped]
+from geopy.exc import (  # type: ignore[import-untyped]
+    GeocoderAuthenticationFailure,
+    GeocoderInsufficientPrivileges,
+    GeocoderQuotaExceeded,
+    GeocoderRateLimited,
+    GeocoderTimedOut,
+    GeopyError,
+)
+from geopy.geocoders import (  # type: ignore[import-untyped]
+    GoogleV3,
+    HereV7,
+    MapBox,
+    Nominatim,
+    OpenCage,
+)
+
+from tollway.errors import ConfigurationError, InvalidArgumentError
+from tollway.outbound.geocode.result import GeocodeResult
+from tollway.outbound.signals import ProviderCallError, Signal, parse_retry_after
+
+__all__ = [
+    "ADAPTER_KINDS",
+    "Answer",
+    "GeocodeAdapter",
+    "RateInfo",
+    "make_adapter",
+    "read_rate_headers",
+]
+
+ADAPTER_KINDS: tuple[str, ...] = ("google", "here", "opencage", "nominatim", "mapbox")
+
+# Where each provider answers when no domain is given (HERE: the full geocode host; geopy's
+# own HereV7 ``domain`` is a base that it prefixes with "geocode.").
+_DEFAULT_DOMAINS = {
+    "google": "maps.googleapis.com",
+    "here": "geocode.search.hereapi.com",
+    "opencage": "api.opencagedata.com",
+    "nominatim": "nominatim.openstreetmap.org",
+    "mapbox": "api.mapbox.com",
+}
+_DETAIL_MAX = 200  # characters of a provider's message kept in a signal's detail
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One call's outcome: the best match (None: the provider found nothing, still a billed
+    call) and what the answer says about the provider."""
+
+    result: GeocodeResult | None
+    signal: Signal
+
+
+class RateInfo(NamedTuple):
+    remaining: int | None
+    reset_at: float | None
+    """Seconds since the epoch."""
+
+
+def read_rate_headers(headers: Mapping[str, str], now: float | None = None) -> RateInfo:
+    """``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (also the ``X-Rate-Limit-*`` and
+    ``RateLimit-*`` spellings). A reset below 10**9 is a delay in seconds (the IETF RateLimit
+    draft's form), above it a Unix time (OpenCage's, Mapbox's)."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    remaining = _first_number(lowered, "remaining")
+    reset = _first_number(lowered, "reset")
+    if reset is not None and reset < 1e9:
+        reset += time.time() if now is None else now
+    return RateInfo(None if remaining is None else max(0, int(remaining)), reset)
+
+
+def _first_number(headers: Mapping[str, str], what: str) -> float | None:
+    for prefix in ("x-ratelimit-", "x-rate-limit-", "ratelimit-"):
+        value = headers.get(prefix + what)
+        if value is None:
+            continue
+        try:
+            number = float(value.strip())
+        except ValueError:
+            continue
+        if math.isfinite(number) and number >= 0:
+            return number
+    return None
+
+
+@dataclass
+class _Exchange:
+    """What one call received: filled in by `_RecordingAdapter` on the calling thread."""
+
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    page: Any = None
+    """The parsed JSON of a 2xx answer."""
+    text: str | None = None
+    """The body of an error answer."""
+
+
+class _RecordingAdapter(URLLibAdapter):  # type: ignore[misc]
+    """geopy's urllib adapter, keeping each call's status, headers and page per thread.
+    (urllib, so neither ``requests`` nor ``aiohttp`` is needed.)"""
+
+    def __init__(self, *, proxies: Any, ssl_context: Any) -> None:
+        super().__init__(proxies=proxies, ssl_context=ssl_context)
+        self._local = threading.local()
+        # Wrap the opener geopy built: successful answers' status and headers pass there.
+        self._open: Callable[..., Any] = getattr(self, "urlopen")  # noqa: B009 (untyped base)
+        self.urlopen = self._recording_open
+
+    def begin(self) -> _Exchange:
+        exchange = _Exchange()
+        self._local.exchange = exchange
+        return exchange
+
+    def _exchange(self) -> _Exchange | None:
+        exchange: _Exchange | None = getattr(self._local, "exchange", None)
+        return exchange
+
+    def _recording_open(self, request: Any, timeout: Any = None) -> Any:
+        response = self._open(request, timeout=timeout)  # HTTP errors: recorded in get_text
+        exchange = self._exchange()
+        if exchange is not None:
+            exchange.status = response.getcode()
+            exchange.headers = {name.lower(): value for name, value in response.headers.items()}
+        return response
+
+    def get_text(self, url: str, *, timeout: Any, headers: Any) -> str:
+        try:
+            text: str = super().get_text(url, timeout=timeout, headers=headers)
+        except AdapterHTTPError as error:
+            exchange = self._exchange()
+            if exchange is not None:
+                exchange.status = error.status_code
+                exchange.headers = {k.lower(): v for k, v in (error.headers or {}).items()}
+                exchange.text = error.text
+            raise
+        return text
+
+    def get_json(self, url: str, *, timeout: Any, headers: Any) -> Any:
+        page = super().get_json(url, timeout=timeout, headers=headers)
+        exchange = self._exchange()
+        if exchange is not None:
+            exchange.page = page
+        return page
+
+
+class GeocodeAdapter:
+    """One provider behind a geopy geocoder. Build it with `make_adapter`. Thread-safe."""
+
+    def __init__(
+        self,
+        kind: str,
+        provider: str,
+        geocoder: Any,
+        http: _RecordingAdapter,
+        stores_results: bool,
+    ) -> None:
+        self.kind = kind
+        self.provider = provider
+        """The provider's name in the tollway policy."""
+        self.stores_results = stores_results
+        """Whether results may be cached (Mapbox's temporary geocoding forbids it)."""
+        self._geocoder = geocoder
+        self._http = http
+
+    def __repr__(self) -> str:
+        return f"GeocodeAdapter({self.kind!r}, provider={self.provider!r})"
+
+    def lookup(self, query: str) -> Answer:
+        """Geocode ``query``: the best match and an ok signal, or `ProviderCallError`."""
+        _check_query(query)
+        exchange = self._http.begin()
+        try:
+            location = self._geocoder.geocode(query, exactly_one=True)
+            result = None if location is None else self._normalize(query, location)
+        except GeopyError as error:
+            raise self._failure(self._signal_for(error, exchange)) from error
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            # JSON, but not the provider's shape: as unreadable as garbage.
+            signal = Signal.error(_clip(f"unexpected answer: {error!r}"))
+            raise self._failure(signal) from error
+        return Answer(result, self._ok_signal(exchange))
+
+    async def alookup(self, query: str) -> Answer:
+        """`lookup` in a worker thread."""
+        _check_query(query)
+        return await asyncio.to_thread(self.lookup, query)
+
+    def geocode(self, query: str) -> GeocodeResult | None:
+        return self.lookup(query).result
+
+    async def ageocode(self, query: str) -> GeocodeResult | None:
+        return (await self.alookup(query)).result
+
+    # ---------------------------------------------------------------- answers
+
+    def _normalize(self, query: str, location: Any) -> GeocodeResult:
+        raw: dict[str, Any] = dict(location.raw)
+        confidence = _CONFIDENCE[self.kind](raw)
+        accuracy = _ACCURACY[self.kind](raw)
+        return GeocodeResult(
+            query=query,
+            provider=self.provider,
+            formatted_address=str(location.address or ""),
+            lat=float(location.latitude),
+            lon=float(location.longitude),
+            confidence=None if confidence is None else float(confidence),
+            accuracy=None if accuracy is None else str(accuracy),
+            raw=raw,
+        )
+
+    def _ok_signal(self, exchange: _Exchange) -> Signal:
+        remaining, reset_at = _rate_block(exchange.page)
+        if remaining is None:
+            remaining, reset_at = read_rate_headers(exchange.headers)
+        # A reset time without a count says nothing about what is left.
+        return Signal.ok(remaining=remaining, reset_at=reset_at if remaining is not None else None)
+
+    def _failure(self, signal: Signal) -> ProviderCallError:
+        return ProviderCallError(self.provider, signal)
+
+    def _signal_for(self, error: Exception, exchange: _Exchange) -> Signal:
+        if self.kind == "google" and isinstance(exchange.page, dict):
+            return _google_signal(exchange.page, exchange.headers)
+        body = _json_or_none(exchange.text)
+        message = _message_of(body) or (exchange.text or "").strip() or str(error)
+        detail = _clip(f"HTTP {exchange.status}: {message}" if exchange.status else message)
+        if self.kind == "here" and exchange.status in (429, 503) and "quota" in message.lower():
+            # HERE answers both "too fast" and "quota used up" with 429 (or 503); only the
+            # message tells them apart: docs.here.com/policies/docs/limits-and-quotas ("a
+            # message that the account has exceeded the quota"); the plain rate limit says
+            # "Rate limit for this service has been reached".
+            return Signal.exhausted(detail, reset_at=read_rate_headers(exchange.headers).reset_at)
+        if isinstance(error, GeocoderRateLimited):  # before its base, GeocoderQuotaExceeded
+            return Signal.throttled(_retry_after(error.retry_after, exchange.headers), detail)
+        if isinstance(error, GeocoderQuotaExceeded):
+            _, reset_at = _rate_block(body)
+            if reset_at is None:
+                reset_at = read_rate_headers(exchange.headers).reset_at
+            return Signal.exhausted(detail, reset_at=reset_at)
+        if isinstance(error, (GeocoderAuthenticationFailure, GeocoderInsufficientPrivileges)):
+            return Signal.blocked(detail)
+        if isinstance(error, GeocoderTimedOut) and exchange.status is None:
+            return Signal.error(_clip(f"timeout: {error}"))
+        # GeocoderServiceError, GeocoderUnavailable, GeocoderParseError (garbage), 5xx...
+        return Signal.error(detail)
+
+
+def _google_signal(page: Mapping[str, Any], headers: Mapping[str, str]) -> Signal:
+    """Google answers its errors with HTTP 200 and a ``status``; geopy turns REQUEST_DENIED
+    into a query error, so read the status itself."""
+    status = str(page.get("status"))
+    message = page.get("error_message")
+    detail = _clip(f"{status}: {message}" if message else status)
+    if status == "OVER_DAILY_LIMIT":
+        return Signal.exhausted(detail)
+    if status == "OVER_QUERY_LIMIT":
+        # Google uses it for "too fast" (its per-minute quota) as well as "over your quota".
+        # With a Retry-After it is a pace to keep; without one, the contract's reading:
+        # out of quota until the window resets.
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        if retry_after is not None:
+            return Signal.throttled(retry_after, detail)
+        return Signal.exhausted(detail)
+    if status == "REQUEST_DENIED":
+        return Signal.blocked(detail)
+    return Signal.error(detail)  # INVALID_REQUEST, UNKNOWN_ERROR, anything undocumented
+
+
+def _retry_after(from_geopy: float | None, headers: Mapping[str, str]) -> float | None:
+    """geopy's reading of Retry-After; else ours (geopy's HereV7 drops it); else the end of
+    the rate window (Mapbox sends X-Rate-Limit-Reset, no Retry-After)."""
+    if from_geopy is not None:
+        return max(0.0, float(from_geopy))
+    parsed = parse_retry_after(headers.get("retry-after"))
+    if parsed is not None:
+        return parsed
+    reset_at = read_rate_headers(headers).reset_at
+    return None if reset_at is None else max(0.0, reset_at - time.time())
+
+
+def _rate_block(page: Any) -> RateInfo:
+    """OpenCage's ``rate {limit, remaining, reset}`` (free-trial accounts only)."""
+    rate = page.get("rate") if isinstance(page, dict) else None
+    if not isinstance(rate, dict):
+        return RateInfo(None, None)
+    remaining, reset = rate.get("remaining"), rate.get("reset")
+    return RateInfo(
+        max(0, remaining) if isinstance(remaining, int) else None,
+        float(reset) if isinstance(reset, (int, float)) else None,
+    )
+
+
+def _message_of(body: Any) -> str:
+    """The provider's own words in an error body."""
+    if not isinstance(body, dict):
+        return ""
+    status = body.get("status")
+    if isinstance(status, dict) and status.get("message"):  # OpenCage
+        return str(status["message"])
+    error = body.get("error")
+    if isinstance(error, dict) and error.get("message"):  # Nominatim
+        return str(error["message"])
+    for key in ("title", "error_description", "message", "error_message", "error"):
+        if body.get(key):  # HERE API / HERE gateway / Mapbox / Google / Nominatim (old)
+            return str(body[key])
+    return ""
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 1] + "…"
+
+
+def _dig(raw: Mapping[str, Any], *path: str) -> Any:
+    value: Any = raw
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _first_place_type(raw: Mapping[str, Any]) -> Any:
+    types = raw.get("place_type")
+    return types[0] if isinstance(types, list) and types else None
+
+
+_CONFIDENCE: dict[str, Callable[[Mapping[str, Any]], float | None]] = {
+    "google": lambda raw: None,
+    "here": lambda raw: _number(_dig(raw, "scoring", "queryScore")),
+    "opencage": lambda raw: _number(raw.get("confidence")),
+    "nominatim": lambda raw: _number(raw.get("importance")),
+    "mapbox": lambda raw: _number(raw.get("relevance")),
+}
+_ACCURACY: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "google": lambda raw: _dig(raw, "geometry", "location_type"),
+    "here": lambda raw: raw.get("resultType"),
+    "opencage": lambda raw: _dig(raw, "components", "_type"),
+    "nominatim": lambda raw: raw.get("addresstype") or raw.get("type"),
+    "mapbox": _first_place_type,
+}
+
+
+def _check_query(query: object) -> None:
+    if not isinstance(query, str):
+        raise InvalidArgumentError(
+            f"query: {query!r} ({type(query).__name__}); expected a non-empty string"
+        )
+    if not query.strip():
+        raise InvalidArgumentError(f"query: {query!r}; expected a non-empty string")
+
+
+def make_adapter(
+    kind: str,
+    *,
+    provider: str | None = None,
+    api_key: str | None = None,
+    domain: str | None = None,
+    scheme: str = "https",
+    timeout: float = 10.0,
+    user_agent: str = "tollway",
+    stores_results: bool | None = None,
+) -> GeocodeAdapter:
+    """A `GeocodeAdapter` for ``kind`` (one of `ADAPTER_KINDS`).
+
+    ``provider``: the provider's name in the policy (default: ``kind``). ``api_key``: required
+    except for nominatim. ``domain``: the host (and port) requests go to, for every kind,
+    e.g. a stub's ``127.0.0.1:PORT``; default: the provider's own. ``stores_results``: whether
+    results may be cached (default False for mapbox, whose temporary geocoding forbids
+    storing them, True otherwise).
+    """
+    if kind not in ADAPTER_KINDS:
+        raise ConfigurationError(f"kind: {kind!r}; expected one of {', '.join(ADAPTER_KINDS)}")
+    if provider is None:
+        provider = kind
+    _check_text("provider", provider, "the provider's name in the policy")
+    if kind != "nominatim":
+        _check_text("api_key", api_key, f"the {kind} API key (a non-empty string)")
+    elif api_key is not None:
+        _check_text("api_key", api_key, "None (nominatim takes no key) or a string")
+    if domain is not None:
+        _check_text("domain", domain, "a host[:port] such as 'api.opencagedata.com'")
+        if "://" in domain or "/" in domain.strip("/"):
+            raise ConfigurationError(
+                f"domain: {domain!r}; expected a host[:port] without a scheme or a path "
+                "(pass the scheme as scheme=)"
+            )
+        domain = domain.strip("/")
+    if scheme not in ("http", "https"):
+        raise ConfigurationError(f"scheme: {scheme!r}; expected 'https' or 'http'")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < float("inf")
+    ):
+        raise ConfigurationError(f"timeout: {timeout!r}; expected seconds > 0")
+    _check_text("user_agent", user_agent, "a non-empty User-Agent string")
+    if stores_results is None:
+        stores_results = kind != "mapbox"
+    elif not isinstance(stores_results, bool):
+        raise ConfigurationError(f"stores_results: {stores_results!r}; expected True or False")
+
+    host = domain or _DEFAULT_DOMAINS[kind]
+    http_holder: list[_RecordingAdapter] = []
+
+    def factory(*, proxies: Any, ssl_context: Any) -> _RecordingAdapter:
+        http = _RecordingAdapter(proxies=proxies, ssl_context=ssl_context)
+        http_holder.append(http)
+        return http
+
+    common: dict[str, Any] = {
+        "scheme": scheme,
+        "timeout": float(timeout),
+        "user_agent": user_agent,
+        "adapter_factory": factory,
+    }
+    if _is_loopback(host):
+        common["proxies"] = {}  # a proxy cannot reach this machine's loopback
+    if kind == "google":
+        geocoder = GoogleV3(api_key=api_key, domain=host, **common)
+    elif kind == "here":
+        geocoder = HereV7(api_key, **common)
+        geocoder.api = f"{scheme}://{host}{HereV7.geocode_path}"
+    elif kind == "opencage":
+        geocoder = OpenCage(api_key, domain=host, **common)
+    elif kind == "nominatim":
+        geocoder = Nominatim(domain=host, **common)
+    else:
+        geocoder = MapBox(api_key, domain=host, **common)
+    return GeocodeAdapter(kind, provider, geocoder, http_holder[0], stores_results)
+
+
+def _check_text(name: str, value: object, expected: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{name}: {value!r}; expected {expected}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.startswith("["):  # [::1]:8080
+        name = host[1:].split("]", 1)[0]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,214 @@
+"""A CSV of addresses through a `Geocoder`: resumable, never fatal for a bad row, with a spend
+report per provider. The engine of ``tollway geocode``.
+
+Resuming needs no state of its own: every answer bought is in the result cache (the
+geocoder's SQLite file), so a second run over the same input calls nobody for the rows
+already done, and an address in flight when a run was killed is reported, not paid again.
+The output file is written whole at the end (to a temporary file, then renamed), so it is
+never half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+from tollway.errors import ConfigurationError
+from tollway.money import micros_to_decimal
+from tollway.outbound.geocode.geocoder import GeocodeOutcome, Geocoder
+
+__all__ = [
+    "OUTPUT_COLUMNS",
+    "BatchReport",
+    "ProviderSpend",
+    "geocode_csv",
+    "read_addresses",
+]
+
+OUTPUT_COLUMNS = (
+    "lat",
+    "lon",
+    "formatted_address",
+    "confidence",
+    "accuracy",
+    "provider",
+    "cached",
+    "status",
+    "error",
+)
+MAX_FIELD = 64 * 1024  # characters in one CSV field; longer is a bad file, not an address
+
+
+@dataclass
+class ProviderSpend:
+    """One provider over one run."""
+
+    provider: str
+    calls: int = 0
+    """Calls paid in this run."""
+    cost: Decimal = Decimal(0)
+    currency: str | None = None
+    left: dict[str, str] = field(default_factory=dict)
+    """Per quota or budget limit, what is left now (``"2,431 calls"``, ``"12.50 USD"``)."""
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Times a call went past this provider, by reason."""
+
+
+@dataclass
+class BatchReport:
+    rows: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    cached: int = 0
+    providers: dict[str, ProviderSpend] = field(default_factory=dict)
+    bad_rows: list[tuple[int, str]] = field(default_factory=list)
+    """(line number in the input, why) for every row not geocoded."""
+
+    @property
+    def failovers(self) -> int:
+        return sum(sum(p.skipped.values()) for p in self.providers.values())
+
+
+def read_addresses(
+    path: str | os.PathLike[str], column: str
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a CSV file; `ConfigurationError` naming the file and what is
+    wrong when it cannot be read as one (empty, no such column, not UTF-8, a runaway field)."""
+    where = str(path)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            sample = handle.read(MAX_FIELD)
+            handle.seek(0)
+            if not sample.strip():
+                raise ConfigurationError(
+                    f"{where}: the file is empty; expected a CSV with a header"
+                )
+            csv.field_size_limit(MAX_FIELD)
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            if column not in header:
+                raise ConfigurationError(
+                    f"{where}: no column {column!r}; expected one of "
+                    f"{', '.join(repr(h) for h in header) or 'none'} (choose it with --column)"
+                )
+            rows = []
+            for row in reader:
+                rows.append({k: (v if isinstance(v, str) else "") for k, v in row.items() if k})
+    except FileNotFoundError:
+        raise ConfigurationError(f"{where}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{where}: not UTF-8 text (byte {exc.start}); expected a UTF-8 CSV"
+        ) from None
+    except csv.Error as exc:
+        raise ConfigurationError(f"{where}: not a readable CSV: {exc}") from None
+    return header, rows
+
+
+Progress = Callable[[int, int, Counter[str]], None]
+
+
+def geocode_csv(
+    geocoder: Geocoder,
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    column: str = "address",
+    workers: int = 4,
+    progress: Progress | None = None,
+) -> BatchReport:
+    """Geocode every row's ``column`` into ``output`` (the input's columns, then
+    `OUTPUT_COLUMNS`), ``workers`` addresses at a time."""
+    header, rows = read_addresses(source, column)
+    report = BatchReport(rows=len(rows))
+    for provider in geocoder.route.providers:
+        report.providers[provider] = ProviderSpend(provider)
+    outcomes: list[GeocodeOutcome] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        queries = (row.get(column, "") for row in rows)
+        for done, outcome in enumerate(pool.map(geocoder.geocode, queries), start=1):
+            outcomes.append(outcome)
+            _count(report, outcome)
+            if progress is not None:
+                progress(done, len(rows), report.statuses)
+    for line, outcome in zip(_lines(len(rows)), outcomes, strict=True):
+        if outcome.status not in ("ok", "no_match"):
+            report.bad_rows.append((line, f"{outcome.status}: {outcome.error}"))
+    _write(output, header, rows, outcomes)
+    _left(geocoder, report)
+    return report
+
+
+def _lines(count: int) -> Iterator[int]:
+    return iter(range(2, count + 2))  # line 1 is the header
+
+
+def _count(report: BatchReport, outcome: GeocodeOutcome) -> None:
+    report.statuses[outcome.status] += 1
+    report.cached += outcome.from_cache
+    for skip in outcome.skipped:
+        spend = report.providers.get(skip.provider)
+        if spend is not None:
+            spend.skipped[skip.reason] += 1
+    if outcome.decision is not None and outcome.provider in report.providers:
+        spend = report.providers[outcome.provider]
+        spend.calls += 1
+        if outcome.decision.amount is not None:
+            spend.cost += micros_to_decimal(outcome.decision.amount)
+
+
+def _cells(outcome: GeocodeOutcome) -> dict[str, str]:
+    result = outcome.result
+    return {
+        "lat": "" if result is None else repr(result.lat),
+        "lon": "" if result is None else repr(result.lon),
+        "formatted_address": "" if result is None else result.formatted_address,
+        "confidence": "" if result is None or result.confidence is None else str(result.confidence),
+        "accuracy": "" if result is None or result.accuracy is None else result.accuracy,
+        "provider": outcome.provider or "",
+        "cached": "yes" if outcome.from_cache else "no",
+        "status": outcome.status,
+        "error": outcome.error,
+    }
+
+
+def _write(
+    output: str | os.PathLike[str],
+    header: list[str],
+    rows: list[dict[str, str]],
+    outcomes: list[GeocodeOutcome],
+) -> None:
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    names = header + [c for c in OUTPUT_COLUMNS if c not in header]
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=names, extrasaction="ignore")
+            writer.writeheader()
+            for row, outcome in zip(rows, outcomes, strict=True):
+                writer.writerow({**row, **_cells(outcome)})
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _left(geocoder: Geocoder, report: BatchReport) -> None:
+    for provider, decision in geocoder.route.status().items():
+        spend = report.providers[provider]
+        for state in decision.limits:
+            if state.kind == "quota":
+                spend.left[state.name] = f"{int(state.remaining):,} calls"
+            elif state.kind == "budget":
+                spend.left[state.name] = f"{state.remaining} {state.currency}"
+                spend.currency = state.currency
+        price = geocoder.route.core.providers[provider].price
+        if price is not None:
+            spend.currency = spend.currency or price.currency

@@ -1,0 +1,217 @@
+"""`Geocoder`: addresses through a route of providers, each address paid for at most once.
+
+For one address: the result cache first (an answer, or a "nothing found", is never bought
+twice); then one caller per address at a time (single flight); then the route picks a
+provider with headroom on every limit, the address is marked in flight, the provider is
+called through its adapter, the answer goes into the cache, the mark is cleared and the call
+is committed with what the provider said. A provider failure releases the call (it was not
+billed), records the provider's health and fails over to the next provider.
+
+A process killed during a call leaves the mark: that address is reported ``interrupted``
+rather than called again, since the provider may have billed it (``retry_interrupted=True``
+calls it again).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from tollway.errors import ConfigurationError, NoProviderAvailable, TollwayError
+from tollway.outbound.geocode.adapters import ADAPTER_KINDS, Answer, GeocodeAdapter, make_adapter
+from tollway.outbound.geocode.cache import ResultCache
+from tollway.outbound.geocode.inflight import SingleFlight
+from tollway.outbound.geocode.pending import PendingCalls
+from tollway.outbound.geocode.result import GeocodeResult
+from tollway.outbound.route import AlertSink, Skip
+from tollway.outbound.signals import Signal
+from tollway.policy.model import Policy
+
+if TYPE_CHECKING:
+    from tollway.client import Tollway
+    from tollway.engine.decision import Decision
+
+__all__ = ["GeocodeOutcome", "Geocoder", "Status", "adapters_from_policy"]
+
+Status = Literal["ok", "no_match", "failed", "interrupted", "invalid"]
+
+
+@dataclass(frozen=True, slots=True)
+class GeocodeOutcome:
+    """What became of one address."""
+
+    query: str
+    status: Status
+    result: GeocodeResult | None = None
+    provider: str | None = None
+    """Who answered (for a cached answer: who answered back then)."""
+    from_cache: bool = False
+    skipped: tuple[Skip, ...] = ()
+    """Providers passed over for this address, and why."""
+    error: str = ""
+    decision: Decision | None = field(default=None, repr=False)
+    """The committed decision of the paid call (None when nothing was paid)."""
+
+
+def adapters_from_policy(
+    policy: Policy,
+    providers: list[str] | tuple[str, ...],
+    *,
+    env: Mapping[str, str] | None = None,
+    domains: Mapping[str, str] | None = None,
+    scheme: str | None = None,
+) -> dict[str, GeocodeAdapter]:
+    """An adapter per provider from its ``kind``, ``api_key_env``, ``domain``, ``scheme``,
+    ``timeout_ms`` and ``stores_results`` (``domains`` / ``scheme`` override, for stubs)."""
+    env = os.environ if env is None else env
+    out: dict[str, GeocodeAdapter] = {}
+    for name in providers:
+        client = policy.providers[name].client
+        where = f"providers.{name}"
+        if client.kind is None:
+            raise ConfigurationError(
+                f"{where}.kind: missing; expected the adapter to call it with, one of "
+                f"{', '.join(ADAPTER_KINDS)}"
+            )
+        if client.kind not in ADAPTER_KINDS:
+            raise ConfigurationError(
+                f"{where}.kind: {client.kind!r} is not a geocoder; expected one of "
+                f"{', '.join(ADAPTER_KINDS)}"
+            )
+        key = None
+        if client.api_key_env is not None:
+            key = env.get(client.api_key_env)
+            if not key:
+                raise ConfigurationError(
+                    f"{where}.api_key_env: the environment variable {client.api_key_env} is "
+                    "not set; expected it to hold the provider's API key"
+                )
+        elif client.kind != "nominatim":
+            raise ConfigurationError(
+                f"{where}.api_key_env: missing; expected the name of the environment variable "
+                f"that holds the {client.kind} API key"
+            )
+        out[name] = make_adapter(
+            client.kind,
+            provider=name,
+            api_key=key,
+            domain=(domains or {}).get(name, client.domain),
+            scheme=scheme or client.scheme,
+            timeout=client.timeout_ms / 1000,
+            stores_results=client.stores_results,
+        )
+    return out
+
+
+class Geocoder:
+    """Geocode through ``tw.route(route)``; thread-safe (share one across worker threads)."""
+
+    def __init__(
+        self,
+        tollway: Tollway,
+        route: str = "geocoding",
+        *,
+        adapters: Mapping[str, GeocodeAdapter] | None = None,
+        cache: ResultCache | str | os.PathLike[str] = ":memory:",
+        on_threshold: AlertSink | None = None,
+        retry_interrupted: bool = False,
+    ) -> None:
+        self.route = tollway.route(route, on_threshold=on_threshold)
+        providers = self.route.providers
+        self.adapters = (
+            dict(adapters)
+            if adapters is not None
+            else adapters_from_policy(tollway.policy, providers)
+        )
+        missing = [p for p in providers if p not in self.adapters]
+        if missing:
+            raise ConfigurationError(
+                f"adapters: no adapter for {', '.join(missing)} of route {route!r}; expected "
+                "one per provider of the route"
+            )
+        self._owns_cache = not isinstance(cache, ResultCache)
+        self.cache = cache if isinstance(cache, ResultCache) else ResultCache(cache)
+        self.pending = PendingCalls(self.cache.path)
+        self.namespace = route
+        self.retry_interrupted = retry_interrupted
+        self._flight = SingleFlight()
+
+    def geocode(self, query: str) -> GeocodeOutcome:
+        """One address. Never raises for what the providers do; bad input is ``invalid``."""
+        try:
+            key = self.cache.key(query)
+        except TollwayError as exc:
+            return GeocodeOutcome(str(query), "invalid", error=str(exc))
+        hit = self.cache.get(query, self.namespace)
+        if hit is not None:
+            return _cached(query, hit.result, hit.provider)
+        return self._flight.do(key, lambda: self._fetch(query, key))
+
+    def _fetch(self, query: str, key: str) -> GeocodeOutcome:
+        hit = self.cache.get(query, self.namespace)  # another caller may just have bought it
+        if hit is not None:
+            return _cached(query, hit.result, hit.provider)
+        interrupted = self.pending.get(self.namespace, key)
+        if interrupted is not None and not self.retry_interrupted:
+            return GeocodeOutcome(
+                query,
+                "interrupted",
+                provider=interrupted.provider,
+                error=f"a call to {interrupted.provider} was in flight when an earlier run "
+                "stopped; it may have been billed, so it is not made again (retry_interrupted)",
+            )
+
+        def call(provider: str) -> Answer:
+            adapter = self.adapters[provider]
+            self.pending.mark(self.namespace, key, provider)
+            try:
+                answer = adapter.lookup(query)
+            except BaseException:
+                self.pending.clear(self.namespace, key)  # failed: not billed
+                raise
+            self.cache.put(
+                query,
+                answer.result,
+                provider=provider,
+                namespace=self.namespace,
+                stores_results=adapter.stores_results,
+            )
+            self.pending.clear(self.namespace, key)
+            return answer
+
+        try:
+            outcome = self.route.run(call, signal_of=_signal)
+        except NoProviderAvailable as exc:
+            return GeocodeOutcome(query, "failed", skipped=exc.skipped, error=str(exc))
+        answer = outcome.value
+        assert isinstance(answer, Answer)
+        return GeocodeOutcome(
+            query,
+            "ok" if answer.result is not None else "no_match",
+            answer.result,
+            outcome.provider,
+            skipped=outcome.skipped,
+            decision=outcome.decision,
+        )
+
+    def close(self) -> None:
+        self.pending.close()
+        if self._owns_cache:
+            self.cache.close()
+
+    def __enter__(self) -> Geocoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _signal(answer: Answer) -> Signal:
+    return answer.signal
+
+
+def _cached(query: str, result: GeocodeResult | None, provider: str) -> GeocodeOutcome:
+    status: Status = "ok" if result is not None else "no_match"
+    return GeocodeOutcome(query, status, result, provider, from_cache=True)
