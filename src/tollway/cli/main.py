@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 
 from tollway import __version__
 from tollway.cli import commands, keys
+from tollway.cli import geocode as geocode_cli
 from tollway.cli.output import PROG, error
 from tollway.errors import PolicyError, StoreError, TollwayError
 
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="clear the assignment: the subject gets the default plan",
     )
     keys.register(sub, add)
+    geocode_cli.register(sub, add)
     return parser
 
 
