@@ -61,19 +61,19 @@ def register(sub: Any, add: Any) -> None:
 
 def geocode(args: argparse.Namespace) -> int:
     cache = Path(args.cache) if args.cache else Path(f"{args.output}.tollway.sqlite")
-    with open_tollway(args) as tw:
-        with Geocoder(
-            tw, args.route, cache=cache, retry_interrupted=args.retry_interrupted
-        ) as geocoder:
-            show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
-            report = geocode_csv(
-                geocoder,
-                args.input,
-                args.output,
-                column=args.column,
-                workers=max(1, args.workers),
-                progress=_bar(sys.stderr) if show else None,
-            )
+    with (
+        open_tollway(args) as tw,
+        Geocoder(tw, args.route, cache=cache, retry_interrupted=args.retry_interrupted) as geocoder,
+    ):
+        show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+        report = geocode_csv(
+            geocoder,
+            args.input,
+            args.output,
+            column=args.column,
+            workers=max(1, args.workers),
+            progress=_bar(sys.stderr) if show else None,
+        )
     if show:
         print(file=sys.stderr)
     for line in spend_report(report, args.output):
@@ -102,7 +102,8 @@ def spend_report(report: BatchReport, output: str) -> list[str]:
         f"({report.statuses['no_match']} with no match, {report.cached} from the cache), "
         f"{len(report.bad_rows)} not geocoded"
         + "".join(
-            f", {report.statuses[k]} {k}" for k in ("failed", "interrupted", "invalid")
+            f", {report.statuses[k]} {k}"
+            for k in ("failed", "interrupted", "invalid")
             if report.statuses[k]
         ),
         "",
