@@ -189,3 +189,47 @@ def test_demo_on_a_policy_file(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     err = capsys.readouterr().err
     assert err.startswith(f"tollway: error: {other}: the demo needs plans free and pro")
     assert "missing: plan 'free', plan 'pro', operation 'geocode'" in err
+
+
+# -- the geocoding part --------------------------------------------------------------------------
+
+
+def test_geocoding_demo_fails_over_within_every_budget() -> None:
+    from tollway.demo_geocoding import demo_addresses, run_geocoding_demo
+
+    demo = run_geocoding_demo()
+    report = demo.report
+    providers = [o.provider if o.status == "ok" else None for o in report.outcomes]
+    # OpenCage first; the 429 after four rows sends the next paid rows to HERE for 30 s
+    assert providers[:4] == ["opencage"] * 4
+    assert report.outcomes[4].provider == "here"
+    assert [(s.provider, s.reason) for s in report.outcomes[4].skipped] == [("opencage", "failed")]
+    assert "throttled" in report.outcomes[4].skipped[0].detail
+    assert {o.skipped[0].reason for o in report.outcomes[6:10]} == {"cooldown"}
+    # every provider ends exactly at its quota or budget, never past it
+    spend = report.providers
+    assert (spend["opencage"].calls, spend["here"].calls, spend["google"].calls) == (12, 8, 10)
+    assert spend["google"].cost == Decimal("0.050")
+    assert spend["here"].cost == Decimal("0.008")
+    assert demo.served == {"opencage": 12, "here": 8, "google": 10}  # what was billed = counted
+    # repeats come from the cache, unpaid; the rows past every budget are reported, not fatal
+    addresses = demo_addresses()
+    assert report.cached == sum(1 for i, a in enumerate(addresses) if i % 6 == 5) - 1
+    failed = [o for o in report.outcomes if o.status == "failed"]
+    assert len(failed) == len(addresses) - 12 - 8 - 10 - report.cached
+    assert {(s.provider, s.reason) for s in failed[0].skipped} == {
+        ("opencage", "daily"),
+        ("here", "daily"),
+        ("google", "budget"),
+    }
+    assert [a.threshold for a in demo.alerts] == [Decimal("0.5"), Decimal("0.8"), Decimal("1.0")]
+
+
+def test_demo_prints_the_geocoding_part(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--part", "geocoding"]) == 0
+    out = capsys.readouterr().out
+    assert 'through route "geocoding" (opencage -> here -> google)' in out
+    assert "opencage: failed (throttled: HTTP 429" in out
+    assert "opencage: daily; here: daily; google: budget" in out
+    assert "google       10  0.050 USD  budget: 0.00 USD" in out
+    assert "alert: google budget reached 100%" in out

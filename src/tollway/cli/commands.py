@@ -132,5 +132,13 @@ def demo(args: argparse.Namespace) -> int:
 
     policy = None if args.config is None else load(Path(args.config))
     name = "built in (the same as examples/tollway.toml)" if policy is None else args.config
-    print(render(simulate(args.seed, args.subjects, policy), name))
+    if args.part in ("all", "inbound"):
+        print(render(simulate(args.seed, args.subjects, policy), name))
+    if args.part in ("all", "geocoding"):
+        from tollway.cli.geocode import render_geocoding
+        from tollway.demo_geocoding import run_geocoding_demo
+
+        if args.part == "all":
+            print()
+        print(render_geocoding(run_geocoding_demo()))
     return OK

@@ -6,14 +6,17 @@ import argparse
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tollway.cli.commands import OK, open_tollway
 from tollway.cli.output import note, plural, table
 from tollway.outbound.geocode.batch import BatchReport, geocode_csv
 from tollway.outbound.geocode.geocoder import Geocoder
 
-__all__ = ["geocode", "register", "spend_report"]
+if TYPE_CHECKING:
+    from tollway.demo_geocoding import GeocodingDemo
+
+__all__ = ["geocode", "register", "render_geocoding", "spend_report"]
 
 BAR = 30
 
@@ -122,3 +125,44 @@ def spend_report(report: BatchReport, output: str) -> list[str]:
         )
     lines += table(["provider", "calls", "cost", "left", "passed over (why)"], rows, right={1})
     return lines
+
+
+def render_geocoding(demo: GeocodingDemo) -> str:
+    """The demo's geocoding part, as text: who answered which rows and why others were
+    passed over, then the spend report."""
+    from tollway.demo_geocoding import KINDS
+
+    report = demo.report
+    lines = [
+        f'Geocoding: {plural(report.rows, "address", "addresses")} through route "geocoding" '
+        f"({' -> '.join(KINDS)}), stub providers on 127.0.0.1 speaking their real formats",
+        "",
+    ]
+    runs: list[tuple[int, int, str, str]] = []
+    for number, outcome in enumerate(report.outcomes, start=1):
+        who = outcome.provider or "-"
+        if outcome.from_cache:
+            who += " (cached)"
+        if outcome.status == "failed":
+            who = "nobody"
+        why = "; ".join(
+            f"{skip.provider}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else "")
+            for skip in outcome.skipped
+        )
+        if runs and runs[-1][2:] == (who, why):
+            first, _, _, _ = runs[-1]
+            runs[-1] = (first, number, who, why)
+        else:
+            runs.append((number, number, who, why))
+    rows = [[f"{a}" if a == b else f"{a}-{b}", who, why or "-"] for a, b, who, why in runs]
+    lines += table(["rows", "answered by", "passed over"], rows, indent="  ")
+    lines += ["", *spend_report(report, "geocoded.csv")]
+    if demo.alerts:
+        lines.append("")
+        lines += [
+            f"  alert: {a.provider} {a.limit} reached {a.threshold:.0%} ({a.used} USD used)"
+            for a in demo.alerts
+        ]
+    billed = ", ".join(f"{kind} {count}" for kind, count in demo.served.items())
+    lines += ["", f"Calls the stub providers answered (what they would bill): {billed}"]
+    return "\n".join(lines)

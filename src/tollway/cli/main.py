@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     demo.add_argument(
+        "--part",
+        choices=("all", "inbound", "geocoding"),
+        default="all",
+        help="inbound: the day of API traffic; geocoding: a batch failing over across three "
+        "stub providers as their budgets run out (default: both)",
+    )
+    demo.add_argument(
         "--subjects",
         type=_positive,
         default=4,

@@ -196,7 +196,7 @@ class _Attempts:
     def failed(self, provider: str, signal: Signal, exc: BaseException) -> bool:
         """Record a failed call; True if another attempt may follow."""
         self.tried.add(provider)
-        detail = f"{signal.kind}: {exc}"
+        detail = f"{signal.kind}: {signal.detail}" if signal.detail else f"{signal.kind}: {exc}"
         self.add([Skip(provider, "failed", signal.retry_after, detail)])
         self.core.log_skip(self.skipped[-1])
         self.left -= 1

@@ -16,6 +16,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -69,6 +70,8 @@ class BatchReport:
     providers: dict[str, ProviderSpend] = field(default_factory=dict)
     bad_rows: list[tuple[int, str]] = field(default_factory=list)
     """(line number in the input, why) for every row not geocoded."""
+    outcomes: list[GeocodeOutcome] = field(default_factory=list)
+    """Every row's outcome, in input order."""
 
     @property
     def failovers(self) -> int:
@@ -129,12 +132,18 @@ def geocode_csv(
     report = BatchReport(rows=len(rows))
     for provider in geocoder.route.providers:
         report.providers[provider] = ProviderSpend(provider)
-    outcomes: list[GeocodeOutcome] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        queries = (row.get(column, "") for row in rows)
-        for done, outcome in enumerate(pool.map(geocoder.geocode, queries), start=1):
+    outcomes = report.outcomes
+    prices = {
+        name: None if p.price is None else p.price.micros
+        for name, p in geocoder.route.core.providers.items()
+    }
+    queries = (row.get(column, "") for row in rows)
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        # One worker: in this thread, so ``progress`` runs between one row and the next.
+        answers = pool.map(geocoder.geocode, queries) if pool else map(geocoder.geocode, queries)
+        for done, outcome in enumerate(answers, start=1):
             outcomes.append(outcome)
-            _count(report, outcome)
+            _count(report, outcome, prices)
             if progress is not None:
                 progress(done, len(rows), report.statuses)
     for line, outcome in zip(_lines(len(rows)), outcomes, strict=True):
@@ -149,7 +158,9 @@ def _lines(count: int) -> Iterator[int]:
     return iter(range(2, count + 2))  # line 1 is the header
 
 
-def _count(report: BatchReport, outcome: GeocodeOutcome) -> None:
+def _count(
+    report: BatchReport, outcome: GeocodeOutcome, price_micros: dict[str, int | None]
+) -> None:
     report.statuses[outcome.status] += 1
     report.cached += outcome.from_cache
     for skip in outcome.skipped:
@@ -159,8 +170,12 @@ def _count(report: BatchReport, outcome: GeocodeOutcome) -> None:
     if outcome.decision is not None and outcome.provider in report.providers:
         spend = report.providers[outcome.provider]
         spend.calls += 1
-        if outcome.decision.amount is not None:
-            spend.cost += micros_to_decimal(outcome.decision.amount)
+        micros = outcome.decision.amount
+        price = price_micros.get(outcome.provider)
+        if micros is None and price is not None:
+            micros = outcome.decision.cost * price  # no budget took money, but it has a price
+        if micros is not None:
+            spend.cost += micros_to_decimal(micros)
 
 
 def _cells(outcome: GeocodeOutcome) -> dict[str, str]:
