@@ -70,14 +70,20 @@ limits = [
 ]
 
 [providers.google]               # paid APIs the service itself calls (outbound)
+kind = "google"                  # the geocoder adapter (tollway geocode)
+api_key_env = "GOOGLE_MAPS_API_KEY"
 price = "0.005 USD"
+timezone = "America/Los_Angeles" # its days end at its own midnight
+breaker_errors = 5               # errors within breaker_window_ms that open its breaker
 limits = [
   { name = "qps",    rate = "50/s" },
-  { name = "daily",  quota = "10000/day",      timezone = "America/Los_Angeles" },
-  { name = "budget", budget = "50.00 USD/day", timezone = "America/Los_Angeles" },
+  { name = "daily",  quota = "10000/day" },
+  { name = "budget", budget = "50.00 USD/day", thresholds = [0.5, 0.8, 1.0] },
 ]
 
 [providers.opencage]
+kind = "opencage"
+api_key_env = "OPENCAGE_API_KEY"
 price = "0 USD"
 limits = [{ name = "daily", quota = "2500/day" }, { name = "rps", rate = "1/s" }]
 

@@ -135,9 +135,16 @@ def demo(args: argparse.Namespace) -> int:
     if args.part in ("all", "inbound"):
         print(render(simulate(args.seed, args.subjects, policy), name))
     if args.part in ("all", "geocoding"):
-        from tollway.cli.geocode import render_geocoding
-        from tollway.demo_geocoding import run_geocoding_demo
-
+        try:
+            from tollway.cli.geocode import render_geocoding
+            from tollway.demo_geocoding import run_geocoding_demo
+        except ImportError as exc:  # geopy is the optional "geocode" extra
+            if args.part == "geocoding":
+                raise ConfigurationError(
+                    f"the geocoding demo needs geopy ({exc}); pip install 'tollway[geocode]'"
+                ) from None
+            note(f"skipped the geocoding part: it needs pip install 'tollway[geocode]' ({exc})")
+            return OK
         if args.part == "all":
             print()
         print(render_geocoding(run_geocoding_demo()))

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tollway.cli.commands import OK, open_tollway
 from tollway.cli.output import note, plural, table
-from tollway.outbound.geocode.batch import BatchReport, geocode_csv
-from tollway.outbound.geocode.geocoder import Geocoder
+from tollway.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from tollway.demo_geocoding import GeocodingDemo
+    from tollway.outbound.geocode.batch import BatchReport
 
 __all__ = ["geocode", "register", "render_geocoding", "spend_report"]
 
@@ -63,6 +63,13 @@ def register(sub: Any, add: Any) -> None:
 
 
 def geocode(args: argparse.Namespace) -> int:
+    try:  # geopy is the optional "geocode" extra
+        from tollway.outbound.geocode.batch import geocode_csv
+        from tollway.outbound.geocode.geocoder import Geocoder
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"tollway geocode needs geopy ({exc}); pip install 'tollway[geocode]'"
+        ) from None
     cache = Path(args.cache) if args.cache else Path(f"{args.output}.tollway.sqlite")
     with (
         open_tollway(args) as tw,
