@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tollway.engine.windows import window_at
-from tollway.policy.model import Limit, Period, Plan, Policy, Provider
+from tollway.money import MAX_MICROS
+from tollway.policy.model import Limit, Period, Plan, Policy, Provider, Quota
 
+MAX_COUNT = MAX_MICROS
 RATE = 0
 WINDOW = 1
 GATE = 2
@@ -286,11 +288,28 @@ terms, out of quota until its reset, told to slow down, and its circuit breaker.
 PROVIDER_OPERATION = "call"
 
 
+TIER_COUNTER = "month_units"
+"""The shadow counter of a provider with tiered prices: its units this month, which say the
+tier of the next one."""
+
+
+def _tier_counter(provider: Provider) -> Limit:
+    return Limit(
+        name=TIER_COUNTER,
+        kind="quota",
+        path=f"providers.{provider.name}.price",
+        quota=Quota(count=MAX_COUNT, period="month", text=f"{MAX_COUNT}/month"),
+        timezone=provider.timezone,
+        shadow=True,
+    )
+
+
 def _provider_check(provider: Provider) -> Check:
     price = provider.price.micros if provider.price is not None else None
     probe_us = provider.health.probe_ms * 1000
     gates = tuple(Rule.gate(name, probe_us if name == "breaker" else 0) for name in GATES)
-    rules = gates + _rules_for(provider.limits, PROVIDER_OPERATION)
+    limits = provider.limits + ((_tier_counter(provider),) if provider.tiers else ())
+    rules = gates + _rules_for(limits, PROVIDER_OPERATION)
     return Check(provider.name, PROVIDER_OPERATION, rules, 1, price)
 
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from tollway.engine.decision import Crossing, Decision
 from tollway.engine.health import CLOSE, ERROR, EXTEND, FLOOR, HealthOp
-from tollway.engine.rules import GATES, WINDOW, Check
+from tollway.engine.rules import GATES, TIER_COUNTER, WINDOW, Check
 from tollway.engine.step import Engine, provider_subject
 from tollway.engine.windows import window_at
 from tollway.errors import UnknownNameError
@@ -268,6 +268,29 @@ class RouteCore:
             hard=rule.soft,
             remaining=signal.remaining,
         )
+
+    def tier_micros(self, provider: str, decision: Decision, units: int) -> int | None:
+        """What ``units`` of a reservation cost under the provider's tiered prices: the
+        month's counter after the reservation gives each unit its place in the month. None
+        when the provider has no tiers, or the decision has no figures (the reservation then
+        commits at the dearest tier it held)."""
+        tiers = self.providers[provider].tiers
+        if not tiers or decision.degraded:
+            return None
+        try:
+            counted = int(decision.limit(TIER_COUNTER).used)
+        except KeyError:
+            return None
+        first = counted - decision.cost + 1  # this reservation's first unit of the month
+        last = first + units - 1
+        micros, floor = 0, 0
+        for tier in tiers:
+            top = tier.upto if tier.upto is not None else last
+            inside = min(last, top) - max(first, floor + 1) + 1
+            if inside > 0:
+                micros += inside * tier.micros
+            floor = top
+        return micros
 
     def log_skip(self, skip: Skip) -> None:
         logger.info("route %s: skipped %s", self.name, skip)

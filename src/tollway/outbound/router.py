@@ -24,6 +24,7 @@ from tollway.engine.decision import Decision
 from tollway.engine.health import CLEAR, HealthOp
 from tollway.engine.step import PEEK, RESERVE, provider_subject
 from tollway.errors import NoProviderAvailable, StoreError
+from tollway.money import micros_to_decimal
 from tollway.outbound.route import AlertSink, Outcome, RouteCore, Skip, logger
 from tollway.outbound.signals import ProviderCallError, Signal
 from tollway.reservation import AsyncReservation, Reservation
@@ -95,7 +96,7 @@ class Call(_CallBase):
         signal: Signal | None = None,
     ) -> Decision:
         """Record the actual cost (default: what was reserved) and what the provider said."""
-        decision = self._reservation.commit(cost, amount=amount)
+        decision = self._reservation.commit(cost, amount=self._route._tiered(self, cost, amount))
         self.report(signal or Signal.ok(), decision)
         return decision
 
@@ -148,7 +149,9 @@ class AsyncCall(_CallBase):
         amount: Decimal | None = None,
         signal: Signal | None = None,
     ) -> Decision:
-        decision = await self._reservation.commit(cost, amount=amount)
+        decision = await self._reservation.commit(
+            cost, amount=self._route._tiered(self, cost, amount)
+        )
         await self.report(signal or Signal.ok(), decision)
         return decision
 
@@ -175,6 +178,18 @@ class AsyncCall(_CallBase):
             await self.commit()
         else:
             await self.release(_signal_of(exc, None))
+
+
+def _tiered(
+    core: RouteCore, call: _CallBase, cost: int | None, amount: Decimal | None
+) -> Decimal | None:
+    """The amount to commit: as given, else the tier price of the units, else None (the
+    reservation's own price)."""
+    if amount is not None:
+        return amount
+    units = call.decision.cost if cost is None else cost
+    micros = core.tier_micros(call.provider, call.decision, units)
+    return None if micros is None else micros_to_decimal(micros)
 
 
 class _Attempts:
@@ -303,6 +318,9 @@ class Route:
         self.core.check_provider(provider)
         self._tw.store.health(HealthOp(provider_subject(provider), CLEAR))
 
+    def _tiered(self, call: Call, cost: int | None, amount: Decimal | None) -> Decimal | None:
+        return _tiered(self.core, call, cost, amount)
+
     def _report(self, provider: str, signal: Signal, decision: Decision, probe: bool) -> None:
         for op in self.core.health_ops(provider, signal, decision, probe):
             try:
@@ -399,6 +417,9 @@ class AsyncRoute:
     async def clear(self, provider: str) -> None:
         self.core.check_provider(provider)
         await self._tw.store.health(HealthOp(provider_subject(provider), CLEAR))
+
+    def _tiered(self, call: AsyncCall, cost: int | None, amount: Decimal | None) -> Decimal | None:
+        return _tiered(self.core, call, cost, amount)
 
     async def _report(self, provider: str, signal: Signal, decision: Decision, probe: bool) -> None:
         for op in self.core.health_ops(provider, signal, decision, probe):

@@ -250,6 +250,20 @@ def parse_money(value: str) -> Money:
     return Money.parse(value)  # its ValueError says "too many decimals" or "too large"
 
 
+def parse_tier_price(value: str) -> tuple[Money, int]:
+    """``"5.00 USD/1000"`` (per 1000 units) or ``"0.005 USD"`` (per unit): the money and the
+    units it buys."""
+    amount, slash, per = value.rpartition("/")
+    if not slash:
+        amount, per = value, "1"
+    if not per.strip().isdigit() or int(per) < 1 or not _MONEY.fullmatch(amount):
+        raise ValueError(
+            f"{show(value)} is not a tier price; expected AMOUNT CURRENCY/UNITS such as "
+            '"5.00 USD/1000", or AMOUNT CURRENCY per unit'
+        )
+    return Money.parse(amount), int(per)
+
+
 def parse_budget(value: str) -> Budget:
     match = _BUDGET.fullmatch(value)
     if match is None:

@@ -127,6 +127,16 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceTier:
+    """One step of a tiered price list: ``micros`` per unit for the units of the month up to
+    ``upto`` (None: every unit past the previous tier)."""
+
+    upto: int | None
+    micros: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderHealth:
     """When errors open a provider's circuit breaker, and for how long."""
 
@@ -167,6 +177,9 @@ class Provider:
     weight: int = 1
     """Its share of calls under a route's ``weighted`` strategy."""
     client: ProviderClient = field(default_factory=ProviderClient)
+    tiers: tuple[PriceTier, ...] = ()
+    """A tiered price list per calendar month in the provider's timezone (``price`` is then
+    its dearest tier, what a reservation holds until the commit knows the tier)."""
 
 
 @dataclass(frozen=True, slots=True)

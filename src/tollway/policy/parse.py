@@ -31,6 +31,7 @@ from tollway.policy.model import (
     Per,
     Plan,
     Policy,
+    PriceTier,
     Provider,
     ProviderClient,
     ProviderHealth,
@@ -88,6 +89,7 @@ NAME = text(fields.parse_name, "free")
 TIMEZONE = text(fields.parse_timezone, "Europe/Paris")
 MONEY = text(fields.parse_money, "0.005 USD")
 ENV_NAME = text(fields.parse_env_name, "GOOGLE_MAPS_API_KEY")
+TIER_PRICE = text(fields.parse_tier_price, "5.00 USD/1000")
 MAX_COST = fields.MAX_QUOTA
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -313,7 +315,14 @@ class _Walker:
         providers: dict[str, Provider] = {}
         for name, path, raw in self.named(self.section(doc, "providers"), "providers"):
             t = self.table(raw, path, PROVIDER_KEYS)
-            price = self.get(t, path, "price", MONEY, None)
+            tiers: tuple[PriceTier, ...] = ()
+            raw_price = t.get("price")
+            if isinstance(raw_price, list):
+                tiers, currency = self.price_tiers(raw_price, join(path, "price"))
+                dearest = max((tier.micros for tier in tiers), default=None)
+                price = None if dearest is None else Money(dearest, currency)
+            else:
+                price = self.get(t, path, "price", MONEY, None)
             timezone = self.get(t, path, "timezone", TIMEZONE, self.timezone)
             owner = _Owner(path=path, is_provider=True, timezone=timezone, price=price)
             limits = self.limits(t, owner)
@@ -325,8 +334,50 @@ class _Walker:
                 health=self.provider_health(t, path),
                 weight=self.get(t, path, "weight", fields.integer(0, 1_000_000), 1),
                 client=self.provider_client(t, path),
+                tiers=tiers,
             )
         return providers
+
+    def price_tiers(self, raw: list[object], path: str) -> tuple[tuple[PriceTier, ...], str]:
+        """``[{ upto = 100000, price = "5.00 USD/1000" }, { price = "4.00 USD/1000" }]``."""
+        tiers: list[PriceTier] = []
+        currencies: set[str] = set()
+        last = 0
+        for i, item in enumerate(raw):
+            where = f"{path}[{i}]"
+            t = self.table(item, where, ("upto", "price"))
+            final = i == len(raw) - 1
+            upto = self.get(t, where, "upto", fields.integer(1, fields.MAX_QUOTA), None)
+            if final and upto is not None:
+                self.error(join(where, "upto"), f"{upto}: expected the last tier without upto")
+            elif not final and upto is None:
+                self.error(where, 'missing key "upto"; expected every tier but the last to end')
+            elif upto is not None and upto <= last:
+                self.error(
+                    join(where, "upto"), f"{upto}: expected more than the tier before ({last})"
+                )
+            if "price" not in t:
+                self.error(where, 'missing key "price"; expected e.g. "5.00 USD/1000"')
+                continue
+            parsed = self.check(t["price"], join(where, "price"), TIER_PRICE, None)
+            if parsed is None:
+                continue
+            money, per = parsed
+            if money.micros % per:
+                self.error(
+                    join(where, "price"),
+                    f"{show(t['price'])} is {money.micros / per} micro-units a unit; expected a "
+                    "whole number of micro-units (10^-6) per unit",
+                )
+                continue
+            currencies.add(money.currency)
+            tiers.append(PriceTier(upto, money.micros // per, str(t["price"])))
+            last = upto or last
+        if not raw:
+            self.error(path, "an empty list; expected a price or a list of tiers")
+        if len(currencies) > 1:
+            self.error(path, f"tiers in {', '.join(sorted(currencies))}; expected one currency")
+        return tuple(tiers), min(currencies, default="USD")
 
     def provider_health(self, t: Table, path: str) -> ProviderHealth:
         d = ProviderHealth()

@@ -124,7 +124,28 @@ def _defs() -> Schema:
         ),
         "provider": _object(
             "A paid API the service itself calls.",
-            price=_ref("money", "Price per unit of cost."),
+            price={
+                "description": "Price per unit of cost, or tiers per calendar month.",
+                "anyOf": [
+                    {"$ref": "#/$defs/money"},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["price"],
+                            "properties": {
+                                "upto": _int("Units of the month this tier ends at.", 1),
+                                "price": {
+                                    "type": "string",
+                                    "description": 'AMOUNT CURRENCY[/UNITS]: "5.00 USD/1000".',
+                                },
+                            },
+                        },
+                    },
+                ],
+            },
             timezone=_ref("timezone", "Default timezone of the provider's limits."),
             limits={"type": "array", "items": {"$ref": "#/$defs/provider_limit"}},
             weight=_int("Share of calls under a weighted route. Default: 1.", 0, 1_000_000),

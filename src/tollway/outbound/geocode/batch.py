@@ -219,6 +219,8 @@ def _left(geocoder: Geocoder, report: BatchReport) -> None:
     for provider, decision in geocoder.route.status().items():
         spend = report.providers[provider]
         for state in decision.limits:
+            if state.shadow:  # a tier counter, say: not a limit
+                continue
             if state.kind == "quota":
                 spend.left[state.name] = f"{int(state.remaining):,} calls"
             elif state.kind == "budget":
