@@ -15,10 +15,10 @@ writes its health only when there is something to write. Both faces share `Route
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tollway.engine.decision import Decision
 from tollway.engine.health import CLEAR, HealthOp
@@ -223,6 +223,66 @@ class _Attempts:
         return NoProviderAvailable(self.core.name, tuple(self.skipped))
 
 
+# The logic of `call` and `run` is written once, as generators that yield what they need done
+# (reserve on a provider, open a call, invoke the function, release, commit) and are sent the
+# result; `Route` carries the steps out directly, `AsyncRoute` awaits them (httpx's
+# generator-driven ``auth_flow`` is the model).
+Choose = Generator[str, "Reservation | AsyncReservation", "tuple[str, Any, tuple[Skip, ...]]"]
+
+
+def _choose(core: RouteCore, exclude: Iterable[str]) -> Choose:
+    """Yields the providers to reserve on, in the route's order; is sent each reservation;
+    returns the first allowed one with the skips before it."""
+    skipped: list[Skip] = []
+    excluded = set(exclude)
+    for provider in core.order():
+        if provider in excluded:
+            continue
+        reservation = yield provider
+        decision = reservation.decision
+        if decision.allowed:
+            core.alerts(provider, decision)
+            return provider, reservation, tuple(skipped)
+        skip = core.skip_for(provider, decision)
+        core.log_skip(skip)
+        skipped.append(skip)
+    raise NoProviderAvailable(core.name, tuple(skipped))
+
+
+OPEN, INVOKE, RELEASE, COMMIT = "open", "invoke", "release", "commit"
+Step = tuple[str, Any, Any]
+RunFlow = Generator[Step, Any, Outcome]
+
+
+def _run(
+    core: RouteCore,
+    retries: int | None,
+    classify: Classify | None,
+    signal_of: Callable[[Any], Signal | None] | None,
+) -> RunFlow:
+    """The fallback loop of `run`: yields (OPEN, exclude, _) for a call (a failure to find
+    one is thrown in), (INVOKE, call, _) for ``(value, None)`` or ``(None, exception)``,
+    (RELEASE, call, signal) and (COMMIT, call, signal) for the decision."""
+    attempts = _Attempts(core, retries)
+    while True:
+        try:
+            call = yield (OPEN, frozenset(attempts.tried), None)
+        except NoProviderAvailable as exc:
+            raise attempts.none_left(exc) from None
+        attempts.add(call.skipped)
+        value, error = yield (INVOKE, call, None)
+        if error is None:
+            signal = signal_of(value) if signal_of else None
+            decision = yield (COMMIT, call, signal)
+            return Outcome(value, call.provider, tuple(attempts.skipped), decision)
+        signal = _signal_of(error, classify)
+        yield (RELEASE, call, signal)
+        if signal is None:
+            raise error
+        if not attempts.failed(call.provider, signal, error):
+            raise attempts.none_left() from error
+
+
 class Route:
     """A route of the policy, for threads; get one with `Tollway.route`."""
 
@@ -250,23 +310,17 @@ class Route:
     ) -> Call:
         """Reserve ``cost`` units (default 1) on the first provider, in the route's order,
         whose health gates and limits all have room; `NoProviderAvailable` if none has."""
-        core, engine = self.core, self._tw.engine
-        skipped: list[Skip] = []
-        excluded = set(exclude)
-        for provider in core.order():
-            if provider in excluded:
-                continue
-            reservation = self._tw._reserve(
-                lambda p=provider: engine.provider(p, cost, amount, RESERVE)  # type: ignore[misc]
-            )
-            decision = reservation.decision
-            if decision.allowed:
-                core.alerts(provider, decision)
-                return Call(self, provider, reservation, tuple(skipped), core.is_probe(decision))
-            skip = core.skip_for(provider, decision)
-            core.log_skip(skip)
-            skipped.append(skip)
-        raise NoProviderAvailable(core.name, tuple(skipped))
+        engine, flow = self._tw.engine, _choose(self.core, exclude)
+        try:
+            provider = next(flow)
+            while True:
+                reservation = self._tw._reserve(
+                    lambda p=provider: engine.provider(p, cost, amount, RESERVE)  # type: ignore[misc]
+                )
+                provider = flow.send(reservation)
+        except StopIteration as done:
+            chosen, held, skipped = done.value
+        return Call(self, chosen, held, skipped, self.core.is_probe(held.decision))
 
     def run(
         self,
@@ -284,25 +338,31 @@ class Route:
         (default: each provider once). Other exceptions release and propagate.
         ``signal_of(value)`` may say what a successful answer tells of the provider (say,
         how many calls it has left); the call is committed with it."""
-        attempts = _Attempts(self.core, retries)
-        while True:
-            try:
-                call = self.call(cost, amount=amount, exclude=attempts.tried)
-            except NoProviderAvailable as exc:
-                raise attempts.none_left(exc) from None
-            attempts.add(call.skipped)
-            try:
-                value = fn(call.provider)
-            except Exception as exc:
-                signal = _signal_of(exc, classify)
-                call.release(signal)
-                if signal is None:
-                    raise
-                if not attempts.failed(call.provider, signal, exc):
-                    raise attempts.none_left() from exc
-                continue
-            decision = call.commit(signal=signal_of(value) if signal_of else None)
-            return Outcome(value, call.provider, tuple(attempts.skipped), decision)
+        flow = _run(self.core, retries, classify, signal_of)
+        reply: Any = None
+        try:
+            step = next(flow)
+            while True:
+                kind, target, signal = step
+                if kind == OPEN:
+                    try:
+                        reply = self.call(cost, amount=amount, exclude=target)
+                    except NoProviderAvailable as exc:
+                        step = flow.throw(exc)
+                        continue
+                elif kind == INVOKE:
+                    try:
+                        reply = (fn(target.provider), None)
+                    except Exception as exc:
+                        reply = (None, exc)
+                elif kind == RELEASE:
+                    reply = target.release(signal)
+                else:
+                    reply = target.commit(signal=signal)
+                step = flow.send(reply)
+        except StopIteration as done:
+            outcome: Outcome = done.value
+            return outcome
 
     def status(self) -> dict[str, Decision]:
         """Where each provider stands now (its gates and limits), consuming nothing."""
@@ -356,25 +416,17 @@ class AsyncRoute:
     async def call(
         self, cost: int | None = None, *, amount: Decimal | None = None, exclude: Iterable[str] = ()
     ) -> AsyncCall:
-        core, engine = self.core, self._tw.engine
-        skipped: list[Skip] = []
-        excluded = set(exclude)
-        for provider in core.order():
-            if provider in excluded:
-                continue
-            reservation = await self._tw._reserve(
-                lambda p=provider: engine.provider(p, cost, amount, RESERVE)  # type: ignore[misc]
-            )
-            decision = reservation.decision
-            if decision.allowed:
-                core.alerts(provider, decision)
-                return AsyncCall(
-                    self, provider, reservation, tuple(skipped), core.is_probe(decision)
+        engine, flow = self._tw.engine, _choose(self.core, exclude)
+        try:
+            provider = next(flow)
+            while True:
+                reservation = await self._tw._reserve(
+                    lambda p=provider: engine.provider(p, cost, amount, RESERVE)  # type: ignore[misc]
                 )
-            skip = core.skip_for(provider, decision)
-            core.log_skip(skip)
-            skipped.append(skip)
-        raise NoProviderAvailable(core.name, tuple(skipped))
+                provider = flow.send(reservation)
+        except StopIteration as done:
+            chosen, held, skipped = done.value
+        return AsyncCall(self, chosen, held, skipped, self.core.is_probe(held.decision))
 
     async def run(
         self,
@@ -386,25 +438,31 @@ class AsyncRoute:
         classify: Classify | None = None,
         signal_of: Callable[[T], Signal | None] | None = None,
     ) -> Outcome:
-        attempts = _Attempts(self.core, retries)
-        while True:
-            try:
-                call = await self.call(cost, amount=amount, exclude=attempts.tried)
-            except NoProviderAvailable as exc:
-                raise attempts.none_left(exc) from None
-            attempts.add(call.skipped)
-            try:
-                value = await fn(call.provider)
-            except Exception as exc:
-                signal = _signal_of(exc, classify)
-                await call.release(signal)
-                if signal is None:
-                    raise
-                if not attempts.failed(call.provider, signal, exc):
-                    raise attempts.none_left() from exc
-                continue
-            decision = await call.commit(signal=signal_of(value) if signal_of else None)
-            return Outcome(value, call.provider, tuple(attempts.skipped), decision)
+        flow = _run(self.core, retries, classify, signal_of)
+        reply: Any = None
+        try:
+            step = next(flow)
+            while True:
+                kind, target, signal = step
+                if kind == OPEN:
+                    try:
+                        reply = await self.call(cost, amount=amount, exclude=target)
+                    except NoProviderAvailable as exc:
+                        step = flow.throw(exc)
+                        continue
+                elif kind == INVOKE:
+                    try:
+                        reply = (await fn(target.provider), None)
+                    except Exception as exc:
+                        reply = (None, exc)
+                elif kind == RELEASE:
+                    reply = await target.release(signal)
+                else:
+                    reply = await target.commit(signal=signal)
+                step = flow.send(reply)
+        except StopIteration as done:
+            outcome: Outcome = done.value
+            return outcome
 
     async def status(self) -> dict[str, Decision]:
         out = {}
