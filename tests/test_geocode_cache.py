@@ -764,11 +764,16 @@ def test_corrupt_file_is_a_cache_error(tmp_path: Path) -> None:
     assert not isinstance(info.value, sqlite3.Error)
 
 
-def test_missing_directory_is_a_cache_error(tmp_path: Path) -> None:
+def test_a_missing_folder_is_made_and_a_file_in_the_way_is_a_cache_error(tmp_path: Path) -> None:
     path = tmp_path / "no" / "such" / "dir" / "c.sqlite"
-    with pytest.raises(CacheError, match="cannot open") as info:
-        ResultCache(path)
-    assert str(path) in str(info.value)
+    with ResultCache(path) as cache:
+        cache.put("x", None, provider="p")
+    assert path.is_file()
+    (tmp_path / "file").write_text("not a folder")
+    blocked = tmp_path / "file" / "c.sqlite"
+    with pytest.raises(CacheError, match="cannot create the folder") as info:
+        ResultCache(blocked)
+    assert str(blocked) in str(info.value)
 
 
 def test_newer_schema_version_is_refused(tmp_path: Path) -> None:

@@ -74,7 +74,8 @@ class _CallBase:
 
 class Call(_CallBase):
     """One call held on one provider. As a context manager: an exception releases it (and a
-    `ProviderCallError` reports its signal); leaving it unsettled commits the reservation."""
+    `ProviderCallError` reports its signal, committing instead when the signal says the call
+    may have been billed); leaving it unsettled commits the reservation."""
 
     def __init__(
         self,
@@ -121,10 +122,11 @@ class Call(_CallBase):
     ) -> None:
         if self.settled:
             return
-        if exc is None:
-            self.commit()
+        signal = None if exc is None else _signal_of(exc, None)
+        if exc is None or (signal is not None and signal.billed):
+            self.commit(signal=signal)
         else:
-            self.release(_signal_of(exc, None))
+            self.release(signal)
 
 
 class AsyncCall(_CallBase):
@@ -174,10 +176,11 @@ class AsyncCall(_CallBase):
     ) -> None:
         if self.settled:
             return
-        if exc is None:
-            await self.commit()
+        signal = None if exc is None else _signal_of(exc, None)
+        if exc is None or (signal is not None and signal.billed):
+            await self.commit(signal=signal)
         else:
-            await self.release(_signal_of(exc, None))
+            await self.release(signal)
 
 
 def _tiered(
@@ -276,7 +279,7 @@ def _run(
             decision = yield (COMMIT, call, signal)
             return Outcome(value, call.provider, tuple(attempts.skipped), decision)
         signal = _signal_of(error, classify)
-        yield (RELEASE, call, signal)
+        yield (COMMIT if signal is not None and signal.billed else RELEASE, call, signal)
         if signal is None:
             raise error
         if not attempts.failed(call.provider, signal, error):

@@ -47,6 +47,9 @@ class Signal:
     detail: str = ""
     """What the provider said, for logs and skip reasons (``"HTTP 429"``, ``"OVER_DAILY_LIMIT"``).
     """
+    billed: bool = False
+    """The call failed but may have been billed (a timeout after the request was sent): it is
+    committed, not released, so the provider's budget never counts less than it was paid."""
 
     def __post_init__(self) -> None:
         if self.kind not in SIGNAL_KINDS:
@@ -73,8 +76,8 @@ class Signal:
         return cls("blocked", detail=detail)
 
     @classmethod
-    def error(cls, detail: str = "") -> Signal:
-        return cls("error", detail=detail)
+    def error(cls, detail: str = "", *, billed: bool = False) -> Signal:
+        return cls("error", detail=detail, billed=billed)
 
 
 def parse_retry_after(value: str | bytes | None, now: datetime | None = None) -> float | None:

@@ -278,7 +278,8 @@ class GeocodeAdapter:
         if isinstance(error, (GeocoderAuthenticationFailure, GeocoderInsufficientPrivileges)):
             return Signal.blocked(detail)
         if isinstance(error, GeocoderTimedOut) and exchange.status is None:
-            return Signal.error(_clip(f"timeout: {error}"))
+            # The request went out and no answer came: the provider may have billed it.
+            return Signal.error(_clip(f"timeout: {error}"), billed=True)
         # GeocoderServiceError, GeocoderUnavailable, GeocoderParseError (garbage), 5xx...
         return Signal.error(detail)
 

@@ -14,7 +14,7 @@ import csv
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -80,9 +80,10 @@ class BatchReport:
 
 def read_addresses(
     path: str | os.PathLike[str], column: str
-) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and rows of a CSV file; `ConfigurationError` naming the file and what is
-    wrong when it cannot be read as one (empty, no such column, not UTF-8, a runaway field)."""
+) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """The header, the rows and the line each row starts on, of a CSV file;
+    `ConfigurationError` naming the file and what is wrong when it cannot be read as one
+    (empty, no such column, not UTF-8, a runaway field)."""
     where = str(path)
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -100,9 +101,12 @@ def read_addresses(
                     f"{where}: no column {column!r}; expected one of "
                     f"{', '.join(repr(h) for h in header) or 'none'} (choose it with --column)"
                 )
-            rows = []
+            rows, lines = [], []
+            start = reader.line_num + 1  # a quoted field may span lines: count the reader's
             for row in reader:
                 rows.append({k: (v if isinstance(v, str) else "") for k, v in row.items() if k})
+                lines.append(start)
+                start = reader.line_num + 1
     except FileNotFoundError:
         raise ConfigurationError(f"{where}: no such file") from None
     except UnicodeDecodeError as exc:
@@ -111,7 +115,7 @@ def read_addresses(
         ) from None
     except csv.Error as exc:
         raise ConfigurationError(f"{where}: not a readable CSV: {exc}") from None
-    return header, rows
+    return header, rows, lines
 
 
 Progress = Callable[[int, int, Counter[str]], None]
@@ -128,7 +132,7 @@ def geocode_csv(
 ) -> BatchReport:
     """Geocode every row's ``column`` into ``output`` (the input's columns, then
     `OUTPUT_COLUMNS`), ``workers`` addresses at a time."""
-    header, rows = read_addresses(source, column)
+    header, rows, lines = read_addresses(source, column)
     report = BatchReport(rows=len(rows))
     for provider in geocoder.route.providers:
         report.providers[provider] = ProviderSpend(provider)
@@ -146,16 +150,12 @@ def geocode_csv(
             _count(report, outcome, prices)
             if progress is not None:
                 progress(done, len(rows), report.statuses)
-    for line, outcome in zip(_lines(len(rows)), outcomes, strict=True):
+    for line, outcome in zip(lines, outcomes, strict=True):
         if outcome.status not in ("ok", "no_match"):
             report.bad_rows.append((line, f"{outcome.status}: {outcome.error}"))
     _write(output, header, rows, outcomes)
     _left(geocoder, report)
     return report
-
-
-def _lines(count: int) -> Iterator[int]:
-    return iter(range(2, count + 2))  # line 1 is the header
 
 
 def _count(

@@ -29,6 +29,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -181,6 +182,13 @@ class ResultCache:
         # single statement (one short transaction) per call.
         self._lock = threading.Lock()
         self._hits = self._misses = self._writes = self._not_stored = 0
+        try:
+            if self.path != ":memory:" and not self.path.startswith("file:"):
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(
+                f"cannot create the folder of the cache file {self.path!r}: {exc}"
+            ) from None
         try:
             conn = sqlite3.connect(
                 self.path,

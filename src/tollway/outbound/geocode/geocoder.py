@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from tollway.errors import ConfigurationError, NoProviderAvailable, TollwayError
@@ -147,7 +147,18 @@ class Geocoder:
         hit = self.cache.get(query, self.namespace)
         if hit is not None:
             return _cached(query, hit.result, hit.provider)
-        return self._flight.do(key, lambda: self._fetch(query, key))
+        led: list[bool] = []
+
+        def lead() -> GeocodeOutcome:
+            led.append(True)
+            return self._fetch(query, key)
+
+        outcome = self._flight.do(key, lead)
+        if led:
+            return outcome
+        # Another caller bought this answer while we waited: ours cost nothing.
+        bought = outcome.status in ("ok", "no_match")
+        return replace(outcome, query=query, from_cache=bought, decision=None, skipped=())
 
     def _fetch(self, query: str, key: str) -> GeocodeOutcome:
         hit = self.cache.get(query, self.namespace)  # another caller may just have bought it
