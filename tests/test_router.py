@@ -544,108 +544,44 @@ def test_an_unsettled_provider_hold_stays_counted_when_it_expires(
     assert route.status()["google"].limit("daily").used == 1
 
 
-def test_redis_unsettled_provider_hold_stays_counted(store_url: str) -> None:
+def test_redis_a_call_is_one_round_trip_and_counted_at_once(store_url: str) -> None:
     import redis as redis_py
     import redis.cluster
 
+    client: Any = (
+        redis.cluster.RedisCluster.from_url(store_url.replace("redis+cluster", "redis"))
+        if "cluster" in store_url
+        else redis_py.Redis.from_url(store_url)
+    )
+
+    def scripts_run() -> int:
+        if "cluster" in store_url:  # one answer per primary
+            info = client.info("commandstats", target_nodes=client.PRIMARIES)
+            return sum(int(v.get("cmdstat_evalsha", {}).get("calls", 0)) for v in info.values())
+        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
     with Tollway(policy(), store_url) as tw:
         route = tw.route("geocoding")
-        lost = route.call()
-        assert lost.provider == "opencage"
-        # Age the hold instead of waiting for it: what the step's sweep reads is the holds'
-        # sorted set and the subject's earliest-expiry mark.
-        client: Any = (
-            redis.cluster.RedisCluster.from_url(store_url.replace("redis+cluster", "redis"))
-            if "cluster" in store_url
-            else redis_py.Redis.from_url(store_url)
-        )
-        key = "tw:{@provider:opencage}"
-        client.zadd(f"{key}:holds", {lost._reservation.id: 1})
-        client.hset(key, "hx", 1)
-        with route.call() as call:  # this step sweeps the expired hold
-            assert call.provider == "opencage"
-        assert route.status()["opencage"].limit("daily").used == 2
-        lost.commit()
-        assert route.status()["opencage"].limit("daily").used == 2
-        client.close()
-
-
-# -- tiered prices ------------------------------------------------------------------------------
-
-
-def tiered(budget: str = "1.00 USD/month") -> dict[str, Any]:
-    doc = policy()
-    doc["providers"] = {
-        "google": {
-            "timezone": "America/Los_Angeles",
-            "price": [
-                {"upto": 3, "price": "5.00 USD/1000"},
-                {"upto": 5, "price": "4.00 USD/1000"},
-                {"price": "0.001 USD"},
-            ],
-            "limits": [{"name": "budget", "budget": budget}],
-        }
-    }
-    doc["routes"] = {"r": {"providers": ["google"]}}
-    return doc
-
-
-def test_tiered_prices_charge_each_unit_at_its_place_in_the_month(clock: FakeClock) -> None:
-    route = Tollway(tiered(), clock=clock).route("r")
-    costs = []
-    for _ in range(7):
-        with route.call() as call:
-            costs.append(call.commit().amount_decimal)
-    assert costs == [Decimal("0.005")] * 3 + [Decimal("0.004")] * 2 + [Decimal("0.001")] * 2
-    assert route.status()["google"].limit("budget").used == Decimal("0.025")
-    with route.call(cost=3) as call:  # units 8-10: all in the last tier
-        assert call.commit().amount_decimal == Decimal("0.003")
-
-
-def test_a_reservation_spanning_tiers_is_split(clock: FakeClock) -> None:
-    route = Tollway(tiered(), clock=clock).route("r")
-    with route.call(cost=2) as call:
-        call.commit()
-    with route.call(cost=4) as call:  # units 3, 4, 5, 6: 0.005 + 0.004 * 2 + 0.001
-        assert call.commit().amount_decimal == Decimal("0.014")
-    with route.call(cost=4) as call:
-        assert call.commit(cost=1).amount_decimal == Decimal("0.001")  # unit 7 only
-
-
-def test_tiers_hold_the_dearest_price_so_a_budget_never_overshoots(clock: FakeClock) -> None:
-    route = Tollway(tiered("0.012 USD/month"), clock=clock).route("r")
-    with route.call() as call:
-        call.commit()  # 0.005
-    with route.call() as call:
-        assert call.decision.limit("budget").used == Decimal("0.010")  # held at 0.005
-        call.commit()
-    with pytest.raises(NoProviderAvailable):
-        route.call()  # 0.002 left: less than the dearest tier
-    assert route.status()["google"].limit("budget").used == Decimal("0.010")
-
-
-def test_tier_counts_restart_each_month_in_the_providers_timezone() -> None:
-    clock = at("2026-06-30T23:59:00-07:00")
-    route = Tollway(tiered(), clock=clock).route("r")
-    for _ in range(3):
+        served(route, 1)  # scripts loaded, connections made
+        before = scripts_run()
         with route.call() as call:
             call.commit()
-    clock.advance(120)  # July 1st, 00:01 in Los Angeles
-    with route.call() as call:
-        assert call.commit().amount_decimal == Decimal("0.005")  # the first tier again
+        assert scripts_run() - before == 1  # one step per call, no settle
+        lost = route.call()  # its process dies here: the call is counted already
+        assert lost.provider == "opencage"
+        assert route.status()["opencage"].limit("daily").used == 3
+        assert client.exists("tw:{@provider:opencage}:holds") == 0  # nothing left to expire
+        lost.commit()  # a late commit does not count it twice
+        assert route.status()["opencage"].limit("daily").used == 3
+        with route.call() as call:
+            call.release()  # a release gives it back: one more step
+        assert route.status()["google"].limit("daily").used == 0
+    client.close()
 
 
-def test_bad_tiers_are_named_by_their_key_path() -> None:
-    doc = tiered()
-    doc["providers"]["google"]["price"] = [
-        {"upto": 3, "price": "5.00 USD/7"},
-        {"price": "4 USD per 1000"},
-        {"upto": 9, "price": "1 EUR"},
-    ]
-    with pytest.raises(TollwayError) as caught:
-        Tollway(doc)
-    text = str(caught.value)
-    assert 'providers.google.price[0].price: "5.00 USD/7" is 714285.7142857143 micro' in text
-    assert "providers.google.price[1].upto" in text or "providers.google.price[1]:" in text
-    assert "providers.google.price[1].price" in text
-    assert "providers.google.price[2].upto: 9: expected the last tier without upto" in text
+def test_a_provider_call_without_the_store_follows_on_error(clock: FakeClock) -> None:
+    doc = policy()
+    doc["store"] = {"url": "redis://127.0.0.1:1/0", "timeout_ms": 50, "on_error": "closed"}
+    with Tollway(doc, clock=clock) as tw, pytest.raises(NoProviderAvailable) as caught:
+        tw.route("geocoding").call()
+    assert {s.reason for s in caught.value.skipped} == {"unavailable"}

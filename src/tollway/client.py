@@ -201,6 +201,19 @@ class Tollway(_Face):
         assert decision is not None
         return Reservation(ReservationCore(engine, step, reply, decision), self._store)
 
+    def _take(self, make: Callable[[], Step]) -> Reservation:
+        """The step ``make`` builds, consumed at once and held as a taken reservation (see
+        `ReservationCore`): one round trip, and none more when committed as taken."""
+        engine = self._engine
+        try:
+            step, reply = self._run(make)
+        except StoreUnavailableError as exc:
+            return Reservation(self._degraded_hold(make(), exc), self._store)
+        decision = engine.finish(step, reply)
+        assert decision is not None
+        core = ReservationCore(engine, step, reply, decision, taken=True)
+        return Reservation(core, self._store)
+
     def _decide(self, build: Callable[[], Step]) -> Decision:
         """The decision of the step ``build`` makes (a peek, say), rebuilt while stale."""
         step, reply = self._run(build)
@@ -340,6 +353,17 @@ class AsyncTollway(_Face):
         decision = engine.finish(step, reply)
         assert decision is not None
         return AsyncReservation(ReservationCore(engine, step, reply, decision), self._store)
+
+    async def _take(self, make: Callable[[], Step]) -> AsyncReservation:
+        engine = self._engine
+        try:
+            step, reply = await self._run(make)
+        except StoreUnavailableError as exc:
+            return AsyncReservation(self._degraded_hold(make(), exc), self._store)
+        decision = engine.finish(step, reply)
+        assert decision is not None
+        core = ReservationCore(engine, step, reply, decision, taken=True)
+        return AsyncReservation(core, self._store)
 
     async def _decide(self, build: Callable[[], Step]) -> Decision:
         step, reply = await self._run(build)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import replace
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -29,13 +30,24 @@ if TYPE_CHECKING:
 
 
 class ReservationCore:
-    """The held step, its hold, and the settle arithmetic."""
+    """The held step, its hold, and the settle arithmetic.
 
-    def __init__(self, engine: Engine, step: Step, reply: Reply, decision: Decision) -> None:
+    A reservation ``taken`` at once (a provider call: its step consumed, no hold left in the
+    store) settles only a difference: committing what was taken needs no store call, and
+    releasing gives it back. A taken call whose process dies stays counted, as it may have
+    been billed.
+    """
+
+    def __init__(
+        self, engine: Engine, step: Step, reply: Reply, decision: Decision, *, taken: bool = False
+    ) -> None:
         self.engine = engine
         self.step = step
         self.decision = decision
+        self.taken = taken
         self.hold = hold_of(step, reply.misfits, reply.now_us + step.hold_ttl_us)
+        if taken:
+            self.hold = replace(self.hold, keep=True)
         self._lock = threading.Lock()
         self.settled = False
         self.committed: tuple[int, int | None, list[int]] = (0, None, [])
@@ -75,6 +87,10 @@ class ReservationCore:
             return units * check.price_micros
         return self.step.amount or 0
 
+    def nothing_to_settle(self, settle: SettleStep) -> bool:
+        """A taken reservation committed at what it took: already counted, nothing to send."""
+        return self.taken and not any(settle.deltas)
+
     def release_step(self) -> SettleStep:
         self._claim()
         return settle_step(self.step, self.hold, None)
@@ -99,8 +115,32 @@ class ReservationCore:
         step = self.committed_step()
         journal = getattr(store, "journal_step", None)
         if journal is not None:
-            journal(step)
+            if self.taken:  # the estimate is in the store already: journal what is above it
+                owed = self._above_estimate(step)
+                if owed is not None:
+                    journal(owed)
+            else:
+                journal(step)
         return degraded(step, str(exc), exc.retry_after, self.engine.clock())
+
+    def _above_estimate(self, committed: Step) -> Step | None:
+        """The part of a commit above what a taken reservation took (a refund below it is
+        dropped while the store is away: the call stays counted, never under)."""
+        extra = [max(0, c - h) for c, h in zip(committed.costs, self.step.costs, strict=True)]
+        if not any(extra):
+            return None
+        owed = Step(
+            committed.subject,
+            committed.assigned,
+            committed.plan,
+            committed.check,
+            committed.cost,
+            committed.amount,
+            extra,
+            ACQUIRE,
+        )
+        owed.windows, owed.span, owed.packed = committed.windows, committed.span, committed.packed
+        return owed
 
 
 class _Face:
@@ -147,6 +187,8 @@ class Reservation(_Face):
         """Settle at the actual cost (default: the estimate); the difference is given back or
         taken. A commit after the hold expired takes the whole actual cost."""
         settle = self._core.commit_step(actual, amount)
+        if self._core.nothing_to_settle(settle):
+            return self._core.decision
         try:
             reply = self._store.settle(settle)
         except StoreUnavailableError as exc:
@@ -187,6 +229,8 @@ class AsyncReservation(_Face):
 
     async def commit(self, actual: int | None = None, *, amount: Decimal | None = None) -> Decision:
         settle = self._core.commit_step(actual, amount)
+        if self._core.nothing_to_settle(settle):
+            return self._core.decision
         try:
             reply = await self._store.settle(settle)
         except StoreUnavailableError as exc:

@@ -53,7 +53,6 @@ class Step:
         "costs",
         "hold_id",
         "hold_ttl_us",
-        "keep",
         "mode",
         "packed",
         "plan",
@@ -96,9 +95,6 @@ class Step:
         """When the windows hold: a store whose clock is outside says the step is stale."""
         self.hold_id = ""
         self.hold_ttl_us = 0
-        self.keep = False
-        """A reservation whose hold, if never settled, stays counted when it expires (a
-        provider call that may have been billed) instead of being given back."""
 
     @property
     def operation(self) -> str:
@@ -291,7 +287,7 @@ class Engine:
         return Step(subject, assigned, plan, check, units, micros, costs, mode)
 
     def provider(
-        self, name: str, cost: int | None, amount: Decimal | None, mode: int = RESERVE
+        self, name: str, cost: int | None, amount: Decimal | None, mode: int = ACQUIRE
     ) -> Step:
         """A step on a provider's health gates and limits (its subject is `provider_subject`)."""
         check = self.compiled.providers.get(name)
@@ -312,7 +308,6 @@ class Engine:
         step.packed = span[3]
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
-            step.keep = True
         return step
 
     def peek(self, subject: str) -> Step:

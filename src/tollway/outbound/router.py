@@ -8,9 +8,12 @@
         call.commit(cost=1)                  # the actual cost; release() if not billed
     outcome = route.run(lambda provider: geocoders[provider](address))
 
-One reservation step per provider tried (its health gates and every limit at once), one
-settle step per call: two round trips in the common case. A provider's answer (a `Signal`)
-writes its health only when there is something to write. Both faces share `RouteCore`.
+One step per provider tried (its health gates and every limit at once), and the call is
+taken then: committed at what it took, it needs no second step, so the common case is one
+round trip. A release gives it back (one more step); a different cost settles the difference.
+A call whose process dies stays counted, as it may have been billed. A provider's answer (a
+`Signal`) writes its health only when there is something to write. Both faces share
+`RouteCore` and the generator flows below.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tollway.engine.decision import Decision
 from tollway.engine.health import CLEAR, HealthOp
-from tollway.engine.step import PEEK, RESERVE, provider_subject
+from tollway.engine.step import ACQUIRE, PEEK, provider_subject
 from tollway.errors import NoProviderAvailable, StoreError
 from tollway.money import micros_to_decimal
 from tollway.outbound.route import AlertSink, Outcome, RouteCore, Skip, logger
@@ -317,8 +320,8 @@ class Route:
         try:
             provider = next(flow)
             while True:
-                reservation = self._tw._reserve(
-                    lambda p=provider: engine.provider(p, cost, amount, RESERVE)  # type: ignore[misc]
+                reservation = self._tw._take(
+                    lambda p=provider: engine.provider(p, cost, amount, ACQUIRE)  # type: ignore[misc]
                 )
                 provider = flow.send(reservation)
         except StopIteration as done:
@@ -423,8 +426,8 @@ class AsyncRoute:
         try:
             provider = next(flow)
             while True:
-                reservation = await self._tw._reserve(
-                    lambda p=provider: engine.provider(p, cost, amount, RESERVE)  # type: ignore[misc]
+                reservation = await self._tw._take(
+                    lambda p=provider: engine.provider(p, cost, amount, ACQUIRE)  # type: ignore[misc]
                 )
                 provider = flow.send(reservation)
         except StopIteration as done:

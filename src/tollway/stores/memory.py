@@ -189,7 +189,7 @@ class MemoryStore:
             _, subject, hold_id = heapq.heappop(expiry)
             if not subject:
                 hold = self._holds.pop(hold_id, None)
-                if hold is not None and not hold.keep:
+                if hold is not None:
                     self._apply(hold, [-entry[2] for entry in hold.entries], now, now)
                 continue
             state = self._states.get(subject)

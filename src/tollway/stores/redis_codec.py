@@ -44,10 +44,6 @@ HEALTH = _script("health")
 RETENTION = str(RETENTION_US)
 
 
-KEEP = 3
-"""The script's mode for a reservation whose hold stays counted when it expires."""
-
-
 def state_key(subject: str) -> str:
     """The subject's hash; its holds and replay marks hang below it in the same slot."""
     return f"tw:{{{subject}}}"
@@ -56,8 +52,10 @@ def state_key(subject: str) -> str:
 def step_call(step: Step, deadline_us: int) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the step script: the step's figures and rules in one JSON array (the
     rules part is cached per check and window), the expected plan, and a hold id."""
-    mode = KEEP if step.keep else step.mode
-    spec = f"[{mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us}{step.packed}]"
+    spec = (
+        f"[{step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us}"
+        f"{step.packed}]"
+    )
     if step.hold_id:
         return [state_key(step.subject)], [spec, step.assigned or "", step.hold_id]
     return [state_key(step.subject)], [spec, step.assigned or ""]

@@ -23,7 +23,8 @@ class Hold:
     """Per rule of the step: (field, is a rate, amount held, window start, window end); the
     amount is 0 for a shadow rule that did not fit, start and end are 0 for a rate."""
     keep: bool = False
-    """When it expires unsettled, the held amounts stay counted (see `Step.keep`)."""
+    """No hold was left in the store: the amounts were taken at once (a provider call), so
+    settling applies the difference whether or not the store still knows the id."""
 
 
 def _amount(rule: Rule, cost: int) -> int:
@@ -45,7 +46,7 @@ def hold_of(step: Step, misfits: int, expires_us: int) -> Hold:
             zip(step.rules, step.windows, step.costs, strict=True)
         )
     )
-    return Hold(step.hold_id, step.subject, expires_us, entries, step.keep)
+    return Hold(step.hold_id, step.subject, expires_us, entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,5 +68,5 @@ def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> Settl
         for rule, cost, entry in zip(step.rules, actual_costs, hold.entries, strict=True)
     ]
     deltas = [a - entry[2] for a, entry in zip(actual, hold.entries, strict=True)]
-    # A kept hold was never given back: settling it late is settling it live.
+    # Taken at once, never given back: settling it "late" is settling it live.
     return SettleStep(hold, deltas, deltas if hold.keep else actual)

@@ -90,11 +90,8 @@ local function sweep(key, now, retention)
     local fields = redis.call('HGETALL', hold)
     for j = 1, #fields, 2 do
       local tag, amount, start, ends = string.match(fields[j + 1], '^(%a)(%d+)@(%d+)@(%d+)$')
-      -- An upper-case tag marks a kept hold: it stays counted (see mode 3 of step.lua).
-      if tag == 'r' or tag == 'w' then
-        adjust(key, fields[j], tag == 'r', -tonumber(amount), tonumber(start), tonumber(ends),
-          now, now, retention)
-      end
+      adjust(key, fields[j], tag == 'r', -tonumber(amount), tonumber(start), tonumber(ends),
+        now, now, retention)
     end
     redis.call('DEL', hold)
     redis.call('ZREM', holds, id)

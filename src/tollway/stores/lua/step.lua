@@ -1,7 +1,6 @@
 -- The atomic step: check every rule, then consume all or nothing.
 -- KEYS: 1 the subject's hash
--- ARGV: 1 a JSON array: mode (0 acquire, 1 reserve, 2 peek, 3 reserve with a hold that
---         stays counted when it expires), units, micro-units of money,
+-- ARGV: 1 a JSON array: mode (0 acquire, 1 reserve, 2 peek), units, micro-units of money,
 --         hold ttl (us), deadline (us, 0 for none), then 6 items per rule:
 --         rate:   kind 0 (+8 shadow), field, emission (us), capacity (us), 0, 0
 --         window: kind 1 units / 2 money (+8 shadow), field, hard limit, start, end (us),
@@ -134,7 +133,7 @@ if #writes > 0 then
   redis.call('HSET', key, unpack(writes))
   keep_until(key, needed, plan, found[3])
 end
-if mode == 1 or mode == 3 then
+if mode == 1 then
   local id = ARGV[3]
   local expires = now + spec[4]
   local entries = {}
@@ -156,9 +155,6 @@ if mode == 1 or mode == 3 then
       tag, start, ends = 'r', 0, 0
     elseif kind == 3 then
       start, ends = 0, 0
-    end
-    if mode == 3 then
-      tag = string.upper(tag)
     end
     entries[#entries + 1] = spec[b + 1]
     entries[#entries + 1] = tag .. fmt(held) .. '@' .. fmt(start) .. '@' .. fmt(ends)
