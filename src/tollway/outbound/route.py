@@ -14,6 +14,9 @@ from decimal import Decimal
 from tollway.engine.decision import Crossing, Decision
 from tollway.engine.health import CLOSE, ERROR, EXTEND, FLOOR, HealthOp
 from tollway.engine.rules import GATES, TIER_COUNTER, WINDOW, Check
+
+BREAKER_INDEX = GATES.index("breaker")
+"""The gates come first in every provider check, in `GATES` order."""
 from tollway.engine.step import Engine, provider_subject
 from tollway.engine.windows import window_at
 from tollway.errors import UnknownNameError
@@ -160,13 +163,11 @@ class RouteCore:
 
     @staticmethod
     def is_probe(decision: Decision) -> bool:
-        """Whether this reservation took the breaker's half-open probe."""
+        """Whether this call took the breaker's half-open probe: its gate now holds a time
+        ahead (read from the raw figures; building every limit's state costs more)."""
         if decision.degraded or not decision.allowed:
             return False
-        for state in decision.limits:
-            if state.kind == "gate" and state.name == "breaker":
-                return state.reset_after > 0
-        return False
+        return bool(decision._values[BREAKER_INDEX] > decision.now_us)
 
     def alerts(self, provider: str, decision: Decision) -> None:
         """Hand the thresholds this reservation crossed to ``on_threshold``."""

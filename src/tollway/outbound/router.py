@@ -45,6 +45,9 @@ Classify = Callable[[BaseException], "Signal | None"]
 the provider's failure, so it propagates)."""
 
 
+_OK = Signal.ok()
+
+
 def _signal_of(exc: BaseException, classify: Classify | None) -> Signal | None:
     if classify is not None:
         return classify(exc)
@@ -101,7 +104,7 @@ class Call(_CallBase):
     ) -> Decision:
         """Record the actual cost (default: what was reserved) and what the provider said."""
         decision = self._reservation.commit(cost, amount=self._route._tiered(self, cost, amount))
-        self.report(signal or Signal.ok(), decision)
+        self.report(signal or _OK, decision)
         return decision
 
     def release(self, signal: Signal | None = None) -> None:
@@ -157,7 +160,7 @@ class AsyncCall(_CallBase):
         decision = await self._reservation.commit(
             cost, amount=self._route._tiered(self, cost, amount)
         )
-        await self.report(signal or Signal.ok(), decision)
+        await self.report(signal or _OK, decision)
         return decision
 
     async def release(self, signal: Signal | None = None) -> None:
