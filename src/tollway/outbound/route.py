@@ -14,9 +14,6 @@ from decimal import Decimal
 from tollway.engine.decision import Crossing, Decision
 from tollway.engine.health import CLOSE, ERROR, EXTEND, FLOOR, HealthOp
 from tollway.engine.rules import GATES, TIER_COUNTER, WINDOW, Check
-
-BREAKER_INDEX = GATES.index("breaker")
-"""The gates come first in every provider check, in `GATES` order."""
 from tollway.engine.step import Engine, provider_subject
 from tollway.engine.windows import window_at
 from tollway.errors import UnknownNameError
@@ -24,6 +21,9 @@ from tollway.outbound.signals import Signal
 from tollway.policy.model import Provider, Route
 
 __all__ = ["Outcome", "RouteCore", "Skip", "ThresholdAlert"]
+
+BREAKER_INDEX = GATES.index("breaker")
+"""The gates come first in every provider check, in `GATES` order."""
 
 logger = logging.getLogger("tollway.outbound")
 
