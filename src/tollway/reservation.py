@@ -23,7 +23,7 @@ from tollway.errors import (
     StoreUnavailableError,
 )
 from tollway.money import decimal_to_micros
-from tollway.stores.settle import SettleStep, hold_of, settle_step
+from tollway.stores.settle import Hold, SettleStep, hold_of, settle_step
 
 if TYPE_CHECKING:
     from tollway.stores import AsyncStore, SyncStore
@@ -45,13 +45,32 @@ class ReservationCore:
         self.step = step
         self.decision = decision
         self.taken = taken
-        self.hold = hold_of(step, reply.misfits, reply.now_us + step.hold_ttl_us)
-        if taken:
-            self.hold = replace(self.hold, keep=True)
+        self._misfits = reply.misfits
+        self._expires_us = reply.now_us + step.hold_ttl_us
+        self._hold: Hold | None = None
         self._lock = threading.Lock()
         self.settled = False
         self.committed: tuple[int, int | None, list[int]] = (0, None, [])
         """(units, micro-units, per-rule costs) of the commit, once made."""
+
+    @property
+    def hold(self) -> Hold:
+        """What the reservation holds, per counter (built when first needed: a call committed
+        as taken never needs it)."""
+        if self._hold is None:
+            hold = hold_of(self.step, self._misfits, self._expires_us)
+            self._hold = replace(hold, keep=True) if self.taken else hold
+        return self._hold
+
+    def commit_as_taken(self, actual: int | None, amount: Decimal | None) -> bool:
+        """Commit a taken reservation at what it took, if that is what is asked: already
+        counted, so nothing is sent. False when there is a difference to settle."""
+        step = self.step
+        if not self.taken or amount is not None or (actual is not None and actual != step.cost):
+            return False
+        self._claim()
+        self.committed = (step.cost, step.amount, step.costs)
+        return True
 
     def _claim(self) -> None:
         with self._lock:
@@ -186,6 +205,8 @@ class Reservation(_Face):
     def commit(self, actual: int | None = None, *, amount: Decimal | None = None) -> Decision:
         """Settle at the actual cost (default: the estimate); the difference is given back or
         taken. A commit after the hold expired takes the whole actual cost."""
+        if self._core.commit_as_taken(actual, amount):
+            return self._core.decision
         settle = self._core.commit_step(actual, amount)
         if self._core.nothing_to_settle(settle):
             return self._core.decision
@@ -228,6 +249,8 @@ class AsyncReservation(_Face):
         self._store = store
 
     async def commit(self, actual: int | None = None, *, amount: Decimal | None = None) -> Decision:
+        if self._core.commit_as_taken(actual, amount):
+            return self._core.decision
         settle = self._core.commit_step(actual, amount)
         if self._core.nothing_to_settle(settle):
             return self._core.decision

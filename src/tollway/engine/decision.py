@@ -263,7 +263,10 @@ class Decision:
         """Names of the enforcing limits that denied the step (empty when allowed)."""
         if self.allowed:
             return ()
-        return tuple(s.name for s in self.limits if not s.allowed and not s.shadow)
+        misfits = self._misfits  # from the raw bits: no limit states built
+        return tuple(
+            rule.name for i, rule in enumerate(self.rules) if (misfits >> i) & 1 and not rule.shadow
+        )
 
     @property
     def shadow_violated(self) -> tuple[str, ...]:
@@ -278,12 +281,16 @@ class Decision:
             return 0.0
         if self.fixed_retry is not None:
             return self.fixed_retry
-        waits = [s.retry_after for s in self.limits if not s.allowed and not s.shadow]
-        if not waits:
-            return 0.0
-        if any(w is None for w in waits):
-            return None
-        return max(w for w in waits if w is not None)
+        now, misfits, step = self.now_us, self._misfits, self._step
+        longest = 0
+        for i, rule in enumerate(self.rules):
+            if not (misfits >> i) & 1 or rule.shadow:
+                continue
+            wait = figures(rule, self._values[i], step.costs[i], now, step.windows[i], False)[3]
+            if wait is None:
+                return None  # this cost never fits that limit
+            longest = max(longest, wait)
+        return longest / US
 
     @property
     def crossings(self) -> tuple[Crossing, ...]:

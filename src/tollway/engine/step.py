@@ -153,6 +153,7 @@ class Engine:
         """Store clock minus local clock, learned from replies, to pick the store's windows."""
         self._default_plan = policy.defaults.plan
         self._steps: dict[str, dict[str, Step]] = {}
+        self._provider_steps: dict[str, Step] = {}
         """Recent default-cost acquire steps per subject and operation, reused while valid."""
 
     # -- building steps ---------------------------------------------------------------------
@@ -297,7 +298,15 @@ class Engine:
                 f"{', '.join(sorted(self.compiled.providers)) or 'none'}"
             )
         subject = provider_subject(name)
-        if cost is None and amount is None and check.default_costs is not None:
+        default = cost is None and amount is None and check.default_costs is not None
+        if default and mode == ACQUIRE:
+            # As in `consume`: the same call in the same windows sends the same step again.
+            cached = self._provider_steps.get(name)
+            if cached is not None:
+                span = cached.span
+                if span[1] == ALWAYS or span is check.current_span(self.clock() + self.offset_us):
+                    return cached
+        if default and check.default_costs is not None:
             step = Step(
                 subject, None, name, check, 1, check.default_micros, check.default_costs, mode
             )
@@ -308,6 +317,8 @@ class Engine:
         step.packed = span[3]
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
+        elif default and mode == ACQUIRE:
+            self._provider_steps[name] = step
         return step
 
     def peek(self, subject: str) -> Step:

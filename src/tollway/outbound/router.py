@@ -194,7 +194,7 @@ def _tiered(
 ) -> Decimal | None:
     """The amount to commit: as given, else the tier price of the units, else None (the
     reservation's own price)."""
-    if amount is not None:
+    if amount is not None or not core.providers[call.provider].tiers:
         return amount
     units = call.decision.cost if cost is None else cost
     micros = core.tier_micros(call.provider, call.decision, units)
