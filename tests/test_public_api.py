@@ -7,6 +7,7 @@ import inspect
 import tollway
 import tollway.errors
 import tollway.outbound
+import tollway.outbound.geocode
 import tollway.testing
 
 PUBLIC = {
@@ -53,6 +54,21 @@ OUTBOUND = {
 }
 
 
+GEOCODE = {
+    "Answer",
+    "BatchReport",
+    "CacheError",
+    "GeocodeAdapter",
+    "GeocodeOutcome",
+    "GeocodeResult",
+    "Geocoder",
+    "ResultCache",
+    "adapters_from_policy",
+    "geocode_csv",
+    "make_adapter",
+}
+
+
 def test_all_is_pinned_and_importable() -> None:
     assert set(tollway.__all__) == PUBLIC
     assert len(tollway.__all__) == len(PUBLIC)  # no duplicates
@@ -60,6 +76,9 @@ def test_all_is_pinned_and_importable() -> None:
         assert hasattr(tollway, name), name
     assert tollway.testing.__all__ == ["FakeClock"]
     assert set(tollway.outbound.__all__) == OUTBOUND
+    assert set(tollway.outbound.geocode.__all__) == GEOCODE
+    for name in tollway.outbound.geocode.__all__:
+        assert hasattr(tollway.outbound.geocode, name), name
     for name in tollway.outbound.__all__:
         assert hasattr(tollway.outbound, name), name
 
