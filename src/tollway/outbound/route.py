@@ -187,10 +187,12 @@ class RouteCore:
     ) -> list[HealthOp]:
         """The health writes ``signal`` calls for (often none: a plain success writes
         nothing, so the common call stays at two round trips)."""
+        kind = signal.kind
+        if kind == "ok" and not probe and signal.remaining is None:
+            return []  # the common case: nothing to write
         subject = provider_subject(provider)
         health = self.providers[provider].health
         ops: list[HealthOp] = []
-        kind = signal.kind
         if kind == "error":
             ops.append(
                 HealthOp(
