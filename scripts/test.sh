@@ -6,7 +6,7 @@
 #
 # Works from any directory and on a fresh Debian machine: creates .venv, installs
 # '.[dev]' when pyproject.toml changed, and apt-installs the servers the tests need
-# (redis-server, redis-cli). Env: PYTHON (interpreter for a new .venv, default python3).
+# (redis-server, redis-cli; postgresql for initdb/postgres/pg_ctl). Env: PYTHON (interpreter for a new .venv, default python3).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -75,9 +75,27 @@ export PATH="$VENV/bin:$PATH"
 # need the binaries. A missing binary is installed here, never skipped.
 need_command redis-server redis-server
 need_command redis-cli redis-tools
-# PostgreSQL hook: when a Postgres store lands, install it here, e.g.
-#   need_command pg_ctl postgresql   (Debian puts pg_ctl in /usr/lib/postgresql/*/bin,
-#   so add that directory to PATH first) and start it from tests/servers.py.
+# PostgreSQL (the ledger's tests): initdb, postgres and pg_ctl. Debian keeps them in
+# /usr/lib/postgresql/<major>/bin, off PATH: put the newest such directory on PATH first,
+# then install the package if they are still missing. Debian's package also creates the
+# 'postgres' account that tests/servers.py runs the server as under root (PostgreSQL refuses
+# to run as root); the package's own cluster is not used (the tests start their own).
+pg_bin_on_path() {
+    local dir
+    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    if [ -n "$dir" ] && [ -x "$dir/initdb" ]; then
+        case ":$PATH:" in *":$dir:"*) ;; *) export PATH="$PATH:$dir" ;; esac
+    fi
+}
+pg_bin_on_path
+if ! command -v initdb >/dev/null 2>&1 || ! command -v pg_ctl >/dev/null 2>&1 \
+    || ! command -v postgres >/dev/null 2>&1; then
+    apt_install postgresql
+    pg_bin_on_path
+fi
+need_command initdb postgresql
+need_command pg_ctl postgresql
+need_command postgres postgresql
 
 # ---------------------------------------------------------------- checks
 lint_paths=()

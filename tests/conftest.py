@@ -13,7 +13,7 @@ import pytest
 import redis
 import redis.cluster
 
-from servers import RedisCluster, RedisServer, parse_cluster_url
+from servers import PostgresServer, RedisCluster, RedisServer, parse_cluster_url
 
 # =========================================================================== Redis
 # Real servers on 127.0.0.1, started lazily (only when a test asks for them) and
@@ -121,3 +121,65 @@ def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         os.environ.pop("XDG_STATE_HOME", None)
     else:
         os.environ["XDG_STATE_HOME"] = previous
+
+
+# =========================================================================== PostgreSQL
+# A real PostgreSQL on 127.0.0.1 (servers.PostgresServer: initdb into a temporary directory,
+# trust auth on loopback; under root it runs as the unprivileged `postgres` account), started
+# lazily (only when a test asks for it) and stopped at session end. TOLLWAY_TEST_POSTGRES_URL
+# points `postgres_url` at an existing server instead; `postgres_server` is always one started
+# here. A missing initdb/postgres is an error, never a skip (scripts/test.sh installs them).
+# Tests using these fixtures are marked `postgres` (`-m "not postgres"` leaves them out).
+
+POSTGRES_URL_ENV = "TOLLWAY_TEST_POSTGRES_URL"
+_POSTGRES_FIXTURES = frozenset({"postgres_server", "postgres_url", "make_postgres_server"})
+
+
+class _PostgresMarker:
+    """Marks the tests that use a PostgreSQL fixture. A plugin of its own, so this section
+    adds to the Redis section's `pytest_collection_modifyitems` instead of replacing it."""
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            if set(getattr(item, "fixturenames", ())) & _POSTGRES_FIXTURES:
+                item.add_marker(pytest.mark.postgres)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("tollway-postgres-marker"):
+        config.pluginmanager.register(_PostgresMarker(), "tollway-postgres-marker")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session. Do not kill it; use
+    `make_postgres_server` for crash/restart tests."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """``postgresql://postgres@127.0.0.1:PORT/postgres`` of the session server (or
+    $TOLLWAY_TEST_POSTGRES_URL)."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if url:
+        return url
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.url
+
+
+@pytest.fixture
+def make_postgres_server() -> Iterator[Callable[[], PostgresServer]]:
+    """Factory of private, started servers (for kill()/start() tests); all stopped after."""
+    started: list[PostgresServer] = []
+
+    def make() -> PostgresServer:
+        server = PostgresServer().start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

@@ -1,34 +1,43 @@
-"""Start and stop real Redis servers for the test session.
+"""Start and stop real Redis and PostgreSQL servers for the test session.
 
 Everything listens on 127.0.0.1 only, lives in a temporary directory that is
 removed on ``stop()``, and is also stopped by an ``atexit`` hook (and, on Linux,
 by the kernel when the Python process dies) so a crashed session leaves nothing
 running. Only processes started here are ever signalled, always by their pid.
 
-No dependency on redis-py: readiness checks speak a minimal RESP over a socket.
+No dependency on redis-py or psycopg: readiness checks speak a minimal RESP, or the first
+messages of PostgreSQL's wire protocol, over a socket.
+
+PostgreSQL refuses to run as root: under root (CI), ``initdb`` and ``postgres`` run as an
+unprivileged account (``postgres``, which Debian's package creates, else ``tollway-pg``,
+created here with ``useradd --system``) that owns the server's temporary directory.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
+import os
+import pwd
 import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 HOST = "127.0.0.1"
 CLUSTER_BUS_OFFSET = 10000
 MAX_PORT = 65535
 
-_live: dict[int, RedisServer | RedisCluster] = {}
+_live: dict[int, RedisServer | RedisCluster | PostgresServer] = {}
 
 
 class ServerError(RuntimeError):
@@ -473,6 +482,314 @@ class RedisCluster:
 
     def __repr__(self) -> str:
         return f"RedisCluster(ports={self.ports})"
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+PG_USER = "postgres"
+"""The database superuser that ``initdb`` creates (trust auth on loopback: no password)."""
+PG_DATABASE = "postgres"
+PG_FALLBACK_ACCOUNT = "tollway-pg"
+PG_ACCOUNTS = ("postgres", PG_FALLBACK_ACCOUNT)
+"""Accounts to run PostgreSQL as under root, in order of preference (Debian's first)."""
+_PG_PROTOCOL = 196608  # 3.0
+# A new postmaster can fail while the one before it is still going away: try again.
+_PG_TRANSIENT = ("Address already in use", "shared memory block", "lock file")
+
+
+def _require_pg(executable: str) -> str:
+    """``initdb``/``postgres``/``pg_ctl`` from PATH, else Debian's /usr/lib/postgresql/N/bin."""
+    path = shutil.which(executable)
+    if path is not None:
+        return path
+    found = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{executable}"),
+        key=lambda p: (
+            int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
+        ),
+    )
+    if found:
+        return found[-1]
+    raise ServerError(
+        f"{executable!r} is not on PATH nor in /usr/lib/postgresql/*/bin. Run the tests with "
+        "`bash scripts/test.sh`, which installs it (apt-get install postgresql)."
+    )
+
+
+def pg_account() -> pwd.struct_passwd | None:
+    """The unprivileged account to run PostgreSQL as when we are root (None when not root):
+    ``postgres`` if it exists, else ``tollway-pg``, created on first use."""
+    if os.geteuid() != 0:
+        return None
+    for name in PG_ACCOUNTS:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    result = subprocess.run(
+        [useradd, "--system", "--user-group", "--no-create-home",
+         "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", PG_FALLBACK_ACCOUNT],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    try:
+        return pwd.getpwnam(PG_FALLBACK_ACCOUNT)  # made now, or by a concurrent session
+    except KeyError:
+        raise ServerError(
+            f"running as root, and could not create the account {PG_FALLBACK_ACCOUNT!r} to run "
+            f"PostgreSQL as ({useradd} exited {result.returncode}): {result.stderr.strip()}"
+        ) from None
+
+
+def _pg_env() -> dict[str, str]:
+    # No PG* variables of the caller's (PGDATA, PGPORT...) and a locale that always exists.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(LC_ALL="C", LANG="C")
+    return env
+
+
+def pg_handshake(port: int, *, host: str = HOST, timeout: float = 0.5) -> bool:
+    """True when the server on ``port`` accepts a connection of `PG_USER` to `PG_DATABASE`
+    without a password (StartupMessage -> AuthenticationOk ... ReadyForQuery)."""
+    params = f"user\0{PG_USER}\0database\0{PG_DATABASE}\0\0".encode()
+    body = struct.pack("!I", _PG_PROTOCOL) + params
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(struct.pack("!I", len(body) + 4) + body)
+            with sock.makefile("rb") as reader:
+                while True:
+                    head = reader.read(5)
+                    if len(head) < 5:
+                        return False
+                    kind, size = head[:1], struct.unpack("!I", head[1:])[0]
+                    payload = reader.read(size - 4)
+                    if kind == b"E":  # "the database system is starting up", ...
+                        return False
+                    if kind == b"R" and struct.unpack("!I", payload[:4])[0] != 0:
+                        raise ServerError(f"PostgreSQL on port {port} asks for a password")
+                    if kind == b"Z":
+                        sock.sendall(b"X\0\0\0\x04")  # Terminate
+                        return True
+    except OSError:
+        return False
+
+
+class PostgresServer:
+    """One PostgreSQL postmaster on 127.0.0.1, in a temporary directory of its own.
+
+    ``initdb`` (superuser `PG_USER`, trust auth, UTF8, C locale) runs on the first start; the
+    postmaster runs in the foreground (we keep its Popen, so every signal goes to its pid).
+    ``stop()`` is a fast shutdown and removes the directory; ``kill()`` is an immediate
+    shutdown (SIGQUIT: every backend ends at once, no checkpoint: crash recovery on the next
+    start), keeping the directory; ``start()`` again restarts it on the same port.
+
+    ``durable=False`` (the default, for tests) turns fsync and full-page writes off (safe
+    against a crash of the server, not of the machine); ``durable=True`` keeps PostgreSQL's
+    defaults (for benchmarks).
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        durable: bool = False,
+        extra_settings: dict[str, str] | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.port = port if port is not None else find_free_port()
+        self.host = HOST
+        self.durable = durable
+        self.extra_settings = dict(extra_settings or {})
+        self.startup_timeout = startup_timeout
+        self.startup_seconds: float | None = None
+        self.account = pg_account()
+        """The account the server runs as when we are root (None: as ourselves)."""
+        self._port_chosen_by_caller = port is not None
+        self._started_at = 0.0
+        self._dir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- info
+    @property
+    def url(self) -> str:
+        return f"postgresql://{PG_USER}@{self.host}:{self.port}/{PG_DATABASE}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def directory(self) -> Path | None:
+        return self._dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self._directory() / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self._directory() / f"postgres-{self.port}.log"
+
+    def _directory(self) -> Path:
+        if self._dir is None:
+            # Under root the server's account must reach the directory: /tmp, not a TMPDIR
+            # that may sit in root's home.
+            base = "/tmp" if self.account is not None and os.path.isdir("/tmp") else None
+            self._dir = Path(tempfile.mkdtemp(prefix="tollway-pg-", dir=base))
+            if self.account is not None:
+                os.chown(self._dir, self.account.pw_uid, self.account.pw_gid)
+        return self._dir
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"cwd": self._directory(), "env": _pg_env()}
+        if self.account is not None:
+            kwargs.update(user=self.account.pw_uid, group=self.account.pw_gid, extra_groups=[])
+        return kwargs
+
+    # -- lifecycle
+    def _initdb(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        args = [
+            _require_pg("initdb"), "-D", str(self.data_dir), "-U", PG_USER,
+            "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            try:
+                result = subprocess.run(
+                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    timeout=120, check=False, **self._popen_kwargs(),
+                )  # fmt: skip
+            except subprocess.TimeoutExpired as exc:
+                raise ServerError(f"initdb timed out:\n{_log_tail(self.log_path)}") from exc
+        if result.returncode != 0:
+            raise ServerError(
+                f"initdb failed ({result.returncode}) as "
+                f"{self.account.pw_name if self.account else 'the current user'}:\n"
+                f"{_log_tail(self.log_path)}"
+            )
+
+    def start(self) -> PostgresServer:
+        """Start (or restart) the server and wait until it takes connections."""
+        if self.running:
+            return self
+        started = time.monotonic()
+        self._initdb()
+        while True:
+            self.spawn()
+            try:
+                self.wait_ready()
+                break
+            except ServerError as exc:
+                transient = any(text in str(exc) for text in _PG_TRANSIENT)
+                if not transient or time.monotonic() - started > self.startup_timeout:
+                    self._signal_and_wait(signal.SIGQUIT)
+                    raise
+                if "Address already in use" in str(exc) and not self._port_chosen_by_caller:
+                    self.port = find_free_port()  # someone took the port first: pick again
+                time.sleep(0.2)
+        self._port_chosen_by_caller = True  # restarts keep this port
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def spawn(self) -> None:
+        """Start the postmaster without waiting (see ``wait_ready``)."""
+        settings = {
+            "listen_addresses": self.host,
+            "unix_socket_directories": str(self._directory()),
+            "max_connections": "50",
+        }
+        if not self.durable:
+            # A crash of the server process alone loses nothing even so: the OS keeps what
+            # was written. (synchronous_commit stays on: off would lose commits in a kill().)
+            settings.update(fsync="off", full_page_writes="off")
+        settings.update(self.extra_settings)
+        args = [*_die_with_parent_prefix(), _require_pg("postgres"), "-D", str(self.data_dir),
+                "-p", str(self.port)]  # fmt: skip
+        for key, value in settings.items():
+            args += ["-c", f"{key}={value}"]
+        self._started_at = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C hits pytest, which then stops us cleanly
+                **self._popen_kwargs(),
+            )
+        _live[id(self)] = self
+
+    def _postmaster_ready(self, pid: int) -> bool:
+        # pg_ctl's own test: postmaster.pid names our pid and says "ready" (line 8).
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
+
+    def wait_ready(self) -> None:
+        deadline = self._started_at + self.startup_timeout
+        while True:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = None if proc is None else proc.returncode
+                self._proc = None
+                raise ServerError(
+                    f"postgres on port {self.port} exited (code {code}):\n"
+                    f"{_log_tail(self.log_path)}"
+                )
+            if self._postmaster_ready(proc.pid) and pg_handshake(self.port):
+                return
+            if time.monotonic() > deadline:
+                self._signal_and_wait(signal.SIGQUIT)
+                raise ServerError(
+                    f"postgres on port {self.port} did not take connections within "
+                    f"{self.startup_timeout:.0f}s:\n{_log_tail(self.log_path)}"
+                )
+            time.sleep(0.02)
+
+    def _signal_and_wait(self, sig: signal.Signals, timeout: float = 10.0) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        for signum in (sig, signal.SIGQUIT, signal.SIGKILL):
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signum)  # this pid only; the postmaster ends its own backends
+            try:
+                proc.wait(timeout=timeout)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        proc.wait(timeout=timeout)
+        self._proc = None
+
+    def kill(self) -> None:
+        """Immediate shutdown (simulated crash): connections drop at once, no checkpoint. The
+        directory is kept; ``start()`` again (crash recovery runs then)."""
+        self._signal_and_wait(signal.SIGQUIT)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT; SIGQUIT, then SIGKILL, after 10 s each), then remove the
+        temporary directory."""
+        self._signal_and_wait(signal.SIGINT)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        _live.pop(id(self), None)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        user = f", user={self.account.pw_name!r}" if self.account else ""
+        return f"PostgresServer(port={self.port}, pid={self.pid}{user})"
 
 
 @atexit.register

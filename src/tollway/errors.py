@@ -108,3 +108,55 @@ class NoProviderAvailable(TollwayError):
         """Seconds until the soonest provider could take the call again (None: unknown)."""
         reasons = "; ".join(str(skip) for skip in skipped) or "it has no providers"
         super().__init__(f"route {route!r}: no provider can take the call: {reasons}")
+
+
+class EventFormatError(InvalidArgumentError):
+    """A CloudEvents envelope is malformed: not JSON, or a required attribute missing or bad.
+
+    ``attribute`` names the attribute at fault (``"specversion"``, ``"data.amount"``), or is None
+    when the document as a whole is unreadable."""
+
+    def __init__(self, message: str, attribute: str | None = None) -> None:
+        super().__init__(message)
+        self.attribute = attribute
+
+
+class WebhookVerificationError(TollwayError):
+    """A received webhook failed verification: a header missing or malformed, a timestamp outside
+    the tolerance, or no signature matching any secret. A receiver answers it with 401 and never
+    retries it; ``reason`` is a stable code, ``header`` the header at fault (or None)."""
+
+    def __init__(self, message: str, *, reason: str, header: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """``missing_header``, ``invalid_header``, ``timestamp_too_old``,
+        ``timestamp_too_new`` or ``no_matching_signature``."""
+        self.header = header
+
+
+class InvalidUsageEventError(InvalidArgumentError):
+    """A ledger usage event is malformed; ``field`` names the bad field (``attributes['k']``)."""
+
+    def __init__(self, message: str, *, event_id: str | None = None, field: str = "") -> None:
+        self.event_id = event_id
+        """The event's id when it had a usable one, else None."""
+        self.field = field
+        """The field at fault: ``quantity``, ``attributes['region']``, ``events[3]``..."""
+        where = f"usage event {event_id!r}" if event_id else "usage event"
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+
+class LedgerError(TollwayError):
+    """The ledger (the database of usage events) failed or refused an operation."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """The ledger's database cannot be reached (refused, dropped connection, locked, timeout).
+
+    Nothing of the failed call was committed unless the connection died during COMMIT; either
+    way the same batch can be sent again as it is: inserts are idempotent on the event id.
+    """
+
+
+class LedgerSchemaError(LedgerError):
+    """The ledger's schema cannot be used: newer than this tollway, or a migration failed."""

@@ -1,0 +1,146 @@
+"""The ledger's schema: numbered migrations, each written once for SQLite and once for PostgreSQL.
+
+A database records the versions applied to it in ``tollway_schema``. Opening a ledger applies
+the missing ones in order, in one transaction under a lock (``BEGIN IMMEDIATE`` on SQLite, an
+advisory transaction lock on PostgreSQL), so two processes starting at once apply each
+migration once. A database that holds a version this code does not know is newer than the
+code: it is refused with `LedgerSchemaError` rather than written with an older idea of rows.
+
+Why not Alembic: it would bring SQLAlchemy (an ORM and engine layer the ledger does not use)
+for one table and three indexes; its migrations live in a script directory with an ``env.py``
+and run from a CLI, where the ledger must migrate itself when a library user opens it
+(``open_ledger("sqlite:///usage.db")``); and the two dialects would still need hand-written DDL
+(jsonb, ``COLLATE "C"``). A migration here is two reviewed SQL texts side by side, and the
+runner is the twenty lines of `migrate_flow`. Revisit if the schema grows beyond a few tables.
+
+Rules for a new migration: append it with the next version number, never edit a released
+one; keep it additive where possible (older code refuses a newer database anyway); no ``;``
+inside a statement (the texts are split on ``;``), so no triggers or function bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tollway.errors import LedgerSchemaError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate_flow", "pending"]
+
+DialectName = Literal["sqlite", "postgres"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: str
+    postgres: str
+
+    def statements(self, dialect: DialectName) -> list[str]:
+        text = self.sqlite if dialect == "sqlite" else self.postgres
+        return [part.strip() for part in text.split(";") if part.strip()]
+
+
+_SQLITE_1 = """
+CREATE TABLE usage_events (
+    id              TEXT    NOT NULL PRIMARY KEY,
+    subject         TEXT    NOT NULL,
+    operation       TEXT    NOT NULL,
+    meter           TEXT    NOT NULL,
+    quantity        INTEGER NOT NULL CHECK (quantity >= 0),
+    amount_micros   INTEGER CHECK (amount_micros >= 0),
+    currency        TEXT,
+    plan            TEXT,
+    policy_version  TEXT,
+    limits          TEXT    NOT NULL DEFAULT '[]',
+    occurred_at_us  INTEGER NOT NULL,
+    recorded_at_us  INTEGER NOT NULL,
+    attributes      TEXT    NOT NULL DEFAULT '{}',
+    CHECK ((amount_micros IS NULL) = (currency IS NULL))
+);
+CREATE INDEX usage_events_subject_occurred ON usage_events (subject, occurred_at_us);
+CREATE INDEX usage_events_subject_meter_occurred
+    ON usage_events (subject, meter, occurred_at_us);
+CREATE INDEX usage_events_recorded ON usage_events (recorded_at_us)
+"""
+
+# Keys compare bytewise (COLLATE "C"): cheaper index maintenance than a locale collation, and
+# the same order as SQLite's. Times stay integer microseconds, as everywhere in tollway.
+_POSTGRES_1 = """
+CREATE TABLE usage_events (
+    id              text COLLATE "C" PRIMARY KEY,
+    subject         text COLLATE "C" NOT NULL,
+    operation       text COLLATE "C" NOT NULL,
+    meter           text COLLATE "C" NOT NULL,
+    quantity        bigint NOT NULL CHECK (quantity >= 0),
+    amount_micros   bigint CHECK (amount_micros >= 0),
+    currency        text,
+    plan            text,
+    policy_version  text,
+    limits          jsonb  NOT NULL DEFAULT '[]',
+    occurred_at_us  bigint NOT NULL,
+    recorded_at_us  bigint NOT NULL,
+    attributes      jsonb  NOT NULL DEFAULT '{}',
+    CONSTRAINT usage_events_amount_currency CHECK ((amount_micros IS NULL) = (currency IS NULL))
+);
+CREATE INDEX usage_events_subject_occurred ON usage_events (subject, occurred_at_us);
+CREATE INDEX usage_events_subject_meter_occurred
+    ON usage_events (subject, meter, occurred_at_us);
+CREATE INDEX usage_events_recorded ON usage_events (recorded_at_us)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "usage_events, unique on id, indexed by subject and time", _SQLITE_1, _POSTGRES_1),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+"""The newest schema version this code knows."""
+
+_CREATE_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS tollway_schema ("
+    " version INTEGER NOT NULL PRIMARY KEY,"
+    " description TEXT NOT NULL,"
+    " applied_at_us BIGINT NOT NULL)"
+)
+# Any fixed 64-bit key: serializes concurrent migrators of one PostgreSQL database.
+_PG_LOCK = "SELECT pg_advisory_xact_lock(7330480721592010341)"
+
+
+def pending(applied: Iterable[int], *, where: str) -> list[Migration]:
+    """The migrations still to apply, in order; refuses a database newer than this code."""
+    done = set(applied)
+    known = {m.version for m in MIGRATIONS}
+    unknown = sorted(done - known)
+    if unknown:
+        raise LedgerSchemaError(
+            f"the ledger database {where} has schema version {max(done)}, newer than this "
+            f"tollway knows (up to {SCHEMA_VERSION}; unknown: {', '.join(map(str, unknown))}): "
+            "upgrade tollway, or open a database made by this version"
+        )
+    return [m for m in MIGRATIONS if m.version not in done]
+
+
+Query = tuple[str, tuple[Any, ...]]
+
+
+def migrate_flow(
+    dialect: DialectName, *, where: str, now_us: int, param: str
+) -> Generator[Query, list[tuple[Any, ...]], int]:
+    """The statements of a migration run, as a generator: the driver executes each yielded
+    ``(sql, params)`` inside one transaction and sends back its rows (``[]`` for none). The
+    return value is the number of migrations applied. Sync and async drivers share it."""
+    if dialect == "postgres":
+        yield _PG_LOCK, ()
+    yield _CREATE_SCHEMA_TABLE, ()
+    rows = yield "SELECT version FROM tollway_schema", ()
+    todo = pending((int(row[0]) for row in rows), where=where)
+    insert = (
+        "INSERT INTO tollway_schema (version, description, applied_at_us) "
+        f"VALUES ({param}, {param}, {param})"
+    )
+    for migration in todo:
+        for statement in migration.statements(dialect):
+            yield statement, ()
+        yield insert, (migration.version, migration.description, now_us)
+    return len(todo)

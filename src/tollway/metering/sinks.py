@@ -1,0 +1,308 @@
+"""Where a message goes: the `Sink` protocol, `WebhookSink` (HTTP(S) POST signed per Standard
+Webhooks, with the standard library's ``http.client``) and `CallableSink` (any Python callable).
+See `tollway.metering.delivery` for how a sink's answers are retried and dead-lettered."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import SplitResult, urlsplit
+
+from tollway.errors import ConfigurationError
+from tollway.metering.cloudevents import (
+    BATCH_CONTENT_TYPE,
+    decode,
+    decode_batch,
+)
+from tollway.metering.webhooks import (
+    SecretsLike,
+    WebhookSecret,
+    headers_for,
+    parse_secrets,
+)
+from tollway.outbound.signals import parse_retry_after
+
+__all__ = [
+    "AttemptOutcome",
+    "CallableSink",
+    "Message",
+    "SendResult",
+    "Sink",
+    "WebhookSink",
+    "check_sink_url",
+]
+
+
+AttemptOutcome = Literal["delivered", "failed", "gone"]
+DEFAULT_TIMEOUT = 15.0
+"""Seconds per attempt (Standard Webhooks recommends 15 to 30)."""
+
+_MAX_RESPONSE_BYTES = 64 * 1024
+_DETAIL_CHARS = 200
+
+
+# --------------------------------------------------------------------------- messages, sinks
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a sink sends: an encoded event or batch and the id receivers dedupe on."""
+
+    id: str
+    body: bytes
+    content_type: str
+    event_ids: tuple[str, ...]
+
+    @property
+    def is_batch(self) -> bool:
+        return self.content_type == BATCH_CONTENT_TYPE
+
+    def events(self) -> list[dict[str, Any]]:
+        """The events, decoded (one for a single event)."""
+        return decode_batch(self.body) if self.is_batch else [decode(self.body)]
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """One attempt's answer, from a sink's `Sink.send`."""
+
+    outcome: AttemptOutcome
+    status: int | None = None
+    """The HTTP status, when there was an answer."""
+    error: str | None = None
+    """What went wrong (``"HTTP 500: …"``, ``"timed out after 0.2 s"``, an exception)."""
+    retry_after: float | None = None
+    """Seconds the sink asked to wait (``Retry-After``)."""
+
+    @classmethod
+    def delivered(cls, status: int | None = None) -> SendResult:
+        return cls("delivered", status=status)
+
+    @classmethod
+    def failed(
+        cls, error: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> SendResult:
+        return cls("failed", status=status, error=error, retry_after=retry_after)
+
+    @classmethod
+    def gone(cls, error: str, *, status: int | None = 410) -> SendResult:
+        return cls("gone", status=status, error=error)
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where messages go. ``send`` never raises for a failed delivery: it returns a
+    `SendResult` (an exception out of it is still counted as a failure). ``disabled`` is true
+    once the sink said it wants no more (a webhook's 410 Gone)."""
+
+    @property
+    def target(self) -> str:
+        """What the sink is, for records and errors: a URL, a callable's name."""
+        ...
+
+    @property
+    def disabled(self) -> bool: ...
+
+    def send(self, message: Message, *, timeout: float) -> SendResult: ...
+
+
+def check_sink_url(url: Any) -> str:
+    """Return ``url`` if a webhook can be sent to it: ``http`` or ``https``, with a host, a
+    valid port and no credentials. Raises `ConfigurationError` naming the URL."""
+    if not isinstance(url, str) or not url or any(c.isspace() or ord(c) < 32 for c in url):
+        raise ConfigurationError(
+            f"sink URL {url!r}: expected an http:// or https:// URL without spaces"
+        )
+    try:
+        split = urlsplit(url)
+        port = split.port
+    except ValueError as exc:
+        raise ConfigurationError(f"sink URL {url!r}: {exc}") from None
+    if split.scheme.lower() not in {"http", "https"}:
+        scheme = f"scheme {split.scheme!r}" if split.scheme else "no scheme"
+        raise ConfigurationError(f"sink URL {url!r}: {scheme}; expected http:// or https://")
+    if not split.hostname:
+        raise ConfigurationError(
+            f"sink URL {url!r}: no host; expected e.g. https://hooks.example.com/tollway"
+        )
+    if split.username is not None or split.password is not None:
+        shown = split._replace(netloc=f"***@{split.netloc.rpartition('@')[2]}").geturl()
+        raise ConfigurationError(
+            f"sink URL {shown!r}: credentials in the URL are not sent; pass an Authorization "
+            "header in headers= instead"
+        )
+    if port == 0:
+        raise ConfigurationError(f"sink URL {url!r}: port 0; expected a port from 1 to 65535")
+    return url
+
+
+class WebhookSink:
+    """POST each message to ``url``, signed per Standard Webhooks with every secret in
+    ``secrets`` (several during a rotation, current first; change them with `set_secrets`).
+
+    ``clock`` stamps ``webhook-timestamp`` (real Unix time by default: receivers check it
+    within 5 minutes, so it is not the deliverer's scheduling clock). ``headers`` are added to
+    every request. Redirects are not followed (a 3xx is a failure, as the spec advises)."""
+
+    def __init__(
+        self,
+        url: str,
+        secrets: SecretsLike,
+        *,
+        headers: Mapping[str, str] | None = None,
+        user_agent: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._url = check_sink_url(url)
+        split: SplitResult = urlsplit(url)
+        self._https = split.scheme.lower() == "https"
+        self._host = split.hostname or ""
+        self._port = split.port
+        self._path = (split.path or "/") + (f"?{split.query}" if split.query else "")
+        self._secrets = parse_secrets(secrets)
+        extra = dict(headers or {})
+        reserved = {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type"}
+        for name, value in extra.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise ConfigurationError(f"headers: {name!r}: {value!r}; expected strings")
+            if name.lower() in reserved or name.lower() == "content-length":
+                raise ConfigurationError(f"headers: {name!r} is set by the sink itself")
+        self._extra = extra
+        if user_agent is None:
+            from tollway import __version__
+
+            user_agent = f"tollway/{__version__} (webhooks)"
+        self._user_agent = user_agent
+        self._ssl_context = ssl_context
+        self._clock = clock
+        self.disabled = False
+        """Set by a 410 Gone answer; messages for a disabled sink are dead-lettered unsent."""
+
+    @property
+    def target(self) -> str:
+        return self._url
+
+    @property
+    def secrets(self) -> tuple[WebhookSecret, ...]:
+        return self._secrets
+
+    def set_secrets(self, secrets: SecretsLike) -> None:
+        """Replace the signing secrets (a rotation: new and old, then new alone)."""
+        self._secrets = parse_secrets(secrets)
+
+    def enable(self) -> None:
+        """Clear ``disabled`` (the receiver wants messages again)."""
+        self.disabled = False
+
+    def __repr__(self) -> str:
+        return f"WebhookSink({self._url!r}, {len(self._secrets)} secret(s))"
+
+    def send(self, message: Message, *, timeout: float) -> SendResult:
+        if self.disabled:
+            return SendResult.gone("the sink is disabled (it answered 410 Gone)", status=None)
+        headers = {
+            **self._extra,
+            "User-Agent": self._user_agent,
+            "Content-Type": message.content_type,
+            **headers_for(message.id, message.body, self._secrets, timestamp=int(self._clock())),
+        }
+        deadline = time.monotonic() + timeout
+        conn = self._connection(timeout)
+        try:
+            conn.connect()
+            _narrow(conn, deadline)
+            conn.request("POST", self._path, body=message.body, headers=headers)
+            _narrow(conn, deadline)
+            response = conn.getresponse()
+            status = response.status
+            if 200 <= status < 300:
+                return SendResult.delivered(status)
+            detail = _read_detail(conn, response, deadline)
+            error = f"HTTP {status} {response.reason}".rstrip() + (f": {detail}" if detail else "")
+            if status == 410:
+                self.disabled = True
+                return SendResult.gone(error, status=status)
+            return SendResult.failed(
+                error,
+                status=status,
+                retry_after=parse_retry_after(response.getheader("Retry-After")),
+            )
+        except TimeoutError:
+            return SendResult.failed(f"timed out after {timeout:g} s")
+        except (OSError, http.client.HTTPException) as exc:
+            return SendResult.failed(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        finally:
+            conn.close()
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._https:
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            context = self._ssl_context
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=timeout, context=context
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+
+class CallableSink:
+    """Hand each message to ``fn(message)``; its return value is ignored, an exception is a
+    failure retried on the schedule like any other. ``timeout`` cannot interrupt a Python
+    call: the callable bounds its own time."""
+
+    def __init__(self, fn: Callable[[Message], object], *, name: str | None = None) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"fn: {fn!r} is not callable")
+        self._fn = fn
+        self._name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        self.disabled = False
+
+    @property
+    def target(self) -> str:
+        return f"callable:{self._name}"
+
+    def __repr__(self) -> str:
+        return f"CallableSink({self._name})"
+
+    def send(self, message: Message, *, timeout: float) -> SendResult:
+        try:
+            self._fn(message)
+        except Exception as exc:
+            return SendResult.failed(_exception_text(exc))
+        return SendResult.delivered()
+
+
+def _narrow(conn: http.client.HTTPConnection, deadline: float) -> None:
+    """Shrink the socket's timeout to what is left of the attempt's."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the attempt's time is up")
+    if conn.sock is not None:
+        conn.sock.settimeout(left)
+
+
+def _read_detail(
+    conn: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float
+) -> str:
+    """The start of a failed answer's body, for the record; "" if it does not come in time."""
+    try:
+        _narrow(conn, deadline)
+        return _snippet(response.read(_MAX_RESPONSE_BYTES))
+    except (OSError, http.client.HTTPException):
+        return ""
+
+
+def _snippet(raw: bytes) -> str:
+    text = re.sub(r"\s+", " ", raw.decode("utf-8", errors="replace")).strip()
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+
+
+def _exception_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
