@@ -28,7 +28,7 @@ from bench import report, sysload
 from bench.common import FLOOR, REPO
 from bench.outbound_worker import CALL_COMMIT, COUNTS, PRICE, PROFILE_CALLS, RUN, SUBJECTS
 from bench.probe import PROBE_CALLS
-from bench.run import CLIENT_CPU, NOISY, SERVER_CPU, cpu_model, mem_total
+from bench.run import CLIENT_CPU, NOISY, SERVER_CPU, cpu_model, json_worker, mem_total
 from bench.server import RedisServer, server_version
 
 WORKER_TIMEOUT_S = 600
@@ -49,26 +49,9 @@ def run_worker(
         tag += f"-try{attempt}"
     print(f"{tag} config {cfg}: {' '.join(cmd[:4])} ...", flush=True)
     err_path = outdir / f"worker-{tag}-{cfg}.stderr"
-    with err_path.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
-        try:
-            stdout, _ = proc.communicate(timeout=WORKER_TIMEOUT_S)
-        except BaseException:
-            proc.kill()  # our own child, by its pid
-            proc.wait()
-            raise
-    records = []
-    for line in stdout.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "type" in rec:
-            records.append(rec)
-    if proc.returncode != 0:
-        records.append(
-            {"type": "crash", "config": cfg, "round": rnd, "rc": proc.returncode, "tag": tag}
-        )
+    records, returncode = json_worker(cmd, err_path, WORKER_TIMEOUT_S)
+    if returncode != 0:
+        records.append({"type": "crash", "config": cfg, "round": rnd, "rc": returncode, "tag": tag})
         records[-1]["stderr"] = str(err_path.relative_to(REPO))
     return records
 

@@ -70,10 +70,29 @@ def run_worker(
         cmd = ["taskset", "-c", str(cpu), *cmd]
     print(f"round {rnd} config {cfg}: {' '.join(cmd[:4])} ...", flush=True)
     err_path = outdir / f"worker-r{rnd}-{cfg}.stderr"
+    records, returncode = json_worker(cmd, err_path, WORKER_TIMEOUT_S)
+    if returncode != 0:
+        records.append(
+            {
+                "type": "crash",
+                "config": cfg,
+                "round": rnd,
+                "rc": returncode,
+                "stderr": str(err_path),
+            }
+        )
+    return records
+
+
+def json_worker(
+    cmd: list[str], err_path: Path, timeout_s: float
+) -> tuple[list[dict[str, Any]], int]:
+    """Run one worker interpreter; the JSON records it printed (one per line, each with a
+    ``type``) and its exit status. Its stderr goes to ``err_path``."""
     with err_path.open("w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
         try:
-            stdout, _ = proc.communicate(timeout=WORKER_TIMEOUT_S)
+            stdout, _ = proc.communicate(timeout=timeout_s)
         except BaseException:
             proc.kill()  # our own child, by its pid
             proc.wait()
@@ -86,17 +105,7 @@ def run_worker(
             continue
         if isinstance(rec, dict) and "type" in rec:
             records.append(rec)
-    if proc.returncode != 0:
-        records.append(
-            {
-                "type": "crash",
-                "config": cfg,
-                "round": rnd,
-                "rc": proc.returncode,
-                "stderr": str(err_path),
-            }
-        )
-    return records
+    return records, proc.returncode
 
 
 def main(argv: list[str] | None = None) -> int:
