@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -13,6 +14,7 @@ from tollway.engine.decision import Decision
 from tollway.engine.step import ACQUIRE, OK, RESERVE, Engine, Reply, Step, degraded
 from tollway.engine.step import reply as make_reply
 from tollway.errors import (
+    ConfigurationError,
     StoreError,
     StoreUnavailableError,
     UnknownLimitError,
@@ -25,6 +27,10 @@ from tollway.stores import AsyncStore, SyncStore, open_async_store, open_store
 from tollway.usage import Usage
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from tollway.metering.ledger import Ledger, UsageEvent
+    from tollway.metering.recorder import Recorder
     from tollway.outbound.router import AsyncRoute, Route
 
 # A step is rebuilt when the store says it was built on stale knowledge (a plan changed, a
@@ -46,6 +52,75 @@ class _Face:
 
     def __init__(self, policy: PolicySource, clock: Callable[[], int] | None) -> None:
         self._engine = Engine(_policy(policy), clock)
+        self._recorder: Recorder | None = None
+        self._ledger: Ledger | None = None
+
+    # -- usage measured elsewhere (tollway.metering) ----------------------------------------
+
+    def record(
+        self,
+        subject: str,
+        meter: str,
+        quantity: int,
+        *,
+        id: str | None = None,
+        occurred_at: datetime | None = None,
+        amount: Decimal | None = None,
+        currency: str | None = None,
+        attributes: Mapping[str, str | int | bool] | None = None,
+    ) -> UsageEvent:
+        """Queue a usage event measured elsewhere (``id``: its idempotency key; the ledger
+        keeps one event per id); `flush` writes the queue to the ledger. Refused with a clear
+        error, and nothing queued, when older than ``[ledger] lateness_s``."""
+        self._engine.check_subject(subject)
+        if self._recorder is None:
+            from tollway.metering.recorder import Recorder
+
+            self._recorder = Recorder(self.policy, self._engine.clock)
+        return self._recorder.record(
+            subject,
+            meter,
+            quantity,
+            id=id,
+            occurred_at=occurred_at,
+            amount=amount,
+            currency=currency,
+            attributes=attributes,
+        )
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ``[ledger]`` of the policy, opened (and migrated) on first use."""
+        if self._ledger is None:
+            url = self.policy.ledger.url
+            if url is None:
+                raise ConfigurationError(
+                    "ledger: the policy has no [ledger] url; expected e.g. "
+                    'url = "sqlite:///tollway.db" or "postgresql://user@host/db"'
+                )
+            from tollway.metering.ledger import open_ledger
+
+            self._ledger = open_ledger(url)
+        return self._ledger
+
+    def _write_queued(self) -> int:
+        """Write the queued events to the ledger (from a worker thread, for asyncio); on a
+        failure they go back to the queue, so a retried flush loses and doubles nothing."""
+        recorder = self._recorder
+        events = recorder.take() if recorder is not None else []
+        if not events:
+            return 0
+        assert recorder is not None
+        try:
+            return self.ledger.write(events).inserted
+        except BaseException:
+            recorder.put_back(events)
+            raise
+
+    def _close_ledger(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
 
     @property
     def policy(self) -> Policy:
@@ -257,8 +332,17 @@ class Tollway(_Face):
         """Raise `StoreUnavailableError` unless the store answers (for health checks)."""
         self._store.ping()
 
+    def flush(self) -> int:
+        """Write the events queued by `record` to the ledger; how many were new."""
+        return self._write_queued()
+
     def close(self) -> None:
-        self._store.close()
+        try:
+            if self._recorder is not None and self._recorder.pending:
+                self.flush()
+        finally:
+            self._close_ledger()
+            self._store.close()
 
     def __enter__(self) -> Tollway:
         return self
@@ -403,8 +487,17 @@ class AsyncTollway(_Face):
         """Raise `StoreUnavailableError` unless the store answers (for health checks)."""
         await self._store.ping()
 
+    async def flush(self) -> int:
+        """`Tollway.flush`, in a worker thread."""
+        return await asyncio.to_thread(self._write_queued)
+
     async def aclose(self) -> None:
-        await self._store.aclose()
+        try:
+            if self._recorder is not None and self._recorder.pending:
+                await self.flush()
+        finally:
+            self._close_ledger()
+            await self._store.aclose()
 
     async def __aenter__(self) -> AsyncTollway:
         return self

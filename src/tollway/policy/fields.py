@@ -250,6 +250,18 @@ def parse_money(value: str) -> Money:
     return Money.parse(value)  # its ValueError says "too many decimals" or "too large"
 
 
+LEDGER_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
+def parse_ledger_url(value: str) -> str:
+    if not value.startswith(LEDGER_SCHEMES) or value in LEDGER_SCHEMES:
+        raise ValueError(
+            f"{show(value)} is not a ledger URL; expected sqlite:///PATH or "
+            "postgresql://USER@HOST:PORT/DB"
+        )
+    return value
+
+
 def parse_tier_price(value: str) -> tuple[Money, int]:
     """``"5.00 USD/1000"`` (per 1000 units) or ``"0.005 USD"`` (per unit): the money and the
     units it buys."""

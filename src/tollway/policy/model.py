@@ -214,6 +214,16 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """Where usage events are kept (``[ledger]``); no url: no ledger."""
+
+    url: str | None = None
+    """``sqlite:///tollway.db`` or ``postgresql://user@host:5432/db``."""
+    lateness_s: int = 86_400
+    """How old a usage event measured elsewhere may be when `Tollway.record` takes it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """The whole validated policy document."""
 
@@ -223,6 +233,7 @@ class Policy:
     plans: Mapping[str, Plan] = field(default_factory=dict)
     providers: Mapping[str, Provider] = field(default_factory=dict)
     routes: Mapping[str, Route] = field(default_factory=dict)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     source: str | None = None
     """The file the policy was loaded from, if any."""
     version: str = ""

@@ -24,6 +24,7 @@ from tollway.policy import fields
 from tollway.policy.fields import Check, got, quoted, show, text
 from tollway.policy.model import (
     Defaults,
+    LedgerConfig,
     Limit,
     LimitKind,
     OnError,
@@ -44,7 +45,8 @@ D = TypeVar("D")
 Table = Mapping[str, object]
 Strategy = Literal["priority", "cheapest", "weighted"]
 
-SECTIONS = ("store", "defaults", "operations", "plans", "providers", "routes")
+SECTIONS = ("store", "defaults", "operations", "plans", "providers", "routes", "ledger")
+LEDGER_KEYS = ("url", "lateness_s")
 STORE_KEYS = (
     "url",
     "timeout_ms",
@@ -257,6 +259,17 @@ class _Walker:
             plans=MappingProxyType(plans),
             providers=MappingProxyType(providers),
             routes=MappingProxyType(routes),
+            ledger=self.ledger(doc),
+        )
+
+    def ledger(self, doc: Table) -> LedgerConfig:
+        t, d = self.section(doc, "ledger", LEDGER_KEYS), LedgerConfig()
+        url = text(fields.parse_ledger_url, "sqlite:///tollway.db")
+        return LedgerConfig(
+            url=self.get(t, "ledger", "url", url, d.url),
+            lateness_s=self.get(
+                t, "ledger", "lateness_s", fields.integer(0, 366 * 86_400), d.lateness_s
+            ),
         )
 
     @staticmethod

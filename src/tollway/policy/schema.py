@@ -39,6 +39,19 @@ def policy_schema() -> Schema:
             "plans": _named("plan", "Named sets of limits; each subject is on one plan."),
             "providers": _named("provider", "Paid APIs the service calls, with their limits."),
             "routes": _named("route", "Ordered chains of providers for outbound calls."),
+            "ledger": _object(
+                "Where usage events are kept.",
+                url={
+                    "type": "string",
+                    "pattern": "^(sqlite:///|postgresql://|postgres://).+",
+                    "description": "sqlite:///PATH or postgresql://USER@HOST:PORT/DB.",
+                },
+                lateness_s=_int(
+                    "How old an event given to record() may be, in s. Default: 86400.",
+                    0,
+                    366 * 86_400,
+                ),
+            ),
         },
         "$defs": _defs(),
     }
