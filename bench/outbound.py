@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +27,14 @@ from bench import report, sysload
 from bench.common import FLOOR, REPO
 from bench.outbound_worker import CALL_COMMIT, COUNTS, PRICE, PROFILE_CALLS, RUN, SUBJECTS
 from bench.probe import PROBE_CALLS
-from bench.run import CLIENT_CPU, NOISY, SERVER_CPU, cpu_model, json_worker, mem_total
+from bench.run import (
+    NOISY,
+    SERVER_CPU,
+    cpu_model,
+    json_worker,
+    mem_total,
+    pinned_configs,
+)
 from bench.server import RedisServer, server_version
 
 WORKER_TIMEOUT_S = 600
@@ -152,15 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     outdir = REPO / "bench" / "results" / f"outbound-{started:%Y%m%dT%H%M%SZ}"
     outdir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-    pin = shutil.which("taskset") is not None and {SERVER_CPU, CLIENT_CPU} <= allowed
-    configs: dict[str, int | None] = {"A": CLIENT_CPU, "B": SERVER_CPU}
-    if not pin:
-        configs = {"A": None}
-        notes.append(
-            "Could not pin (no taskset or fewer than 2 CPUs allowed): ran unpinned as "
-            "'A' only; these numbers are not comparable with pinned runs."
-        )
+    configs = pinned_configs(notes)
+    pin = configs["A"] is not None
     base = ["--quick"] if args.quick else []
 
     git_before = git_state()

@@ -84,6 +84,19 @@ def run_worker(
     return records
 
 
+def pinned_configs(notes: list[str]) -> dict[str, int | None]:
+    """Config name -> the client's CPU: A on the other CPU than redis-server, B on the same;
+    only A, unpinned, when taskset or two CPUs are missing (said in ``notes``)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if shutil.which("taskset") is not None and {SERVER_CPU, CLIENT_CPU} <= allowed:
+        return {"A": CLIENT_CPU, "B": SERVER_CPU}
+    notes.append(
+        "Could not pin (no taskset or fewer than 2 CPUs allowed): ran unpinned as "
+        "'A' only; these numbers are not comparable with pinned runs."
+    )
+    return {"A": None}
+
+
 def json_worker(
     cmd: list[str], err_path: Path, timeout_s: float
 ) -> tuple[list[dict[str, Any]], int]:
@@ -124,15 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     outdir = REPO / "bench" / "results" / started.strftime("%Y%m%dT%H%M%SZ")
     outdir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-    pin = shutil.which("taskset") is not None and {SERVER_CPU, CLIENT_CPU} <= allowed
-    configs: dict[str, int | None] = {"A": CLIENT_CPU, "B": SERVER_CPU}
-    if not pin:
-        configs = {"A": None}
-        notes.append(
-            "Could not pin (no taskset or fewer than 2 CPUs allowed): ran unpinned as "
-            "'A' only; these numbers are not comparable with pinned runs."
-        )
+    configs = pinned_configs(notes)
+    pin = configs["A"] is not None
 
     server = RedisServer(SERVER_CPU if pin else None, outdir / "redis-server.log")
     server.start()
