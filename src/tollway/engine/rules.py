@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tollway.engine.windows import window_at
 from tollway.money import MAX_MICROS
-from tollway.policy.model import Limit, Period, Plan, Policy, Provider, Quota
+from tollway.policy.model import Limit, Operation, Period, Plan, Policy, Provider, Quota
 
 MAX_COUNT = MAX_MICROS
 RATE = 0
@@ -165,6 +165,7 @@ class Check:
 
     __slots__ = (
         "_windows",
+        "currency",
         "default_cost",
         "default_costs",
         "default_micros",
@@ -187,6 +188,7 @@ class Check:
         rules: tuple[Rule, ...],
         default_cost: int,
         price_micros: int | None,
+        currency: str | None = None,
     ) -> None:
         self.plan = plan
         self.operation = operation
@@ -194,6 +196,8 @@ class Check:
         self.default_cost = default_cost
         self.price_micros = price_micros
         self.has_money = any(rule.money for rule in rules)
+        self.currency = currency or next((r.currency for r in rules if r.currency), None)
+        """The currency of its price or budgets (what its usage events' amounts are in)."""
         self.has_window = any(rule.kind == WINDOW for rule in rules)
         self.marks = any(rule.thresholds for rule in rules)
         """Whether any rule has thresholds to report."""
@@ -256,10 +260,16 @@ def _rules_for(limits: tuple[Limit, ...], operation: str) -> tuple[Rule, ...]:
     )
 
 
-def _check(
-    name: str, limits: tuple[Limit, ...], operation: str, cost: int, price: int | None
-) -> Check:
-    return Check(name, operation, _rules_for(limits, operation), cost, price)
+def _check(name: str, limits: tuple[Limit, ...], operation: Operation) -> Check:
+    price = operation.price
+    return Check(
+        name,
+        operation.name,
+        _rules_for(limits, operation.name),
+        operation.cost,
+        price.micros if price is not None else None,
+        price.currency if price is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,21 +320,15 @@ def _provider_check(provider: Provider) -> Check:
     gates = tuple(Rule.gate(name, probe_us if name == "breaker" else 0) for name in GATES)
     limits = provider.limits + ((_tier_counter(provider),) if provider.tiers else ())
     rules = gates + _rules_for(limits, PROVIDER_OPERATION)
-    return Check(provider.name, PROVIDER_OPERATION, rules, 1, price)
+    currency = provider.price.currency if provider.price is not None else None
+    return Check(provider.name, PROVIDER_OPERATION, rules, 1, price, currency)
 
 
 def compile_policy(policy: Policy) -> Compiled:
     operations = tuple(policy.operations)
     checks = {
         plan.name: {
-            op.name: _check(
-                plan.name,
-                plan.limits,
-                op.name,
-                op.cost,
-                op.price.micros if op.price is not None else None,
-            )
-            for op in policy.operations.values()
+            op.name: _check(plan.name, plan.limits, op) for op in policy.operations.values()
         }
         for plan in policy.plans.values()
     }

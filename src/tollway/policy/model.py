@@ -221,6 +221,17 @@ class LedgerConfig:
     """``sqlite:///tollway.db`` or ``postgresql://user@host:5432/db``."""
     lateness_s: int = 86_400
     """How old a usage event measured elsewhere may be when `Tollway.record` takes it."""
+    events: bool = True
+    """Whether each allowed step appends its usage event (a url is needed too)."""
+    partitions: int = 16
+    """Stream partitions on a standalone Redis (a cluster has one per hash slot in use)."""
+    dedupe_s: int = 86_400
+    """How long the store remembers a caller's request id, so a retried step is not counted
+    again."""
+    flush_ms: int = 200
+    """Embedded (memory store): how often the background thread writes queued events."""
+    batch: int = 1000
+    """Most events written to the ledger in one transaction."""
 
 
 @dataclass(frozen=True, slots=True)

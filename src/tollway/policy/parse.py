@@ -46,7 +46,7 @@ Table = Mapping[str, object]
 Strategy = Literal["priority", "cheapest", "weighted"]
 
 SECTIONS = ("store", "defaults", "operations", "plans", "providers", "routes", "ledger")
-LEDGER_KEYS = ("url", "lateness_s")
+LEDGER_KEYS = ("url", "lateness_s", "events", "partitions", "dedupe_s", "flush_ms", "batch")
 STORE_KEYS = (
     "url",
     "timeout_ms",
@@ -270,6 +270,11 @@ class _Walker:
             lateness_s=self.get(
                 t, "ledger", "lateness_s", fields.integer(0, 366 * 86_400), d.lateness_s
             ),
+            events=self.get(t, "ledger", "events", fields.boolean, d.events),
+            partitions=self.get(t, "ledger", "partitions", fields.integer(1, 1024), d.partitions),
+            dedupe_s=self.get(t, "ledger", "dedupe_s", fields.integer(1, 30 * 86_400), d.dedupe_s),
+            flush_ms=self.get(t, "ledger", "flush_ms", fields.integer(1, 60_000), d.flush_ms),
+            batch=self.get(t, "ledger", "batch", fields.integer(1, 100_000), d.batch),
         )
 
     @staticmethod

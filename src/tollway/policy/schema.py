@@ -51,6 +51,24 @@ def policy_schema() -> Schema:
                     0,
                     366 * 86_400,
                 ),
+                events={
+                    "type": "boolean",
+                    "description": "Each allowed step appends its usage event. Default: true.",
+                },
+                partitions=_int(
+                    "Event stream partitions on a standalone Redis. Default: 16.", 1, 1024
+                ),
+                dedupe_s=_int(
+                    "How long a request id is remembered by the store, in s. Default: 86400.",
+                    1,
+                    30 * 86_400,
+                ),
+                flush_ms=_int(
+                    "Embedded: how often queued events are written, in ms. Default: 200.",
+                    1,
+                    60_000,
+                ),
+                batch=_int("Most events per ledger transaction. Default: 1000.", 1, 100_000),
             ),
         },
         "$defs": _defs(),
