@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +12,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from tollway.engine.decision import Decision
-from tollway.engine.step import ACQUIRE, OK, RESERVE, Engine, Reply, Step, degraded
+from tollway.engine.step import ACQUIRE, DUPLICATE, OK, RESERVE, Engine, Reply, Step, degraded
+from tollway.engine.template import call_extras
 from tollway.engine.step import reply as make_reply
 from tollway.errors import (
     ConfigurationError,
@@ -23,12 +25,13 @@ from tollway.errors import (
 from tollway.policy import load
 from tollway.policy.model import Policy
 from tollway.reservation import AsyncReservation, Reservation, ReservationCore
-from tollway.stores import AsyncStore, SyncStore, open_async_store, open_store
+from tollway.stores import AsyncStore, MemoryStore, SyncStore, open_async_store, open_store
 from tollway.usage import Usage
 
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from tollway.metering.embedded import EmbeddedDrain
     from tollway.metering.ledger import Ledger, UsageEvent
     from tollway.metering.recorder import Recorder
     from tollway.outbound.router import AsyncRoute, Route
@@ -54,6 +57,19 @@ class _Face:
         self._engine = Engine(_policy(policy), clock)
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
+        self._ledger_lock = threading.Lock()
+        self._drain: EmbeddedDrain | None = None
+
+    def _start_drain(self, store: object) -> None:
+        """Embedded mode with events: this process writes them, from a background thread."""
+        memory = getattr(store, "sync", store)
+        if self._engine.events and isinstance(memory, MemoryStore):
+            from tollway.metering.embedded import EmbeddedDrain
+
+            self._drain = EmbeddedDrain(
+                memory, lambda: self.ledger, self._engine.policy, self._engine.clock
+            )
+            self._drain.start()
 
     # -- usage measured elsewhere (tollway.metering) ----------------------------------------
 
@@ -100,12 +116,19 @@ class _Face:
                 )
             from tollway.metering.ledger import open_ledger
 
-            self._ledger = open_ledger(url)
+            with self._ledger_lock:  # the drain thread may ask at the same time
+                if self._ledger is None:
+                    self._ledger = open_ledger(url)
         return self._ledger
 
     def _write_queued(self) -> int:
-        """Write the queued events to the ledger (from a worker thread, for asyncio); on a
-        failure they go back to the queue, so a retried flush loses and doubles nothing."""
+        """Write the queued events (of `record`, and in embedded mode of the steps) to the
+        ledger (from a worker thread, for asyncio); on a failure they go back to the queue, so
+        a retried flush loses and doubles nothing."""
+        written = self._drain.drain() if self._drain is not None else 0
+        return written + self._write_recorded()
+
+    def _write_recorded(self) -> int:
         recorder = self._recorder
         events = recorder.take() if recorder is not None else []
         if not events:
@@ -118,9 +141,24 @@ class _Face:
             raise
 
     def _close_ledger(self) -> None:
+        try:
+            if self._drain is not None:
+                self._drain.close()
+                self._drain = None
+        finally:
+            self._close_ledger_only()
+
+    def _close_ledger_only(self) -> None:
         if self._ledger is not None:
             self._ledger.close()
             self._ledger = None
+
+    @staticmethod
+    def _for_call(step: Step, call_id: str | None, attributes: object) -> Step:
+        if call_id is None and not attributes:
+            return step
+        ident, attrs = call_extras(call_id, attributes)
+        return step.for_call(ident, attrs)
 
     @property
     def policy(self) -> Policy:
@@ -198,6 +236,7 @@ class Tollway(_Face):
     ) -> None:
         super().__init__(policy, clock)
         self._store: SyncStore = open_store(store, self.policy, self._engine.clock)
+        self._start_drain(self._store)
 
     @classmethod
     def from_file(
@@ -217,7 +256,7 @@ class Tollway(_Face):
         for _ in range(_MAX_TRIES):
             step = build()
             reply = self._store.execute(step)
-            if reply.code <= 1:
+            if reply.code <= 1 or reply.code == DUPLICATE:
                 return step, reply
             self._engine.finish(step, reply)
         raise StoreError("the store kept answering that the step was stale; giving up")
@@ -229,15 +268,25 @@ class Tollway(_Face):
         cost: int | None = None,
         *,
         amount: Decimal | None = None,
+        id: str | None = None,
+        attributes: Mapping[str, str | int | bool] | None = None,
     ) -> Decision:
-        """Take ``cost`` units (default: the operation's cost) under every limit, or none."""
+        """Take ``cost`` units (default: the operation's cost) under every limit, or none.
+
+        ``id``: the caller's request id. It is the usage event's id, and a step retried with
+        an id already taken (within ``[ledger] dedupe_s``) consumes nothing again: the decision
+        is allowed, with ``duplicate`` set. ``attributes`` travel with the usage event."""
         engine = self._engine
         step = engine.consume(subject, operation, cost, amount, ACQUIRE)
+        if id is not None or attributes:
+            step = self._for_call(step, id, attributes)
         try:
             reply = self._store.execute(step)
-            if reply.code > 1:
+            if reply.code > 1 and reply.code != DUPLICATE:
                 step, reply = self._run(
-                    lambda: engine.consume(subject, operation, cost, amount, ACQUIRE)
+                    lambda: self._for_call(
+                        engine.consume(subject, operation, cost, amount, ACQUIRE), id, attributes
+                    )
                 )
         except StoreUnavailableError as exc:
             return self._degraded(step, exc, self._store)
@@ -252,10 +301,15 @@ class Tollway(_Face):
         estimate: int | None = None,
         *,
         amount: Decimal | None = None,
+        id: str | None = None,
+        attributes: Mapping[str, str | int | bool] | None = None,
     ) -> Reservation:
-        """Hold ``estimate`` units until `Reservation.commit` or `Reservation.release`."""
+        """Hold ``estimate`` units until `Reservation.commit` or `Reservation.release`; the
+        commit appends the usage event (``id``: its id; ``attributes``: its attributes)."""
         return self._reserve(
-            lambda: self._engine.consume(subject, operation, estimate, amount, RESERVE)
+            lambda: self._for_call(
+                self._engine.consume(subject, operation, estimate, amount, RESERVE), id, attributes
+            )
         )
 
     def _reserve(self, make: Callable[[], Step]) -> Reservation:
@@ -333,13 +387,14 @@ class Tollway(_Face):
         self._store.ping()
 
     def flush(self) -> int:
-        """Write the events queued by `record` to the ledger; how many were new."""
+        """Write the queued usage events (of `record`, and in embedded mode of the steps) to
+        the ledger now; how many were new."""
         return self._write_queued()
 
     def close(self) -> None:
         try:
             if self._recorder is not None and self._recorder.pending:
-                self.flush()
+                self._write_recorded()
         finally:
             self._close_ledger()
             self._store.close()
@@ -363,6 +418,7 @@ class AsyncTollway(_Face):
     ) -> None:
         super().__init__(policy, clock)
         self._store: AsyncStore = open_async_store(store, self.policy, self._engine.clock)
+        self._start_drain(self._store)
 
     @classmethod
     def from_file(
@@ -382,7 +438,7 @@ class AsyncTollway(_Face):
         for _ in range(_MAX_TRIES):
             step = build()
             reply = await self._store.execute(step)
-            if reply.code <= 1:
+            if reply.code <= 1 or reply.code == DUPLICATE:
                 return step, reply
             self._engine.finish(step, reply)
         raise StoreError("the store kept answering that the step was stale; giving up")
@@ -394,14 +450,21 @@ class AsyncTollway(_Face):
         cost: int | None = None,
         *,
         amount: Decimal | None = None,
+        id: str | None = None,
+        attributes: Mapping[str, str | int | bool] | None = None,
     ) -> Decision:
+        """See `Tollway.acquire`."""
         engine = self._engine
         step = engine.consume(subject, operation, cost, amount, ACQUIRE)
+        if id is not None or attributes:
+            step = self._for_call(step, id, attributes)
         try:
             reply = await self._store.execute(step)
-            if reply.code > 1:
+            if reply.code > 1 and reply.code != DUPLICATE:
                 step, reply = await self._run(
-                    lambda: engine.consume(subject, operation, cost, amount, ACQUIRE)
+                    lambda: self._for_call(
+                        engine.consume(subject, operation, cost, amount, ACQUIRE), id, attributes
+                    )
                 )
         except StoreUnavailableError as exc:
             return self._degraded(step, exc, self._store)
@@ -416,9 +479,14 @@ class AsyncTollway(_Face):
         estimate: int | None = None,
         *,
         amount: Decimal | None = None,
+        id: str | None = None,
+        attributes: Mapping[str, str | int | bool] | None = None,
     ) -> AsyncReservation:
+        """See `Tollway.reserve`."""
         return await self._reserve(
-            lambda: self._engine.consume(subject, operation, estimate, amount, RESERVE)
+            lambda: self._for_call(
+                self._engine.consume(subject, operation, estimate, amount, RESERVE), id, attributes
+            )
         )
 
     async def _reserve(self, make: Callable[[], Step]) -> AsyncReservation:
@@ -494,9 +562,9 @@ class AsyncTollway(_Face):
     async def aclose(self) -> None:
         try:
             if self._recorder is not None and self._recorder.pending:
-                await self.flush()
+                await asyncio.to_thread(self._write_recorded)
         finally:
-            self._close_ledger()
+            await asyncio.to_thread(self._close_ledger)
             await self._store.aclose()
 
     async def __aenter__(self) -> AsyncTollway:

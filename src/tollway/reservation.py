@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import uuid
 from dataclasses import replace
 from decimal import Decimal
 from types import TracebackType
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from tollway.engine.decision import Decision
 from tollway.engine.step import ACQUIRE, MAX_COST, Engine, Reply, Step, degraded
+from tollway.engine.template import usage_template
 from tollway.errors import (
     InvalidArgumentError,
     LimitExceeded,
@@ -94,7 +96,28 @@ class ReservationCore:
         costs = [micros if rule.money else units for rule in step.rules]
         self._claim()
         self.committed = (units, micros if step.check and step.check.has_money else None, costs)
-        return settle_step(step, self.hold, costs)
+        settle = settle_step(step, self.hold, costs)
+        if step.event:
+            if self.taken:  # counted when taken: the event corrects it by the difference
+                held = step.amount or 0
+                return self._with_event(settle, units - step.cost, micros - held, correction=True)
+            return self._with_event(settle, units, micros)
+        return settle
+
+    def _with_event(
+        self, settle: SettleStep, units: int, micros: int, *, correction: bool = False
+    ) -> SettleStep:
+        """``settle``, appending the usage event of ``units`` (and ``micros``) with it; none
+        for a correction of nothing."""
+        if correction and not units and not micros:
+            return settle
+        step = self.step
+        template = usage_template(step, self.engine.policy.version, units, micros)
+        if correction:
+            event_id = f"adj_{uuid.uuid4().hex}"
+        else:
+            event_id = step.call_id or f"res_{step.hold_id}"
+        return replace(settle, event=template, event_id=event_id, attrs=step.attrs)
 
     def _amount(self, units: int, amount: Decimal | None) -> int:
         if amount is not None:
@@ -108,11 +131,15 @@ class ReservationCore:
 
     def nothing_to_settle(self, settle: SettleStep) -> bool:
         """A taken reservation committed at what it took: already counted, nothing to send."""
-        return self.taken and not any(settle.deltas)
+        return self.taken and not any(settle.deltas) and not settle.event
 
     def release_step(self) -> SettleStep:
         self._claim()
-        return settle_step(self.step, self.hold, None)
+        settle = settle_step(self.step, self.hold, None)
+        if self.taken and self.step.event:  # its event was appended when taken: take it back
+            step = self.step
+            return self._with_event(settle, -step.cost, -(step.amount or 0), correction=True)
+        return settle
 
     def committed_step(self) -> Step:
         """The held step at the committed cost."""

@@ -173,6 +173,7 @@ class Decision:
         "_values",
         "allowed",
         "crossed",
+        "duplicate",
         "now_us",
         "rules",
     )
@@ -204,6 +205,8 @@ class Decision:
         self.rules = step.rules
         self.crossed = crossed
         """Thresholds first reached by this step, as the store reported them."""
+        self.duplicate = False
+        """Allowed earlier under the same request id (``id=``): nothing was consumed again."""
 
     @property
     def subject(self) -> str:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from tollway.engine.decision import Decision, DegradedDecision
 from tollway.engine.rules import ALWAYS, Check, Compiled, Rule, Span, compile_policy
+from tollway.engine.template import usage_template
 from tollway.errors import (
     InvalidArgumentError,
     UnknownNameError,
@@ -34,6 +35,8 @@ OK = 0
 DENIED = 1
 PLAN_MISMATCH = 2
 STALE_WINDOW = 3
+DUPLICATE = 5
+"""Already taken under the caller's request id: nothing was consumed again."""
 
 MAX_COST = 10**15
 MAX_SUBJECT = 512
@@ -48,9 +51,12 @@ class Step:
     __slots__ = (
         "amount",
         "assigned",
+        "attrs",
+        "call_id",
         "check",
         "cost",
         "costs",
+        "event",
         "hold_id",
         "hold_ttl_us",
         "mode",
@@ -95,6 +101,21 @@ class Step:
         """When the windows hold: a store whose clock is outside says the step is stale."""
         self.hold_id = ""
         self.hold_ttl_us = 0
+        self.event = ""
+        """The usage template its event is appended with ('': no events; see
+        `tollway.metering.entries`)."""
+        self.call_id = ""
+        """The caller's request id: the event id, and how a retried step is recognized."""
+        self.attrs = ""
+        """The caller's attributes for the event, as JSON ('' for none)."""
+
+    def for_call(self, call_id: str, attrs: str) -> Step:
+        """A copy carrying one call's request id and attributes (a cached step is shared)."""
+        copy = Step.__new__(Step)
+        for name in Step.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.call_id, copy.attrs = call_id, attrs
+        return copy
 
     @property
     def operation(self) -> str:
@@ -155,6 +176,8 @@ class Engine:
         self._steps: dict[str, dict[str, Step]] = {}
         self._provider_steps: dict[str, Step] = {}
         """Recent default-cost acquire steps per subject and operation, reused while valid."""
+        self.events = policy.ledger.url is not None and policy.ledger.events
+        """Whether steps append usage events (a ledger is configured and events are on)."""
 
     # -- building steps ---------------------------------------------------------------------
 
@@ -249,6 +272,8 @@ class Engine:
         span = step.span = check.windows(self.clock() + self.offset_us)
         step.windows = span[2]
         step.packed = span[3]
+        if self.events:
+            step.event = usage_template(step, self.policy.version)
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
         elif mode == ACQUIRE and cost is None and amount is None:
@@ -315,6 +340,8 @@ class Engine:
         span = step.span = check.windows(self.clock() + self.offset_us)
         step.windows = span[2]
         step.packed = span[3]
+        if self.events:
+            step.event = usage_template(step, self.policy.version)
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
         elif default and mode == ACQUIRE:
@@ -341,6 +368,10 @@ class Engine:
         """The decision for ``reply``, or None when the step was built on stale knowledge (the
         subject's plan changed, or the store's clock is in another window): build it again."""
         code = reply.code
+        if code == DUPLICATE:
+            decision = Decision(True, step, reply.now_us, reply.values, 0)
+            decision.duplicate = True
+            return decision
         if code <= DENIED:
             if step.plan is None:
                 raise UnknownSubjectError(

@@ -35,10 +35,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from tollway.errors import InvalidUsageEventError
+from tollway.engine.template import usage_template
 from tollway.metering.ledger.events import UsageEvent
 
 if TYPE_CHECKING:
-    from tollway.engine.step import Step
     from tollway.policy.model import Policy
 
 __all__ = [
@@ -61,7 +61,6 @@ REGISTRY = "tw:events:streams"
 """A set of every event stream key a client has written to (read by `tollway worker`)."""
 
 _SLOTS = 16384
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,31 +97,6 @@ class Notice:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def usage_template(step: Step, version: str, units: int | None = None, micros: Any = ...) -> str:
-    """The ``d`` field of the step's usage entry (cached on the step by the callers that reuse
-    steps). ``units`` and ``micros`` override the step's cost (a reservation's commit)."""
-    check = step.check
-    amount = step.amount if micros is ... else micros
-    currency = check.currency if check is not None and amount is not None else None
-    if currency is None:
-        amount = None
-    operation = step.operation or step.plan or ""
-    limits = [rule.name for rule in step.rules if rule.kind != 2]  # not the health gates
-    return _encode(
-        [
-            step.subject,
-            operation,
-            operation,
-            step.cost if units is None else units,
-            amount,
-            currency,
-            step.plan,
-            version or None,
-            limits,
-        ]
-    )
 
 
 def slot_of(subject: str) -> int:

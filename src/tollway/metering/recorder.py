@@ -10,13 +10,13 @@ adds nothing twice.
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 
+from tollway.engine.template import new_event_id
 from tollway.errors import InvalidArgumentError
 from tollway.metering.ledger.events import AttributeValue, UsageEvent
 from tollway.money import decimal_to_micros
@@ -27,11 +27,6 @@ __all__ = ["MAX_AHEAD_US", "Recorder"]
 US = 1_000_000
 MAX_AHEAD_US = 300 * US
 """How far ahead of this process's clock an ``occurred_at`` may be (clock skew)."""
-
-
-def new_event_id(now_us: int) -> str:
-    """A time-ordered id: the ledger indexes these cheaper than random ones."""
-    return f"evt_{now_us:014x}{secrets.token_hex(8)}"
 
 
 class Recorder:

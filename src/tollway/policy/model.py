@@ -234,6 +234,44 @@ class LedgerConfig:
     """Most events written to the ledger in one transaction."""
 
 
+HookAggregate = Literal["none", "minute", "hour"]
+HookKind = Literal["url", "callable", "stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class HookConfig:
+    """One ``[[hooks]]`` entry: where events go (exactly one of ``url``, ``callable``,
+    ``stream``), which types, and how they are delivered."""
+
+    name: str
+    kind: HookKind
+    path: str = ""
+    """Where the hook was declared, e.g. ``hooks[0]`` (errors at run time name it)."""
+    url: str | None = None
+    """An http(s) URL: a Standard Webhooks POST, signed with the secret(s) in ``secret_env``."""
+    callable: str | None = None
+    """``package.module:function``, imported when a dispatcher starts (not when parsed)."""
+    stream: str | None = None
+    """A Redis Stream key, XADDed to on ``stream_url``."""
+    stream_url: str | None = None
+    """The Redis of ``stream``; the policy's ``[store] url`` when not given."""
+    secret_env: str | None = None
+    """The environment variable holding the ``whsec_`` secret (several, space-separated, while
+    one is rotated). Secrets are never written in the file."""
+    events: tuple[str, ...] = ("tollway.usage.recorded",)
+    aggregate: HookAggregate = "none"
+    """``minute`` / ``hour``: one usage event per subject and meter per bucket, summed."""
+    timeout_ms: int = 15_000
+    schedule: tuple[float, ...] | None = None
+    """Delays before each attempt, in seconds; None: the Standard Webhooks schedule."""
+    batch: int = 1
+    """Most events in one message; above 1 a message is a CloudEvents batch."""
+
+    @property
+    def target(self) -> str:
+        return self.url or self.callable or f"redis-stream:{self.stream}"
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The whole validated policy document."""
@@ -245,6 +283,8 @@ class Policy:
     providers: Mapping[str, Provider] = field(default_factory=dict)
     routes: Mapping[str, Route] = field(default_factory=dict)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    hooks: tuple[HookConfig, ...] = ()
+    """The ``[[hooks]]``: where usage events and limit notices are delivered."""
     source: str | None = None
     """The file the policy was loaded from, if any."""
     version: str = ""

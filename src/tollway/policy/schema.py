@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollway.policy import fields
+from tollway.metering.cloudevents import EVENT_TYPES
+from tollway.policy import fields, hook_fields
 from tollway.policy.model import PERIODS
 
 Schema = dict[str, Any]
@@ -70,6 +71,11 @@ def policy_schema() -> Schema:
                 ),
                 batch=_int("Most events per ledger transaction. Default: 1000.", 1, 100_000),
             ),
+            "hooks": {
+                "type": "array",
+                "description": "Where usage events and limit notices are delivered.",
+                "items": _hook(),
+            },
         },
         "$defs": _defs(),
     }
@@ -130,6 +136,50 @@ def _store() -> Schema:
         breaker_cooldown_ms=_int("How long an open breaker waits, in ms. Default: 1000.", 1),
         hold_ttl_ms=_int("How long a reservation holds capacity, in ms. Default: 60000.", 1),
     )
+
+
+def _hook() -> Schema:
+    hook = _object(
+        "One hook: exactly one of url, callable, stream.",
+        ("name",),
+        name=_ref("name", "The hook's name, unique among the hooks."),
+        url=_pattern(hook_fields.HOOK_URL_PATTERN, "http(s) URL of a Standard Webhooks receiver."),
+        callable=_pattern(hook_fields.CALLABLE_PATTERN, '"package.module:function".'),
+        stream={"type": "string", "minLength": 1, "description": "A Redis Stream key."},
+        stream_url=_pattern(
+            hook_fields.REDIS_URL_PATTERN, "The stream's Redis. Default: the [store] url."
+        ),
+        secret_env=_pattern(
+            hook_fields.SECRET_ENV_PATTERN,
+            "Environment variable holding the whsec_ secret(s); required with url.",
+        ),
+        events={
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": list(EVENT_TYPES)},
+            "description": "Event types delivered. Default: [tollway.usage.recorded].",
+        },
+        aggregate=_enum(
+            "One usage event per subject and meter per bucket. Default: none.",
+            "none",
+            "minute",
+            "hour",
+        ),
+        timeout_ms=_int("Timeout of one attempt, in ms. Default: 15000.", 1, 600_000),
+        schedule={
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "number", "minimum": 0, "maximum": hook_fields.MAX_DELAY_S},
+            "description": "Delay before each attempt, in s. Default: Standard Webhooks'.",
+        },
+        batch=_int(
+            "Most events in one message (a CloudEvents batch above 1). Default: 1.", 1, 1000
+        ),
+    )
+    hook["oneOf"] = [{"required": [kind]} for kind in ("url", "callable", "stream")]
+    hook["dependentRequired"] = {"url": ["secret_env"]}
+    return hook
 
 
 def _defs() -> Schema:

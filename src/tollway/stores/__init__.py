@@ -105,10 +105,10 @@ def open_store(spec: str | SyncStore | None, policy: Policy, clock: Callable[[],
         return spec
     url = _url(spec, policy)
     if _is_memory(url):
-        return MemoryStore(clock)
+        return MemoryStore(clock, policy.ledger.dedupe_s * 1_000_000)
     from tollway.stores.redis import RedisStore
 
-    return RedisStore(url, policy.store, clock)
+    return RedisStore(url, policy.store, clock, policy.ledger)
 
 
 def open_async_store(
@@ -118,10 +118,10 @@ def open_async_store(
         return spec
     url = _url(spec, policy)
     if _is_memory(url):
-        return AsyncMemoryStore(MemoryStore(clock))
+        return AsyncMemoryStore(MemoryStore(clock, policy.ledger.dedupe_s * 1_000_000))
     from tollway.stores.redis import AsyncRedisStore
 
-    return AsyncRedisStore(url, policy.store, clock)
+    return AsyncRedisStore(url, policy.store, clock, policy.ledger)
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
 
 from tollway.engine.health import (
@@ -27,8 +28,11 @@ from tollway.engine.health import (
     HealthReply,
 )
 from tollway.engine.rules import GATE, RATE, WINDOW
+from tollway.engine.template import new_event_id
 from tollway.engine.step import (
+    ACQUIRE,
     DENIED,
+    DUPLICATE,
     OK,
     PEEK,
     PLAN_MISMATCH,
@@ -46,6 +50,7 @@ RETENTION_US = 3600 * 1_000_000
 _SLACK_US = 60 * 1_000_000
 
 _new_tuple = tuple.__new__
+
 State = dict[str, int]
 _EMPTY: State = {}
 _HEALTH = (*GATE_FIELDS, ERRORS, ERRORS + "@")
@@ -57,8 +62,15 @@ class MemoryStore:
 
     url = "memory://"
 
-    def __init__(self, clock: Callable[[], int]) -> None:
+    def __init__(self, clock: Callable[[], int], dedupe_us: int = 86_400 * 1_000_000) -> None:
         self.clock = clock
+        self.dedupe_us = dedupe_us
+        self.events: deque[dict[str, str]] = deque()
+        """Entries the steps appended (the format of `tollway.metering.entries`), oldest first:
+        the embedded drain takes them under `lock`."""
+        self._ids: dict[tuple[str, str], int] = {}
+        """(subject, request id) of taken steps, and until when each is remembered."""
+        self._id_expiry: deque[tuple[int, tuple[str, str]]] = deque()
         self._lock = threading.Lock()
         self.lock = self._lock
         self._states: dict[str, State] = {}
@@ -120,8 +132,19 @@ class MemoryStore:
                 i += 1
             if step.mode == PEEK:
                 return reply(OK, now, values, misfits)
+            call = step.call_id
+            if call and step.mode == ACQUIRE:
+                if self._id_expiry and self._id_expiry[0][0] <= now:
+                    self._forget_ids(now)
+                if (subject, call) in self._ids:
+                    return reply(DUPLICATE, now, values)
             if denied:
+                if step.event:
+                    self._exceeded(step, state, now, values, misfits)
                 return reply(DENIED, now, values, misfits)
+            if call and step.mode == ACQUIRE:
+                self._ids[subject, call] = now + self.dedupe_us
+                self._id_expiry.append((now + self.dedupe_us, (subject, call)))
             if state is _EMPTY:
                 state = self._states[subject] = {}
             needed = 0
@@ -147,14 +170,54 @@ class MemoryStore:
                 self._keep_until(subject, state, needed)
             if step.mode == RESERVE:
                 self._hold(step, state, now, misfits)
+            elif step.event:
+                self._usage(step.event, now, call, step.attrs)
             if step.check is not None and step.check.marks:
-                crossed = self._crossings(step, state, values, after, misfits)
+                crossed = self._crossings(step, state, values, after, misfits, now)
                 return reply(OK, now, after, misfits, None, crossed)
             return _new_tuple(Reply, (OK, now, after, misfits, None, ()))  # reply(), inlined
 
-    @staticmethod
+    # -- events (see tollway.metering.entries) ----------------------------------------------
+
+    def _usage(self, template: str, now: int, call_id: str, attrs: str) -> None:
+        entry = {"k": "u", "t": str(now), "d": template, "i": call_id or new_event_id(now)}
+        if attrs:
+            entry["a"] = attrs
+        self.events.append(entry)
+
+    def _exceeded(self, step: Step, state: State, now: int, values: list[int], misfits: int) -> None:
+        """A limit exceeded: reported by the first refused step of its window."""
+        for i, rule in enumerate(step.rules):
+            if rule.kind != WINDOW or rule.shadow or not (misfits >> i) & 1:
+                continue
+            window = step.windows[i]
+            assert window is not None
+            flag = rule.field + "#x"
+            if state.get(flag) != window[0]:
+                if state is _EMPTY:
+                    state = self._states[step.subject] = {}
+                state[flag] = window[0]
+                self.events.append(
+                    {
+                        "k": "x",
+                        "t": str(now),
+                        "d": step.event,
+                        "f": rule.field,
+                        "s": str(window[0]),
+                        "e": str(window[1]),
+                        "v": str(values[i]),
+                    }
+                )
+
+    def _forget_ids(self, now: int) -> None:
+        expiry, ids = self._id_expiry, self._ids
+        while expiry and expiry[0][0] <= now:
+            _, key = expiry.popleft()
+            if ids.get(key, now + 1) <= now:
+                del ids[key]
+
     def _crossings(
-        step: Step, state: State, values: list[int], after: list[int], misfits: int
+        self, step: Step, state: State, values: list[int], after: list[int], misfits: int, now: int
     ) -> tuple[int, ...]:
         """Thresholds first reached in their window by this step, marked so no other step
         reports them again (``field#k`` holds the window start of the last report)."""
@@ -169,6 +232,19 @@ class MemoryStore:
                 if values[i] < mark <= after[i] and state.get(flag) != window[0]:
                     state[flag] = window[0]
                     out.append(i * 64 + k)
+                    if step.event:
+                        self.events.append(
+                            {
+                                "k": "t",
+                                "t": str(now),
+                                "d": step.event,
+                                "f": rule.field,
+                                "n": str(k),
+                                "s": str(window[0]),
+                                "e": str(window[1]),
+                                "v": str(after[i]),
+                            }
+                        )
         return tuple(out)
 
     def _keep_until(self, subject: str, state: State, needed: int) -> None:
@@ -270,6 +346,8 @@ class MemoryStore:
                     values.append(0)
             if not state:
                 self._states.pop(settle.hold.subject, None)
+            if settle.event:
+                self._usage(settle.event, now, settle.event_id, settle.attrs)
             return reply(OK if live else DENIED, now, values)
 
     # -- provider health (lua/health.lua, line for line) ------------------------------------

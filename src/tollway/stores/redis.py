@@ -16,7 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.step import Reply, Step
 from tollway.errors import ConfigurationError, StoreError, StoreUnavailableError
-from tollway.policy.model import StoreConfig
+from tollway.metering.entries import REGISTRY, stream_key
+from tollway.policy.model import LedgerConfig, StoreConfig
 from tollway.stores import redis_codec as codec
 from tollway.stores.breaker import Breaker
 from tollway.stores.deadline import Deadlines
@@ -87,7 +88,13 @@ if redis is not None:
 class _Common:
     """Configuration, breaker and journal shared by the sync and async stores."""
 
-    def __init__(self, url: str, config: StoreConfig, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        url: str,
+        config: StoreConfig,
+        clock: Callable[[], int],
+        ledger: LedgerConfig | None = None,
+    ) -> None:
         _need_redis()
         self.url = url
         self._target, self.cluster = _split(url)
@@ -97,6 +104,23 @@ class _Common:
         self.clock = clock
         self._deadline_us = config.timeout_ms * 800
         self._offset_us = 0
+        ledger = ledger or LedgerConfig()
+        self._partitions = ledger.partitions
+        self.dedupe_ms = ledger.dedupe_s * 1000
+        self._streams: dict[str, str] = {}
+        """Each subject's event stream key, as computed (a slot's CRC per subject is dear)."""
+        self._registered: set[str] = set()
+        """Stream keys this process has put in the registry (before its first entry there)."""
+
+    def stream_of(self, subject: str) -> str:
+        key = self._streams.get(subject)
+        if key is None:
+            if len(self._streams) >= 100_000:
+                self._streams.clear()
+            key = self._streams[subject] = stream_key(
+                subject, cluster=self.cluster, partitions=self._partitions
+            )
+        return key
 
     def _client_options(self) -> dict[str, Any]:
         # No client-side retries: a slow store must cost one bounded timeout, then the breaker.
@@ -144,8 +168,14 @@ class _Common:
 class RedisStore(_Common):
     """Synchronous Redis store."""
 
-    def __init__(self, url: str, config: StoreConfig, clock: Callable[[], int]) -> None:
-        super().__init__(url, config, clock)
+    def __init__(
+        self,
+        url: str,
+        config: StoreConfig,
+        clock: Callable[[], int],
+        ledger: LedgerConfig | None = None,
+    ) -> None:
+        super().__init__(url, config, clock, ledger)
         options = self._client_options()
         self.client: Any
         if self.cluster:
@@ -174,16 +204,31 @@ class RedisStore(_Common):
         return result
 
     def execute(self, step: Step) -> Reply:
-        keys, args = codec.step_call(step, self._deadline())
+        stream = ""
+        if step.event or step.call_id:
+            stream = self.stream_of(step.subject)
+            if step.event and stream not in self._registered:
+                self._register(stream)
+        keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
         reply = codec.read_reply(self._call(codec.STEP, keys, args))
         if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
             self._learn(reply.now_us)
-            keys, args = codec.step_call(step, self._deadline())
+            keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
             reply = codec.read_reply(self._call(codec.STEP, keys, args))
         return reply
 
+    def _register(self, stream: str) -> None:
+        """List the stream where `tollway worker` looks, before its first entry is written."""
+        self._plain(lambda: self.client.sadd(REGISTRY, stream))
+        self._registered.add(stream)
+
     def settle(self, settle: SettleStep) -> Reply:
-        keys, args = codec.settle_call(settle)
+        stream = ""
+        if settle.event:
+            stream = self.stream_of(settle.hold.subject)
+            if stream not in self._registered:
+                self._register(stream)
+        keys, args = codec.settle_call(settle, stream)
         return codec.read_reply(self._call(codec.SETTLE, keys, args))
 
     def health(self, op: HealthOp) -> HealthReply:
@@ -239,8 +284,14 @@ class RedisStore(_Common):
 class AsyncRedisStore(_Common):
     """asyncio Redis store."""
 
-    def __init__(self, url: str, config: StoreConfig, clock: Callable[[], int]) -> None:
-        super().__init__(url, config, clock)
+    def __init__(
+        self,
+        url: str,
+        config: StoreConfig,
+        clock: Callable[[], int],
+        ledger: LedgerConfig | None = None,
+    ) -> None:
+        super().__init__(url, config, clock, ledger)
         options = self._client_options()
         options["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
         # Reads are bounded by one watchdog (see deadline.py), not a timer per read.
@@ -303,16 +354,30 @@ class AsyncRedisStore(_Common):
         return result
 
     async def execute(self, step: Step) -> Reply:
-        keys, args = codec.step_call(step, self._deadline())
+        stream = ""
+        if step.event or step.call_id:
+            stream = self.stream_of(step.subject)
+            if step.event and stream not in self._registered:
+                await self._register(stream)
+        keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
         reply = codec.read_reply(await self._call(codec.STEP, keys, args))
         if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
             self._learn(reply.now_us)
-            keys, args = codec.step_call(step, self._deadline())
+            keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
             reply = codec.read_reply(await self._call(codec.STEP, keys, args))
         return reply
 
+    async def _register(self, stream: str) -> None:
+        await self._plain(self.client.sadd(REGISTRY, stream))
+        self._registered.add(stream)
+
     async def settle(self, settle: SettleStep) -> Reply:
-        keys, args = codec.settle_call(settle)
+        stream = ""
+        if settle.event:
+            stream = self.stream_of(settle.hold.subject)
+            if stream not in self._registered:
+                await self._register(stream)
+        keys, args = codec.settle_call(settle, stream)
         return codec.read_reply(await self._call(codec.SETTLE, keys, args))
 
     async def health(self, op: HealthOp) -> HealthReply:

@@ -49,25 +49,41 @@ def state_key(subject: str) -> str:
     return f"tw:{{{subject}}}"
 
 
-def step_call(step: Step, deadline_us: int) -> tuple[list[str], list[Any]]:
+def step_call(
+    step: Step, deadline_us: int, stream: str = "", dedupe_ms: int = 0
+) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the step script: the step's figures and rules in one JSON array (the
-    rules part is cached per check and window), the expected plan, and a hold id."""
+    rules part is cached per check and window), the expected plan, and a hold id; with events
+    or a request id, the event stream, the usage template, the id and attributes."""
     spec = (
         f"[{step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us}"
         f"{step.packed}]"
     )
+    if step.event or step.call_id:
+        return [state_key(step.subject), stream], [
+            spec,
+            step.assigned or "",
+            step.hold_id,
+            step.event,
+            step.call_id,
+            step.attrs,
+            dedupe_ms,
+        ]
     if step.hold_id:
         return [state_key(step.subject)], [spec, step.assigned or "", step.hold_id]
     return [state_key(step.subject)], [spec, step.assigned or ""]
 
 
-def settle_call(settle: SettleStep) -> tuple[list[str], list[Any]]:
-    args: list[Any] = [settle.hold.id, RETENTION]
+def settle_call(settle: SettleStep, stream: str = "") -> tuple[list[str], list[Any]]:
+    keys = [state_key(settle.hold.subject)]
+    if settle.event:
+        keys.append(stream)
+    args: list[Any] = [settle.hold.id, RETENTION, settle.event, settle.event_id, settle.attrs]
     for (field, is_rate, _, start, ends), live, late in zip(
         settle.hold.entries, settle.deltas, settle.late_deltas, strict=True
     ):
         args += (field, 1 if is_rate else 0, live, late, start, ends)
-    return [state_key(settle.hold.subject)], args
+    return keys, args
 
 
 def replay_call(entry: JournalEntry) -> tuple[list[str], list[Any]]:

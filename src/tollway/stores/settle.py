@@ -56,6 +56,10 @@ class SettleStep:
     hold: Hold
     deltas: list[int]
     late_deltas: list[int]
+    event: str = ""
+    """The usage template of the event the settlement appends ('' for none)."""
+    event_id: str = ""
+    attrs: str = ""
 
 
 def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> SettleStep:

@@ -38,6 +38,7 @@ NAME_MAX = 255
 SUBJECT_MAX = 512
 LIMITS_MAX = 64
 INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 COLUMNS: tuple[str, ...] = (
     "id",
@@ -108,15 +109,19 @@ class UsageEvent:
             if not _text_ok(value, limit):
                 check.text(name, value, limit)
         for name, number in (
-            ("quantity", self.quantity),
             ("occurred_at_us", self.occurred_at_us),
             ("recorded_at_us", self.recorded_at_us),
         ):
             if type(number) is not int or not 0 <= number <= INT64_MAX:
                 check.integer(name, number)
+        # Quantity and amount may be negative: a correction (a provider call refunded).
+        # `Tollway.record` still refuses a negative quantity from a caller.
+        quantity = self.quantity
+        if type(quantity) is not int or not INT64_MIN <= quantity <= INT64_MAX:
+            check.integer("quantity", quantity, signed=True)
         amount, currency = self.amount_micros, self.currency
-        if amount is not None and (type(amount) is not int or not 0 <= amount <= INT64_MAX):
-            check.integer("amount_micros", amount)
+        if amount is not None and (type(amount) is not int or not INT64_MIN <= amount <= INT64_MAX):
+            check.integer("amount_micros", amount, signed=True)
         if currency is not None and not (
             isinstance(currency, str) and len(currency) == 3 and currency.isascii()
             and currency.isalpha() and currency.isupper()
@@ -354,8 +359,10 @@ class _Checker:
             except UnicodeEncodeError:
                 self.fail(name, f"{label}{value!r} is not valid Unicode (a lone surrogate)")
 
-    def integer(self, name: str, value: object) -> None:
+    def integer(self, name: str, value: object, *, signed: bool = False) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
             self.fail(name, f"{value!r} is a {type(value).__name__}; expected an int")
-        if not 0 <= value <= INT64_MAX:
+        if signed and not INT64_MIN <= value <= INT64_MAX:
+            self.fail(name, f"{value} is out of range; expected -2**63 <= value < 2**63")
+        if not signed and not 0 <= value <= INT64_MAX:
             self.fail(name, f"{value} is out of range; expected 0 <= value < 2**63")

@@ -91,8 +91,115 @@ CREATE INDEX usage_events_subject_meter_occurred
 CREATE INDEX usage_events_recorded ON usage_events (recorded_at_us)
 """
 
+# Migration 2. Usage events may be negative (a correction: a provider call refunded), so the
+# sign CHECKs go: SQLite cannot drop a constraint, so the table is rebuilt (copy, drop, rename,
+# re-index; all in the migration's transaction); PostgreSQL drops the two column CHECKs by the
+# names it gave them. Then the hook tables:
+# - notices: threshold / exceeded events, one row per id (idempotent like usage_events);
+# - hook_messages: the outbox, one row per (hook, webhook-id), with its delivery state; due
+#   messages are found on (status, next_at_us) and leased (leased_until_us, lease_owner) so two
+#   dispatchers never send one message at once; attempts holds every attempt ever made, the
+#   current round's from round_start on (retry and replay start a new round);
+# - hook_buckets: open aggregation buckets (one per hook, subject, meter, currency, bucket
+#   start), summed as events are committed, turned into a message once the bucket has closed.
+_HOOK_TABLES = """
+CREATE TABLE notices (
+    id              TEXT   NOT NULL PRIMARY KEY,
+    type            TEXT   NOT NULL,
+    subject         TEXT   NOT NULL,
+    occurred_at_us  BIGINT NOT NULL,
+    recorded_at_us  BIGINT NOT NULL,
+    data            TEXT   NOT NULL DEFAULT '{}'
+);
+CREATE INDEX notices_subject_occurred ON notices (subject, occurred_at_us);
+CREATE TABLE hook_messages (
+    hook            TEXT    NOT NULL,
+    id              TEXT    NOT NULL,
+    type            TEXT    NOT NULL,
+    event_ids       TEXT    NOT NULL,
+    content_type    TEXT    NOT NULL,
+    body            TEXT    NOT NULL,
+    status          TEXT    NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'delivered', 'dead')),
+    dead_reason     TEXT,
+    attempts        TEXT    NOT NULL DEFAULT '[]',
+    round_start     INTEGER NOT NULL DEFAULT 0,
+    replays         INTEGER NOT NULL DEFAULT 0,
+    next_at_us      BIGINT  NOT NULL,
+    leased_until_us BIGINT  NOT NULL DEFAULT 0,
+    lease_owner     TEXT,
+    created_at_us   BIGINT  NOT NULL,
+    updated_at_us   BIGINT  NOT NULL,
+    PRIMARY KEY (hook, id)
+);
+CREATE INDEX hook_messages_due ON hook_messages (status, next_at_us);
+CREATE TABLE hook_buckets (
+    hook            TEXT   NOT NULL,
+    subject         TEXT   NOT NULL,
+    meter           TEXT   NOT NULL,
+    currency        TEXT   NOT NULL,
+    start_us        BIGINT NOT NULL,
+    end_us          BIGINT NOT NULL,
+    serial          TEXT   NOT NULL,
+    operation       TEXT   NOT NULL,
+    plan            TEXT,
+    policy_version  TEXT,
+    quantity        BIGINT NOT NULL,
+    amount_micros   BIGINT,
+    events          BIGINT NOT NULL,
+    first_at_us     BIGINT NOT NULL,
+    last_at_us      BIGINT NOT NULL,
+    PRIMARY KEY (hook, subject, meter, currency, start_us)
+);
+CREATE INDEX hook_buckets_end ON hook_buckets (end_us)
+"""
+
+_SQLITE_2 = (
+    """
+CREATE TABLE usage_events_v2 (
+    id              TEXT    NOT NULL PRIMARY KEY,
+    subject         TEXT    NOT NULL,
+    operation       TEXT    NOT NULL,
+    meter           TEXT    NOT NULL,
+    quantity        INTEGER NOT NULL,
+    amount_micros   INTEGER,
+    currency        TEXT,
+    plan            TEXT,
+    policy_version  TEXT,
+    limits          TEXT    NOT NULL DEFAULT '[]',
+    occurred_at_us  INTEGER NOT NULL,
+    recorded_at_us  INTEGER NOT NULL,
+    attributes      TEXT    NOT NULL DEFAULT '{}',
+    CHECK ((amount_micros IS NULL) = (currency IS NULL))
+);
+INSERT INTO usage_events_v2 SELECT * FROM usage_events;
+DROP TABLE usage_events;
+ALTER TABLE usage_events_v2 RENAME TO usage_events;
+CREATE INDEX usage_events_subject_occurred ON usage_events (subject, occurred_at_us);
+CREATE INDEX usage_events_subject_meter_occurred
+    ON usage_events (subject, meter, occurred_at_us);
+CREATE INDEX usage_events_recorded ON usage_events (recorded_at_us);
+"""
+    + _HOOK_TABLES
+)
+
+_POSTGRES_2 = (
+    """
+ALTER TABLE usage_events
+    DROP CONSTRAINT IF EXISTS usage_events_quantity_check,
+    DROP CONSTRAINT IF EXISTS usage_events_amount_micros_check;
+"""
+    + _HOOK_TABLES
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage_events, unique on id, indexed by subject and time", _SQLITE_1, _POSTGRES_1),
+    Migration(
+        2,
+        "negative usage (corrections); notices, hook_messages and hook_buckets for hooks",
+        _SQLITE_2,
+        _POSTGRES_2,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The newest schema version this code knows."""

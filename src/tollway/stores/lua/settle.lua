@@ -1,7 +1,8 @@
 -- Settle a reservation: apply the live deltas while its hold exists, else the late deltas
 -- (an expired hold was already given back, so a late commit takes the whole actual cost).
--- KEYS: 1 the subject's hash
--- ARGV: 1 hold id, 2 retention (us), then 6 per entry:
+-- KEYS: 1 the subject's hash, 2 the event stream (with an event)
+-- ARGV: 1 hold id, 2 retention (us), 3 the usage template of the event to append ('' for
+--       none: a release), 4 its id, 5 its attributes (JSON or ''), then 6 per entry:
 --       field, is rate (1/0), live delta, late delta, window start, window end (0 for a rate)
 -- Reply: {code, now, 0, 0, value...}; code 0 the hold was live, 1 it had expired.
 local now = clock()
@@ -19,9 +20,9 @@ if live then
   mark_earliest(key)
 end
 local values = {}
-local count = (#ARGV - 2) / 6
+local count = (#ARGV - 5) / 6
 for j = 1, count do
-  local b = 2 + (j - 1) * 6
+  local b = 5 + (j - 1) * 6
   local field = ARGV[b + 1]
   local is_rate = ARGV[b + 2] == '1'
   local delta = tonumber(ARGV[b + 4])
@@ -37,6 +38,14 @@ for j = 1, count do
     if is_rate or tonumber(got[2]) == start then
       values[j] = tonumber(got[1]) or 0
     end
+  end
+end
+if ARGV[3] ~= '' then
+  if ARGV[5] ~= '' then
+    redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', ARGV[3], 'i', ARGV[4],
+      'a', ARGV[5])
+  else
+    redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', ARGV[3], 'i', ARGV[4])
   end
 end
 local code = 1

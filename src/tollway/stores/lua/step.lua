@@ -8,8 +8,13 @@
 --         gate:   kind 3, field, probe (us), 0, 0, 0: the field holds a time before which
 --                 the step is refused; past it, a probe time > 0 lets this step through and
 --                 sets the field to now + probe (one half-open probe at a time)
---       2 expected plan ('' for none), 3 hold id (reserve only)
+--       2 expected plan ('' for none), 3 hold id (reserve only, else ''), and with events
+--       (see tollway.metering.entries) or a request id: 4 the usage template ('' for no
+--       events), 5 the caller's request id ('' for none), 6 its attributes (JSON, or ''),
+--       7 how long a request id is remembered (ms)
+-- KEYS: 2 the event stream (with events), in the subject's hash slot
 -- Reply: {code, now, misfits, crossings, crossing..., value...}; code 0 taken, 1 denied,
+--        5 already taken under this request id (nothing consumed again; values as found),
 --        2 plan mismatch (+ plan), 3 stale window, 4 past its deadline (the client has given
 --        up on this step, and may let it through unrecorded and journal it: so it must not
 --        count here). Values are after the step when taken, as
@@ -42,6 +47,11 @@ local retention = RETENTION
 if found[2] and tonumber(found[2]) <= now then
   sweep(key, now, retention)
   found = redis.call('HMGET', key, unpack(names))
+end
+local template, call_id = ARGV[4] or '', ARGV[5] or ''
+local seen = nil
+if call_id ~= '' and spec[1] == 0 then
+  seen = key .. ':id:' .. call_id
 end
 local units, micros = spec[2], spec[3]
 local values, after = {}, {}
@@ -101,8 +111,45 @@ local mode = spec[1]
 if mode == 2 then
   return {0, now, misfits, 0, unpack(values)}
 end
+if seen and redis.call('EXISTS', seen) == 1 then
+  return {5, now, 0, 0, unpack(values)}
+end
 if denied then
+  if template ~= '' then
+    -- A limit exceeded: reported by the first refused step of its window.
+    bit = 1
+    for j = 1, n do
+      local b = j * 6
+      local kind = spec[b] % 8
+      if spec[b] < 8 and (kind == 1 or kind == 2) and math.floor(misfits / bit) % 2 == 1 then
+        local flag = spec[b + 1] .. '#x'
+        if tonumber(redis.call('HGET', key, flag)) ~= spec[b + 3] then
+          redis.call('HSET', key, flag, fmt(spec[b + 3]))
+          redis.call('XADD', KEYS[2], '*', 'k', 'x', 't', fmt(now), 'd', template,
+            'f', spec[b + 1], 's', fmt(spec[b + 3]), 'e', fmt(spec[b + 4]), 'v', fmt(values[j]))
+        end
+      end
+      bit = bit * 2
+    end
+  end
   return {1, now, misfits, 0, unpack(values)}
+end
+if seen then
+  redis.call('SET', seen, '1', 'PX', ARGV[7])
+end
+if template ~= '' and mode == 0 then
+  if call_id ~= '' then
+    if ARGV[6] ~= '' then
+      redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template, 'i', call_id,
+        'a', ARGV[6])
+    else
+      redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template, 'i', call_id)
+    end
+  elseif ARGV[6] ~= '' then
+    redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template, 'a', ARGV[6])
+  else
+    redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template)
+  end
 end
 local writes, needed = {}, 0
 bit = 1
@@ -187,6 +234,11 @@ for j = 1, n do
         if tonumber(redis.call('HGET', key, flag)) ~= spec[b + 3] then
           redis.call('HSET', key, flag, fmt(spec[b + 3]))
           reply[#reply + 1] = (j - 1) * 64 + k - 1
+          if template ~= '' then
+            redis.call('XADD', KEYS[2], '*', 'k', 't', 't', fmt(now), 'd', template,
+              'f', spec[b + 1], 'n', fmt(k - 1), 's', fmt(spec[b + 3]), 'e', fmt(spec[b + 4]),
+              'v', fmt(after[j]))
+          end
         end
       end
     end

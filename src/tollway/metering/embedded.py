@@ -1,0 +1,143 @@
+"""Embedded mode (the memory store): the process that takes the steps writes their events.
+
+The memory store appends each step's entries to an in-process queue (`MemoryStore.events`, in
+the format of `tollway.metering.entries`). `EmbeddedDrain` takes them in batches, writes them
+to the ledger in one transaction each, and runs the hook dispatcher: from a background thread
+every ``[ledger] flush_ms``, and at once on `Tollway.flush` and `close`. A batch the ledger
+refuses goes back to the head of the queue, so nothing is lost and a retry doubles nothing
+(the ledger is idempotent on the event id).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tollway.errors import InvalidUsageEventError
+from tollway.metering.entries import Notice, decode_entry
+from tollway.metering.ledger.events import UsageEvent
+
+if TYPE_CHECKING:
+    from tollway.metering.ledger import Ledger
+    from tollway.policy.model import Policy
+    from tollway.stores.memory import MemoryStore
+
+__all__ = ["EmbeddedDrain", "commit_batch"]
+
+logger = logging.getLogger("tollway.metering")
+
+
+def commit_batch(
+    ledger: Ledger, events: list[UsageEvent], notices: list[Notice], policy: Policy
+) -> int:
+    """Write one batch in one transaction (with its hook deliveries, when the ledger keeps
+    them); how many events were new."""
+    commit = getattr(ledger, "commit", None)
+    if commit is not None:
+        return int(commit(events, notices, getattr(policy, "hooks", ())).inserted)
+    return ledger.write(events).inserted if events else 0
+
+
+class EmbeddedDrain:
+    def __init__(
+        self,
+        store: MemoryStore,
+        ledger: Callable[[], Ledger],
+        policy: Policy,
+        clock: Callable[[], int],
+    ) -> None:
+        self.store = store
+        self._ledger = ledger
+        self.policy = policy
+        self.clock = clock
+        self.batch = policy.ledger.batch
+        self.interval = policy.ledger.flush_ms / 1000
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._dispatcher: Any = None
+        self.bad: list[tuple[dict[str, str], str]] = []
+        """Entries that are not events (never expected), kept with the reason."""
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="tollway-drain", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.drain()
+            except Exception:  # kept in the queue; the next tick retries
+                logger.exception("writing usage events to the ledger failed; will retry")
+
+    def drain(self) -> int:
+        """Write every queued entry now; how many events were new. Raises what the ledger
+        raised, with the failed batch back in the queue."""
+        inserted = 0
+        with self._lock:
+            while True:
+                taken = self._take()
+                if not taken:
+                    break
+                try:
+                    inserted += self._commit(taken)
+                except BaseException:
+                    self._put_back(taken)
+                    raise
+            self._dispatch()
+        return inserted
+
+    def _take(self) -> list[dict[str, str]]:
+        queue = self.store.events
+        with self.store.lock:
+            count = min(len(queue), self.batch)
+            return [queue.popleft() for _ in range(count)]
+
+    def _put_back(self, taken: list[dict[str, str]]) -> None:
+        with self.store.lock:
+            self.store.events.extendleft(reversed(taken))
+
+    def _commit(self, taken: list[dict[str, str]]) -> int:
+        now = self.clock()
+        events: list[UsageEvent] = []
+        notices: list[Notice] = []
+        for entry in taken:
+            try:
+                item = decode_entry("memory", "", entry, recorded_at_us=now, policy=self.policy)
+            except InvalidUsageEventError as exc:
+                logger.error("an event entry was not valid and is set aside: %s", exc)
+                self.bad.append((entry, str(exc)))
+                continue
+            if isinstance(item, UsageEvent):
+                events.append(item)
+            else:
+                notices.append(item)
+        return commit_batch(self._ledger(), events, notices, self.policy)
+
+    def _dispatch(self) -> None:
+        hooks = getattr(self.policy, "hooks", ())
+        if not hooks:
+            return
+        if self._dispatcher is None:
+            try:
+                from tollway.metering.hooks import Dispatcher
+            except ImportError:  # pragma: no cover - hooks not built into this tree
+                return
+            self._dispatcher = Dispatcher(self._ledger(), hooks, clock=self.clock)
+        self._dispatcher.run_once()
+
+    def close(self) -> None:
+        """Stop the thread, then write what is left (raising if the ledger refuses it)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            self.drain()
+        finally:
+            if self._dispatcher is not None:
+                self._dispatcher.close()
+                self._dispatcher = None
