@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from tollway.engine.decision import Decision
 from tollway.engine.step import ACQUIRE, DUPLICATE, OK, RESERVE, Engine, Reply, Step, degraded
-from tollway.engine.template import call_extras
 from tollway.engine.step import reply as make_reply
+from tollway.engine.template import call_extras
 from tollway.errors import (
     ConfigurationError,
     StoreError,

@@ -149,6 +149,10 @@ class ReservationCore:
             held.subject, held.assigned, held.plan, held.check, units, micros, costs, ACQUIRE
         )
         step.windows, step.span, step.packed = held.windows, held.span, held.packed
+        if held.event:  # journaled while the store is away, it is replayed with its event
+            step.event = usage_template(step, self.engine.policy.version)
+            step.call_id = held.call_id or f"res_{held.hold_id}"
+            step.attrs = held.attrs
         return step
 
     def settled_decision(self, reply: Reply) -> Decision:
@@ -186,6 +190,12 @@ class ReservationCore:
             ACQUIRE,
         )
         owed.windows, owed.span, owed.packed = committed.windows, committed.span, committed.packed
+        if self.step.event:  # a correction of the taken call's event, by what is above it
+            held = self.step
+            units = max(0, committed.cost - held.cost)
+            micros = max(0, (committed.amount or 0) - (held.amount or 0))
+            owed.event = usage_template(owed, self.engine.policy.version, units, micros)
+            owed.call_id = f"adj_{uuid.uuid4().hex}"
         return owed
 
 

@@ -46,8 +46,6 @@ def usage_template(step: Step, version: str, units: int | None = None, micros: A
     )
 
 
-
-
 def new_event_id(now_us: int) -> str:
     """A time-ordered event id (the ledger indexes these cheaper than random ones)."""
     return f"evt_{now_us:014x}{secrets.token_hex(8)}"

@@ -34,11 +34,11 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from tollway.errors import InvalidUsageEventError
 from tollway.engine.template import usage_template
-from tollway.metering.ledger.events import UsageEvent
+from tollway.errors import InvalidUsageEventError
 
 if TYPE_CHECKING:
+    from tollway.metering.ledger.events import UsageEvent
     from tollway.policy.model import Policy
 
 __all__ = [
@@ -147,6 +147,9 @@ def decode_entry(
 ) -> UsageEvent | Notice:
     """The event an entry of ``stream`` stands for. `InvalidUsageEventError` for an entry
     that is not one (the drain parks it rather than lose or loop on it)."""
+    # Imported here: the ledger package imports this module (for `Notice`).
+    from tollway.metering.ledger.events import UsageEvent
+
     got = {_text(k): _text(v) for k, v in fields.items()}
     where = f"stream {stream} entry {entry_id}"
     try:

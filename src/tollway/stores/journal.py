@@ -36,25 +36,25 @@ class JournalEntry:
     starts: tuple[int, ...]
     ends: tuple[int, ...]
     """Per counter: the window's start and end (us), 0 for a rate."""
+    event: str = ""
+    """The step's usage template, when it had events: the replay appends its usage event."""
+    event_id: str = ""
+    attrs: str = ""
 
     def to_line(self) -> str:
-        return (
-            json.dumps(
-                {
-                    "id": self.id,
-                    "s": self.subject,
-                    "at": self.at_us,
-                    "f": self.fields,
-                    "r": self.rates,
-                    "a": self.amounts,
-                    "st": self.starts,
-                    "e": self.ends,
-                },
-                separators=(",", ":"),
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
+        line = {
+            "id": self.id,
+            "s": self.subject,
+            "at": self.at_us,
+            "f": self.fields,
+            "r": self.rates,
+            "a": self.amounts,
+            "st": self.starts,
+            "e": self.ends,
+        }
+        if self.event:
+            line.update(ev=self.event, ei=self.event_id, ea=self.attrs)
+        return json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
 
     @classmethod
     def from_line(cls, line: str) -> JournalEntry:
@@ -68,6 +68,9 @@ class JournalEntry:
             tuple(d["a"]),
             tuple(d["st"]),
             tuple(d["e"]),
+            d.get("ev", ""),
+            d.get("ei", ""),
+            d.get("ea", ""),
         )
 
 

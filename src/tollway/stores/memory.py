@@ -28,7 +28,6 @@ from tollway.engine.health import (
     HealthReply,
 )
 from tollway.engine.rules import GATE, RATE, WINDOW
-from tollway.engine.template import new_event_id
 from tollway.engine.step import (
     ACQUIRE,
     DENIED,
@@ -42,6 +41,7 @@ from tollway.engine.step import (
     Step,
     reply,
 )
+from tollway.engine.template import new_event_id
 from tollway.stores.settle import Hold, SettleStep, hold_of
 
 # How long a window's counter outlives the window (for late refunds and inspection).
@@ -185,7 +185,9 @@ class MemoryStore:
             entry["a"] = attrs
         self.events.append(entry)
 
-    def _exceeded(self, step: Step, state: State, now: int, values: list[int], misfits: int) -> None:
+    def _exceeded(
+        self, step: Step, state: State, now: int, values: list[int], misfits: int
+    ) -> None:
         """A limit exceeded: reported by the first refused step of its window."""
         for i, rule in enumerate(step.rules):
             if rule.kind != WINDOW or rule.shadow or not (misfits >> i) & 1:

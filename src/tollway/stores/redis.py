@@ -239,7 +239,13 @@ class RedisStore(_Common):
         return self.journal.replay(self._replay_one)
 
     def _replay_one(self, entry: JournalEntry) -> None:
-        keys, args = codec.replay_call(entry)
+        stream = ""
+        if entry.event:
+            stream = self.stream_of(entry.subject)
+            if stream not in self._registered:
+                self.client.sadd(REGISTRY, stream)
+                self._registered.add(stream)
+        keys, args = codec.replay_call(entry, stream)
         try:
             self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -393,7 +399,13 @@ class AsyncRedisStore(_Common):
         return sent
 
     async def _replay_one(self, entry: JournalEntry) -> None:
-        keys, args = codec.replay_call(entry)
+        stream = ""
+        if entry.event:
+            stream = self.stream_of(entry.subject)
+            if stream not in self._registered:
+                await self.client.sadd(REGISTRY, stream)
+                self._registered.add(stream)
+        keys, args = codec.replay_call(entry, stream)
         try:
             await self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
         except NoScriptError:

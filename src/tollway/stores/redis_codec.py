@@ -86,14 +86,18 @@ def settle_call(settle: SettleStep, stream: str = "") -> tuple[list[str], list[A
     return keys, args
 
 
-def replay_call(entry: JournalEntry) -> tuple[list[str], list[Any]]:
+def replay_call(entry: JournalEntry, stream: str = "") -> tuple[list[str], list[Any]]:
     key = state_key(entry.subject)
     args: list[Any] = [REPLAY_MARK_TTL_MS, RETENTION, entry.at_us]
+    args += (entry.event, entry.event_id, entry.attrs)
     for field, is_rate, amount, start, end in zip(
         entry.fields, entry.rates, entry.amounts, entry.starts, entry.ends, strict=True
     ):
         args += (field, 1 if is_rate else 0, amount, start, end)
-    return [key, f"{key}:j:{entry.id}"], args
+    keys = [key, f"{key}:j:{entry.id}"]
+    if entry.event:
+        keys.append(stream)
+    return keys, args
 
 
 def health_call(op: HealthOp) -> tuple[list[str], list[Any]]:
@@ -141,4 +145,7 @@ def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
         tuple(amounts),
         tuple(starts),
         tuple(ends),
+        step.event,
+        step.call_id or f"jr_{event_id}",
+        step.attrs,
     )
