@@ -155,10 +155,10 @@ class _Face:
 
     @staticmethod
     def _for_call(step: Step, call_id: str | None, attributes: object) -> Step:
-        if call_id is None and not attributes:
+        if call_id is None and attributes is None:
             return step
         ident, attrs = call_extras(call_id, attributes)
-        return step.for_call(ident, attrs)
+        return step.for_call(ident, attrs) if ident or attrs else step
 
     @property
     def policy(self) -> Policy:
@@ -278,7 +278,7 @@ class Tollway(_Face):
         is allowed, with ``duplicate`` set. ``attributes`` travel with the usage event."""
         engine = self._engine
         step = engine.consume(subject, operation, cost, amount, ACQUIRE)
-        if id is not None or attributes:
+        if id is not None or attributes is not None:
             step = self._for_call(step, id, attributes)
         try:
             reply = self._store.execute(step)
@@ -456,7 +456,7 @@ class AsyncTollway(_Face):
         """See `Tollway.acquire`."""
         engine = self._engine
         step = engine.consume(subject, operation, cost, amount, ACQUIRE)
-        if id is not None or attributes:
+        if id is not None or attributes is not None:
             step = self._for_call(step, id, attributes)
         try:
             reply = await self._store.execute(step)

@@ -100,9 +100,14 @@ class Notice:
 
 
 def slot_of(subject: str) -> int:
-    """The Redis Cluster hash slot of the subject's keys (``tw:{SUBJECT}``: the tag is the
-    subject itself)."""
-    return binascii.crc_hqx(subject.encode("utf-8"), 0) % _SLOTS
+    """The Redis Cluster hash slot of the subject's keys (``tw:{SUBJECT}...``), found as Redis
+    does: by the text between the first ``{`` and the next ``}``, so a subject holding a ``}``
+    hashes by its part before it (and by the whole key when that part is empty)."""
+    key = f"tw:{{{subject}}}".encode()
+    end = key.find(b"}", 4)
+    if end > 4:
+        key = key[4:end]
+    return binascii.crc_hqx(key, 0) % _SLOTS
 
 
 @lru_cache(maxsize=1)

@@ -199,6 +199,7 @@ class MemoryStore:
                 if state is _EMPTY:
                     state = self._states[step.subject] = {}
                 state[flag] = window[0]
+                self._keep_until(step.subject, state, window[1] + RETENTION_US)
                 self.events.append(
                     {
                         "k": "x",

@@ -125,6 +125,7 @@ if denied then
         local flag = spec[b + 1] .. '#x'
         if tonumber(redis.call('HGET', key, flag)) ~= spec[b + 3] then
           redis.call('HSET', key, flag, fmt(spec[b + 3]))
+          keep_until(key, spec[b + 4] + retention, plan, redis.call('HGET', key, 'exp'))
           redis.call('XADD', KEYS[2], '*', 'k', 'x', 't', fmt(now), 'd', template,
             'f', spec[b + 1], 's', fmt(spec[b + 3]), 'e', fmt(spec[b + 4]), 'v', fmt(values[j]))
         end
