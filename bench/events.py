@@ -89,7 +89,7 @@ def lag_run(server: RedisServer, args: argparse.Namespace, out: Path) -> dict[st
          f"open_ledger('sqlite:///{db}').close()"],
         check=True,
     )  # fmt: skip
-    drain_cmd = [sys.executable, "-m", "tollway", "worker", "--config", str(config)]
+    drain_cmd = [sys.executable, "-m", "tollway.cli", "worker", "--config", str(config)]
     drain_cmd += ["--store", server.url, "--block-ms", "50"]
     drain_err = (out / "lag-worker.stderr").open("w")
     drain = subprocess.Popen(

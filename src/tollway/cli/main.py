@@ -11,6 +11,8 @@ from decimal import Decimal, InvalidOperation
 from tollway import __version__
 from tollway.cli import commands, keys
 from tollway.cli import geocode as geocode_cli
+from tollway.cli import reconcile as reconcile_cli
+from tollway.cli import worker as worker_cli
 from tollway.cli.output import PROG, error
 from tollway.errors import PolicyError, StoreError, TollwayError
 
@@ -215,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.register(sub, add)
     geocode_cli.register(sub, add)
+    worker_cli.register(sub, add)
+    reconcile_cli.register(sub, add)
     return parser
 
 

@@ -12,12 +12,14 @@ Entries that are not events go to `BAD_STREAM` with the reason, then are acknowl
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tollway.errors import LedgerUnavailableError, TollwayError
@@ -42,6 +44,7 @@ logger = logging.getLogger("tollway.worker")
 Commit = Callable[[Sequence[UsageEvent], Sequence[Notice]], object]
 """Writes one batch in one transaction; raises `LedgerUnavailableError` to be called again."""
 
+Item = UsageEvent | Notice
 _US = 1_000_000
 _REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -104,7 +107,6 @@ class DrainStats:
     max_lag_s: float = 0.0
     streams: int = 0
     started_us: int = 0
-    last: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,7 +176,7 @@ class Drain:
         self.clock = clock
         self.sleep = sleep
         self.stop = stop
-        self.stats = DrainStats(started_us=clock())
+        self._stats = DrainStats(started_us=clock())
         self._refresh_at = 0
         self._trim_at = clock() + self.trim_us
         self._claim_at = 0
@@ -184,6 +186,10 @@ class Drain:
         self._own: dict[str, str] = {}
         self._unacked: dict[str, list[str]] = {}
         self._hooks = _dispatcher(ledger, policy, clock)
+
+    def stats(self) -> DrainStats:
+        """A copy of the counts and lag so far."""
+        return dataclasses.replace(self._stats)
 
     @property
     def consumer(self) -> str:
@@ -196,11 +202,11 @@ class Drain:
         end = None if max_seconds is None else self.clock() + int(max_seconds * _US)
         while not self.stop():
             handled = self.run_once()
-            if until_idle and handled == 0 and self._idle():
+            if until_idle and handled == 0 and self.idle:
                 break
             if end is not None and self.clock() >= end:
                 break
-        return self.stats
+        return self.stats()
 
     def run_once(self) -> int:
         """One cycle; returns how many entries it handled (0: idle). Redis failures are
@@ -218,23 +224,26 @@ class Drain:
             logger.warning("consumer group gone (%s): creating it again", exc)
             self.streams.forget_groups()
             self._refresh_at = 0
+            self._unacked = {}  # their pending lists went with the group
             return 0
         self.backoff.reset()
         self._run_hooks()
         return handled
 
-    def _idle(self) -> bool:
+    @property
+    def idle(self) -> bool:
+        """Nothing held back: no acknowledgement owed, no own pending entries left to read."""
         return not self._unacked and not self._own_due
 
     def _cycle(self) -> int:
         now = self.clock()
-        if self._unacked:
-            self.streams.ack(self._unacked)
-            self._unacked = {}
         if now >= self._refresh_at:
             self.streams.refresh()
-            self.stats.streams = len(self.streams.keys)
+            self._stats.streams = len(self.streams.keys)
             self._refresh_at = now + self.refresh_us
+        if self._unacked:  # committed before Redis went away
+            self.streams.ack(self._unacked)
+            self._unacked = {}
         if self._own_due:
             if not self._own:
                 self._own = dict.fromkeys(self.streams.keys, "0")
@@ -248,21 +257,21 @@ class Drain:
                 # Scanned every pending list: look again in a quarter of the idle time.
                 self._claim_at = now + max(self.claim_idle_ms * 1000 // 4, self.refresh_us)
             if entries:
-                self.stats.claimed += len(entries)
+                self._stats.claimed += len(entries)
                 return self._handle(entries)
         if now >= self._trim_at:
-            self.stats.trimmed += self.streams.trim()
+            self._stats.trimmed += self.streams.trim()
             self._trim_at = now + self.trim_us
         entries = self.streams.read_new(self.batch, self.block_ms)
         if entries:
             return self._handle(entries)
-        self.stats.lag_s = 0.0
+        self._stats.lag_s = 0.0
         if self.streams.cluster:
             self.sleep(self.idle_s)
         return 0
 
     def _redis_failed(self, exc: BaseException) -> None:
-        self.stats.redis_failures += 1
+        self._stats.redis_failures += 1
         wait = self.backoff.next()
         logger.warning("store unavailable (%s); retrying in %.1f s", exc, wait)
         # Redis may come back empty or restored: groups and own pending entries are read anew.
@@ -281,8 +290,7 @@ class Drain:
 
     def _commit_chunk(self, chunk: list[Entry]) -> bool:
         now = self.clock()
-        events: list[UsageEvent] = []
-        notices: list[Notice] = []
+        items: list[tuple[Entry, Item]] = []
         bad: list[tuple[Entry, str]] = []
         deleted = 0
         for entry in chunk:
@@ -297,8 +305,8 @@ class Drain:
             except (TollwayError, ValueError, TypeError, KeyError) as exc:
                 bad.append((entry, str(exc)))
                 continue
-            (events if isinstance(item, UsageEvent) else notices).append(item)
-        result = self._commit_retrying(events, notices, bad)
+            items.append((entry, item))
+        result = self._commit_retrying(items, bad)
         if result is _STOPPED:
             return False
         self.streams.park(bad)
@@ -310,75 +318,64 @@ class Drain:
         except _REDIS_DOWN:
             self._unacked = ids  # committed: acknowledge as soon as Redis is back
             raise
-        self._count(events, notices, len(bad), deleted, result, now)
+        self._count(items, len(bad), deleted, result, now)
         return True
 
     def _commit_retrying(
-        self, events: list[UsageEvent], notices: list[Notice], bad: list[tuple[Entry, str]]
+        self, items: list[tuple[Entry, Item]], bad: list[tuple[Entry, str]]
     ) -> object:
-        if not events and not notices:
+        """Commit ``items`` (waiting out a ledger that is down); an item the ledger refuses is
+        moved from ``items`` to ``bad``. `_STOPPED` when stopped while the ledger was down."""
+        if not items:
             return None
+        events = [item for _, item in items if isinstance(item, UsageEvent)]
+        notices = [item for _, item in items if isinstance(item, Notice)]
         backoff = Backoff(self.backoff.first_s, self.backoff.max_s)
         while True:
             try:
                 return self.commit(events, notices)
             except LedgerUnavailableError as exc:
-                self.stats.commit_failures += 1
+                self._stats.commit_failures += 1
                 if self.stop():
-                    logger.warning("stopping with %d entries uncommitted: %s", len(events), exc)
+                    logger.warning("stopping with %d entries uncommitted: %s", len(items), exc)
                     return _STOPPED
                 wait = backoff.next()
                 logger.warning("ledger unavailable (%s); retrying in %.1f s", exc, wait)
                 self.sleep(wait)
             except TollwayError as exc:
-                if len(events) + len(notices) == 1:
-                    item = (events or notices)[0]
-                    bad.append((_entry_of(item), f"the ledger refused it: {exc}"))
-                    events.clear()
-                    notices.clear()
+                if len(items) == 1:
+                    bad.append((items[0][0], f"the ledger refused it: {exc}"))
+                    items.clear()
                     return None
-                # One of them is refused: commit them one by one, parking the one refused.
-                logger.warning("ledger refused a batch (%s); committing it one by one", exc)
-                return self._one_by_one(events, notices, bad)
-
-    def _one_by_one(
-        self, events: list[UsageEvent], notices: list[Notice], bad: list[tuple[Entry, str]]
-    ) -> object:
-        kept_events: list[UsageEvent] = []
-        kept_notices: list[Notice] = []
-        for item in [*events, *notices]:
-            single_e = [item] if isinstance(item, UsageEvent) else []
-            single_n = [item] if isinstance(item, Notice) else []
-            before = len(bad)
-            if self._commit_retrying(single_e, single_n, bad) is _STOPPED:
-                return _STOPPED
-            if len(bad) == before:
-                kept_events.extend(single_e)
-                kept_notices.extend(single_n)
-        events[:] = kept_events
-        notices[:] = kept_notices
-        return None
+                # Some item of the batch is refused: find it by committing them one by one.
+                logger.warning("the ledger refused a batch (%s); committing it one by one", exc)
+                kept: list[tuple[Entry, Item]] = []
+                inserted = 0
+                for pair in items:
+                    single = [pair]
+                    result = self._commit_retrying(single, bad)
+                    if result is _STOPPED:
+                        return _STOPPED
+                    kept.extend(single)
+                    inserted += getattr(result, "inserted", 0) or 0
+                items[:] = kept
+                return _Inserted(inserted)
 
     def _count(
-        self,
-        events: list[UsageEvent],
-        notices: list[Notice],
-        bad: int,
-        deleted: int,
-        result: object,
-        now: int,
+        self, items: list[tuple[Entry, Item]], bad: int, deleted: int, result: object, now: int
     ) -> None:
-        stats = self.stats
+        stats = self._stats
         stats.batches += 1
-        stats.events += len(events)
-        stats.notices += len(notices)
+        events = sum(1 for _, item in items if isinstance(item, UsageEvent))
+        stats.events += events
+        stats.notices += len(items) - events
         stats.bad += bad
         stats.deleted += deleted
         inserted = getattr(result, "inserted", None)
         if isinstance(inserted, int):
             stats.inserted = (stats.inserted or 0) + inserted
-        times = [e.occurred_at_us for e in events] + [n.occurred_at_us for n in notices]
-        stats.lag_s = max(0.0, (now - min(times)) / _US) if times else 0.0
+        oldest = min((item.occurred_at_us for _, item in items), default=None)
+        stats.lag_s = max(0.0, (now - oldest) / _US) if oldest is not None else 0.0
         stats.max_lag_s = max(stats.max_lag_s, stats.lag_s)
 
     # ------------------------------------------------------------------ hooks
@@ -398,8 +395,9 @@ class Drain:
 _STOPPED = object()
 
 
-def _entry_of(item: UsageEvent | Notice) -> Entry:
-    return Entry("?", item.id, {b"event": repr(item).encode()})
+@dataclass(frozen=True, slots=True)
+class _Inserted:
+    inserted: int
 
 
 def _dispatcher(ledger: Ledger | None, policy: Policy | None, clock: Callable[[], int]) -> Any:
@@ -408,9 +406,12 @@ def _dispatcher(ledger: Ledger | None, policy: Policy | None, clock: Callable[[]
     hooks = getattr(policy, "hooks", ()) or ()
     if not hooks or ledger is None:
         return None
-    try:
-        from tollway.metering.hooks import Dispatcher  # type: ignore[attr-defined]
+    try:  # built alongside; imported by name so the drain works before it exists
+        module = importlib.import_module("tollway.metering.hooks")
     except ImportError:
+        module = None
+    dispatcher = getattr(module, "Dispatcher", None)
+    if dispatcher is None:
         logger.warning("the policy has hooks, but this tollway cannot deliver them yet")
         return None
-    return Dispatcher(ledger, hooks, clock=clock)
+    return dispatcher(ledger, hooks, clock=clock)

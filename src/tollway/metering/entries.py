@@ -155,9 +155,9 @@ def decode_entry(
     # Imported here: the ledger package imports this module (for `Notice`).
     from tollway.metering.ledger.events import UsageEvent
 
-    got = {_text(k): _text(v) for k, v in fields.items()}
     where = f"stream {stream} entry {entry_id}"
     try:
+        got = {_text(k): _text(v) for k, v in fields.items()}
         kind = got["k"]
         at = int(got["t"])
         template = json.loads(got["d"])
@@ -166,7 +166,12 @@ def decode_entry(
         raise InvalidUsageEventError(f"{where} is not a tollway event entry: {exc!r}") from None
     if kind == "u":
         ident = got.get("i") or f"tw-{_label(stream)}-{entry_id}"
-        attributes = json.loads(got["a"]) if got.get("a") else {}
+        try:
+            attributes = json.loads(got["a"]) if got.get("a") else {}
+        except ValueError as exc:
+            raise InvalidUsageEventError(
+                f"{where} has attributes that are not JSON: {exc}"
+            ) from None
         return UsageEvent(
             id=ident,
             subject=subject,

@@ -46,7 +46,9 @@ def connect(url: str, *, timeout_s: float = 5.0) -> tuple[Any, bool]:
     from tollway.stores.redis import _split
 
     if redis is None:  # pragma: no cover - depends on the environment
-        raise ConfigurationError("tollway worker needs the redis client: pip install 'tollway[redis]'")
+        raise ConfigurationError(
+            "tollway worker needs the redis client: pip install 'tollway[redis]'"
+        )
     target, cluster = _split(url)
     options = {"socket_timeout": timeout_s, "socket_connect_timeout": min(timeout_s, 5.0)}
     if cluster:
@@ -96,14 +98,36 @@ class Streams:
         self._grouped: set[str] = set()
 
     # ------------------------------------------------------------------ keys and groups
-    def refresh(self) -> list[str]:
-        """Read the registry; make sure every stream has the group. Returns the new keys."""
+    def discover(self) -> list[str]:
+        """Read the registry (and the standalone partitions) into `keys`, changing nothing."""
         registered = {_text(key) for key in self.client.smembers(REGISTRY)}
-        keys = sorted(set(self._fixed) | registered)
-        new = [key for key in keys if key not in self._grouped]
+        self.keys = sorted(set(self._fixed) | registered)
+        return self.keys
+
+    def refresh(self) -> list[str]:
+        """`discover`, and make sure every stream has the group. Returns the new keys."""
+        new = [key for key in self.discover() if key not in self._grouped]
         self.ensure_groups(new)
-        self.keys = keys
         return new
+
+    def leave(self) -> None:
+        """Remove this consumer from the groups where it has nothing pending (a one-off
+        drain, like ``reconcile --drain-first``, leaves no trace). Never where it has: a
+        deleted consumer's pending entries could not be claimed any more."""
+        keys = list(self._grouped)
+        held = self._pipelined(
+            keys,
+            lambda pipe, key: pipe.xpending_range(
+                key, self.group, "-", "+", 1, consumername=self.consumer
+            ),
+            missing=[1],
+        )
+        empty = [key for key, got in zip(keys, held, strict=True) if not got]
+        self._pipelined(
+            empty,
+            lambda pipe, key: pipe.xgroup_delconsumer(key, self.group, self.consumer),
+            missing=0,
+        )
 
     def ensure_groups(self, keys: Iterable[str]) -> None:
         """``XGROUP CREATE key GROUP 0 MKSTREAM``: from the first entry, so a stream created
@@ -120,7 +144,8 @@ class Streams:
             self._grouped.add(key)
 
     def forget_groups(self) -> None:
-        """After NOGROUP: Redis lost its data; create every group again before the next read."""
+        """After NOGROUP or a lost connection: Redis may have lost its data; make sure of
+        every group again before the next read."""
         self._grouped.clear()
 
     # ------------------------------------------------------------------ reading
@@ -156,14 +181,19 @@ class Streams:
                 self.consumer,
                 dict.fromkeys(self.keys, ">"),
                 count=count,
-                block=block_ms,
+                block=block_ms or None,
             )
             return [e for key, items in reply or [] for e in _entries(_text(key), items)]
         replies = self._pipelined(
             self.keys,
             lambda pipe, key: pipe.xreadgroup(self.group, self.consumer, {key: ">"}, count=count),
         )
-        return [e for key, r in zip(self.keys, replies, strict=True) if r for e in _entries(key, r[0][1])]
+        return [
+            e
+            for key, r in zip(self.keys, replies, strict=True)
+            if r
+            for e in _entries(key, r[0][1])
+        ]
 
     def claim(self, min_idle_ms: int, count: int, cursors: dict[str, str]) -> list[Entry]:
         """Take over entries pending longer than ``min_idle_ms`` in another consumer (a dead
@@ -218,9 +248,7 @@ class Streams:
         ]  # fmt: skip
         oldest: dict[tuple[str, str], str] = {}
         if pending:
-            summaries = self._pipelined(
-                pending, lambda pipe, kg: pipe.xpending(kg[0], kg[1])
-            )
+            summaries = self._pipelined(pending, lambda pipe, kg: pipe.xpending(kg[0], kg[1]))
             for kg, summary in zip(pending, summaries, strict=True):
                 if summary["min"] is not None:
                     oldest[kg] = _text(summary["min"])
@@ -271,9 +299,7 @@ class Streams:
         return total
 
     # ------------------------------------------------------------------ plumbing
-    def _pipelined(
-        self, items: list[Any], add: Any, *, missing: Any = None
-    ) -> list[Any]:
+    def _pipelined(self, items: list[Any], add: Any, *, missing: Any = None) -> list[Any]:
         """One command per item in one pipeline; errors raise, except a missing stream
         (``no such key``), which answers ``missing`` when given."""
         if not items:

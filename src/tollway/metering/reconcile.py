@@ -1,0 +1,215 @@
+"""Reconcile the store's counters with the ledger: does every quota and budget count what the
+ledger holds for its window? (`tollway reconcile`.)
+
+For each subject, the counters are read without consuming (`Tollway.usage`; a provider's
+through a peek at its step) and each quota and budget (not rates, not health gates) is compared
+with the sum of the ledger's events of that subject in the counter's current window: quantity
+for a quota, amount for a budget, over the operations the limit applies to (one, for a limit
+counted per operation). Events from steps have ``meter == operation``; only those are summed,
+so usage recorded with a meter of its own (`Tollway.record`) makes no drift.
+
+Entries still in the streams (not drained yet) are counted in the store and not yet in the
+ledger: a drift while `Report.pending` is not 0 may be just that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from tollway.engine.decision import LimitState
+from tollway.engine.rules import PROVIDER_OPERATION, TIER_COUNTER
+from tollway.engine.step import PEEK, PROVIDER_PREFIX
+from tollway.errors import UnknownNameError
+from tollway.money import decimal_to_micros, micros_to_decimal
+
+if TYPE_CHECKING:
+    from tollway.client import Tollway
+    from tollway.metering.ledger import Ledger
+    from tollway.policy.model import Limit, Period, Policy
+
+__all__ = ["Drift", "Report", "ledger_subjects", "reconcile"]
+
+_US = 1_000_000
+# How far back a window of each period can start (a month: 31 days, plus a DST hour).
+_LOOKBACK_US = {
+    "minute": 120 * _US,
+    "hour": 2 * 3600 * _US,
+    "day": 2 * 86_400 * _US,
+    "week": 8 * 86_400 * _US,
+    "month": 32 * 86_400 * _US,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One counter against the ledger: units for a quota, micro-units for a budget."""
+
+    subject: str
+    limit: str
+    kind: str
+    """``quota`` or ``budget``."""
+    operation: str | None
+    """Set for a limit counted per operation."""
+    window_start_us: int
+    window_end_us: int
+    store: int
+    ledger: int
+    currency: str | None = None
+
+    @property
+    def drift(self) -> int:
+        """Store minus ledger: positive when the ledger misses usage, negative when it has
+        more than the store counted."""
+        return self.store - self.ledger
+
+    def amount(self, value: int) -> str:
+        """``value`` as the report shows it: units, or money with its currency."""
+        if self.kind != "budget":
+            return str(value)
+        text = f"{micros_to_decimal(value):f}"
+        return f"{text} {self.currency}" if self.currency else text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "limit": self.limit,
+            "kind": self.kind,
+            "operation": self.operation,
+            "window_start_us": self.window_start_us,
+            "window_end_us": self.window_end_us,
+            "store": self.amount(self.store),
+            "ledger": self.amount(self.ledger),
+            "drift": self.amount(self.drift),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    rows: tuple[Drift, ...]
+    pending: int | None = None
+    """Entries still in the event streams, not yet committed (None: not counted)."""
+
+    @property
+    def drifts(self) -> tuple[Drift, ...]:
+        return tuple(row for row in self.rows if row.drift != 0)
+
+
+def lookback_us(policy: Policy) -> int:
+    """How far back the earliest current window of any quota or budget may start."""
+    periods: list[Period] = [
+        limit.period
+        for limits in _all_limits(policy)
+        for limit in limits
+        if limit.period is not None
+    ]
+    return max((_LOOKBACK_US[p] for p in periods), default=0)
+
+
+def ledger_subjects(ledger: Ledger, since_us: int) -> list[str]:
+    """Every subject with an event that occurred at or after ``since_us``."""
+    listed = getattr(ledger, "subjects", None)
+    if callable(listed):  # a ledger that can list them itself
+        return sorted(listed(since_us))
+    param = getattr(ledger, "_param", "?")
+    rows = ledger._fetch(
+        f"SELECT DISTINCT subject FROM usage_events WHERE occurred_at_us >= {param}", [since_us]
+    )
+    return sorted(str(row[0]) for row in rows)
+
+
+def reconcile(
+    tw: Tollway,
+    ledger: Ledger,
+    subjects: Iterable[str] | None = None,
+    *,
+    pending: int | None = None,
+) -> Report:
+    """Compare every quota and budget of ``subjects`` (default: every subject with events in
+    the ledger in the current windows, and every provider of the policy) with the ledger."""
+    policy = tw.policy
+    if subjects is None:
+        since = tw.engine.clock() - lookback_us(policy)
+        # The providers always: a provider whose events the ledger lacks still shows.
+        providers = [PROVIDER_PREFIX + name for name in policy.providers]
+        subjects = sorted(set(ledger_subjects(ledger, since)) | set(providers))
+    rows: list[Drift] = []
+    for subject in subjects:
+        states, limits, operations = _read(tw, subject)
+        for state in states:
+            if state.kind not in ("quota", "budget"):
+                continue
+            rows.append(_compare(ledger, subject, state, limits.get(state.name), operations))
+    return Report(tuple(rows), pending)
+
+
+def _read(
+    tw: Tollway, subject: str
+) -> tuple[Sequence[LimitState], dict[str, Limit], tuple[str, ...]]:
+    """The subject's counters, its limits by name, and the operations its steps can have."""
+    policy = tw.policy
+    if subject.startswith(PROVIDER_PREFIX):
+        name = subject[len(PROVIDER_PREFIX) :]
+        provider = policy.providers.get(name)
+        if provider is None:
+            raise UnknownNameError(
+                f"subject: {subject!r} names provider {name!r}, which the policy does not "
+                f"declare; known providers: {', '.join(sorted(policy.providers)) or 'none'}"
+            )
+        decision = tw._decide(lambda: tw.engine.provider(name, None, None, PEEK))
+        limits = {limit.name: limit for limit in provider.limits}
+        return decision.limits, limits, (PROVIDER_OPERATION,)
+    usage = tw.usage(subject)
+    plan = policy.plans.get(usage.plan) if usage.plan is not None else None
+    limits = {limit.name: limit for limit in plan.limits} if plan is not None else {}
+    return usage.limits, limits, tuple(policy.operations)
+
+
+def _compare(
+    ledger: Ledger,
+    subject: str,
+    state: LimitState,
+    limit: Limit | None,
+    operations: tuple[str, ...],
+) -> Drift:
+    start = _us(state.window_start)
+    end = _us(state.window_end)
+    if state.operation is not None:
+        ops: tuple[str, ...] = (state.operation,)
+    elif limit is None or state.name == TIER_COUNTER:
+        ops = operations
+    else:
+        ops = tuple(op for op in operations if limit.applies_to(op))
+    budget = state.kind == "budget"
+    counted = 0
+    for op in ops:
+        totals = ledger.totals(subject, start, end, meter=op, operation=op).get(op)
+        if totals is not None:
+            counted += totals.amount_micros if budget else totals.quantity
+    used = state.used
+    store = decimal_to_micros(Decimal(used)) if budget else int(used)
+    return Drift(
+        subject=subject,
+        limit=state.name,
+        kind=state.kind,
+        operation=state.operation,
+        window_start_us=start,
+        window_end_us=end,
+        store=store,
+        ledger=counted,
+        currency=state.currency,
+    )
+
+
+def _us(moment: datetime | None) -> int:
+    if moment is None:  # a quota or budget always has a window; a rate would not
+        return 0
+    return int(moment.timestamp()) * _US
+
+
+def _all_limits(policy: Policy) -> Iterable[tuple[Limit, ...]]:
+    yield from (plan.limits for plan in policy.plans.values())
+    yield from (provider.limits for provider in policy.providers.values())
