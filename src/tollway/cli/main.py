@@ -11,6 +11,7 @@ from decimal import Decimal, InvalidOperation
 from tollway import __version__
 from tollway.cli import commands, keys
 from tollway.cli import geocode as geocode_cli
+from tollway.cli import hooks as hooks_cli
 from tollway.cli import reconcile as reconcile_cli
 from tollway.cli import worker as worker_cli
 from tollway.cli.output import PROG, error
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     geocode_cli.register(sub, add)
     worker_cli.register(sub, add)
     reconcile_cli.register(sub, add)
+    hooks_cli.register(sub, add)
     return parser
 
 

@@ -13,7 +13,6 @@ Entries that are not events go to `BAD_STREAM` with the reason, then are acknowl
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 import socket
@@ -59,12 +58,9 @@ def default_consumer() -> str:
 
 
 def default_commit(ledger: Ledger, hooks: Sequence[Any] = ()) -> Commit:
-    """``ledger.commit(events, notices, hooks)`` (events and the hooks' outbox in one
-    transaction) where the ledger has it, else ``ledger.write(events)``."""
-    commit = getattr(ledger, "commit", None)
-    if commit is not None:
-        return lambda events, notices: commit(events, notices, hooks)
-    return lambda events, notices: ledger.write(events)
+    """``ledger.commit(events, notices, hooks)``: the events, the notices and the hooks'
+    outbox in one transaction."""
+    return lambda events, notices: ledger.commit(events, notices, hooks)
 
 
 @dataclass(slots=True)
@@ -158,7 +154,7 @@ class Drain:
         if commit is None:
             if ledger is None:
                 raise TollwayError("Drain: give a ledger or a commit callable")
-            commit = default_commit(ledger, getattr(policy, "hooks", ()) or ())
+            commit = default_commit(ledger, policy.hooks if policy is not None else ())
         self.ledger = ledger
         self.policy = policy
         self.streams = Streams(
@@ -406,12 +402,6 @@ def _dispatcher(ledger: Ledger | None, policy: Policy | None, clock: Callable[[]
     hooks = getattr(policy, "hooks", ()) or ()
     if not hooks or ledger is None:
         return None
-    try:  # built alongside; imported by name so the drain works before it exists
-        module = importlib.import_module("tollway.metering.hooks")
-    except ImportError:
-        module = None
-    dispatcher = getattr(module, "Dispatcher", None)
-    if dispatcher is None:
-        logger.warning("the policy has hooks, but this tollway cannot deliver them yet")
-        return None
-    return dispatcher(ledger, hooks, clock=clock)
+    from tollway.metering.hooks import Dispatcher
+
+    return Dispatcher(ledger, hooks, clock=clock)

@@ -34,10 +34,7 @@ def commit_batch(
 ) -> int:
     """Write one batch in one transaction (with its hook deliveries, when the ledger keeps
     them); how many events were new."""
-    commit = getattr(ledger, "commit", None)
-    if commit is not None:
-        return int(commit(events, notices, getattr(policy, "hooks", ())).inserted)
-    return ledger.write(events).inserted if events else 0
+    return ledger.commit(events, notices, policy.hooks).inserted
 
 
 class EmbeddedDrain:
@@ -118,14 +115,12 @@ class EmbeddedDrain:
         return commit_batch(self._ledger(), events, notices, self.policy)
 
     def _dispatch(self) -> None:
-        hooks = getattr(self.policy, "hooks", ())
+        hooks = self.policy.hooks
         if not hooks:
             return
         if self._dispatcher is None:
-            try:
-                from tollway.metering.hooks import Dispatcher
-            except ImportError:  # pragma: no cover - hooks not built into this tree
-                return
+            from tollway.metering.hooks import Dispatcher
+
             self._dispatcher = Dispatcher(self._ledger(), hooks, clock=self.clock)
         self._dispatcher.run_once()
 

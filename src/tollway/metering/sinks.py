@@ -1,6 +1,7 @@
 """Where a message goes: the `Sink` protocol, `WebhookSink` (HTTP(S) POST signed per Standard
-Webhooks, with the standard library's ``http.client``) and `CallableSink` (any Python callable).
-See `tollway.metering.delivery` for how a sink's answers are retried and dead-lettered."""
+Webhooks, with the standard library's ``http.client``), `CallableSink` (any Python callable) and
+`RedisStreamSink` (XADD to a Redis Stream). See `tollway.metering.delivery` for how a sink's
+answers are retried and dead-lettered."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ __all__ = [
     "AttemptOutcome",
     "CallableSink",
     "Message",
+    "RedisStreamSink",
     "SendResult",
     "Sink",
     "WebhookSink",
@@ -276,6 +278,59 @@ class CallableSink:
         except Exception as exc:
             return SendResult.failed(_exception_text(exc))
         return SendResult.delivered()
+
+
+class RedisStreamSink:
+    """XADD each message to the Redis Stream ``stream``: fields ``id`` (the webhook-id, what
+    consumers dedupe on, as webhook receivers do), ``content_type`` and ``body``; ``MAXLEN ~``
+    ``maxlen`` bounds the stream (consumers read it within that many messages).
+
+    ``client`` is a redis-py client (its ``socket_timeout`` bounds an attempt: `from_url` sets
+    it). A connection error or a timeout fails the attempt; a stream has no "gone" answer, so
+    ``disabled`` is only ever set by the caller."""
+
+    def __init__(self, client: Any, stream: str, *, maxlen: int = 100_000) -> None:
+        if not isinstance(stream, str) or not stream:
+            raise ConfigurationError(f"stream: {stream!r}; expected a Redis Stream key")
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
+            raise ConfigurationError(f"maxlen: {maxlen!r}; expected an int >= 1")
+        self._client = client
+        self._stream = stream
+        self._maxlen = maxlen
+        self.disabled = False
+
+    @classmethod
+    def from_url(
+        cls, url: str, stream: str, *, timeout: float = DEFAULT_TIMEOUT, maxlen: int = 100_000
+    ) -> RedisStreamSink:
+        try:
+            import redis
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ConfigurationError(
+                "a stream hook needs redis-py: pip install 'tollway[redis]'"
+            ) from None
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return cls(client, stream, maxlen=maxlen)
+
+    @property
+    def target(self) -> str:
+        return f"redis-stream:{self._stream}"
+
+    def __repr__(self) -> str:
+        return f"RedisStreamSink({self._stream!r})"
+
+    def send(self, message: Message, *, timeout: float) -> SendResult:
+        fields = {"id": message.id, "content_type": message.content_type, "body": message.body}
+        try:
+            self._client.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+        except Exception as exc:  # redis.ConnectionError, TimeoutError, ResponseError...
+            return SendResult.failed(_exception_text(exc))
+        return SendResult.delivered()
+
+    def close(self) -> None:
+        close = getattr(self._client, "close", None)
+        if callable(close):
+            close()
 
 
 def _narrow(conn: http.client.HTTPConnection, deadline: float) -> None:

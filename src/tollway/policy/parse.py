@@ -419,7 +419,7 @@ class _Walker:
             elif item in found:
                 self.error(where, f"{show(item)} is listed twice; expected each type once")
             else:
-                found.append(cast(str, item))
+                found.append(item)
         return tuple(found)
 
     def hook_schedule(self, t: Table, path: str) -> tuple[float, ...] | None:

@@ -4,16 +4,28 @@ A backend implements ``_write(batch)`` (one transaction: insert the rows, skippi
 there, and read back the stored rows of the batch's ids when some were skipped) and
 ``_fetch(sql, params)``; everything else (checking a batch, telling duplicates from conflicts,
 building the queries, folding the rows) is shared, in `tollway.metering.ledger.queries`.
+
+For hooks a backend also implements ``_commit(batch, need_new, after)`` (``_write`` that also
+tells which events were new, then runs the flow ``after(new_events)`` in the same transaction)
+and ``_transact(flow)`` (a flow in a transaction of its own); the flows are in
+`tollway.metering.ledger.outbox`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from tollway.errors import InvalidArgumentError
+from tollway.metering.cloudevents import USAGE_RECORDED
 from tollway.metering.ledger.events import UsageEvent
+from tollway.metering.ledger.flows import Flow
+from tollway.metering.ledger.hookstore import AsyncHookStore, HookStore
+from tollway.metering.ledger.outbox import CommitExtras, Dialect, commit_flow
 from tollway.metering.ledger.queries import (
     COUNT_SQL,
     PeriodUsage,
@@ -29,12 +41,62 @@ from tollway.metering.ledger.queries import (
     totals_query,
     usage_query,
 )
+from tollway.policy.model import HookConfig
+
+if TYPE_CHECKING:
+    from tollway.metering.entries import Notice
 
 __all__ = ["AsyncLedger", "Ledger"]
 
 logger = logging.getLogger("tollway.ledger")
 
 Rows = list[Sequence[Any]]
+After = Callable[[list[UsageEvent]], Flow[CommitExtras]]
+"""What `Ledger.commit` runs once the usage events are in: given the new ones."""
+
+
+def _commit_plan(
+    dialect: Dialect,
+    notices: Iterable[Notice],
+    hooks: Iterable[HookConfig],
+    now_us: int | None,
+) -> tuple[bool, After] | None:
+    """(whether the new events must be told apart, the flow to run after them); None when
+    there is nothing for hooks to do (no notices, no hook on usage): `commit` is `write`."""
+    # Imported here: entries and hookevents import the ledger package (a cycle at import time).
+    from tollway.metering.entries import Notice
+    from tollway.metering.hookevents import plan_deliveries, subscribes
+
+    hooks = tuple(hooks)
+    notice_list = list(notices)
+    for index, notice in enumerate(notice_list):
+        if not isinstance(notice, Notice):
+            raise InvalidArgumentError(
+                f"notices[{index}]: a {type(notice).__name__}; expected a Notice"
+            )
+    for index, hook in enumerate(hooks):
+        if not isinstance(hook, HookConfig):
+            raise InvalidArgumentError(
+                f"hooks[{index}]: a {type(hook).__name__}; expected a HookConfig (policy.hooks)"
+            )
+    need_new = subscribes(hooks, (USAGE_RECORDED,))
+    if not notice_list and not need_new:
+        return None
+    stamp = time.time_ns() // 1000 if now_us is None else now_us
+
+    def after(new_events: list[UsageEvent]) -> Flow[CommitExtras]:
+        return commit_flow(
+            dialect,
+            notice_list,
+            lambda fresh: plan_deliveries(hooks, new_events, fresh),
+            stamp,
+        )
+
+    return need_new, after
+
+
+def _with_extras(result: WriteResult, extras: CommitExtras) -> WriteResult:
+    return dataclasses.replace(result, notices=extras.notices, enqueued=extras.enqueued)
 
 
 def _report(url: str, result: WriteResult) -> None:
@@ -51,12 +113,13 @@ def _report(url: str, result: WriteResult) -> None:
         )
 
 
-class Ledger(ABC):
+class Ledger(HookStore, ABC):
     """The system of record for usage events (sync face). Thread-safe; use as a context
     manager or call `close`."""
 
     url: str
     _param: ClassVar[str] = "?"
+    _dialect: ClassVar[Dialect] = "sqlite"
     _usage_style: ClassVar[UsageStyle] = "values"
 
     # ------------------------------------------------------------------ writes
@@ -77,6 +140,28 @@ class Ledger(ABC):
         result = finish(batch, inserted, stored)
         _report(self.url, result)
         return result
+
+    def commit(
+        self,
+        events: Iterable[UsageEvent],
+        notices: Iterable[Notice] = (),
+        hooks: Iterable[HookConfig] = (),
+        *,
+        now_us: int | None = None,
+    ) -> WriteResult:
+        """`write` the events and record the notices (idempotent on id, both) and, for those
+        that were new, enqueue a delivery for each hook subscribed to their type (or add to the
+        hook's aggregation bucket): one transaction, all or nothing. A batch committed again
+        (a redelivery) enqueues nothing twice. ``now_us`` stamps the enqueued messages
+        (default: now). With no notices and no hook on usage, it is `write`."""
+        plan = _commit_plan(self._dialect, notices, hooks, now_us)
+        if plan is None:
+            return self.write(events)
+        batch = prepare(events)
+        inserted, stored, extras = self._commit(batch, *plan)
+        result = finish(batch, inserted, stored)
+        _report(self.url, result)
+        return _with_extras(result, extras)
 
     # ------------------------------------------------------------------ reads
     def totals(
@@ -144,6 +229,11 @@ class Ledger(ABC):
     def _write(self, batch: PreparedBatch) -> tuple[int, Rows]: ...
 
     @abstractmethod
+    def _commit(
+        self, batch: PreparedBatch, need_new: bool, after: After
+    ) -> tuple[int, Rows, CommitExtras]: ...
+
+    @abstractmethod
     def _fetch(self, sql: str, params: Sequence[Any]) -> Rows: ...
 
     def __enter__(self) -> Ledger:
@@ -156,11 +246,12 @@ class Ledger(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
-class AsyncLedger(ABC):
+class AsyncLedger(AsyncHookStore, ABC):
     """The async face of `Ledger`: the same methods, awaited; ``aclose()`` or ``async with``."""
 
     url: str
     _param: ClassVar[str] = "%s"
+    _dialect: ClassVar[Dialect] = "postgres"
     _usage_style: ClassVar[UsageStyle] = "values"
 
     async def insert(self, events: Iterable[UsageEvent]) -> int:
@@ -176,6 +267,24 @@ class AsyncLedger(ABC):
         result = finish(batch, inserted, stored)
         _report(self.url, result)
         return result
+
+    async def commit(
+        self,
+        events: Iterable[UsageEvent],
+        notices: Iterable[Notice] = (),
+        hooks: Iterable[HookConfig] = (),
+        *,
+        now_us: int | None = None,
+    ) -> WriteResult:
+        """See `Ledger.commit`."""
+        plan = _commit_plan(self._dialect, notices, hooks, now_us)
+        if plan is None:
+            return await self.write(events)
+        batch = prepare(events)
+        inserted, stored, extras = await self._commit(batch, *plan)
+        result = finish(batch, inserted, stored)
+        _report(self.url, result)
+        return _with_extras(result, extras)
 
     async def totals(
         self,
@@ -236,6 +345,11 @@ class AsyncLedger(ABC):
 
     @abstractmethod
     async def _write(self, batch: PreparedBatch) -> tuple[int, Rows]: ...
+
+    @abstractmethod
+    async def _commit(
+        self, batch: PreparedBatch, need_new: bool, after: After
+    ) -> tuple[int, Rows, CommitExtras]: ...
 
     @abstractmethod
     async def _fetch(self, sql: str, params: Sequence[Any]) -> Rows: ...

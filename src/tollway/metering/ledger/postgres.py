@@ -34,8 +34,10 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from tollway.errors import ConfigurationError, LedgerError, LedgerUnavailableError
-from tollway.metering.ledger.base import AsyncLedger, Ledger, Rows
-from tollway.metering.ledger.events import COLUMNS
+from tollway.metering.ledger.base import After, AsyncLedger, Ledger, Rows
+from tollway.metering.ledger.events import COLUMNS, UsageEvent
+from tollway.metering.ledger.flows import Flow, drive_async_psycopg, drive_psycopg
+from tollway.metering.ledger.outbox import CommitExtras
 from tollway.metering.ledger.queries import PreparedBatch
 from tollway.metering.ledger.schema import Query, migrate_flow
 
@@ -54,6 +56,7 @@ INSERT_SELECT_SQL = (
 )
 DIRECT_COPY_SQL = f"COPY usage_events ({_COLS}) FROM STDIN"
 CAREFUL_BATCHES = 16
+INSERT_SELECT_RETURNING_SQL = INSERT_SELECT_SQL + " RETURNING id"
 STORED_SQL = (
     f"SELECT {', '.join('e.' + c for c in COLUMNS)} FROM usage_events e JOIN {_TEMP} t "
     "ON t.id = e.id"
@@ -101,6 +104,15 @@ def _params(params: Sequence[Any]) -> Sequence[Any] | None:
     return params or None
 
 
+def _new_events(batch: PreparedBatch, need_new: bool, new_ids: set[str] | None) -> list[UsageEvent]:
+    """The events of ``batch`` the commit inserted (``new_ids`` None: all of them)."""
+    if not need_new:
+        return []
+    if new_ids is None:
+        return list(batch.events)
+    return [event for event in batch.events if event.id in new_ids]
+
+
 def _run_flow(cur: psycopg.Cursor[TupleRow], flow: Generator[Query, list[Any], int]) -> None:
     """Drive `migrate_flow` on a sync cursor."""
     try:
@@ -119,6 +131,7 @@ class PostgresLedger(Ledger):
     one connection, guarded by a lock."""
 
     _param = "%s"
+    _dialect = "postgres"
     _usage_style = "width_bucket"
 
     def __init__(
@@ -235,6 +248,55 @@ class PostgresLedger(Ledger):
 
         return self._run(op)
 
+    def _commit(
+        self, batch: PreparedBatch, need_new: bool, after: After
+    ) -> tuple[int, Rows, CommitExtras]:
+        rows = batch.rows
+
+        def op(conn: psycopg.Connection[TupleRow]) -> tuple[int, Rows, CommitExtras]:
+            stored: Rows = []
+            inserted = 0
+            new_ids: set[str] | None = None  # None: every event of the batch was new
+            used_temp = False
+            with conn.transaction(), conn.cursor() as cur:
+                direct = False
+                if rows and self._careful == 0:
+                    try:
+                        with conn.transaction(), cur.copy(DIRECT_COPY_SQL) as copy:
+                            for row in rows:
+                                copy.write_row(row)
+                        inserted, direct = len(rows), True
+                    except psycopg.errors.UniqueViolation:
+                        self._careful = CAREFUL_BATCHES
+                if rows and not direct:
+                    self._careful = max(0, self._careful - 1)
+                    if not self._temp_ready:
+                        cur.execute(CREATE_TEMP_SQL)
+                    used_temp = True
+                    with cur.copy(COPY_SQL) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                    # RETURNING names exactly the rows this transaction inserted, even with
+                    # another worker committing the same ids at the same time.
+                    cur.execute(INSERT_SELECT_RETURNING_SQL)
+                    new_ids = {row[0] for row in cur.fetchall()}
+                    inserted = len(new_ids)
+                    if inserted < len(rows):
+                        stored = list(cur.execute(STORED_SQL).fetchall())
+                extras = drive_psycopg(cur, after(_new_events(batch, need_new, new_ids)))
+            if used_temp:
+                self._temp_ready = True
+            return inserted, stored, extras
+
+        return self._run(op)
+
+    def _transact(self, make: Callable[[], Flow[T]]) -> T:
+        def op(conn: psycopg.Connection[TupleRow]) -> T:
+            with conn.transaction(), conn.cursor() as cur:
+                return drive_psycopg(cur, make())
+
+        return self._run(op)
+
     def _fetch(self, sql: str, params: Sequence[Any]) -> Rows:
         def op(conn: psycopg.Connection[TupleRow]) -> Rows:
             return list(conn.execute(sql, _params(params)).fetchall())
@@ -252,6 +314,7 @@ class AsyncPostgresLedger(AsyncLedger):
     call, or at once with ``await AsyncPostgresLedger.open(url)`` / ``await ledger.connect()``."""
 
     _param = "%s"
+    _dialect = "postgres"
     _usage_style = "width_bucket"
 
     def __init__(
@@ -378,6 +441,54 @@ class AsyncPostgresLedger(AsyncLedger):
                     stored = list(await (await cur.execute(STORED_SQL)).fetchall())
             self._temp_ready = True
             return inserted, stored
+
+        return await self._run(op)
+
+    async def _commit(
+        self, batch: PreparedBatch, need_new: bool, after: After
+    ) -> tuple[int, Rows, CommitExtras]:
+        rows = batch.rows
+
+        async def op(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[int, Rows, CommitExtras]:
+            stored: Rows = []
+            inserted = 0
+            new_ids: set[str] | None = None
+            used_temp = False
+            async with conn.transaction(), conn.cursor() as cur:
+                direct = False
+                if rows and self._careful == 0:
+                    try:
+                        async with conn.transaction(), cur.copy(DIRECT_COPY_SQL) as copy:
+                            for row in rows:
+                                await copy.write_row(row)
+                        inserted, direct = len(rows), True
+                    except psycopg.errors.UniqueViolation:
+                        self._careful = CAREFUL_BATCHES
+                if rows and not direct:
+                    self._careful = max(0, self._careful - 1)
+                    if not self._temp_ready:
+                        await cur.execute(CREATE_TEMP_SQL)
+                    used_temp = True
+                    async with cur.copy(COPY_SQL) as copy:
+                        for row in rows:
+                            await copy.write_row(row)
+                    await cur.execute(INSERT_SELECT_RETURNING_SQL)
+                    new_ids = {row[0] for row in await cur.fetchall()}
+                    inserted = len(new_ids)
+                    if inserted < len(rows):
+                        stored = list(await (await cur.execute(STORED_SQL)).fetchall())
+                flow = after(_new_events(batch, need_new, new_ids))
+                extras = await drive_async_psycopg(cur, flow)
+            if used_temp:
+                self._temp_ready = True
+            return inserted, stored, extras
+
+        return await self._run(op)
+
+    async def _transact(self, make: Callable[[], Flow[T]]) -> T:
+        async def op(conn: psycopg.AsyncConnection[TupleRow]) -> T:
+            async with conn.transaction(), conn.cursor() as cur:
+                return await drive_async_psycopg(cur, make())
 
         return await self._run(op)
 

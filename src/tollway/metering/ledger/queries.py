@@ -86,6 +86,10 @@ class WriteResult:
     """Events already recorded with the same payload (or repeated in the batch): skipped."""
     conflicts: tuple[Conflict, ...] = ()
     """Events whose id was recorded with a different payload: the first one was kept."""
+    notices: int = 0
+    """`Ledger.commit`: notices that were new and are now recorded."""
+    enqueued: int = 0
+    """`Ledger.commit`: hook messages enqueued plus additions to aggregation buckets."""
 
 
 # =========================================================================== writing

@@ -20,11 +20,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from tollway.errors import ConfigurationError, LedgerError, LedgerUnavailableError
-from tollway.metering.ledger.base import Ledger, Rows
+from tollway.metering.ledger.base import After, Ledger, Rows
+from tollway.metering.ledger.flows import Flow, T, drive_sqlite
+from tollway.metering.ledger.outbox import CommitExtras
 from tollway.metering.ledger.queries import PreparedBatch, insert_sql, select_by_ids_sql
 from tollway.metering.ledger.schema import migrate_flow
 
@@ -39,6 +41,7 @@ class SqliteLedger(Ledger):
     """The ledger in a SQLite database file; ``":memory:"`` for a private in-memory one."""
 
     _param = "?"
+    _dialect = "sqlite"
 
     def __init__(
         self,
@@ -124,16 +127,27 @@ class SqliteLedger(Ledger):
         with self._lock, self._errors():
             conn = self._open()
             with self._transaction(conn):
-                before = conn.total_changes
-                conn.executemany(_INSERT, batch.rows)
-                inserted = conn.total_changes - before
-                stored: Rows = []
-                if inserted < len(batch.rows):
-                    ids = [event.id for event in batch.events]
-                    for at in range(0, len(ids), _IDS_PER_SELECT):
-                        chunk = ids[at : at + _IDS_PER_SELECT]
-                        stored.extend(conn.execute(select_by_ids_sql("?", len(chunk)), chunk))
-            return inserted, stored
+                return _insert(conn, batch)
+
+    def _commit(
+        self, batch: PreparedBatch, need_new: bool, after: After
+    ) -> tuple[int, Rows, CommitExtras]:
+        with self._lock, self._errors():
+            conn = self._open()
+            with self._transaction(conn):
+                # BEGIN IMMEDIATE holds the write lock: the ids found here are exactly those the
+                # insert will skip, so the others are the new events.
+                known = _existing_ids(conn, batch) if need_new and batch.rows else set()
+                inserted, stored = _insert(conn, batch) if batch.rows else (0, [])
+                new = [event for event in batch.events if event.id not in known] if need_new else []
+                extras = drive_sqlite(conn, after(new))
+            return inserted, stored, extras
+
+    def _transact(self, make: Callable[[], Flow[T]]) -> T:
+        with self._lock, self._errors():
+            conn = self._open()
+            with self._transaction(conn):
+                return drive_sqlite(conn, make())
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> Rows:
         with self._lock, self._errors():
@@ -145,3 +159,28 @@ class SqliteLedger(Ledger):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _insert(conn: sqlite3.Connection, batch: PreparedBatch) -> tuple[int, Rows]:
+    before = conn.total_changes
+    conn.executemany(_INSERT, batch.rows)
+    inserted = conn.total_changes - before
+    stored: Rows = []
+    if inserted < len(batch.rows):
+        ids = [event.id for event in batch.events]
+        for at in range(0, len(ids), _IDS_PER_SELECT):
+            chunk = ids[at : at + _IDS_PER_SELECT]
+            stored.extend(conn.execute(select_by_ids_sql("?", len(chunk)), chunk))
+    return inserted, stored
+
+
+def _existing_ids(conn: sqlite3.Connection, batch: PreparedBatch) -> set[str]:
+    ids = [event.id for event in batch.events]
+    found: set[str] = set()
+    for at in range(0, len(ids), _IDS_PER_SELECT):
+        chunk = ids[at : at + _IDS_PER_SELECT]
+        marks = ", ".join("?" * len(chunk))
+        found.update(row[0] for row in conn.execute(
+            f"SELECT id FROM usage_events WHERE id IN ({marks})", chunk
+        ))  # fmt: skip
+    return found
