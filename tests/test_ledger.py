@@ -381,25 +381,39 @@ def test_two_currencies_in_one_meter_cannot_be_added(ledger: Ledger) -> None:
 def test_totals_as_of_leave_out_events_recorded_later(ledger: Ledger) -> None:
     invoice_at = T0 + DAY + HOUR  # the day's invoice was drawn up then
     ledger.insert([ev(1, recorded_at_us=T0 + 10), ev(2, recorded_at_us=T0 + HOUR)])
-    before = ledger.totals("acct_1", T0, T0 + DAY, as_of_us=invoice_at)
+    before = ledger.totals("acct_1", T0, T0 + DAY, as_of=invoice_at)
     assert before["calls"].quantity == 2
     # a late event: occurred in the day, recorded after the invoice
     ledger.insert([ev(3, quantity=5, recorded_at_us=invoice_at + HOUR)])
-    assert ledger.totals("acct_1", T0, T0 + DAY, as_of_us=invoice_at) == before
+    assert ledger.totals("acct_1", T0, T0 + DAY, as_of=invoice_at) == before
     assert ledger.totals("acct_1", T0, T0 + DAY)["calls"].quantity == 7
-    assert ledger.totals("acct_1", T0, T0 + DAY, as_of_us=invoice_at + HOUR)["calls"].quantity == 7
+    assert ledger.totals("acct_1", T0, T0 + DAY, as_of=invoice_at + HOUR)["calls"].quantity == 7
     # as_of is inclusive, and a cut before everything leaves nothing
-    assert ledger.totals("acct_1", T0, T0 + DAY, as_of_us=T0 + 10)["calls"].quantity == 1
-    assert ledger.totals("acct_1", T0, T0 + DAY, as_of_us=T0) == {}
+    assert ledger.totals("acct_1", T0, T0 + DAY, as_of=T0 + 10)["calls"].quantity == 1
+    assert ledger.totals("acct_1", T0, T0 + DAY, as_of=T0) == {}
 
 
 def test_totals_refuse_bad_ranges(ledger: Ledger) -> None:
     with pytest.raises(InvalidArgumentError, match="before start_us"):
         ledger.totals("acct_1", T0, T0 - 1)
-    with pytest.raises(InvalidArgumentError, match="not an int"):
+    with pytest.raises(InvalidArgumentError, match=r"end: 1\.5 is a float; expected a timezone"):
         ledger.totals("acct_1", T0, 1.5)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="subject"):
         ledger.totals(None, T0, T0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=r"start: 2026-12-01T00:00:00 has no timezone"):
+        ledger.totals("acct_1", datetime(2026, 12, 1), T0)
+
+
+def test_totals_take_aware_datetimes(ledger: Ledger) -> None:
+    """start, end and as_of as datetimes in any timezone mean the same instants as microseconds."""
+    ledger.insert([ev(5), ev(DAY - 1), ev(DAY)])
+    paris = ZoneInfo("Europe/Paris")
+    start = datetime.fromtimestamp(T0 / 1e6, tz=timezone.utc).astimezone(paris)
+    end = datetime.fromtimestamp((T0 + DAY) / 1e6, tz=timezone.utc)
+    by_datetime = ledger.totals("acct_1", start=start, end=end)
+    assert by_datetime == ledger.totals("acct_1", T0, T0 + DAY)
+    assert by_datetime["calls"].quantity == 2
+    assert ledger.totals("acct_1", start=start, end=end, as_of=start) == {}
 
 
 # =========================================================================== periods
@@ -523,7 +537,7 @@ def test_usage_filters_and_as_of(ledger: Ledger) -> None:
             ev(3, recorded_at_us=T0 + 3 * DAY),
         ]
     )
-    days = ledger.usage("acct_1", T0, T0 + 2 * DAY, as_of_us=T0 + DAY)
+    days = ledger.usage("acct_1", T0, T0 + 2 * DAY, as_of=T0 + DAY)
     assert [d.totals for d in days] == [
         {"calls": Totals(1, 5000, 1, "USD"), "tokens": Totals(9, 0, 1, None)},
         {},

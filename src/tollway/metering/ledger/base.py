@@ -28,6 +28,7 @@ from tollway.metering.ledger.hookstore import AsyncHookStore, HookStore
 from tollway.metering.ledger.outbox import CommitExtras, Dialect, commit_flow
 from tollway.metering.ledger.queries import (
     COUNT_SQL,
+    Instant,
     PeriodUsage,
     PreparedBatch,
     Totals,
@@ -36,6 +37,7 @@ from tollway.metering.ledger.queries import (
     finish,
     fold_totals,
     fold_usage,
+    instant,
     period_buckets,
     prepare,
     totals_query,
@@ -167,21 +169,23 @@ class Ledger(HookStore, ABC):
     def totals(
         self,
         subject: str,
-        start_us: int,
-        end_us: int,
+        start: Instant,
+        end: Instant,
         *,
-        as_of_us: int | None = None,
+        as_of: Instant | None = None,
         meter: str | None = None,
         operation: str | None = None,
     ) -> dict[str, Totals]:
-        """Totals per meter of ``subject``'s events that occurred in ``[start_us, end_us)``;
-        with ``as_of_us``, only those recorded at or before it (what was known then)."""
+        """Totals per meter of ``subject``'s events that occurred in ``[start, end)``; with
+        ``as_of``, only those recorded at or before it (what was known then: re-running an
+        invoice leaves out the late events recorded since). Instants are timezone-aware
+        datetimes or integer microseconds since the epoch."""
         sql, params = totals_query(
             self._param,
             subject,
-            start_us,
-            end_us,
-            as_of_us=as_of_us,
+            instant(start, "start"),
+            instant(end, "end"),
+            as_of_us=None if as_of is None else instant(as_of, "as_of"),
             meter=meter,
             operation=operation,
         )
@@ -190,27 +194,29 @@ class Ledger(HookStore, ABC):
     def usage(
         self,
         subject: str,
-        start_us: int,
-        end_us: int,
+        start: Instant,
+        end: Instant,
         *,
         period: str = "day",
         tz: str = "UTC",
         anchor: int | None = None,
-        as_of_us: int | None = None,
+        as_of: Instant | None = None,
         meter: str | None = None,
         operation: str | None = None,
     ) -> list[PeriodUsage]:
         """`totals` per calendar ``period`` (hour, day, week, month...) in timezone ``tz``
         (DST-correct: a New York day is 23 or 25 hours on a change), every period of
-        ``[start_us, end_us)`` listed, empty ones too."""
-        buckets = period_buckets(start_us, end_us, period=period, tz=tz, anchor=anchor)
+        ``[start, end)`` listed, empty ones too."""
+        buckets = period_buckets(
+            instant(start, "start"), instant(end, "end"), period=period, tz=tz, anchor=anchor
+        )
         if not buckets.bounds:
             return []
         sql, params = usage_query(
             self._param,
             subject,
             buckets,
-            as_of_us=as_of_us,
+            as_of_us=None if as_of is None else instant(as_of, "as_of"),
             meter=meter,
             operation=operation,
             style=self._usage_style,
@@ -289,10 +295,10 @@ class AsyncLedger(AsyncHookStore, ABC):
     async def totals(
         self,
         subject: str,
-        start_us: int,
-        end_us: int,
+        start: Instant,
+        end: Instant,
         *,
-        as_of_us: int | None = None,
+        as_of: Instant | None = None,
         meter: str | None = None,
         operation: str | None = None,
     ) -> dict[str, Totals]:
@@ -300,9 +306,9 @@ class AsyncLedger(AsyncHookStore, ABC):
         sql, params = totals_query(
             self._param,
             subject,
-            start_us,
-            end_us,
-            as_of_us=as_of_us,
+            instant(start, "start"),
+            instant(end, "end"),
+            as_of_us=None if as_of is None else instant(as_of, "as_of"),
             meter=meter,
             operation=operation,
         )
@@ -311,25 +317,27 @@ class AsyncLedger(AsyncHookStore, ABC):
     async def usage(
         self,
         subject: str,
-        start_us: int,
-        end_us: int,
+        start: Instant,
+        end: Instant,
         *,
         period: str = "day",
         tz: str = "UTC",
         anchor: int | None = None,
-        as_of_us: int | None = None,
+        as_of: Instant | None = None,
         meter: str | None = None,
         operation: str | None = None,
     ) -> list[PeriodUsage]:
         """See `Ledger.usage`."""
-        buckets = period_buckets(start_us, end_us, period=period, tz=tz, anchor=anchor)
+        buckets = period_buckets(
+            instant(start, "start"), instant(end, "end"), period=period, tz=tz, anchor=anchor
+        )
         if not buckets.bounds:
             return []
         sql, params = usage_query(
             self._param,
             subject,
             buckets,
-            as_of_us=as_of_us,
+            as_of_us=None if as_of is None else instant(as_of, "as_of"),
             meter=meter,
             operation=operation,
             style=self._usage_style,

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tollway.engine.windows import window_at
@@ -198,6 +198,31 @@ def _filters(
         sql.append(f" AND {prefix}operation = {param}")
         params.append(operation)
     return "".join(sql), params
+
+
+Instant = Union[datetime, int]  # noqa: UP007 (a runtime alias)
+"""A point in time: a timezone-aware datetime, or integer microseconds since the epoch."""
+
+
+def instant(value: object, name: str) -> int:
+    """``value`` as microseconds since the epoch; `InvalidArgumentError` naming ``name``."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidArgumentError(
+                f"{name}: {value.isoformat()} has no timezone; expected an aware datetime "
+                "(e.g. datetime(2026, 12, 1, tzinfo=timezone.utc))"
+            )
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(
+            f"{name}: {value!r} is a {type(value).__name__}; expected a timezone-aware "
+            "datetime or integer microseconds since the epoch"
+        )
+    return value
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def totals_query(
