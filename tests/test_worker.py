@@ -267,6 +267,37 @@ def test_lag_is_now_minus_the_oldest_event_of_the_batch(
     assert drain.stats().to_dict()["max_lag_s"] == 60.0
 
 
+def test_idle_consumers_holding_nothing_are_pruned_and_holders_kept(
+    redis_client: redis.Redis, ledger: Ledger
+) -> None:
+    """A killed worker never leaves the group: its name is pruned once it holds nothing; a
+    consumer still holding pending entries stays until they are claimed."""
+    produce(redis_client, 6, subjects=1)
+    key = stream_key("acct_0", cluster=False, partitions=16)
+    make_drain(redis_client, ledger, consumer="finished").run(until_idle=True)
+
+    def crash(events: Any, notices: Any) -> object:
+        raise Crash
+
+    produce(redis_client, 4, subjects=1, start=100)
+    with pytest.raises(Crash):
+        make_drain(redis_client, ledger, commit=crash, consumer="holder").run_once()
+    names = {_name(c) for c in redis_client.xinfo_consumers(key, "tollway")}
+    assert {"finished", "holder"} <= names
+    probe = Streams(redis_client, cluster=False, partitions=16, consumer="probe")
+    probe.refresh()
+    assert probe.prune(3_600_000) == 0  # none idle for an hour yet
+    assert probe.prune(0) >= 1
+    left = {_name(c): c["pending"] for c in redis_client.xinfo_consumers(key, "tollway")}
+    assert "finished" not in left
+    assert left["holder"] == 4
+
+
+def _name(consumer: dict[str, Any]) -> str:
+    name = consumer["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def test_trimming_never_removes_an_unacknowledged_entry(
     redis_client: redis.Redis, ledger: Ledger
 ) -> None:

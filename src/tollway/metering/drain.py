@@ -44,6 +44,8 @@ Commit = Callable[[Sequence[UsageEvent], Sequence[Notice]], object]
 """Writes one batch in one transaction; raises `LedgerUnavailableError` to be called again."""
 
 Item = UsageEvent | Notice
+PRUNE_IDLE_MS = 3_600_000
+"""A consumer idle this long with nothing pending is a worker gone: its name is removed."""
 _US = 1_000_000
 _REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -257,6 +259,7 @@ class Drain:
                 return self._handle(entries)
         if now >= self._trim_at:
             self._stats.trimmed += self.streams.trim()
+            self.streams.prune(PRUNE_IDLE_MS)
             self._trim_at = now + self.trim_us
         entries = self.streams.read_new(self.batch, self.block_ms)
         if entries:

@@ -270,6 +270,23 @@ class Streams:
         )
         return sum(int(n) for n in removed)
 
+    def prune(self, idle_ms: int) -> int:
+        """Remove the group's consumers that hold nothing and were idle for ``idle_ms`` (the
+        names of workers that died or stopped: a killed worker never leaves), so the group's
+        consumer list stays short. One holding pending entries is kept: it is claimed first."""
+        keys = list(self.keys)
+        infos = self._pipelined(
+            keys, lambda pipe, key: pipe.xinfo_consumers(key, self.group), missing=[]
+        )
+        gone = [
+            (key, _text(c["name"]))
+            for key, consumers in zip(keys, infos, strict=True)
+            for c in consumers
+            if not c["pending"] and c["idle"] >= idle_ms and _text(c["name"]) != self.consumer
+        ]
+        self._pipelined(gone, lambda pipe, kc: pipe.xgroup_delconsumer(kc[0], self.group, kc[1]))
+        return len(gone)
+
     # ------------------------------------------------------------------ watching
     def backlog(self) -> int:
         """Entries not yet committed by the group: pending (read, not acknowledged) plus
