@@ -111,14 +111,7 @@ def lookback_us(policy: Policy) -> int:
 
 def ledger_subjects(ledger: Ledger, since_us: int) -> list[str]:
     """Every subject with an event that occurred at or after ``since_us``."""
-    listed = getattr(ledger, "subjects", None)
-    if callable(listed):  # a ledger that can list them itself
-        return sorted(listed(since_us))
-    param = getattr(ledger, "_param", "?")
-    rows = ledger._fetch(
-        f"SELECT DISTINCT subject FROM usage_events WHERE occurred_at_us >= {param}", [since_us]
-    )
-    return sorted(str(row[0]) for row in rows)
+    return ledger.subjects(since_us)
 
 
 def reconcile(

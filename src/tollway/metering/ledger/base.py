@@ -227,6 +227,11 @@ class Ledger(HookStore, ABC):
         """How many events the ledger holds."""
         return int(self._fetch(COUNT_SQL, [])[0][0])
 
+    def subjects(self, since: Instant) -> list[str]:
+        """Every subject with an event that occurred at or after ``since``, sorted."""
+        sql = f"SELECT DISTINCT subject FROM usage_events WHERE occurred_at_us >= {self._param}"
+        return sorted(str(row[0]) for row in self._fetch(sql, [instant(since, "since")]))
+
     # ------------------------------------------------------------------ backend
     @abstractmethod
     def close(self) -> None: ...
