@@ -27,6 +27,7 @@ from tollway import AsyncTollway, InvalidArgumentError, Tollway
 from tollway.errors import LedgerUnavailableError
 from tollway.metering.entries import (
     EXCEEDED,
+    FAILOVER,
     REGISTRY,
     THRESHOLD,
     Notice,
@@ -36,6 +37,7 @@ from tollway.metering.entries import (
 )
 from tollway.metering.ledger import open_ledger
 from tollway.metering.ledger.events import UsageEvent
+from tollway.outbound.signals import ProviderCallError, Signal
 from tollway.stores.memory import MemoryStore
 from tollway.testing import FakeClock
 
@@ -776,6 +778,60 @@ def test_a_provider_release_appends_a_negative_correction(backend: Backend, tmp_
     events = backend.usage_events(tw, PROVIDER)
     assert [e.quantity for e in events] == [2, -2, 1, 1, -1]
     assert _provider_used(tw)[0] == sum(e.quantity for e in events) == 1
+
+
+TWO_PROVIDERS = {
+    "google": {"price": "0.005 USD", "timezone": TZ, "limits": [quota("daily", 1)]},
+    "here": {"price": "0.002 USD", "timezone": TZ, "limits": [quota("daily", 100)]},
+}
+
+
+def test_a_failover_appends_one_notice_per_route_provider_and_minute(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """The call given to the second provider because the first had no room says so: one
+    ``tollway.provider.failover`` notice per route, provider and minute, however many calls."""
+    tw = backend.tollway(policy(tmp_path, [quota("daily", 10)], providers=TWO_PROVIDERS))
+    route = tw.route("geo")
+    first = route.call()
+    first.commit()
+    assert first.provider == "google"
+    assert backend.notices(tw, "@provider:here", FAILOVER) == []  # nothing passed over
+    for _ in range(3):
+        call = route.call()
+        assert call.provider == "here"
+        call.commit()
+    [notice] = backend.notices(tw, "@provider:here", FAILOVER)
+    assert notice.data["route"] == "geo" and notice.data["provider"] == "here"
+    assert notice.data["passed_over"] == [{"provider": "google", "reason": "daily"}]
+    assert notice.id.startswith("fo-geo-here-")
+    assert backend.notices(tw, "@provider:google", FAILOVER) == []
+
+
+def test_a_failover_after_a_failed_call_in_run_is_noticed(backend: Backend, tmp_path: Path) -> None:
+    providers = {
+        name: {**spec, "limits": [quota("daily", 100)]} for name, spec in TWO_PROVIDERS.items()
+    }
+    tw = backend.tollway(policy(tmp_path, [quota("daily", 10)], providers=providers))
+
+    def flaky(provider: str) -> str:
+        if provider == "google":
+            raise ProviderCallError("down", Signal.error())
+        return provider
+
+    outcome = tw.route("geo").run(flaky)
+    assert outcome.value == "here"
+    [notice] = backend.notices(tw, "@provider:here", FAILOVER)
+    assert notice.data["passed_over"] == [{"provider": "google", "reason": "failed"}]
+
+
+def test_no_failover_notice_without_events(memory: Backend, tmp_path: Path) -> None:
+    doc = policy(tmp_path, [quota("daily", 10)], providers=TWO_PROVIDERS, ledger=False)
+    tw = memory.tollway(doc)
+    route = tw.route("geo")
+    route.call().commit()
+    assert route.call().provider == "here"
+    assert not tw.store.events  # type: ignore[union-attr]
 
 
 # =========================================================================== 6. embedded mode

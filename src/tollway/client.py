@@ -350,6 +350,9 @@ class Tollway(_Face):
         assert decision is not None
         return decision
 
+    def _append(self, subject: str, entry: dict[str, str]) -> None:
+        self._store.append(subject, entry)
+
     def route(self, name: str, **options: Any) -> Route:
         """The route ``name`` of the policy: `Route.call` and `Route.run` pick a provider
         with headroom and fail over (see `tollway.outbound.router`)."""
@@ -522,6 +525,9 @@ class AsyncTollway(_Face):
         decision = self._engine.finish(step, reply)
         assert decision is not None
         return decision
+
+    async def _append(self, subject: str, entry: dict[str, str]) -> None:
+        await self._store.append(subject, entry)
 
     def route(self, name: str, **options: Any) -> AsyncRoute:
         """The route ``name`` of the policy, asyncio face (see `Tollway.route`)."""

@@ -59,10 +59,14 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def default_commit(ledger: Ledger, hooks: Sequence[Any] = ()) -> Commit:
+def default_commit(
+    ledger: Ledger, hooks: Sequence[Any] = (), clock: Callable[[], int] | None = None
+) -> Commit:
     """``ledger.commit(events, notices, hooks)``: the events, the notices and the hooks'
-    outbox in one transaction."""
-    return lambda events, notices: ledger.commit(events, notices, hooks)
+    outbox in one transaction (its messages due from ``clock()``, in microseconds)."""
+    if clock is None:
+        return lambda events, notices: ledger.commit(events, notices, hooks)
+    return lambda events, notices: ledger.commit(events, notices, hooks, now_us=clock())
 
 
 @dataclass(slots=True)
@@ -156,7 +160,8 @@ class Drain:
         if commit is None:
             if ledger is None:
                 raise TollwayError("Drain: give a ledger or a commit callable")
-            commit = default_commit(ledger, policy.hooks if policy is not None else ())
+            hooks = policy.hooks if policy is not None else ()
+            commit = default_commit(ledger, hooks, clock)
         self.ledger = ledger
         self.policy = policy
         self.streams = Streams(
@@ -407,4 +412,4 @@ def _dispatcher(ledger: Ledger | None, policy: Policy | None, clock: Callable[[]
         return None
     from tollway.metering.hooks import Dispatcher
 
-    return Dispatcher(ledger, hooks, clock=clock)
+    return Dispatcher(ledger, hooks, clock=lambda: clock() / _US)  # it reads seconds

@@ -30,11 +30,11 @@ logger = logging.getLogger("tollway.metering")
 
 
 def commit_batch(
-    ledger: Ledger, events: list[UsageEvent], notices: list[Notice], policy: Policy
+    ledger: Ledger, events: list[UsageEvent], notices: list[Notice], policy: Policy, now_us: int
 ) -> int:
-    """Write one batch in one transaction (with its hook deliveries, when the ledger keeps
-    them); how many events were new."""
-    return ledger.commit(events, notices, policy.hooks).inserted
+    """Write one batch in one transaction, with its hook messages (due from ``now_us``, on
+    the engine's clock); how many events were new."""
+    return ledger.commit(events, notices, policy.hooks, now_us=now_us).inserted
 
 
 class EmbeddedDrain:
@@ -112,7 +112,7 @@ class EmbeddedDrain:
                 events.append(item)
             else:
                 notices.append(item)
-        return commit_batch(self._ledger(), events, notices, self.policy)
+        return commit_batch(self._ledger(), events, notices, self.policy, now)
 
     def _dispatch(self) -> None:
         hooks = self.policy.hooks
@@ -121,7 +121,8 @@ class EmbeddedDrain:
         if self._dispatcher is None:
             from tollway.metering.hooks import Dispatcher
 
-            self._dispatcher = Dispatcher(self._ledger(), hooks, clock=self.clock)
+            clock = self.clock  # the engine's, in microseconds; the dispatcher reads seconds
+            self._dispatcher = Dispatcher(self._ledger(), hooks, clock=lambda: clock() / 1e6)
         self._dispatcher.run_once()
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ per allowed consumption, and one per threshold first reached or limit first exce
 window. An entry is a flat map of short string fields:
 
 ==== ==================================================================================
-``k`` ``u`` usage, ``t`` threshold reached, ``x`` limit exceeded
+``k`` ``u`` usage, ``t`` threshold reached, ``x`` limit exceeded, ``f`` a route failed over
 ``t`` the store's clock when the step ran (us): the event's ``occurred_at``
 ``d`` the usage template the client built for the step (`usage_template`): a JSON array
       ``[subject, operation, meter, quantity, amount_micros, currency, plan,
@@ -17,6 +17,9 @@ window. An entry is a flat map of short string fields:
 ``n`` threshold: which of the limit's thresholds (0-based)
 ``s``, ``e`` threshold / exceeded: the window's start and end (us)
 ``v`` threshold / exceeded: the count after the step (threshold) or as found (exceeded)
+``n`` failover: the notice id (per route, provider and minute)
+``r``, ``p`` failover: the route, and the providers passed over with why (a JSON array of
+      ``[provider, reason]``); ``d`` is the usage template of the provider that took it
 ==== ==================================================================================
 
 A threshold's or an exceeded limit's event id is made of the subject, field, window (and
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXCEEDED",
+    "FAILOVER",
     "REGISTRY",
     "THRESHOLD",
     "USAGE",
@@ -187,8 +191,16 @@ def decode_entry(
             recorded_at_us=recorded_at_us,
             attributes=attributes,
         )
+    if kind == "f":
+        try:
+            passed = [{"provider": p, "reason": r} for p, r in json.loads(got["p"])]
+            ident, route = got["n"], got["r"]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidUsageEventError(f"{where} is not a failover entry: {exc!r}") from None
+        info = {"route": route, "provider": plan, "passed_over": passed, "policy_version": version}
+        return Notice(ident, FAILOVER, subject, at, info)
     if kind not in ("t", "x"):
-        raise InvalidUsageEventError(f"{where} has kind {kind!r}; expected u, t or x")
+        raise InvalidUsageEventError(f"{where} has kind {kind!r}; expected u, t, x or f")
     try:
         counter, start, end, value = got["f"], int(got["s"]), int(got["e"]), int(got["v"])
         index = int(got["n"]) if kind == "t" else 0

@@ -5,9 +5,10 @@ calls, once for threads and once for asyncio.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -28,6 +29,7 @@ BREAKER_INDEX = GATES.index("breaker")
 logger = logging.getLogger("tollway.outbound")
 
 US = 1_000_000
+MINUTE_US = 60 * US
 DEFAULT_COOLDOWN_S = 1.0
 """A 429 without ``Retry-After`` cools the provider down this long."""
 BLOCKED_US = 365 * 86_400 * US
@@ -113,6 +115,7 @@ class RouteCore:
         self.checks: dict[str, Check] = {p: engine.compiled.providers[p] for p in route.providers}
         self.on_threshold = on_threshold
         self._rng = rng or random.Random()
+        self._failovers: set[str] = set()
         self._cheapest = sorted(route.providers, key=self._price)
 
     def check_provider(self, provider: str) -> None:
@@ -179,6 +182,32 @@ class RouteCore:
                 self.on_threshold(alert)
             except Exception:  # an alert sink must not break the call that raised it
                 logger.exception("route %s: on_threshold failed for %s", self.name, alert)
+
+    def failover(
+        self, chosen: str, skipped: Iterable[Skip], template: str
+    ) -> dict[str, str] | None:
+        """The ``tollway.provider.failover`` entry for a call given to ``chosen`` after
+        passing over others (see `tollway.metering.entries`), or None: no events, nothing
+        passed over, or already sent by this process this minute for this route and provider
+        (the id, per minute, makes other processes' copies duplicates in the ledger)."""
+        passed = [(skip.provider, skip.reason) for skip in skipped if skip.provider != chosen]
+        if not passed or not template:
+            return None
+        now = self.now_us()
+        ident = f"fo-{self.name}-{chosen}-{now // MINUTE_US}"
+        if ident in self._failovers:
+            return None
+        if len(self._failovers) >= 1024:
+            self._failovers.clear()
+        self._failovers.add(ident)
+        return {
+            "k": "f",
+            "t": str(now),
+            "d": template,
+            "n": ident,
+            "r": self.name,
+            "p": json.dumps(passed, separators=(",", ":"), ensure_ascii=False),
+        }
 
     # -- what an answer means for the provider ----------------------------------------------
 

@@ -329,7 +329,17 @@ class Route:
                 provider = flow.send(reservation)
         except StopIteration as done:
             chosen, held, skipped = done.value
+        if skipped:
+            self._failover(chosen, held._core.step.event, skipped)
         return Call(self, chosen, held, skipped, self.core.is_probe(held.decision))
+
+    def _failover(self, chosen: str, template: str, skipped: Iterable[Skip]) -> None:
+        entry = self.core.failover(chosen, skipped, template)
+        if entry is not None:
+            try:
+                self._tw._append(provider_subject(chosen), entry)
+            except StoreError:  # a notice lost must not fail the call it describes
+                logger.exception("route %s: recording a failover to %s failed", self.name, chosen)
 
     def run(
         self,
@@ -371,7 +381,9 @@ class Route:
                 step = flow.send(reply)
         except StopIteration as done:
             outcome: Outcome = done.value
-            return outcome
+        if outcome.skipped:  # passed over a provider that failed, too
+            self._failover(outcome.provider, outcome.decision._step.event, outcome.skipped)
+        return outcome
 
     def status(self) -> dict[str, Decision]:
         """Where each provider stands now (its gates and limits), consuming nothing."""
@@ -435,7 +447,17 @@ class AsyncRoute:
                 provider = flow.send(reservation)
         except StopIteration as done:
             chosen, held, skipped = done.value
+        if skipped:
+            await self._failover(chosen, held._core.step.event, skipped)
         return AsyncCall(self, chosen, held, skipped, self.core.is_probe(held.decision))
+
+    async def _failover(self, chosen: str, template: str, skipped: Iterable[Skip]) -> None:
+        entry = self.core.failover(chosen, skipped, template)
+        if entry is not None:
+            try:
+                await self._tw._append(provider_subject(chosen), entry)
+            except StoreError:  # a notice lost must not fail the call it describes
+                logger.exception("route %s: recording a failover to %s failed", self.name, chosen)
 
     async def run(
         self,
@@ -471,7 +493,9 @@ class AsyncRoute:
                 step = flow.send(reply)
         except StopIteration as done:
             outcome: Outcome = done.value
-            return outcome
+        if outcome.skipped:  # passed over a provider that failed, too
+            await self._failover(outcome.provider, outcome.decision._step.event, outcome.skipped)
+        return outcome
 
     async def status(self) -> dict[str, Decision]:
         out = {}

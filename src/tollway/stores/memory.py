@@ -212,6 +212,11 @@ class MemoryStore:
                     }
                 )
 
+    def append(self, subject: str, entry: dict[str, str]) -> None:
+        """Queue an entry that no step wrote (a route's failover notice)."""
+        with self._lock:
+            self.events.append(entry)
+
     def _forget_ids(self, now: int) -> None:
         expiry, ids = self._id_expiry, self._ids
         while expiry and expiry[0][0] <= now:

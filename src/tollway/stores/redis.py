@@ -222,6 +222,14 @@ class RedisStore(_Common):
         self._plain(lambda: self.client.sadd(REGISTRY, stream))
         self._registered.add(stream)
 
+    def append(self, subject: str, entry: dict[str, str]) -> None:
+        """XADD an entry that no step wrote (a route's failover notice) to the subject's
+        stream."""
+        stream = self.stream_of(subject)
+        if stream not in self._registered:
+            self._register(stream)
+        self._plain(lambda: self.client.xadd(stream, entry))
+
     def settle(self, settle: SettleStep) -> Reply:
         stream = ""
         if settle.event:
@@ -376,6 +384,12 @@ class AsyncRedisStore(_Common):
     async def _register(self, stream: str) -> None:
         await self._plain(self.client.sadd(REGISTRY, stream))
         self._registered.add(stream)
+
+    async def append(self, subject: str, entry: dict[str, str]) -> None:
+        stream = self.stream_of(subject)
+        if stream not in self._registered:
+            await self._register(stream)
+        await self._plain(self.client.xadd(stream, entry))
 
     async def settle(self, settle: SettleStep) -> Reply:
         stream = ""
