@@ -652,3 +652,23 @@ def test_a_retried_acquire_is_delivered_once(retried: Retried) -> None:
     (payload,) = verified(retried.requests)
     assert payload["id"] == payload["data"]["event_id"] == "req-1"
     assert payload["data"]["amount"] == "0.005"
+
+
+def test_embedded_flush_delivers_every_due_message_not_one_batch(tmp_path: Path) -> None:
+    """More hook messages than one dispatcher pass takes (100): one flush sends them all."""
+    support.take_calls()
+    doc = {
+        "ledger": {"url": f"sqlite:///{tmp_path / 'l.db'}", "flush_ms": 60_000},
+        "operations": {"geocode": {"cost": 1}},
+        "defaults": {"plan": "free"},
+        "plans": {"free": {"limits": [{"name": "daily", "quota": "1000/day"}]}},
+        "hooks": [{"name": "calls", "callable": support.CALLABLE, "schedule": [0]}],
+    }
+    clock = FakeClock()
+    with Tollway(doc, clock=clock) as tw:
+        for i in range(250):
+            assert tw.acquire(f"acct_{i % 3}", "geocode").allowed
+        assert tw.flush() == 250
+        delivered = support.take_calls()
+        assert len(delivered) == 250
+        assert len({message.id for message in delivered}) == 250

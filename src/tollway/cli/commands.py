@@ -132,8 +132,10 @@ def demo(args: argparse.Namespace) -> int:
 
     policy = None if args.config is None else load(Path(args.config))
     name = "built in (the same as examples/tollway.toml)" if policy is None else args.config
+    printed = False
     if args.part in ("all", "inbound"):
         print(render(simulate(args.seed, args.subjects, policy), name))
+        printed = True
     if args.part in ("all", "geocoding"):
         try:
             from tollway.cli.geocode import render_geocoding
@@ -144,8 +146,16 @@ def demo(args: argparse.Namespace) -> int:
                     f"the geocoding demo needs geopy ({exc}); pip install 'tollway[geocode]'"
                 ) from None
             note(f"skipped the geocoding part: it needs pip install 'tollway[geocode]' ({exc})")
-            return OK
-        if args.part == "all":
+        else:
+            if printed:
+                print()
+            print(render_geocoding(run_geocoding_demo()))
+            printed = True
+    if args.part in ("all", "metering"):
+        from tollway.cli.demo_report import render_metering
+        from tollway.demo_metering import run_metering_demo
+
+        if printed:
             print()
-        print(render_geocoding(run_geocoding_demo()))
+        print(render_metering(run_metering_demo(args.seed)))
     return OK

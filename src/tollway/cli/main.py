@@ -120,10 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     demo.add_argument(
         "--part",
-        choices=("all", "inbound", "geocoding"),
+        choices=("all", "inbound", "geocoding", "metering"),
         default="all",
         help="inbound: the day of API traffic; geocoding: a batch failing over across three "
-        "stub providers as their budgets run out (default: both)",
+        "stub providers as their budgets run out; metering: an hour of usage written to a "
+        "SQLite ledger and delivered to a callable and a signed webhook, held against the "
+        "counters (default: all three)",
     )
     demo.add_argument(
         "--subjects",

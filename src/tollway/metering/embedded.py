@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddedDrain", "commit_batch"]
 
 logger = logging.getLogger("tollway.metering")
+_PASS = 100
+_MAX_PASSES = 1000
 
 
 def commit_batch(
@@ -123,7 +125,11 @@ class EmbeddedDrain:
 
             clock = self.clock  # the engine's, in microseconds; the dispatcher reads seconds
             self._dispatcher = Dispatcher(self._ledger(), hooks, clock=lambda: clock() / 1e6)
-        self._dispatcher.run_once()
+        # Until nothing more is due now (each pass takes at most a batch of messages); a
+        # message that fails is due later, so this ends.
+        for _ in range(_MAX_PASSES):
+            if self._dispatcher.run_once(_PASS) < _PASS:
+                break
 
     def close(self) -> None:
         """Stop the thread, then write what is left (raising if the ledger refuses it)."""

@@ -78,7 +78,8 @@ class Notice:
     data: Mapping[str, Any] = field(default_factory=dict)
     """JSON-ready: ``limit``, ``kind``, ``operation``, ``plan``, ``used``, ``window_start_us``,
     ``window_end_us``, ``policy_version``; a threshold also ``threshold`` (a fraction as a
-    string, like ``"0.8"``) and ``at`` (the count at which it is reached)."""
+    string, like ``"0.8"``; ``used`` is the count the step reached it at). A failover carries
+    ``route``, ``provider`` and ``passed_over``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
