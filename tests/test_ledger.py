@@ -40,6 +40,7 @@ from tollway.errors import (
 from tollway.metering.ledger import (
     SCHEMA_VERSION,
     AsyncPostgresLedger,
+    AsyncSqliteLedger,
     Ledger,
     PostgresLedger,
     SqliteLedger,
@@ -652,8 +653,8 @@ def test_open_ledger_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     ]:
         with pytest.raises(ConfigurationError, match=words):
             open_ledger(bad)
-    with pytest.raises(ConfigurationError, match="async ledger needs postgresql"):
-        asyncio.run(open_async_ledger("sqlite:///:memory:"))
+    with pytest.raises(ConfigurationError, match="expected sqlite:///path"):
+        asyncio.run(open_async_ledger("mysql://host/db"))
 
 
 def test_sqlite_file_uses_wal_and_is_shared_by_two_ledgers(tmp_path: Path) -> None:
@@ -799,6 +800,29 @@ async def test_async_ledger_matches_the_sync_one(
             "acct_1", T0, T0 + 2 * DAY
         )
     assert totals == {"calls": Totals(201, 201 * 5000, 201, "USD")}
+
+
+async def test_the_async_sqlite_ledger_matches_the_sync_one(tmp_path: Path) -> None:
+    """On SQLite the async face runs the sync ledger in a thread: the same answers."""
+    url = f"sqlite:///{tmp_path / 'async.db'}"
+    ledger = await open_async_ledger(url)
+    assert isinstance(ledger, AsyncSqliteLedger)
+    batch = [ev(i) for i in range(200)]
+    assert await ledger.insert(batch) == 200
+    result = await ledger.write([*batch[:10], ev(1, quantity=3), ev(500)])
+    assert (result.inserted, result.duplicates) == (1, 10)
+    assert [c.event_id for c in result.conflicts] == ["evt-1"]
+    assert await ledger.count() == 201
+    totals = await ledger.totals("acct_1", T0, T0 + DAY)
+    assert totals == {"calls": Totals(201, 201 * 5000, 201, "USD")}
+    committed = await ledger.commit([ev(900), ev(1)])
+    assert (committed.inserted, committed.duplicates) == (1, 1)
+    by_day = await ledger.usage("acct_1", T0, T0 + 2 * DAY)
+    await ledger.aclose()
+    with open_ledger(url) as sync:
+        assert sync.count() == 202
+        assert by_day == sync.usage("acct_1", T0, T0 + 2 * DAY)
+        assert sum(day.totals["calls"].quantity for day in by_day if day.totals) == 202
 
 
 async def test_open_async_ledger_and_lazy_connect(pg_url: str) -> None:

@@ -13,6 +13,7 @@ a database. The PostgreSQL backends need psycopg 3: ``pip install 'tollway[postg
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -21,7 +22,7 @@ from tollway.metering.ledger.base import AsyncLedger, Ledger
 from tollway.metering.ledger.events import UsageEvent
 from tollway.metering.ledger.queries import Conflict, PeriodUsage, Totals, WriteResult
 from tollway.metering.ledger.schema import SCHEMA_VERSION
-from tollway.metering.ledger.sqlite import SqliteLedger
+from tollway.metering.ledger.sqlite import AsyncSqliteLedger, SqliteLedger
 
 if TYPE_CHECKING:
     from tollway.metering.ledger.postgres import AsyncPostgresLedger, PostgresLedger
@@ -30,6 +31,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AsyncLedger",
     "AsyncPostgresLedger",
+    "AsyncSqliteLedger",
     "Conflict",
     "Ledger",
     "PeriodUsage",
@@ -115,13 +117,16 @@ def open_ledger(url: str, **options: Any) -> Ledger:
 
 
 async def open_async_ledger(url: str, **options: Any) -> AsyncLedger:
-    """The async face, connected and migrated: ``postgresql://...`` only for now (use
-    `open_ledger` with SQLite, which never waits on a network)."""
+    """The async face, connected and migrated: on PostgreSQL psycopg's async connection; on
+    SQLite the sync ledger, each call run in a worker thread (`AsyncSqliteLedger`)."""
     scheme = url.partition("://")[0].lower() if isinstance(url, str) and "://" in url else ""
+    if scheme == "sqlite":
+        sync = await asyncio.to_thread(open_ledger, url, **options)
+        assert isinstance(sync, SqliteLedger)
+        return AsyncSqliteLedger(sync)
     if scheme not in _POSTGRES_SCHEMES:
         raise ConfigurationError(
-            f"ledger URL {url!r}: the async ledger needs postgresql://...; "
-            "for SQLite use open_ledger()"
+            f"ledger URL {url!r}: expected sqlite:///path, sqlite:///:memory: or postgresql://..."
         )
     ledger: AsyncLedger = await _postgres_module().AsyncPostgresLedger.open(url, **options)
     return ledger

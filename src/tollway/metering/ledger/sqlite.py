@@ -15,6 +15,7 @@ Time-ordered ids (stream ids, UUIDv7) dirty far fewer pages still.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from tollway.errors import ConfigurationError, LedgerError, LedgerUnavailableError
-from tollway.metering.ledger.base import After, Ledger, Rows
+from tollway.metering.ledger.base import After, AsyncLedger, Ledger, Rows
 from tollway.metering.ledger.flows import Flow, T, drive_sqlite
 from tollway.metering.ledger.outbox import CommitExtras
 from tollway.metering.ledger.queries import PreparedBatch, insert_sql, select_by_ids_sql
@@ -184,3 +185,33 @@ def _existing_ids(conn: sqlite3.Connection, batch: PreparedBatch) -> set[str]:
             f"SELECT id FROM usage_events WHERE id IN ({marks})", chunk
         ))  # fmt: skip
     return found
+
+
+class AsyncSqliteLedger(AsyncLedger):
+    """`SqliteLedger` for asyncio: each call runs the sync ledger in a worker thread (SQLite
+    has no network to wait on, but a commit's fsync must not stall the event loop). One
+    implementation of the logic: the same `SqliteLedger` does the work."""
+
+    _param = "?"
+    _dialect = "sqlite"
+
+    def __init__(self, ledger: SqliteLedger) -> None:
+        self.sync = ledger
+        self.url = ledger.url
+
+    async def _write(self, batch: PreparedBatch) -> tuple[int, Rows]:
+        return await asyncio.to_thread(self.sync._write, batch)
+
+    async def _commit(
+        self, batch: PreparedBatch, need_new: bool, after: After
+    ) -> tuple[int, Rows, CommitExtras]:
+        return await asyncio.to_thread(self.sync._commit, batch, need_new, after)
+
+    async def _transact(self, make: Callable[[], Flow[T]]) -> T:
+        return await asyncio.to_thread(self.sync._transact, make)
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> Rows:
+        return await asyncio.to_thread(self.sync._fetch, sql, params)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.sync.close)
