@@ -412,4 +412,4 @@ def _dispatcher(ledger: Ledger | None, policy: Policy | None, clock: Callable[[]
         return None
     from tollway.metering.hooks import Dispatcher
 
-    return Dispatcher(ledger, hooks, clock=lambda: clock() / _US)  # it reads seconds
+    return Dispatcher(ledger, hooks, clock=clock)

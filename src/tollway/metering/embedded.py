@@ -123,8 +123,7 @@ class EmbeddedDrain:
         if self._dispatcher is None:
             from tollway.metering.hooks import Dispatcher
 
-            clock = self.clock  # the engine's, in microseconds; the dispatcher reads seconds
-            self._dispatcher = Dispatcher(self._ledger(), hooks, clock=lambda: clock() / 1e6)
+            self._dispatcher = Dispatcher(self._ledger(), hooks, clock=self.clock)
         # Until nothing more is due now (each pass takes at most a batch of messages); a
         # message that fails is due later, so this ends.
         for _ in range(_MAX_PASSES):

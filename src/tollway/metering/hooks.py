@@ -26,11 +26,11 @@ from __future__ import annotations
 import importlib
 import os
 import random
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from tollway.engine.step import system_clock
 from tollway.errors import ConfigurationError
 from tollway.metering.delivery import Deliverer, DeliveryState
 from tollway.metering.hookevents import (
@@ -104,7 +104,8 @@ def resolve_callable(spec: str, where: str) -> Callable[[Message], object]:
 class Dispatcher:
     """Deliver the hook messages of ``ledger`` for ``hooks`` (``policy.hooks``).
 
-    ``clock`` (Unix seconds; default `time.time`) drives schedules, leases and bucket closing;
+    ``clock`` (microseconds since the epoch, like every tollway clock; default the system's)
+    drives schedules, leases and bucket closing;
     ``env`` holds the secrets; ``rng`` draws the schedules' jitter (``jitter`` the fraction).
     Raises `ConfigurationError` naming ``hooks[i].KEY`` for a missing secret or a callable that
     cannot be imported."""
@@ -114,7 +115,7 @@ class Dispatcher:
         ledger: Ledger,
         hooks: Sequence[HookConfig],
         *,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], int] | None = None,
         env: Mapping[str, str] = os.environ,
         sink_factory: SinkFactory | None = None,
         rng: Callable[[], float] = random.random,
@@ -124,7 +125,10 @@ class Dispatcher:
         owner: str | None = None,
     ) -> None:
         self.ledger = ledger
-        self._clock = clock or time.time
+        clock_us = clock or system_clock
+        self._clock_us = clock_us
+        # The delivery schedules (`Deliverer`, `DeliveryState`) count in seconds.
+        self._clock: Callable[[], float] = lambda: clock_us() / US
         self._grace_us = round(grace_s * US)
         self._owner = owner or f"dispatcher-{uuid.uuid4().hex[:12]}"
         self._hooks: dict[str, HookConfig] = {}
@@ -192,7 +196,7 @@ class Dispatcher:
         return self._deliverers[hook].sink
 
     def _now_us(self) -> int:
-        return int(self._clock() * US)
+        return self._clock_us()
 
     def run_once(self, max_messages: int = 100) -> int:
         """Close the buckets that are due, then make one attempt at each of up to
