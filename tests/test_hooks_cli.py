@@ -111,6 +111,37 @@ def test_dead_messages_are_retried_and_replayed(
     assert "replaying 0 messages" in capsys.readouterr().out
 
 
+def test_prune_deletes_old_delivered_messages_and_never_pending_ones(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = load(config)
+    assert policy.ledger.url is not None
+    with open_ledger(policy.ledger.url) as ledger:
+        ledger.commit([ev(1), ev(2)], hooks=[policy.hooks[0]])
+    assert deliver(config, fail=False) == ["evt-1", "evt-2"]
+    with open_ledger(policy.ledger.url) as ledger:
+        ledger.commit([ev(3)], hooks=[policy.hooks[0]])  # pending
+        ledger.commit([ev(4)], hooks=[policy.hooks[1]])
+        ledger._fetch("UPDATE hook_messages SET status = 'dead' WHERE id = 'evt-4'", [])
+    argv = ("hooks", "prune", "--config", str(config))
+    assert run(*argv, "--older-than", "1") == 0
+    assert "deleted 0 messages delivered more than 1 days ago" in capsys.readouterr().out
+    assert run(*argv, "--older-than", "0") == 0
+    assert "deleted 2 messages delivered" in capsys.readouterr().out
+    with open_ledger(policy.ledger.url) as ledger:
+        left = {m.id: m.status for m in ledger.hook_messages()}
+        assert left == {"evt-3": "pending", "evt-4": "dead"}
+    assert run(*argv, "--older-than", "0", "--dead", "--hook", "calls") == 0
+    assert "deleted 0 messages delivered or dead" in capsys.readouterr().out
+    assert run(*argv, "--older-than", "0", "--dead") == 0
+    assert "deleted 1 message delivered or dead" in capsys.readouterr().out
+    with open_ledger(policy.ledger.url) as ledger:
+        assert [m.id for m in ledger.hook_messages()] == ["evt-3"]
+        assert ledger.count() == 4  # the usage events themselves are untouched
+    assert run(*argv, "--older-than", "-1") == 2
+    assert "is not a number of days >= 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [

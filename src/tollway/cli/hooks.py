@@ -29,9 +29,10 @@ ERROR_CHARS = 60
 def register(sub: Any, add: Any) -> None:
     hooks = sub.add_parser(
         "hooks",
-        help="list, retry and replay the messages of the policy's hooks",
-        description="List the hook messages kept in the ledger, make them due now (retry), or "
-        "send delivered and dead ones again under the same webhook-id (replay).",
+        help="list, retry, replay and prune the messages of the policy's hooks",
+        description="List the hook messages kept in the ledger, make them due now (retry), "
+        "send delivered and dead ones again under the same webhook-id (replay), or delete old "
+        "delivered ones (prune).",
     )
     hooks.set_defaults(run=lambda args: _help(hooks))
     hooks_sub = hooks.add_subparsers(dest="hooks_command", metavar="COMMAND")
@@ -76,6 +77,32 @@ def register(sub: Any, add: Any) -> None:
     _common(replay)
     replay.add_argument("--id", action="append", default=[], metavar="ID", help="a message id")
     replay.add_argument("--dead", action="store_true", help="every dead message")
+
+    prune = add(
+        "prune",
+        hooks_prune,
+        "delete delivered messages older than some days",
+        description="Delete the messages delivered (with --dead, also those dead) and last "
+        "changed more than --older-than days ago, of --hook when given. Pending messages are "
+        "never deleted; usage events are not touched.",
+        parents=(),
+        into=hooks_sub,
+    )
+    _common(prune)
+    prune.add_argument(
+        "--older-than", type=_days, required=True, metavar="DAYS", help="age in days (>= 0)"
+    )
+    prune.add_argument("--dead", action="store_true", help="dead messages too")
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0 or days == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days >= 0")
+    return days
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -204,4 +231,13 @@ def hooks_replay(args: argparse.Namespace) -> int:
     print(f"replaying {plural(len(done), 'message')} (same webhook-id, a new schedule)")
     for message in done:
         print(f"  {message.hook}  {message.id}  (was {message.status})")
+    return OK
+
+
+def hooks_prune(args: argparse.Namespace) -> int:
+    before = _now_us() - round(args.older_than * 86_400 * 1_000_000)
+    with open_hooks_ledger(args) as ledger:
+        removed = ledger.prune_hook_messages(before, hook=args.hook, dead=args.dead)
+    kinds = "delivered or dead" if args.dead else "delivered"
+    print(f"deleted {plural(removed, 'message')} {kinds} more than {args.older_than:g} days ago")
     return OK

@@ -17,6 +17,7 @@ from tollway.metering.ledger.outbox import (
     lease_flow,
     list_flow,
     next_due_flow,
+    prune_flow,
     replay_flow,
     retry_flow,
     save_flow,
@@ -121,6 +122,12 @@ class HookStore:
             lambda: replay_flow(self._dialect, now_us, hook=hook, ids=ids, dead=dead)
         )
 
+    def prune_hook_messages(
+        self, before_us: int, *, hook: str | None = None, dead: bool = False
+    ) -> int:
+        """See `tollway.metering.ledger.outbox.prune_flow`; how many messages were deleted."""
+        return self._transact(lambda: prune_flow(self._dialect, before_us, hook=hook, dead=dead))
+
 
 class AsyncHookStore:
     """`HookStore`, awaited (the same flows)."""
@@ -164,4 +171,11 @@ class AsyncHookStore:
     ) -> list[HookMessage]:
         return await self._transact(
             lambda: replay_flow(self._dialect, now_us, hook=hook, ids=ids, dead=dead)
+        )
+
+    async def prune_hook_messages(
+        self, before_us: int, *, hook: str | None = None, dead: bool = False
+    ) -> int:
+        return await self._transact(
+            lambda: prune_flow(self._dialect, before_us, hook=hook, dead=dead)
         )

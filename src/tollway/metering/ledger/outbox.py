@@ -420,3 +420,21 @@ def replay_flow(
     if found:
         yield _restart(dialect, found, now_us, replay=True)
     return found
+
+
+def prune_flow(
+    dialect: Dialect, before_us: int, *, hook: str | None = None, dead: bool = False
+) -> Flow[int]:
+    """Delete the delivered messages (and the dead ones too with ``dead``) last changed
+    before ``before_us``: delivery state kept for support, not forever. Pending messages are
+    never deleted. Returns how many were."""
+    p = _p(dialect)
+    statuses = ("delivered", "dead") if dead else ("delivered",)
+    where = f"status IN ({_marks(dialect, len(statuses))}) AND updated_at_us < {p}"
+    params: list[Any] = [*statuses, before_us]
+    if hook is not None:
+        where += f" AND hook = {p}"
+        params.append(hook)
+    rows = yield Query(f"SELECT COUNT(*) FROM hook_messages WHERE {where}", params)
+    yield Query(f"DELETE FROM hook_messages WHERE {where}", params)
+    return int(rows[0][0]) if rows else 0
