@@ -689,6 +689,23 @@ def test_a_reservation_id_and_attributes_go_with_its_event(
     )
 
 
+def test_two_reservations_under_one_request_id_are_two_events(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Reservations are not deduplicated by id (each holds its own capacity), so the second
+    commit under a taken id gets an id of its own: the ledger counts what the store counts."""
+    tw = backend.tollway(policy(tmp_path, [quota("daily", 10)]))
+    subject = unique("acct")
+    first = tw.reserve(subject, "geocode", 2, id="req-9")
+    second = tw.reserve(subject, "geocode", 3, id="req-9")
+    first.commit()
+    second.commit()
+    events = backend.usage_events(tw, subject)
+    assert [e.id for e in events] == ["req-9", f"req-9~{second.id}"]
+    assert sum(e.quantity for e in events) == tw.usage(subject).limit("daily").used == 5
+    assert tw.acquire(subject, "geocode", id="req-9").duplicate  # the id stands for a request
+
+
 def test_a_late_commit_still_appends_its_event(memory: Backend, tmp_path: Path) -> None:
     doc = policy(tmp_path, [quota("daily", 10)])
     doc["store"]["hold_ttl_ms"] = 1000

@@ -117,7 +117,10 @@ class ReservationCore:
             event_id = f"adj_{uuid.uuid4().hex}"
         else:
             event_id = step.call_id or f"res_{step.hold_id}"
-        return replace(settle, event=template, event_id=event_id, attrs=step.attrs)
+        caller = bool(step.call_id) and not correction
+        return replace(
+            settle, event=template, event_id=event_id, attrs=step.attrs, caller_id=caller
+        )
 
     def _amount(self, units: int, amount: Decimal | None) -> int:
         if amount is not None:

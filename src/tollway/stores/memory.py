@@ -355,7 +355,17 @@ class MemoryStore:
             if not state:
                 self._states.pop(settle.hold.subject, None)
             if settle.event:
-                self._usage(settle.event, now, settle.event_id, settle.attrs)
+                event_id = settle.event_id
+                if settle.caller_id:  # as settle.lua: a caller's id taken already gets its own
+                    key = (settle.hold.subject, event_id)
+                    if self._id_expiry and self._id_expiry[0][0] <= now:
+                        self._forget_ids(now)
+                    if key in self._ids:
+                        event_id = f"{event_id}~{settle.hold.id}"
+                    else:
+                        self._ids[key] = now + self.dedupe_us
+                        self._id_expiry.append((now + self.dedupe_us, key))
+                self._usage(settle.event, now, event_id, settle.attrs)
             return reply(OK if live else DENIED, now, values)
 
     # -- provider health (lua/health.lua, line for line) ------------------------------------

@@ -236,7 +236,7 @@ class RedisStore(_Common):
             stream = self.stream_of(settle.hold.subject)
             if stream not in self._registered:
                 self._register(stream)
-        keys, args = codec.settle_call(settle, stream)
+        keys, args = codec.settle_call(settle, stream, self.dedupe_ms)
         return codec.read_reply(self._call(codec.SETTLE, keys, args))
 
     def health(self, op: HealthOp) -> HealthReply:
@@ -397,7 +397,7 @@ class AsyncRedisStore(_Common):
             stream = self.stream_of(settle.hold.subject)
             if stream not in self._registered:
                 await self._register(stream)
-        keys, args = codec.settle_call(settle, stream)
+        keys, args = codec.settle_call(settle, stream, self.dedupe_ms)
         return codec.read_reply(await self._call(codec.SETTLE, keys, args))
 
     async def health(self, op: HealthOp) -> HealthReply:

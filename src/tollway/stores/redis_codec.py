@@ -74,11 +74,14 @@ def step_call(
     return [state_key(step.subject)], [spec, step.assigned or ""]
 
 
-def settle_call(settle: SettleStep, stream: str = "") -> tuple[list[str], list[Any]]:
+def settle_call(
+    settle: SettleStep, stream: str = "", dedupe_ms: int = 0
+) -> tuple[list[str], list[Any]]:
     keys = [state_key(settle.hold.subject)]
     if settle.event:
         keys.append(stream)
-    args: list[Any] = [settle.hold.id, RETENTION, settle.event, settle.event_id, settle.attrs]
+    ttl = dedupe_ms if settle.caller_id else 0
+    args: list[Any] = [settle.hold.id, RETENTION, settle.event, settle.event_id, settle.attrs, ttl]
     for (field, is_rate, _, start, ends), live, late in zip(
         settle.hold.entries, settle.deltas, settle.late_deltas, strict=True
     ):

@@ -60,6 +60,9 @@ class SettleStep:
     """The usage template of the event the settlement appends ('' for none)."""
     event_id: str = ""
     attrs: str = ""
+    caller_id: bool = False
+    """Whether ``event_id`` is the caller's request id: if already taken, the event gets
+    ``ID~HOLD`` instead, so two consumptions never share one id."""
 
 
 def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> SettleStep:

@@ -2,7 +2,8 @@
 -- (an expired hold was already given back, so a late commit takes the whole actual cost).
 -- KEYS: 1 the subject's hash, 2 the event stream (with an event)
 -- ARGV: 1 hold id, 2 retention (us), 3 the usage template of the event to append ('' for
---       none: a release), 4 its id, 5 its attributes (JSON or ''), then 6 per entry:
+--       none: a release), 4 its id, 5 its attributes (JSON or ''), 6 how long a caller's
+--       request id is remembered (ms; 0: the id is not the caller's), then 6 per entry:
 --       field, is rate (1/0), live delta, late delta, window start, window end (0 for a rate)
 -- Reply: {code, now, 0, 0, value...}; code 0 the hold was live, 1 it had expired.
 local now = clock()
@@ -20,9 +21,9 @@ if live then
   mark_earliest(key)
 end
 local values = {}
-local count = (#ARGV - 5) / 6
+local count = (#ARGV - 6) / 6
 for j = 1, count do
-  local b = 5 + (j - 1) * 6
+  local b = 6 + (j - 1) * 6
   local field = ARGV[b + 1]
   local is_rate = ARGV[b + 2] == '1'
   local delta = tonumber(ARGV[b + 4])
@@ -41,11 +42,19 @@ for j = 1, count do
   end
 end
 if ARGV[3] ~= '' then
+  local event_id = ARGV[4]
+  if ARGV[6] ~= '0' then
+    -- A caller's id already taken (another reservation, an acquire): this consumption is
+    -- another event, so it keeps an id of its own and the ledger counts it too.
+    if not redis.call('SET', key .. ':id:' .. event_id, '1', 'NX', 'PX', ARGV[6]) then
+      event_id = event_id .. '~' .. id
+    end
+  end
   if ARGV[5] ~= '' then
-    redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', ARGV[3], 'i', ARGV[4],
+    redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', ARGV[3], 'i', event_id,
       'a', ARGV[5])
   else
-    redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', ARGV[3], 'i', ARGV[4])
+    redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', ARGV[3], 'i', event_id)
   end
 end
 local code = 1
