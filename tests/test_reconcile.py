@@ -135,8 +135,10 @@ def test_cli_reports_missing_and_extra_events_and_pending_entries(
         out, err = capsys.readouterr()
         lines = [line for line in out.splitlines() if line.startswith("acct_a")]
         assert [line.split()[1] for line in lines] == ["hourly", "spend"]
-        assert lines[0].split()[-3:] == ["7", "6", "+1"]
-        assert lines[1].split()[-6:] == ["0.009", "USD", "0.008", "USD", "+0.001", "USD"]
+        assert lines[0].split()[-4:] == ["7", "0", "6", "+1"]  # store, held, ledger, drift
+        assert lines[1].split()[-8:] == [
+            "0.009", "USD", "0.00", "USD", "0.008", "USD", "+0.001", "USD"
+        ]  # fmt: skip
         assert "still in the event streams" not in err
         # The ledger holds more than the store counted: a negative drift.
         now = tw.engine.clock()
@@ -182,3 +184,35 @@ def test_reconcile_on_a_cluster(
     assert "8 counters of 3 subjects: 0 drifts" in out
     assert "still in the event streams" not in err
     assert "@provider:google" in out
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_open_reservations_are_held_not_drift(
+    tmp_path: Path, redis_url: str, store: str, request: pytest.FixtureRequest
+) -> None:
+    """An open reservation is counted by the store and in no event until committed: reconcile
+    shows it as held, not as drift; once committed it is in the ledger."""
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    url = "memory://" if store == "memory" else redis_url
+    subject = f"acct_hold_{store}_{request.node.name[-6:]}"
+    with Tollway(policy_file(tmp_path, url, ledger_url)) as tw, open_ledger(ledger_url) as ledger:
+        assert tw.acquire(subject, "geocode").allowed
+        held = tw.reserve(subject, "search", 3)  # 3 units and 0.006 USD held
+        if store == "memory":
+            tw.flush()
+        else:
+            drain_all(redis_url, ledger, tw.policy)
+        report = reconcile(tw, ledger, [subject], pending=0)
+        rows = {r.limit: (r.store, r.held, r.ledger, r.drift) for r in report.rows}
+        assert rows["hourly"] == (4, 3, 1, 0)
+        assert rows["searches"] == (3, 3, 0, 0)
+        assert rows["spend"] == (7_000, 6_000, 1_000, 0)
+        held.commit(2)
+        if store == "memory":
+            tw.flush()
+        else:
+            drain_all(redis_url, ledger, tw.policy)
+        report = reconcile(tw, ledger, [subject], pending=0)
+        rows = {r.limit: (r.store, r.held, r.ledger, r.drift) for r in report.rows}
+        assert rows["hourly"] == (3, 0, 3, 0)
+        assert rows["spend"] == (5_000, 0, 5_000, 0)

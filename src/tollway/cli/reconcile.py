@@ -61,13 +61,16 @@ def render(report: Report, *, every: bool = False) -> list[str]:
             row.limit + (f" ({row.operation})" if row.operation else ""),
             f"{_when(row.window_start_us)}..{_when(row.window_end_us)}",
             row.amount(row.store),
+            row.amount(row.held),
             row.amount(row.ledger),
             ("+" if row.drift > 0 else "") + row.amount(row.drift),
         ]
         for row in rows
     ]
     lines = table(
-        ["subject", "limit", "window", "store", "ledger", "drift"], cells, right={3, 4, 5}
+        ["subject", "limit", "window", "store", "held", "ledger", "drift"],
+        cells,
+        right={3, 4, 5, 6},
     )
     subjects = len({row.subject for row in report.rows})
     lines.append(

@@ -9,13 +9,15 @@ counted per operation). Events from steps have ``meter == operation``; only thos
 so usage recorded with a meter of its own (`Tollway.record`) makes no drift.
 
 Entries still in the streams (not drained yet) are counted in the store and not yet in the
-ledger: a drift while `Report.pending` is not 0 may be just that.
+ledger: a drift while `Report.pending` is not 0 may be just that. What open reservations hold
+is counted in the store and in no event until committed: it is read from the store's holds
+and taken out of the comparison (`Drift.held`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -59,12 +61,14 @@ class Drift:
     store: int
     ledger: int
     currency: str | None = None
+    held: int = 0
+    """What open reservations hold in the counter: counted by the store, in no event yet."""
 
     @property
     def drift(self) -> int:
-        """Store minus ledger: positive when the ledger misses usage, negative when it has
-        more than the store counted."""
-        return self.store - self.ledger
+        """Store minus what is held minus ledger: positive when the ledger misses usage,
+        negative when it has more than the store counted."""
+        return self.store - self.held - self.ledger
 
     def amount(self, value: int) -> str:
         """``value`` as the report shows it: units, or money with its currency."""
@@ -82,6 +86,7 @@ class Drift:
             "window_start_us": self.window_start_us,
             "window_end_us": self.window_end_us,
             "store": self.amount(self.store),
+            "held": self.amount(self.held),
             "ledger": self.amount(self.ledger),
             "drift": self.amount(self.drift),
         }
@@ -130,12 +135,18 @@ def reconcile(
         providers = [PROVIDER_PREFIX + name for name in policy.providers]
         subjects = sorted(set(ledger_subjects(ledger, since)) | set(providers))
     rows: list[Drift] = []
+    held_by = getattr(tw.store, "held", None)
     for subject in subjects:
         states, limits, operations = _read(tw, subject)
+        held = held_by(subject) if held_by is not None else {}
         for state in states:
             if state.kind not in ("quota", "budget"):
                 continue
-            rows.append(_compare(ledger, subject, state, limits.get(state.name), operations))
+            row = _compare(ledger, subject, state, limits.get(state.name), operations)
+            field = ("b:" if row.kind == "budget" else "q:") + state.name
+            field += f":{state.operation}" if state.operation else ""
+            holding = held.get((field, row.window_start_us), 0)
+            rows.append(replace(row, held=holding) if holding else row)
     return Report(tuple(rows), pending)
 
 

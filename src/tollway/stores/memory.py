@@ -212,6 +212,20 @@ class MemoryStore:
                     }
                 )
 
+    def held(self, subject: str) -> dict[tuple[str, int], int]:
+        """What the subject's open reservation holds count in its window counters, per
+        (field, window start): counted by the store, and in no usage event until committed."""
+        with self._lock:
+            now = self.clock()
+            out: dict[tuple[str, int], int] = {}
+            for hold in self._holds.values():
+                if hold.subject != subject or hold.expires_us <= now:
+                    continue
+                for field, is_rate, amount, start, _ in hold.entries:
+                    if not is_rate and amount:
+                        out[field, start] = out.get((field, start), 0) + amount
+            return out
+
     def append(self, subject: str, entry: dict[str, str]) -> None:
         """Queue an entry that no step wrote (a route's failover notice)."""
         with self._lock:

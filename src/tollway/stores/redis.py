@@ -222,6 +222,25 @@ class RedisStore(_Common):
         self._plain(lambda: self.client.sadd(REGISTRY, stream))
         self._registered.add(stream)
 
+    def held(self, subject: str) -> dict[tuple[str, int], int]:
+        """See `MemoryStore.held`: read from the subject's open holds (those not yet expired
+        by this process's view of the store's clock)."""
+        key = codec.state_key(subject)
+        now = self.clock() + self._offset_us
+        ids = self._plain(lambda: self.client.zrangebyscore(f"{key}:holds", f"({now}", "+inf"))
+        out: dict[tuple[str, int], int] = {}
+        for raw in ids:
+            hold = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            entries: dict[Any, Any] = self._plain(
+                lambda h=hold: self.client.hgetall(f"{key}:h:{h}")  # type: ignore[misc]
+            )
+            for field, packed in entries.items():
+                name = field.decode("utf-8") if isinstance(field, bytes) else str(field)
+                tag, amount, start = codec.read_held(packed)
+                if tag == "w" and amount:
+                    out[name, start] = out.get((name, start), 0) + amount
+        return out
+
     def append(self, subject: str, entry: dict[str, str]) -> None:
         """XADD an entry that no step wrote (a route's failover notice) to the subject's
         stream."""

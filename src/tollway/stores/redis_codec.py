@@ -152,3 +152,11 @@ def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
         step.call_id or f"jr_{event_id}",
         step.attrs,
     )
+
+
+def read_held(packed: bytes | str) -> tuple[str, int, int]:
+    """A hold entry (``TAGAMOUNT@START@END``, see step.lua): its tag (``r`` rate, ``w``
+    window), amount and window start."""
+    text = packed.decode("utf-8") if isinstance(packed, bytes) else packed
+    amount, start, _ = text[1:].split("@")
+    return text[0], int(amount), int(start)
