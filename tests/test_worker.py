@@ -38,7 +38,7 @@ from stream_support import (
 from tollway.cli.main import main as cli_main
 from tollway.errors import LedgerUnavailableError
 from tollway.metering.drain import Backoff, Drain
-from tollway.metering.entries import Notice, stream_key
+from tollway.metering.entries import REGISTRY, Notice, stream_key
 from tollway.metering.ledger import Ledger, UsageEvent, open_ledger
 from tollway.metering.streams import BAD_STREAM, Streams
 
@@ -610,3 +610,33 @@ def test_a_worker_process_drains_real_acquires_on_a_cluster(
 
 def quantity_since(ledger: Ledger, subject: str, start_us: int) -> int:
     return sum(t.quantity for t in ledger.totals(subject, start_us, 2**62).values())
+
+
+def test_a_registry_lost_by_redis_is_rebuilt_by_the_worker_and_the_clients(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """A Redis restarted without its data loses the set of streams: the worker puts back the
+    streams it knew, and every client registers its streams again within a minute."""
+    from tollway import Tollway
+
+    doc = {
+        "ledger": {"url": f"sqlite:///{tmp_path / 'l.db'}"},
+        "operations": {"geocode": {"cost": 1}},
+        "defaults": {"plan": "free"},
+        "plans": {"free": {"limits": [{"name": "daily", "quota": "1000/day"}]}},
+    }
+    with Tollway(doc, redis_url) as tw:
+        assert tw.acquire("acct_registry", "geocode").allowed
+        key = stream_key("acct_registry", cluster=False, partitions=16)
+        assert redis_client.sismember(REGISTRY, key)
+        probe = Streams(redis_client, cluster=False, partitions=16, consumer="probe")
+        probe.discover()
+        redis_client.delete(REGISTRY)
+        assert key in probe.discover()  # still known to the worker...
+        assert redis_client.sismember(REGISTRY, key)  # ...and registered again by it
+        redis_client.delete(REGISTRY)
+        assert tw.acquire("acct_registry", "geocode").allowed
+        assert not redis_client.sismember(REGISTRY, key)  # the client registered it already
+        tw.store._register_by = 0  # type: ignore[attr-defined]  # a minute later
+        assert tw.acquire("acct_registry", "geocode").allowed
+        assert redis_client.sismember(REGISTRY, key)

@@ -96,12 +96,19 @@ class Streams:
         self._fixed = [] if cluster else [f"tw:events:{n}" for n in range(partitions)]
         self.keys: list[str] = list(self._fixed)
         self._grouped: set[str] = set()
+        self._ever_registered: set[str] = set()
+        """Every stream seen in the registry: one the registry loses is put back."""
 
     # ------------------------------------------------------------------ keys and groups
     def discover(self) -> list[str]:
-        """Read the registry (and the standalone partitions) into `keys`, changing nothing."""
+        """Read the registry (and the standalone partitions) into `keys`; streams known before
+        stay known, and are registered again if the registry lost them."""
         registered = {_text(key) for key in self.client.smembers(REGISTRY)}
-        self.keys = sorted(set(self._fixed) | registered)
+        lost = self._ever_registered - registered
+        if lost:  # Redis lost the registry (restarted without it): put back what we knew
+            self.client.sadd(REGISTRY, *sorted(lost))
+        self._ever_registered |= registered
+        self.keys = sorted(set(self._fixed) | self._ever_registered)
         return self.keys
 
     def refresh(self) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra insta
     redis = None  # type: ignore[assignment]
 
 SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+REGISTER_AGAIN_S = 60.0
+"""How often a client registers its event streams again (see `_Common._registered`)."""
 logger = logging.getLogger("tollway.store")
 
 
@@ -110,7 +113,18 @@ class _Common:
         self._streams: dict[str, str] = {}
         """Each subject's event stream key, as computed (a slot's CRC per subject is dear)."""
         self._registered: set[str] = set()
-        """Stream keys this process has put in the registry (before its first entry there)."""
+        """Stream keys this process has put in the registry (before its first entry there);
+        forgotten every `REGISTER_AGAIN_S`, so a registry lost by a restarted Redis is
+        rebuilt by the clients that write."""
+        self._register_by = time.monotonic() + REGISTER_AGAIN_S
+
+    def _register_due(self) -> bool:
+        """Whether the registrations are due again (then forgotten, to be made anew)."""
+        if time.monotonic() < self._register_by:
+            return False
+        self._registered.clear()
+        self._register_by = time.monotonic() + REGISTER_AGAIN_S
+        return True
 
     def stream_of(self, subject: str) -> str:
         key = self._streams.get(subject)
@@ -207,7 +221,7 @@ class RedisStore(_Common):
         stream = ""
         if step.event or step.call_id:
             stream = self.stream_of(step.subject)
-            if step.event and stream not in self._registered:
+            if step.event and (stream not in self._registered or self._register_due()):
                 self._register(stream)
         keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
         reply = codec.read_reply(self._call(codec.STEP, keys, args))
@@ -390,7 +404,7 @@ class AsyncRedisStore(_Common):
         stream = ""
         if step.event or step.call_id:
             stream = self.stream_of(step.subject)
-            if step.event and stream not in self._registered:
+            if step.event and (stream not in self._registered or self._register_due()):
                 await self._register(stream)
         keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
         reply = codec.read_reply(await self._call(codec.STEP, keys, args))
