@@ -29,6 +29,7 @@ __all__ = ["EmbeddedDrain", "commit_batch"]
 logger = logging.getLogger("tollway.metering")
 _PASS = 100
 _MAX_PASSES = 1000
+_MAX_BACKOFF_S = 30.0
 
 
 def commit_batch(
@@ -66,11 +67,24 @@ class EmbeddedDrain:
             self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait, failures = self.interval, 0
+        while not self._stop.wait(wait):
             try:
                 self.drain()
-            except Exception:  # kept in the queue; the next tick retries
-                logger.exception("writing usage events to the ledger failed; will retry")
+            except Exception:  # kept in the queue; retried after a wait that doubles
+                failures += 1
+                wait = min(_MAX_BACKOFF_S, max(self.interval, wait * 2))
+                if failures == 1 or wait == _MAX_BACKOFF_S:  # not a line per tick
+                    logger.exception(
+                        "writing usage events to the ledger failed (%d in a row); "
+                        "retrying in %.1f s, the events stay queued",
+                        failures,
+                        wait,
+                    )
+                continue
+            if failures:
+                logger.warning("the ledger takes usage events again after %d failures", failures)
+            wait, failures = self.interval, 0
 
     def drain(self) -> int:
         """Write every queued entry now; how many events were new. Raises what the ledger
