@@ -173,13 +173,14 @@ class Decision:
         "_values",
         "allowed",
         "crossed",
-        "duplicate",
         "now_us",
         "rules",
     )
 
     degraded: bool = False
     """True when the store could not be asked and the limits' ``on_error`` decided."""
+    duplicate: bool = False
+    """Allowed earlier under the same request id (``id=``): nothing was consumed again."""
     reason: str | None = None
     """Why the decision is degraded."""
     fixed_retry: float | None = None
@@ -205,8 +206,6 @@ class Decision:
         self.rules = step.rules
         self.crossed = crossed
         """Thresholds first reached by this step, as the store reported them."""
-        self.duplicate = False
-        """Allowed earlier under the same request id (``id=``): nothing was consumed again."""
 
     @property
     def subject(self) -> str:
@@ -345,6 +344,14 @@ class Decision:
     def __repr__(self) -> str:
         verdict = "allowed" if self.allowed else f"denied by {list(self.violated)}"
         return f"<Decision {self.subject!r} {self.operation!r} cost={self.cost} {verdict}>"
+
+
+class DuplicateDecision(Decision):
+    """The answer to a step whose request id was already taken: allowed, consuming nothing;
+    the figures are where the limits stand."""
+
+    __slots__ = ()
+    duplicate = True
 
 
 class DegradedDecision(Decision):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from tollway.engine.decision import Decision, DegradedDecision
+from tollway.engine.decision import Decision, DegradedDecision, DuplicateDecision
 from tollway.engine.rules import ALWAYS, Check, Compiled, Rule, Span, compile_policy
 from tollway.engine.template import usage_template
 from tollway.errors import (
@@ -369,9 +369,7 @@ class Engine:
         subject's plan changed, or the store's clock is in another window): build it again."""
         code = reply.code
         if code == DUPLICATE:
-            decision = Decision(True, step, reply.now_us, reply.values, 0)
-            decision.duplicate = True
-            return decision
+            return DuplicateDecision(True, step, reply.now_us, reply.values, 0)
         if code <= DENIED:
             if step.plan is None:
                 raise UnknownSubjectError(

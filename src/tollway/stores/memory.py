@@ -130,21 +130,22 @@ class MemoryStore:
                         denied = True
                 bit <<= 1
                 i += 1
-            if step.mode == PEEK:
+            mode = step.mode
+            if mode == PEEK:
                 return reply(OK, now, values, misfits)
             call = step.call_id
-            if call and step.mode == ACQUIRE:
+            if call and mode == ACQUIRE:
                 if self._id_expiry and self._id_expiry[0][0] <= now:
                     self._forget_ids(now)
                 if (subject, call) in self._ids:
                     return reply(DUPLICATE, now, values)
+                if not denied:
+                    self._ids[subject, call] = now + self.dedupe_us
+                    self._id_expiry.append((now + self.dedupe_us, (subject, call)))
             if denied:
                 if step.event:
                     self._exceeded(step, state, now, values, misfits)
                 return reply(DENIED, now, values, misfits)
-            if call and step.mode == ACQUIRE:
-                self._ids[subject, call] = now + self.dedupe_us
-                self._id_expiry.append((now + self.dedupe_us, (subject, call)))
             if state is _EMPTY:
                 state = self._states[subject] = {}
             needed = 0
@@ -168,7 +169,7 @@ class MemoryStore:
                 i += 1
             if needed > state.get("exp", 0):
                 self._keep_until(subject, state, needed)
-            if step.mode == RESERVE:
+            if mode == RESERVE:
                 self._hold(step, state, now, misfits)
             elif step.event:
                 self._usage(step.event, now, call, step.attrs)
