@@ -598,6 +598,9 @@ def test_fail_open_journal_replay_appends_the_events_at_their_time(
         usage = tw.usage(subject)
         assert totals.events == totals.quantity == usage.limit("daily").used == total
         assert totals.amount == usage.limit("spend").used == PRICE * total
+        # A retry of a request let through while Redis was away is a duplicate now.
+        assert tw.acquire(subject, "geocode", id="o-0").duplicate
+        assert tw.usage(subject).limit("daily").used == total
     code, out = reconcile(config)
     assert code == 0, out
     assert "0 drifts" in out, out

@@ -40,6 +40,8 @@ class JournalEntry:
     """The step's usage template, when it had events: the replay appends its usage event."""
     event_id: str = ""
     attrs: str = ""
+    caller_id: bool = False
+    """Whether ``event_id`` is the caller's request id (the replay marks it taken)."""
 
     def to_line(self) -> str:
         line = {
@@ -52,8 +54,8 @@ class JournalEntry:
             "st": self.starts,
             "e": self.ends,
         }
-        if self.event:
-            line.update(ev=self.event, ei=self.event_id, ea=self.attrs)
+        if self.event or self.caller_id:
+            line.update(ev=self.event, ei=self.event_id, ea=self.attrs, ec=self.caller_id)
         return json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
 
     @classmethod
@@ -71,6 +73,7 @@ class JournalEntry:
             d.get("ev", ""),
             d.get("ei", ""),
             d.get("ea", ""),
+            bool(d.get("ec", False)),
         )
 
 

@@ -286,7 +286,7 @@ class RedisStore(_Common):
             if stream not in self._registered:
                 self.client.sadd(REGISTRY, stream)
                 self._registered.add(stream)
-        keys, args = codec.replay_call(entry, stream)
+        keys, args = codec.replay_call(entry, stream, self.dedupe_ms)
         try:
             self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -452,7 +452,7 @@ class AsyncRedisStore(_Common):
             if stream not in self._registered:
                 await self.client.sadd(REGISTRY, stream)
                 self._registered.add(stream)
-        keys, args = codec.replay_call(entry, stream)
+        keys, args = codec.replay_call(entry, stream, self.dedupe_ms)
         try:
             await self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
         except NoScriptError:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.rules import GATE, RATE
-from tollway.engine.step import PLAN_MISMATCH, Reply, Step, reply
+from tollway.engine.step import ACQUIRE, PLAN_MISMATCH, Reply, Step, reply
 from tollway.stores.journal import JournalEntry
 from tollway.stores.memory import RETENTION_US
 from tollway.stores.settle import SettleStep
@@ -89,10 +89,12 @@ def settle_call(
     return keys, args
 
 
-def replay_call(entry: JournalEntry, stream: str = "") -> tuple[list[str], list[Any]]:
+def replay_call(
+    entry: JournalEntry, stream: str = "", dedupe_ms: int = 0
+) -> tuple[list[str], list[Any]]:
     key = state_key(entry.subject)
     args: list[Any] = [REPLAY_MARK_TTL_MS, RETENTION, entry.at_us]
-    args += (entry.event, entry.event_id, entry.attrs)
+    args += (entry.event, entry.event_id, entry.attrs, dedupe_ms if entry.caller_id else 0)
     for field, is_rate, amount, start, end in zip(
         entry.fields, entry.rates, entry.amounts, entry.starts, entry.ends, strict=True
     ):
@@ -151,6 +153,7 @@ def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
         step.event,
         step.call_id or f"jr_{event_id}",
         step.attrs,
+        bool(step.call_id) and step.mode == ACQUIRE,
     )
 
 
