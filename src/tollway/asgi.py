@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 from tollway.client import AsyncTollway, Tollway
@@ -87,11 +88,12 @@ class TollwayMiddleware:
 
     def _acquire(self, plan: Plan) -> Awaitable[Decision]:
         tw = self.tollway
+        subject, operation, cost, ident = plan
         if isinstance(tw, AsyncTollway):
-            return tw.acquire(plan.subject, plan.operation, plan.cost)
+            return tw.acquire(subject, operation, cost, id=ident)
         if self._blocking:
-            return asyncio.to_thread(tw.acquire, plan.subject, plan.operation, plan.cost)
-        return _ready(tw.acquire(plan.subject, plan.operation, plan.cost))
+            return asyncio.to_thread(partial(tw.acquire, subject, operation, cost, id=ident))
+        return _ready(tw.acquire(subject, operation, cost, id=ident))
 
 
 async def _ready(decision: Decision) -> Decision:

@@ -43,6 +43,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -51,6 +52,7 @@ from tollway.client import AsyncTollway, Tollway
 from tollway.engine.decision import Decision
 from tollway.errors import ConfigurationError, TollwayError
 from tollway.http.clientip import ClientIP, subject_for_ip
+from tollway.http.gate import Verdict, read_request_id, request_id_header
 from tollway.http.headers import ratelimit_fields
 from tollway.http.problem import PROBLEM_JSON, problem, problem_for
 from tollway.stores.memory import MemoryStore
@@ -106,9 +108,12 @@ def limit(
     *,
     cost: int | CostSource | None = None,
     subject: SubjectSource | None = None,
+    request_id: str | None = None,
 ) -> Dependency:
     """A dependency that acquires ``operation`` for the request's subject:
     ``Depends(limit("search"))`` or ``Depends(limit("batch", cost=count_items))``.
+    ``request_id="Idempotency-Key"``: that header's value is the acquire's ``id``, so a
+    retried request is counted once.
 
     ``operation`` must be an operation of the policy (checked at each request, when the tollway
     is known: an unknown one is a `ConfigurationError`, a programming error, not a 400).
@@ -119,6 +124,7 @@ def limit(
         isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
     ):
         raise ConfigurationError(f"limit: cost {cost!r}; expected a whole number >= 0")
+    id_header = request_id_header(request_id)
 
     async def tollway_limit(request: Request, response: Response) -> None:
         tw = _tollway_of(request)
@@ -130,7 +136,13 @@ def limit(
         try:
             who = await _subject(request, subject)
             units = await _cost(request, cost)
-            decision = await _acquire(tw, who, operation, units)
+            ident = None
+            if id_header is not None:
+                found = read_request_id(request.headers.raw, id_header)
+                if isinstance(found, Verdict):
+                    raise TollwayHTTPException(found.status, found.headers, found.body)
+                ident = found
+            decision = await _acquire(tw, who, operation, units, ident)
         except (TollwayError, ValueError, TypeError, LookupError) as exc:
             status, headers, body = problem(
                 400, "Bad request", f"the request cannot be limited: {exc}"
@@ -180,10 +192,10 @@ async def _cost(request: Request, source: int | CostSource | None) -> int | None
 
 
 async def _acquire(
-    tw: AsyncTollway | Tollway, subject: str, operation: str, cost: int | None
+    tw: AsyncTollway | Tollway, subject: str, operation: str, cost: int | None, ident: str | None
 ) -> Decision:
     if isinstance(tw, AsyncTollway):
-        return await tw.acquire(subject, operation, cost)
+        return await tw.acquire(subject, operation, cost, id=ident)
     if isinstance(tw.store, MemoryStore):
-        return tw.acquire(subject, operation, cost)
-    return await asyncio.to_thread(tw.acquire, subject, operation, cost)
+        return tw.acquire(subject, operation, cost, id=ident)
+    return await asyncio.to_thread(partial(tw.acquire, subject, operation, cost, id=ident))

@@ -50,7 +50,9 @@ class TollwayWSGIMiddleware:
             verdict = plan
         else:
             try:
-                decision = self.tollway.acquire(plan.subject, plan.operation, plan.cost)
+                decision = self.tollway.acquire(
+                    plan.subject, plan.operation, plan.cost, id=plan.request_id
+                )
             except TollwayError as exc:
                 verdict = self.gate.failure(exc)
             else:

@@ -14,7 +14,7 @@ from http import HTTPStatus
 from typing import Literal, NamedTuple
 
 from tollway.engine.decision import Decision
-from tollway.errors import StoreError, TollwayError
+from tollway.errors import ConfigurationError, StoreError, TollwayError
 from tollway.http.clientip import ClientIP, subject_for_ip
 from tollway.http.headers import legacy_fields, ratelimit_fields
 from tollway.http.problem import problem, problem_for
@@ -67,6 +67,8 @@ class Plan(NamedTuple):
     subject: str
     operation: str
     cost: int | None
+    request_id: str | None = None
+    """The request's id (the ``request_id`` header), when the gate reads one."""
 
 
 @dataclass(slots=True)
@@ -104,6 +106,7 @@ class Gate:
         costs: Mapping[str, CostFn] | None = None,
         headers: HeaderMode = "all",
         legacy_headers: bool = False,
+        request_id: str | None = None,
     ) -> None:
         self.endpoints = EndpointMap.from_policy(policy, overrides=overrides, exempt=exempt)
         self.api_keys = api_keys
@@ -114,6 +117,9 @@ class Gate:
         self.header_mode: HeaderMode = headers
         self.legacy_headers = legacy_headers
         self._peer_subjects: dict[str, str] = {}
+        self.request_id = request_id_header(request_id)
+        """The header (lower-case bytes) whose value is the request's id: a retried request
+        with the same id is counted once (``Idempotency-Key``, ``X-Request-Id``...)."""
 
     # -- before the store -------------------------------------------------------------------
 
@@ -141,7 +147,12 @@ class Gate:
                 cost = int(cost_fn(request))
             except (TollwayError, ValueError, TypeError) as exc:
                 return _answer(400, "Bad request", f"the request's cost cannot be computed: {exc}")
-        return _new_plan(Plan, (subject, matched.operation, cost))
+        ident = None
+        if self.request_id is not None:
+            ident = read_request_id(request.headers, self.request_id)
+            if isinstance(ident, Verdict):
+                return ident
+        return _new_plan(Plan, (subject, matched.operation, cost, ident))
 
     def _subject(self, request: Request) -> str | Verdict:
         if self.identify is not None:
@@ -242,3 +253,34 @@ def _unauthorized(detail: str) -> Verdict:
     verdict = _answer(401, "Unauthorized", detail)
     verdict.headers.append(("WWW-Authenticate", 'Bearer realm="tollway"'))
     return verdict
+
+
+MAX_REQUEST_ID = 255
+
+
+def request_id_header(name: str | None) -> bytes | None:
+    """The header name a gate reads request ids from, checked (`ConfigurationError`)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ConfigurationError(
+            f"request_id: {name!r} is not a header name; expected e.g. 'Idempotency-Key'"
+        )
+    return name.lower().encode("ascii")
+
+
+def read_request_id(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | Verdict | None:
+    """The request's id from header ``name``; None without one; a 400 verdict for a value
+    that cannot be an id (nothing is consumed then)."""
+    for key, value in headers:
+        if key == name:
+            text = value.strip()
+            if not text or len(text) > MAX_REQUEST_ID or not all(33 <= b < 127 for b in text):
+                return _answer(
+                    400,
+                    "Bad request",
+                    f"the {name.decode()} header is not a request id: expected 1 to "
+                    f"{MAX_REQUEST_ID} printable ASCII characters without spaces",
+                )
+            return text.decode("ascii")
+    return None
