@@ -1,9 +1,19 @@
-"""Metering: usage events as CloudEvents 1.0 envelopes, signed Standard Webhooks, delivery.
+"""Metering: the usage events the atomic step appends, the ledger they are drained into, and
+the billing hooks delivered from it.
 
+- `tollway.metering.entries`: the stream entry format the step scripts and the memory store
+  append (usage, threshold, exceeded, failover), stream keys, and the decoder.
+- `tollway.metering.embedded`: embedded mode (the memory store): a background thread that
+  writes the queued entries to the ledger and delivers the hooks.
+- `tollway.metering.streams` and `tollway.metering.drain`: ``tollway worker``, a consumer group
+  over the streams, acknowledging only after the ledger's commit.
+- `tollway.metering.ledger`: the system of record (SQLite, PostgreSQL), with the hooks' outbox.
+- `tollway.metering.reconcile`: the store's counters against the ledger's totals.
+- `tollway.metering.recorder`: ``tw.record(...)``, usage measured elsewhere.
+- `tollway.metering.hooks`, `hookevents`, `sinks`, `delivery`, `retry`: the hook dispatcher,
+  the messages it builds, where they go, and the retry schedule.
 - `tollway.metering.cloudevents`: build, encode and decode CloudEvents (structured JSON mode,
   single events and batches); money always travels as strings.
 - `tollway.metering.webhooks`: ``whsec_`` secrets, ``webhook-*`` headers, HMAC-SHA256
   signatures (several at once while a secret is rotated), and verification for receivers.
-- `tollway.metering.delivery`: at-least-once delivery of an event or a batch to one sink, on a
-  retry schedule, resumable from a JSON-serializable `DeliveryState`, dead-lettered at the end.
 """
