@@ -130,6 +130,11 @@ def _tags() -> list[str]:
     return [t for t in tags if t is not None]
 
 
+def warm_slot_tags() -> None:
+    """Find the slot tags now (a cluster client calls this when it starts)."""
+    _tags()
+
+
 def stream_key(subject: str, *, cluster: bool, partitions: int) -> str:
     """The event stream the subject's steps append to. On a cluster it must share the slot of
     the subject's hash (one script touches both): one stream per slot in use. On a standalone

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.step import Reply, Step
 from tollway.errors import ConfigurationError, StoreError, StoreUnavailableError
-from tollway.metering.entries import REGISTRY, stream_key
+from tollway.metering.entries import REGISTRY, stream_key, warm_slot_tags
 from tollway.policy.model import LedgerConfig, StoreConfig
 from tollway.stores import redis_codec as codec
 from tollway.stores.breaker import Breaker
@@ -109,6 +109,8 @@ class _Common:
         self._offset_us = 0
         ledger = ledger or LedgerConfig()
         self._partitions = ledger.partitions
+        if self.cluster and ledger.url is not None and ledger.events:
+            warm_slot_tags()  # about 50 ms once: at startup, not on the first request
         self.dedupe_ms = ledger.dedupe_s * 1000
         self._streams: dict[str, str] = {}
         """Each subject's event stream key, as computed (a slot's CRC per subject is dear)."""
