@@ -8,8 +8,6 @@ check that no decision was degraded, so what they measure is the atomic step alo
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 
 from model import day_safe_timezone, hour_safe_timezone
+from processes import run_together
 from tollway import Tollway
 
 PROCESSES = 8
@@ -80,32 +79,8 @@ def hammer(
     url: str, policy: dict[str, Any], subject: str, attempts: int, watch: str
 ) -> list[Tally]:
     """``attempts`` acquires in total, spread over 8 processes started together."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(PROCESSES, timeout=60)
-    results = ctx.Queue()
     share = [attempts // PROCESSES + (i < attempts % PROCESSES) for i in range(PROCESSES)]
-    procs = [
-        ctx.Process(target=_worker, args=(url, policy, subject, n, watch, barrier, results))
-        for n in share
-    ]
-    for proc in procs:
-        proc.start()
-    tallies: list[Tally] = []
-    try:
-        for _ in procs:
-            got = results.get(timeout=120)
-            if isinstance(got, BaseException):
-                raise AssertionError(f"a worker failed: {got!r}") from got
-            tallies.append(got)
-    except queue.Empty:
-        raise AssertionError("the workers did not finish within 120 s") from None
-    finally:
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():  # only our own children, by their handle
-                proc.kill()
-                proc.join()
-    assert [proc.exitcode for proc in procs] == [0] * PROCESSES
+    tallies: list[Tally] = run_together(_worker, [(url, policy, subject, n, watch) for n in share])
     assert sum(t.degraded for t in tallies) == 0
     return tallies
 

@@ -10,8 +10,6 @@ decision may be degraded.
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
 import random
 import uuid
 from collections import Counter
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 
 from model import day_safe_timezone
+from processes import run_together
 from tollway import Tollway
 from tollway.metering.entries import EXCEEDED, THRESHOLD, Notice, decode_entry, stream_key
 from tollway.metering.ledger.events import UsageEvent
@@ -109,32 +108,10 @@ def race(
     ids: list[str] | None = None,
 ) -> list[Tally]:
     """8 processes started together: ``attempts`` acquires in all, or each one every id."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(PROCESSES, timeout=60)
-    results = ctx.Queue()
     share = [attempts // PROCESSES + (i < attempts % PROCESSES) for i in range(PROCESSES)]
-    procs = [
-        ctx.Process(target=_worker, args=(url, policy, subject, n, ids, seed, barrier, results))
-        for seed, n in enumerate(share)
-    ]
-    for proc in procs:
-        proc.start()
-    tallies: list[Tally] = []
-    try:
-        for _ in procs:
-            got = results.get(timeout=120)
-            if isinstance(got, BaseException):
-                raise AssertionError(f"a worker failed: {got!r}") from got
-            tallies.append(got)
-    except queue.Empty:
-        raise AssertionError("the workers did not finish within 120 s") from None
-    finally:
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():  # only our own children, by their handle
-                proc.kill()
-                proc.join()
-    assert [proc.exitcode for proc in procs] == [0] * PROCESSES
+    tallies: list[Tally] = run_together(
+        _worker, [(url, policy, subject, n, ids, seed) for seed, n in enumerate(share)]
+    )
     assert sum(t.degraded for t in tallies) == 0
     return tallies
 
