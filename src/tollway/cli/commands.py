@@ -23,6 +23,17 @@ STORE_FAILED = 3
 """The store could not be reached, or refused a command."""
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def config_path(args: argparse.Namespace) -> Path:
     """``--config``, else ``./tollway.toml`` when it exists."""
     if args.config is not None:
@@ -123,39 +134,4 @@ def policy_check(args: argparse.Namespace) -> int:
 
 def policy_schema_command(args: argparse.Namespace) -> int:
     print_json(policy_schema())
-    return OK
-
-
-def demo(args: argparse.Namespace) -> int:
-    from tollway.cli.report import render
-    from tollway.demo import simulate
-
-    policy = None if args.config is None else load(Path(args.config))
-    name = "built in (the same as examples/tollway.toml)" if policy is None else args.config
-    printed = False
-    if args.part in ("all", "inbound"):
-        print(render(simulate(args.seed, args.subjects, policy), name))
-        printed = True
-    if args.part in ("all", "geocoding"):
-        try:
-            from tollway.cli.geocode import render_geocoding
-            from tollway.demo_geocoding import run_geocoding_demo
-        except ImportError as exc:  # geopy is the optional "geocode" extra
-            if args.part == "geocoding":
-                raise ConfigurationError(
-                    f"the geocoding demo needs geopy ({exc}); pip install 'tollway[geocode]'"
-                ) from None
-            note(f"skipped the geocoding part: it needs pip install 'tollway[geocode]' ({exc})")
-        else:
-            if printed:
-                print()
-            print(render_geocoding(run_geocoding_demo()))
-            printed = True
-    if args.part in ("all", "metering"):
-        from tollway.cli.demo_report import render_metering
-        from tollway.demo_metering import run_metering_demo
-
-        if printed:
-            print()
-        print(render_metering(run_metering_demo(args.seed)))
     return OK

@@ -13,10 +13,9 @@ from tollway.cli.output import note, plural, table
 from tollway.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from tollway.demo_geocoding import GeocodingDemo
     from tollway.outbound.geocode.batch import BatchReport
 
-__all__ = ["geocode", "register", "render_geocoding", "spend_report"]
+__all__ = ["geocode", "register", "spend_report"]
 
 BAR = 30
 
@@ -132,44 +131,3 @@ def spend_report(report: BatchReport, output: str) -> list[str]:
         )
     lines += table(["provider", "calls", "cost", "left", "passed over (why)"], rows, right={1})
     return lines
-
-
-def render_geocoding(demo: GeocodingDemo) -> str:
-    """The demo's geocoding part, as text: who answered which rows and why others were
-    passed over, then the spend report."""
-    from tollway.demo_geocoding import KINDS
-
-    report = demo.report
-    lines = [
-        f'Geocoding: {plural(report.rows, "address", "addresses")} through route "geocoding" '
-        f"({' -> '.join(KINDS)}), stub providers on 127.0.0.1 speaking their real formats",
-        "",
-    ]
-    runs: list[tuple[int, int, str, str]] = []
-    for number, outcome in enumerate(report.outcomes, start=1):
-        who = outcome.provider or "-"
-        if outcome.from_cache:
-            who += " (cached)"
-        if outcome.status == "failed":
-            who = "nobody"
-        why = "; ".join(
-            f"{skip.provider}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else "")
-            for skip in outcome.skipped
-        )
-        if runs and runs[-1][2:] == (who, why):
-            first, _, _, _ = runs[-1]
-            runs[-1] = (first, number, who, why)
-        else:
-            runs.append((number, number, who, why))
-    rows = [[f"{a}" if a == b else f"{a}-{b}", who, why or "-"] for a, b, who, why in runs]
-    lines += table(["rows", "answered by", "passed over"], rows, indent="  ")
-    lines += ["", *spend_report(report, "geocoded.csv")]
-    if demo.alerts:
-        lines.append("")
-        lines += [
-            f"  alert: {a.provider} {a.limit} reached {a.threshold:.0%} ({a.used} USD used)"
-            for a in demo.alerts
-        ]
-    billed = ", ".join(f"{kind} {count}" for kind, count in demo.served.items())
-    lines += ["", f"Calls the stub providers answered (what they would bill): {billed}"]
-    return "\n".join(lines)

@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 
 from tollway import __version__
 from tollway.cli import commands, keys
+from tollway.cli import demo as demo_cli
 from tollway.cli import geocode as geocode_cli
 from tollway.cli import hooks as hooks_cli
 from tollway.cli import reconcile as reconcile_cli
@@ -41,16 +42,6 @@ def _decimal(text: str) -> Decimal:
         value = Decimal("NaN")
     if not value.is_finite():
         raise argparse.ArgumentTypeError(f"{text!r} is not an amount; expected e.g. 0.25")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return value
 
 
@@ -102,38 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
         return command
 
-    demo = add(
-        "demo",
-        commands.demo,
-        "simulate a day of traffic through a policy, in memory",
-        description="Simulate one day of API traffic (free and pro subjects: bursts, an hourly "
-        "quota run out, a spend budget run out, an upgrade at noon, reservations) "
-        "through the engine on the memory store with a fake clock, and print what "
-        "happened. Uses the built-in policy (the same as examples/tollway.toml) unless "
-        "--config is given; a policy of your own must declare plans free and pro and "
-        "operations geocode, search and enrich.",
-        parents=(),
-    )
-    demo.add_argument(
-        "--config", metavar="FILE", help="run the day on this policy instead of the built-in one"
-    )
-    demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    demo.add_argument(
-        "--part",
-        choices=("all", "inbound", "geocoding", "metering"),
-        default="all",
-        help="inbound: the day of API traffic; geocoding: a batch failing over across three "
-        "stub providers as their budgets run out; metering: an hour of usage written to a "
-        "SQLite ledger and delivered to a callable and a signed webhook, held against the "
-        "counters (default: all three)",
-    )
-    demo.add_argument(
-        "--subjects",
-        type=_positive,
-        default=4,
-        metavar="N",
-        help="how many subjects; roles repeat every four (default: 4, max: 40)",
-    )
+    demo_cli.register(sub, add)
 
     policy = sub.add_parser(
         "policy",

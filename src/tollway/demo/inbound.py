@@ -1,9 +1,9 @@
 """The demo: one simulated day of API traffic through the engine, in a few milliseconds.
 
 `simulate` drives a `Tollway` on the memory store with a `FakeClock` (it never sleeps) through
-a scripted day: a few subjects on the free and pro plans of `DEMO_POLICY` (the very text of
-``examples/tollway.toml``, embedded so an installed package needs no data file). The script is
-deterministic for a seed and shows, in one day:
+a scripted day: a few subjects on the free and pro plans of `DEMO_POLICY` (the text of
+``src/tollway/demo/tollway.toml``, package data, which ``examples/tollway.toml`` links to).
+The script is deterministic for a seed and shows, in one day:
 
 - bursts hitting the GCRA ``burst`` limit;
 - a free subject exhausting its ``hourly`` quota, 20% grace included, then its ``daily`` one;
@@ -11,7 +11,7 @@ deterministic for a seed and shows, in one day:
 - a subject moved from free to pro at noon, keeping the counts of same-named limits;
 - reservations (``enrich``) committed below their estimate, the difference given back.
 
-`tollway demo` renders the `DemoResult` (see `tollway.cli.report`); tests read it directly.
+`tollway demo` renders the `DemoResult` (`tollway.demo.inbound_report`); tests read it directly.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
+from importlib import resources
 
 from tollway.client import Tollway
 from tollway.engine.decision import Decision, LimitState
@@ -31,66 +32,17 @@ from tollway.reservation import Reservation
 from tollway.testing import FakeClock
 from tollway.usage import Usage
 
-DEMO_POLICY = """\
-# A sample tollway policy: an API sold on two plans, free and pro.
-#
-#   tollway policy check examples/tollway.toml
-#   tollway demo                      # a simulated day of traffic through this very policy
-#
-# A limit's counter is named by the limit's name and window, never by its numbers: a subject
-# moved from free to pro keeps what it used under "burst" and "daily" (same name, same period,
-# same timezone in both plans) and starts the new plan's other limits from zero.
+POLICY_FILE = "tollway.toml"
+"""The demo's policy, package data of `tollway.demo`; ``examples/tollway.toml`` is a symlink to
+it, so the example a user reads is the very file the demo runs."""
 
-[store]
-url = "memory://"                # redis://127.0.0.1:6379/0 to share counters between processes
-timeout_ms = 50
-on_error = "open"                # default for every limit: let traffic through if Redis is down
 
-[defaults]
-plan = "free"                    # for subjects never assigned a plan
-timezone = "UTC"
+def _policy_text() -> str:
+    return resources.files("tollway.demo").joinpath(POLICY_FILE).read_text(encoding="utf-8")
 
-[operations]                     # what a call is, what it costs in units, its price per unit
-geocode = { cost = 1, price = "0.001 USD", endpoints = ["GET /v1/geocode"] }
-search  = { cost = 5, price = "0.002 USD", endpoints = ["GET /v1/search", "POST /v1/search/*"] }
-enrich  = { cost = 20, price = "0.05 USD", endpoints = ["POST /v1/enrich"] }  # 1.00 USD a call
 
-[plans.free]
-limits = [
-  { name = "burst",  rate = "5/s", burst = 10 },
-  { name = "hourly", quota = "100/hour", grace = "20%" },       # 120 units pass, 100 are promised
-  { name = "daily",  quota = "1000/day", thresholds = [0.8, 1.0] },
-]
-
-[plans.pro]
-limits = [
-  { name = "burst", rate = "50/s", burst = 100 },
-  { name = "daily", quota = "100000/day" },
-  { name = "spend", budget = "25.00 USD/day", operations = ["enrich"], thresholds = [0.8] },
-]
-
-[providers.google]               # paid APIs the service itself calls (outbound)
-kind = "google"                  # the geocoder adapter (tollway geocode)
-api_key_env = "GOOGLE_MAPS_API_KEY"
-price = "0.005 USD"
-timezone = "America/Los_Angeles" # its days end at its own midnight
-breaker_errors = 5               # errors within breaker_window_ms that open its breaker
-limits = [
-  { name = "qps",    rate = "50/s" },
-  { name = "daily",  quota = "10000/day" },
-  { name = "budget", budget = "50.00 USD/day", thresholds = [0.5, 0.8, 1.0] },
-]
-
-[providers.opencage]
-kind = "opencage"
-api_key_env = "OPENCAGE_API_KEY"
-price = "0 USD"
-limits = [{ name = "daily", quota = "2500/day" }, { name = "rps", rate = "1/s" }]
-
-[routes.geocoding]
-providers = ["opencage", "google"]
-"""
-"""The demo's policy: the same text as ``examples/tollway.toml``."""
+DEMO_POLICY = _policy_text()
+"""The demo's policy: the text of ``examples/tollway.toml`` (read from the package data)."""
 
 DAY = datetime(2024, 6, 4, tzinfo=timezone.utc)
 """The simulated day (a Tuesday), midnight to midnight UTC."""
@@ -454,9 +406,8 @@ class _Day:
         for state in before.limits:
             if state.kind == "rate":  # a rate's state is a time, not a count
                 continue
-            try:
-                now = after.limit(state.name)
-            except KeyError:
+            now = next((s for s in after.limits if s.name == state.name), None)
+            if now is None:  # not a limit of the new plan
                 continue
             carried[state.name] = (state.used, now.used)
             kept.append(f"{state.name} {_of(state.used, state)} -> {_of(now.used, now)}")
@@ -496,4 +447,11 @@ def simulate(seed: int = 1, subjects: int = 4, policy: Policy | None = None) -> 
     return _Day(policy, seed, names).run(script(seed, names))
 
 
-__all__ = ["DEMO_POLICY", "DemoResult", "SubjectStats", "demo_policy", "simulate"]
+__all__ = [
+    "DEMO_POLICY",
+    "POLICY_FILE",
+    "DemoResult",
+    "SubjectStats",
+    "demo_policy",
+    "simulate",
+]
