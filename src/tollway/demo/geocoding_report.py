@@ -36,7 +36,7 @@ def render_geocoding(demo: GeocodingDemo) -> str:
             runs.append((number, number, who, why))
     rows = [[f"{a}" if a == b else f"{a}-{b}", who, why or "-"] for a, b, who, why in runs]
     lines += table(["rows", "answered by", "passed over"], rows, indent="  ")
-    lines += ["", *spend_report(report, "geocoded.csv")]
+    lines += ["", *spend_report(report, None)]
     if demo.alerts:
         lines.append("")
         lines += [
