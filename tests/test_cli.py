@@ -449,3 +449,16 @@ def test_counts_are_shared_between_processes(
     done = process(*base, "usage", "acct_7", *options)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["limits"][0]["used"] == 3
+
+
+def test_usage_says_a_used_up_limit_is_used_up_not_allowed(run: Any, on_redis: list[str]) -> None:
+    for _ in range(3):
+        assert run("acquire", "acct_5", "ping", *on_redis).code == 0
+    limit = run("usage", "acct_5", *on_redis).json()["limits"][0]
+    assert (limit["name"], limit["used"], limit["remaining"]) == ("monthly", 3, 0)
+    assert limit["used_up"] is True
+    assert "allowed" not in limit and "retry_after" not in limit
+    assert limit["reset_after"] > 0
+    fresh = run("usage", "acct_6", *on_redis).json()["limits"][0]
+    assert (fresh["remaining"], fresh["used_up"]) == (3, False)
+    assert run("acquire", "acct_5", "ping", *on_redis).code == 1  # what used_up said

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from tollway.cli.output import note, plural, print_json
 from tollway.client import Tollway
 from tollway.errors import ConfigurationError, PolicyError, StoreUnavailableError
 from tollway.policy import load, policy_schema
 from tollway.policy.model import Policy
+from tollway.usage import Usage
 
 DEFAULT_CONFIG = "tollway.toml"
 
@@ -74,9 +76,22 @@ def acquire(args: argparse.Namespace) -> int:
     return OK if decision.allowed else DENIED
 
 
+def usage_document(usage: Usage) -> dict[str, Any]:
+    """`Usage.to_dict` without what a read of zero units cannot tell: its ``allowed`` and
+    ``retry_after`` say whether a step of cost 0 would pass (always), not whether the limit has
+    room. ``used_up`` says that: nothing of the limit is left (a quota's grace, if it has one,
+    may still let a little through; ``reset_after`` says when it is whole again)."""
+    document = usage.to_dict()
+    for state, limit in zip(usage.limits, document["limits"], strict=True):
+        limit.pop("allowed", None)
+        limit.pop("retry_after", None)
+        limit["used_up"] = state.remaining <= 0
+    return document
+
+
 def usage(args: argparse.Namespace) -> int:
     with open_tollway(args) as tw:
-        print_json(tw.usage(args.subject).to_dict())
+        print_json(usage_document(tw.usage(args.subject)))
     return OK
 
 

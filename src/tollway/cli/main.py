@@ -150,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         "usage",
         commands.usage,
         "print where every limit of a subject stands, as JSON",
-        description="Print where every limit of SUBJECT's plan stands, as JSON, consuming nothing.",
+        description="Print where every limit of SUBJECT's plan stands, as JSON, consuming "
+        "nothing: per limit its kind, limit, used, remaining, reset_after (seconds until it is "
+        "whole again) and used_up (nothing left of it now; a quota's grace may still let a "
+        "little through).",
     )
     usage.add_argument("subject", metavar="SUBJECT")
 
