@@ -254,3 +254,9 @@ def test_demo_prints_the_geocoding_part(capsys: pytest.CaptureFixture[str]) -> N
     assert "opencage: daily; here: daily; google: budget" in out
     assert "google       10  0.050 USD  budget: 0.00 USD" in out
     assert "alert: google budget reached 100%" in out
+    # the counts add up to the rows, and the CSV (deleted with its folder) is not named
+    assert (
+        "42 rows -> a temporary CSV: 36 geocoded (36 found, 0 with no match; 6 of them from " in out
+    )
+    assert "6 not geocoded (6 failed)" in out
+    assert ".csv" not in out

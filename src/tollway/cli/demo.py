@@ -13,6 +13,14 @@ from tollway.policy import load
 
 __all__ = ["demo", "register"]
 
+EXITS = """\
+exit status:
+  0  the demo ran (every part asked for; --part all skips geocoding, with a note, without the
+     geocode extra)
+  2  a bad option; a --config policy that is invalid or lacks what the inbound day needs;
+     --part geocoding without the geocode extra (pip install 'tollway[geocode]')
+"""
+
 DESCRIPTION = (
     "Run tollway's three jobs on embedded defaults, with a fake clock, and print what happened. "
     "inbound: a simulated day of API traffic (free and pro subjects: bursts, an hourly quota "
@@ -34,6 +42,7 @@ def register(sub: Any, add: Any) -> None:
         "run the demo: a day of API traffic, a geocoding batch, an hour of metering",
         description=DESCRIPTION,
         parents=(),
+        exits=EXITS,
     )
     demo_command.add_argument(
         "--config",

@@ -18,6 +18,22 @@ if TYPE_CHECKING:
 
 __all__ = ["geocode", "register", "spend_report", "summary"]
 
+EXITS = """\
+exit status:
+  0  the batch ran: OUTPUT is written; rows not geocoded (failed, interrupted, invalid) are
+     listed on stderr and in OUTPUT's status column, and do not change the status
+  2  usage error; invalid policy or setting; provider keys not set (every one named at once);
+     INPUT unreadable or without the column; OUTPUT (or --cache) is INPUT itself
+  3  the store could not be reached, or refused a command
+A run that fails writes no OUTPUT and removes the cache file it created, unless that file
+holds answers it paid for (running again resumes from them).
+
+provider keys: each provider's api_key_env names the environment variable holding its key.
+To try tollway geocode without real keys, python -m tollway.outbound.geocode.stubs --config
+FILE serves local stand-ins of the providers and prints the variables to set (any value) and
+the domain/scheme lines that point the policy at them.
+"""
+
 BAR = 30
 
 
@@ -30,7 +46,10 @@ def register(sub: Any, add: Any) -> None:
         "(each provider held on its rate, quotas and budgets at once, failing over before one "
         "breaks), write INPUT's rows with the results to OUTPUT, and print a spend report per "
         "provider. Answers are kept in a SQLite cache, so running again resumes without paying "
-        "for rows already done; bad rows are reported, never fatal.",
+        "for rows already done; bad rows are reported, never fatal. The summary's counts add "
+        "up to the rows: geocoded (found, or no match; some of them from the cache) plus not "
+        "geocoded (failed, interrupted, invalid).",
+        exits=EXITS,
     )
     command.add_argument("input", metavar="INPUT.csv")
     command.add_argument("-o", "--output", required=True, metavar="OUTPUT.csv")

@@ -21,11 +21,38 @@ from tollway.errors import PolicyError, StoreError, TollwayError
 Command = Callable[[argparse.Namespace], int]
 
 EXIT_CODES = """\
-exit status:
-  0  success (acquire: allowed; policy check: the policy is valid)
-  1  acquire: denied; policy check: the policy has problems (listed on stderr)
+exit status (each command's --help gives its own):
+  0  success
+  1  acquire: denied; policy check: the policy has problems; reconcile: a counter drifts
   2  usage error, invalid policy or setting, unknown subject, plan, operation or limit
   3  the store could not be reached, or refused a command
+"""
+
+STORE_EXITS = """\
+exit status:
+  0  success
+  2  usage error, invalid policy or setting, unknown subject, plan, operation or limit
+  3  the store could not be reached, or refused a command
+"""
+
+ACQUIRE_EXITS = """\
+exit status:
+  0  allowed
+  1  denied (the decision, printed, names every violated limit)
+  2  usage error, invalid policy or setting, unknown subject, plan or operation
+  3  the store could not be reached, or refused a command
+"""
+
+CHECK_EXITS = """\
+exit status:
+  0  the policy is valid
+  1  the policy has problems (every one listed on stderr)
+  2  usage error, or no policy file to check
+"""
+
+SCHEMA_EXITS = """\
+exit status:
+  0  the schema was printed
 """
 
 CONFIG_HELP = f"the policy file (default: ./{commands.DEFAULT_CONFIG})"
@@ -81,13 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         description: str | None = None,
         parents: Sequence[argparse.ArgumentParser] = (common,),
         into: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+        exits: str = STORE_EXITS,
     ) -> argparse.ArgumentParser:
         command = into.add_parser(
             name,
             help=help,
             description=description or help,
             parents=list(parents),
-            epilog=EXIT_CODES,
+            epilog=exits,
             formatter_class=_Formatter,
         )
         command.set_defaults(run=run)
@@ -110,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "line, on stderr as FILE: KEY.PATH: what is wrong.",
         parents=(),
         into=policy_sub,
+        exits=CHECK_EXITS,
     )
     check.add_argument(
         "file",
@@ -124,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "print the JSON Schema of policy files",
         parents=(),
         into=policy_sub,
+        exits=SCHEMA_EXITS,
     )
 
     acquire = add(
@@ -133,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take COST units of OPERATION for SUBJECT under every limit of its plan, or "
         "none, and print the decision as JSON. Exit status 0 when allowed, 1 when "
         "denied.",
+        exits=ACQUIRE_EXITS,
     )
     acquire.add_argument("subject", metavar="SUBJECT")
     acquire.add_argument("operation", metavar="OPERATION")
