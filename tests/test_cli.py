@@ -449,3 +449,48 @@ def test_counts_are_shared_between_processes(
     done = process(*base, "usage", "acct_7", *options)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["limits"][0]["used"] == 3
+
+
+def test_usage_says_a_used_up_limit_is_used_up_not_allowed(run: Any, on_redis: list[str]) -> None:
+    for _ in range(3):
+        assert run("acquire", "acct_5", "ping", *on_redis).code == 0
+    limit = run("usage", "acct_5", *on_redis).json()["limits"][0]
+    assert (limit["name"], limit["used"], limit["remaining"]) == ("monthly", 3, 0)
+    assert limit["used_up"] is True
+    assert "allowed" not in limit and "retry_after" not in limit
+    assert limit["reset_after"] > 0
+    fresh = run("usage", "acct_6", *on_redis).json()["limits"][0]
+    assert (fresh["remaining"], fresh["used_up"]) == (3, False)
+    assert run("acquire", "acct_5", "ping", *on_redis).code == 1  # what used_up said
+
+
+@pytest.mark.parametrize(
+    ("argv", "own"),
+    [
+        (["demo"], "the demo ran"),
+        (["geocode"], "the batch ran: OUTPUT is written"),
+        (["acquire"], "1  denied"),
+        (["usage"], "0  success"),
+        (["policy", "check"], "1  the policy has problems"),
+        (["policy", "schema"], "0  the schema was printed"),
+    ],
+)
+def test_each_command_ends_with_its_own_exit_statuses(run: Any, argv: list[str], own: str) -> None:
+    out = run(*argv, "--help").out
+    statuses = out[out.index("exit status:") :]
+    assert own in statuses
+    if argv != ["acquire"]:
+        assert "acquire" not in statuses and "denied" not in statuses
+
+
+def test_demo_help_describes_its_three_parts_and_its_files(run: Any) -> None:
+    text = " ".join(run("demo", "--help").out.split())
+    for part in ("inbound: a simulated day", "geocoding: a batch", "metering: an hour of usage"):
+        assert part in text
+    assert "temporary folder, removed at the end" in text
+
+
+def test_geocode_help_says_where_stub_keys_come_from(run: Any) -> None:
+    text = " ".join(run("geocode", "--help").out.split())
+    assert "python -m tollway.outbound.geocode.stubs --config FILE" in text
+    assert "removes the cache file it created" in text

@@ -3,8 +3,12 @@ policy's numbers."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+import zipfile
 from decimal import Decimal
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -28,7 +32,24 @@ def day(request: pytest.FixtureRequest) -> DemoResult:
 
 
 def test_the_built_in_policy_is_the_example_file() -> None:
-    assert EXAMPLE.read_text(encoding="utf-8") == DEMO_POLICY
+    packaged = resources.files("tollway.demo").joinpath("tollway.toml").read_bytes()
+    assert EXAMPLE.read_bytes() == packaged
+    assert packaged.decode("utf-8") == DEMO_POLICY
+    # one file, not a copy: the example links to the package data the demo reads
+    assert EXAMPLE.resolve() == (ROOT / "src" / "tollway" / "demo" / "tollway.toml").resolve()
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_demo_policy(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("tollway-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("tollway/demo/tollway.toml") == EXAMPLE.read_bytes()
 
 
 def test_demo_command_runs_fast_and_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
@@ -195,7 +216,7 @@ def test_demo_on_a_policy_file(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 
 
 def test_geocoding_demo_fails_over_within_every_budget() -> None:
-    from tollway.demo_geocoding import demo_addresses, run_geocoding_demo
+    from tollway.demo.geocoding import demo_addresses, run_geocoding_demo
 
     demo = run_geocoding_demo()
     report = demo.report
@@ -233,3 +254,9 @@ def test_demo_prints_the_geocoding_part(capsys: pytest.CaptureFixture[str]) -> N
     assert "opencage: daily; here: daily; google: budget" in out
     assert "google       10  0.050 USD  budget: 0.00 USD" in out
     assert "alert: google budget reached 100%" in out
+    # the counts add up to the rows, and the CSV (deleted with its folder) is not named
+    assert (
+        "42 rows -> a temporary CSV: 36 geocoded (36 found, 0 with no match; 6 of them from " in out
+    )
+    assert "6 not geocoded (6 failed)" in out
+    assert ".csv" not in out

@@ -12,9 +12,8 @@ from decimal import Decimal
 
 import pytest
 
-from tollway.cli.demo_report import render_metering
 from tollway.cli.main import main
-from tollway.demo_metering import (
+from tollway.demo.metering import (
     ENRICH_PRICE,
     GEOCODE_PRICE,
     QUOTA,
@@ -25,6 +24,7 @@ from tollway.demo_metering import (
     MeteringDemo,
     run_metering_demo,
 )
+from tollway.demo.metering_report import render_metering
 from tollway.metering.entries import EXCEEDED, THRESHOLD, USAGE
 
 
@@ -199,7 +199,7 @@ def test_a_bad_total_is_reported_not_hidden(demo: MeteringDemo) -> None:
 def test_part_all_without_the_geocode_extra_still_runs_the_metering_part(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "tollway.demo_geocoding", None)  # as if geopy were missing
+    monkeypatch.setitem(sys.modules, "tollway.demo.geocoding", None)  # as if geopy were missing
     assert main(["demo", "--part", "all"]) == 0
     captured = capsys.readouterr()
     assert "skipped the geocoding part" in captured.err

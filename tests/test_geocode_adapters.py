@@ -382,3 +382,48 @@ def test_loopback_stubs_bypass_a_configured_proxy(
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
     assert adapter_for(stubs["google"]).lookup(QUERY).signal.kind == "ok"
+
+
+# -- adapters from a policy: every missing key at once ---------------------------------------------
+
+
+def test_every_missing_key_is_reported_at_once_with_its_key_path() -> None:
+    from tollway.outbound.geocode.from_policy import STUBS_HINT, adapters_from_policy
+    from tollway.policy import load
+
+    policy = load(
+        {
+            "providers": {
+                "a": {"kind": "opencage", "api_key_env": "TW_TEST_A", "price": "0 USD"},
+                "b": {"kind": "google", "api_key_env": "TW_TEST_B", "price": "0 USD"},
+                "c": {"kind": "nominatim", "price": "0 USD"},
+                "d": {"kind": "here", "price": "0 USD"},
+                "e": {"kind": "mapbox", "api_key_env": "TW_TEST_E", "price": "0 USD"},
+            },
+        }
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        adapters_from_policy(policy, ["a", "b", "c", "d", "e"], env={"TW_TEST_E": "k"})
+    text = str(caught.value)
+    assert text.startswith("3 providers cannot be called: ")
+    for part in (
+        "providers.a.api_key_env: the environment variable TW_TEST_A is not set",
+        "providers.b.api_key_env: the environment variable TW_TEST_B is not set",
+        "providers.d.api_key_env: missing (expected the name of the environment variable that "
+        "holds the here API key)",
+    ):
+        assert part in text
+    assert "providers.c" not in text and "providers.e" not in text
+    assert text.endswith(f"({STUBS_HINT})")
+    # one missing key: the message it always was, plus where stub keys come from
+    with pytest.raises(ConfigurationError) as caught:
+        adapters_from_policy(policy, ["a", "c"], env={})
+    assert str(caught.value) == (
+        "providers.a.api_key_env: the environment variable TW_TEST_A is not set; expected it "
+        f"to hold the provider's API key ({STUBS_HINT})"
+    )
+    built = adapters_from_policy(policy, ["a", "c"], env={"TW_TEST_A": "k"})
+    assert {name: adapter.kind for name, adapter in built.items()} == {
+        "a": "opencage",
+        "c": "nominatim",
+    }

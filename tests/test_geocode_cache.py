@@ -17,9 +17,7 @@ import pytest
 from tollway.errors import InvalidArgumentError, TollwayError
 from tollway.outbound.geocode.cache import (
     SCHEMA_VERSION,
-    CachedLookup,
     CacheError,
-    Fetched,
     ResultCache,
     normalize_query,
 )
@@ -28,6 +26,7 @@ from tollway.outbound.geocode.inflight import (
     ReentrantCallError,
     SingleFlight,
 )
+from tollway.outbound.geocode.lookup import CachedLookup, Fetched
 from tollway.outbound.geocode.result import GeocodeResult
 
 T = TypeVar("T")
@@ -179,6 +178,22 @@ def test_delete_clear_len_stats(tmp_path: Path) -> None:
         assert (stats.hits, stats.misses, stats.writes, stats.not_stored) == (1, 1, 5, 1)
         assert cache.clear() == 4
         assert len(cache) == 0
+
+
+def test_read_takes_a_normalized_key_and_counts_neither_hit_nor_miss(tmp_path: Path) -> None:
+    clock = [1000.0]
+    with ResultCache(tmp_path / "c.sqlite", clock=lambda: clock[0]) as cache:
+        cache.put("1 Elm  Street", make_result(), provider="p", namespace="n", ttl_s=10)
+        key = ResultCache.key("1 ELM STREET")
+        hit = cache.read(key, "n")
+        assert hit is not None and hit.provider == "p" and hit.result == make_result()
+        assert cache.read(key) is None  # another namespace
+        assert cache.read("1 Elm  Street", "n") is None  # a query, not a key: no match
+        assert (cache.stats().hits, cache.stats().misses) == (0, 0)
+        clock[0] += 11
+        assert cache.read(key, "n") is None  # expired
+        with pytest.raises(InvalidArgumentError):
+            cache.read(key, namespace=7)  # type: ignore[arg-type]
 
 
 def test_memory_cache_is_shared_by_threads() -> None:

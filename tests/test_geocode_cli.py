@@ -202,8 +202,8 @@ def test_geocode_end_to_end_with_the_spend_report(
 
     summary, table = report(result.out)
     assert summary == (
-        f"13 rows -> {output}: 10 geocoded (1 with no match, 1 from the cache), "
-        "3 not geocoded, 2 failed, 1 invalid"
+        f"13 rows -> {output}: 10 geocoded (9 found, 1 with no match; 1 of them from the "
+        "cache), 3 not geocoded (2 failed, 1 invalid)"
     )
     assert set(table) == {"opencage", "google", "here"}
     assert {p: int(t["calls"]) for p, t in table.items()} == {
@@ -339,7 +339,7 @@ def test_a_second_run_resumes_from_the_cache_and_calls_nobody(
         if one["status"] != "failed":  # a failure's message says how long until midnight
             assert two["error"] == one["error"]
     summary, table = report(second.out)
-    assert "9 geocoded (1 with no match, 9 from the cache)" in summary
+    assert "9 geocoded (8 found, 1 with no match; 9 of them from the cache)" in summary
     assert {p: t["calls"] for p, t in table.items()} == {
         "opencage": "0",
         "google": "0",
@@ -552,8 +552,12 @@ def _runs(
             assert "in flight when an earlier run stopped" in row["error"]
             assert row["lat"] == ""
     summary, _ = report(done.stdout)
-    assert f"{len(interrupted)} interrupted" in summary
-    assert f"{len(interrupted)} not geocoded" in summary
+    geocoded = ROWS - len(interrupted)
+    assert re.search(
+        rf"{geocoded} geocoded \({geocoded} found, 0 with no match; \d+ of them from the "
+        rf"cache\), {len(interrupted)} not geocoded \({len(interrupted)} interrupted\)$",
+        summary,
+    )
 
     sent = Counter(q for stub in stubs.values() for q in stub.queries)
     assert sent and max(sent.values()) == 1  # no address was ever sent twice
@@ -587,7 +591,10 @@ def _runs(
     assert set(again) == interrupted and max(again.values()) == 1
     assert slack() == loose
     summary, table = report(retried.stdout)
-    assert f"{ROWS} geocoded (0 with no match, {ROWS - len(interrupted)} from the cache)" in summary
+    assert (
+        f"{ROWS} geocoded ({ROWS} found, 0 with no match; {ROWS - len(interrupted)} of them "
+        "from the cache), 0 not geocoded"
+    ) in summary
     assert sum(int(t["calls"]) for t in table.values()) == len(interrupted)
 
     # A last run: everything from the cache, nobody called.
@@ -595,7 +602,10 @@ def _runs(
     last = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=60)
     assert last.returncode == 0, last.stderr
     assert Counter(q for stub in stubs.values() for q in stub.queries) == final
-    assert f"{ROWS} geocoded (0 with no match, {ROWS} from the cache)" in last.stdout
+    assert (
+        f"{ROWS} geocoded ({ROWS} found, 0 with no match; {ROWS} of them from the cache), "
+        "0 not geocoded"
+    ) in last.stdout
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -766,7 +776,7 @@ def test_bad_rows_are_reported_and_never_fatal(
         assert f"tollway: note: {source}:{line}: invalid: " in result.err
     summary, _ = report(result.out)
     assert summary.startswith(f"7 rows -> {output}: 3 geocoded")
-    assert "4 not geocoded, 4 invalid" in summary
+    assert summary.endswith("4 not geocoded (4 invalid)")
     assert sorted(stubs["opencage"].queries) == ["1 Good Road", "5 Good Road", "7 Good Road"]
     assert calls(stubs) == {"opencage": 3, "google": 0, "here": 0, "nominatim": 0}
 
@@ -811,7 +821,8 @@ def test_a_provider_answering_garbage_fails_the_rows_and_spends_nothing(
     assert calls(stubs) == {"opencage": 5, "google": 5, "here": 5, "nominatim": 0}
     assert {k: s.served for k, s in stubs.items()} == dict.fromkeys(KINDS, 0)
     summary, table = report(result.out)
-    assert "0 geocoded" in summary and "12 failed" in summary
+    assert summary.endswith(": 0 geocoded (0 found, 0 with no match; 0 of them from the cache), "
+                            "12 not geocoded (12 failed)")  # fmt: skip
     for name in ("opencage", "google", "here"):
         assert table[name]["calls"] == "0"
         assert money(table[name]["cost"]) == 0
@@ -820,3 +831,227 @@ def test_a_provider_answering_garbage_fails_the_rows_and_spends_nothing(
     assert status["opencage"].limit("daily").used == 0
     assert status["google"].limit("budget").used == Decimal(0)
     assert status["here"].limit("daily").used == 0
+
+
+# ------------------------------------------------------------------------------ failed runs
+
+
+def _cache_files(output: Path) -> list[Path]:
+    return sorted(output.parent.glob(output.name + ".tollway.sqlite*"))
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda p: p.write_text("", encoding="utf-8"), "the file is empty"),
+        (lambda p: p.write_text("street\n1 Main St\n", encoding="utf-8"), "no column 'address'"),
+        (lambda p: p.write_bytes(b"address\n\xff\xfe\n"), "not UTF-8 text"),
+    ],
+)
+def test_a_failed_run_leaves_no_cache_file_behind(
+    run: Any,
+    stubs: dict[str, StubServer],
+    tmp_path: Path,
+    tz: str,
+    make_input: Any,
+    message: str,
+) -> None:
+    source = tmp_path / "in.csv"
+    make_input(source)
+    output = tmp_path / "out.csv"
+    result = run(
+        "geocode", source, "-o", output, "--config", write_policy(tmp_path, three(stubs, tz))
+    )
+    assert result.code == 2
+    assert message in error_line(result.err)
+    assert not output.exists()
+    assert _cache_files(output) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "state", "tollway.toml"] or (
+        sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "tollway.toml"]
+    )
+
+
+def test_a_failed_run_keeps_the_cache_of_an_earlier_run(
+    run: Any, stubs: dict[str, StubServer], tmp_path: Path, tz: str
+) -> None:
+    config = write_policy(tmp_path, three(stubs, tz))
+    source = write_csv(tmp_path / "in.csv", ["address"], [["1 Main St"], ["2 Main St"]])
+    output = tmp_path / "out.csv"
+    assert run("geocode", source, "-o", output, "--config", config).code == 0
+    cache = Path(f"{output}.tollway.sqlite")
+    assert cache.is_file()
+    bad = write_csv(tmp_path / "bad.csv", ["street"], [["1 Main St"]])
+    failed = run("geocode", bad, "-o", output, "--config", config)
+    assert failed.code == 2 and "no column 'address'" in error_line(failed.err)
+    assert cache.is_file()  # the earlier run's answers: a resumable run owns them
+    again = run("geocode", source, "-o", output, "--config", config)
+    assert again.code == 0
+    assert "2 of them from the cache" in again.out.splitlines()[0]
+    assert calls(stubs)["opencage"] == 2  # resumed: nobody called again
+
+
+def test_a_run_that_fails_after_paying_keeps_its_answers(
+    run: Any,
+    stubs: dict[str, StubServer],
+    tmp_path: Path,
+    tz: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run stopped mid-way (here: Ctrl-C after the first row) keeps the answers it paid for,
+    says so, and the next run resumes from them."""
+    from tollway.cli import geocode as geocode_cli
+
+    config = write_policy(tmp_path, three(stubs, tz))
+    source = write_csv(tmp_path / "in.csv", ["address"], [["1 Main St"], ["2 Main St"]])
+    output = tmp_path / "out.csv"
+
+    def stop_after_one(out: Any) -> Any:
+        def show(done: int, total: int, statuses: Any) -> None:
+            raise KeyboardInterrupt
+
+        return show
+
+    monkeypatch.setattr(geocode_cli, "_bar", stop_after_one)
+    stopped = run(
+        "geocode",
+        source,
+        "-o",
+        output,
+        "--config",
+        config,
+        "--workers",
+        "1",
+        "--progress",
+        "always",
+    )
+    assert stopped.code == 130
+    assert f"kept {output}.tollway.sqlite: it holds 1 answer and 0 calls in flight" in stopped.err
+    assert not output.exists()
+    monkeypatch.undo()
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    again = run("geocode", source, "-o", output, "--config", config, "--workers", "1")
+    assert again.code == 0, again.err
+    assert "1 of them from the cache" in again.out.splitlines()[0]
+    assert stubs["opencage"].queries == ["1 Main St", "2 Main St"]  # each paid once
+
+
+def test_every_missing_key_is_one_error_and_nothing_is_written(
+    run: Any, stubs: dict[str, StubServer], tmp_path: Path, tz: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name)
+    source = write_csv(tmp_path / "in.csv", ["address"], [["1 Main St"]])
+    output = tmp_path / "out.csv"
+    result = run(
+        "geocode", source, "-o", output, "--config", write_policy(tmp_path, three(stubs, tz))
+    )
+    assert result.code == 2
+    line = error_line(result.err)
+    assert line.startswith("3 providers cannot be called: ")
+    for kind in ("opencage", "google", "here"):
+        assert f"providers.{kind}.api_key_env: the environment variable {KEY_ENV[kind]}" in line
+    assert "python -m tollway.outbound.geocode.stubs" in line
+    assert not output.exists() and _cache_files(output) == []
+    assert calls(stubs) == dict.fromkeys(KINDS, 0)
+
+
+@pytest.mark.parametrize("how", ["same path", "another path", "a symlink", "the cache"])
+def test_an_output_that_is_the_input_is_refused_and_nothing_written(
+    run: Any, stubs: dict[str, StubServer], tmp_path: Path, tz: str, how: str
+) -> None:
+    source = write_csv(tmp_path / "in.csv", ["address"], [["1 Main St"]])
+    before = source.read_bytes()
+    config = write_policy(tmp_path, three(stubs, tz))
+    extra: list[str | Path] = []
+    output: Path = source
+    if how == "another path":
+        (tmp_path / "sub").mkdir()
+        output = tmp_path / "sub" / ".." / "in.csv"
+    elif how == "a symlink":
+        output = tmp_path / "link.csv"
+        output.symlink_to(source)
+    elif how == "the cache":
+        output = tmp_path / "out.csv"
+        extra = ["--cache", source]
+    result = run("geocode", source, "-o", output, "--config", config, *extra)
+    assert result.code == 2
+    line = error_line(result.err)
+    assert f"is the input file {source}" in line
+    assert source.read_bytes() == before
+    assert not Path(f"{output}.tollway.sqlite").exists()
+    assert not (tmp_path / "out.csv").exists()
+    assert calls(stubs) == dict.fromkeys(KINDS, 0)
+
+
+def test_a_provider_that_says_it_is_out_is_shown_exhausted_not_with_its_count(
+    run: Any, stubs: dict[str, StubServer], tmp_path: Path, tz: str
+) -> None:
+    stubs["opencage"].quota(0)  # the provider's own quota: used up, whatever tollway counted
+    source = write_csv(tmp_path / "in.csv", ["address"], [["1 Main St"], ["2 Main St"]])
+    output = tmp_path / "out.csv"
+    config = write_policy(tmp_path, three(stubs, tz))
+    result = run("geocode", source, "-o", output, "--config", config, "--workers", "1")
+    assert result.code == 0, result.err
+    summary, table = report(result.out)
+    assert summary.endswith("2 geocoded (2 found, 0 with no match; 0 of them from the cache), "
+                            "0 not geocoded")  # fmt: skip
+    opencage = table["opencage"]
+    assert opencage["calls"] == "0"  # refused with a 402: not billed
+    assert opencage["left"] == "daily: 0 calls, says the provider (3 calls by our count)"
+    assert re.fullmatch(r"exhausted for \d+h\d\dm|exhausted for \d+ (s|min)", opencage["state"])
+    assert opencage["passed over (why)"] == "failed 1, exhausted 1"  # the 402, then its gate
+    assert table["google"]["state"] == "open"
+    assert table["google"]["left"] == "budget: 0.01 USD"
+
+
+def test_the_stubs_module_and_its_printed_settings_run_a_batch(
+    run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a new user does: start the stubs on their own, set what they print, geocode."""
+    policy_file = tmp_path / "tollway.toml"
+    base = (
+        '[providers.opencage]\nkind = "opencage"\napi_key_env = "NEW_USER_OPENCAGE_KEY"\n'
+        'price = "0 USD"\nlimits = [{ name = "daily", quota = "2/day" }]\n'
+        '[providers.google]\nkind = "google"\napi_key_env = "NEW_USER_GOOGLE_KEY"\n'
+        'price = "0.005 USD"\n'
+        '[routes.geocoding]\nproviders = ["opencage", "google"]\n'
+    )
+    policy_file.write_text(base, encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tollway.outbound.geocode.stubs", "--config", str(policy_file)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        printed: list[str] = []
+        for line in proc.stdout:
+            printed.append(line.rstrip("\n"))
+            if line.startswith("# serving until"):
+                break
+        settings: dict[str, list[str]] = {}
+        current = ""
+        for line in printed:
+            if line.startswith("export "):
+                name, _, value = line.removeprefix("export ").partition("=")
+                monkeypatch.setenv(name, value)
+            elif line.startswith("[providers."):
+                current = line.split("]")[0].removeprefix("[providers.")
+            elif current and line.startswith(("domain = ", "scheme = ")):
+                settings.setdefault(current, []).append(line)
+        text = base
+        for name, lines in settings.items():
+            head = f"[providers.{name}]\n"
+            text = text.replace(head, head + "\n".join(lines) + "\n")
+        policy_file.write_text(text, encoding="utf-8")
+        source = write_csv(tmp_path / "in.csv", ["address"], [[f"{n} Main St"] for n in range(3)])
+        output = tmp_path / "out.csv"
+        result = run("geocode", source, "-o", output, "--config", policy_file, "--workers", "1")
+        assert result.code == 0, result.err
+        _, rows = read_csv(output)
+        assert [r["provider"] for r in rows] == ["opencage", "opencage", "google"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

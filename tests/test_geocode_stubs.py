@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -461,3 +463,107 @@ def test_running_stubs_gives_one_server_per_kind() -> None:
         assert sorted(running) == ["google", "here"]
         assert running["google"].port != running["here"].port
         assert all(get(s, target(k, "x"))[0] == 200 for k, s in running.items())
+
+
+# -- python -m tollway.outbound.geocode.stubs ----------------------------------------------------
+
+STUBS_MODULE = [sys.executable, "-m", "tollway.outbound.geocode.stubs"]
+
+
+def _started(argv: list[str], env: dict[str, str] | None = None) -> tuple[Any, list[str]]:
+    """The module as a real process, and what it printed up to its last line before serving."""
+    proc = subprocess.Popen(
+        [*STUBS_MODULE, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("# serving until"):
+            break
+    return proc, lines
+
+
+def _stop(proc: Any, sig: int) -> tuple[int, str, str]:
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
+def test_the_module_serves_the_policys_stubs_prints_what_to_set_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    policy_file = tmp_path / "tollway.toml"
+    policy_file.write_text(
+        "[providers.cheap]\n"
+        'kind = "opencage"\napi_key_env = "MY_OPENCAGE_KEY"\nprice = "0 USD"\n'
+        "[providers.paid]\n"
+        'kind = "google"\napi_key_env = "MY_GOOGLE_KEY"\nprice = "0.005 USD"\n'
+        '[routes.geocoding]\nproviders = ["cheap", "paid"]\n',
+        encoding="utf-8",
+    )
+    proc, lines = _started(["--config", str(policy_file)])
+    try:
+        assert lines[0].startswith("geocoding stubs on 127.0.0.1 (loopback only)")
+        urls = dict(line.split() for line in lines[1:3])
+        assert set(urls) == {"opencage", "google"}
+        assert all(url.startswith("http://127.0.0.1:") for url in urls.values())
+        assert "export MY_OPENCAGE_KEY=stub-key" in lines
+        assert "export MY_GOOGLE_KEY=stub-key" in lines
+        cheap = lines.index("[providers.cheap]  # kind opencage")
+        domain = urls["opencage"].removeprefix("http://")
+        assert lines[cheap + 1 : cheap + 3] == [f'domain = "{domain}"', 'scheme = "http"']
+        # a real request to the printed address, in OpenCage's format
+        host, port = domain.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/geocode/v1/json?" + urlencode({"q": "1 Main St", "key": "k"}))
+        answer = conn.getresponse()
+        assert answer.status == 200
+        assert json.loads(answer.read())["results"][0]["components"]["city"] == CITY
+        conn.close()
+    finally:
+        code, out, err = _stop(proc, signal.SIGTERM)
+    assert (code, out.strip(), err) == (0, "stopped", "")
+
+
+def test_the_module_without_a_policy_serves_every_kind_and_stops_on_ctrl_c() -> None:
+    proc, lines = _started([])
+    try:
+        assert [line.split()[0] for line in lines[1 : 1 + len(KINDS)]] == list(KINDS)
+        assert "export OPENCAGE_API_KEY=stub-key" in lines
+        assert "export GOOGLE_MAPS_API_KEY=stub-key" in lines
+        assert not any("NOMINATIM" in line for line in lines)  # nominatim takes no key
+        assert "[providers.google]" in lines and 'api_key_env = "GOOGLE_MAPS_API_KEY"' in lines
+    finally:
+        code, out, _ = _stop(proc, signal.SIGINT)
+    assert (code, out.strip()) == (0, "stopped")
+
+
+def test_the_modules_help_documents_the_provider_keys() -> None:
+    done = subprocess.run(
+        [*STUBS_MODULE, "--help"], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "accepts any non-empty key" in text
+    assert OPENCAGE_KEY_402 in text and OPENCAGE_KEY_403 in text
+    assert "SIGTERM" in text and "127.0.0.1" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--kinds", "bing"], "--kinds: bing; expected some of nominatim, opencage"),
+        (["--port", "70000"], "--port: 70000 is out of range"),
+    ],
+)
+def test_the_module_refuses_bad_arguments(argv: list[str], message: str) -> None:
+    done = subprocess.run(
+        [*STUBS_MODULE, *argv], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert message in done.stderr

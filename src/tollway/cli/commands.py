@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from tollway.cli.output import note, plural, print_json
 from tollway.client import Tollway
 from tollway.errors import ConfigurationError, PolicyError, StoreUnavailableError
 from tollway.policy import load, policy_schema
 from tollway.policy.model import Policy
+from tollway.usage import Usage
 
 DEFAULT_CONFIG = "tollway.toml"
 
@@ -21,6 +23,17 @@ FAILED = 2
 """A usage error, a bad policy or setting, an unknown name: the caller's to fix."""
 STORE_FAILED = 3
 """The store could not be reached, or refused a command."""
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
 
 
 def config_path(args: argparse.Namespace) -> Path:
@@ -63,9 +76,22 @@ def acquire(args: argparse.Namespace) -> int:
     return OK if decision.allowed else DENIED
 
 
+def usage_document(usage: Usage) -> dict[str, Any]:
+    """`Usage.to_dict` without what a read of zero units cannot tell: its ``allowed`` and
+    ``retry_after`` say whether a step of cost 0 would pass (always), not whether the limit has
+    room. ``used_up`` says that: nothing of the limit is left (a quota's grace, if it has one,
+    may still let a little through; ``reset_after`` says when it is whole again)."""
+    document = usage.to_dict()
+    for state, limit in zip(usage.limits, document["limits"], strict=True):
+        limit.pop("allowed", None)
+        limit.pop("retry_after", None)
+        limit["used_up"] = state.remaining <= 0
+    return document
+
+
 def usage(args: argparse.Namespace) -> int:
     with open_tollway(args) as tw:
-        print_json(tw.usage(args.subject).to_dict())
+        print_json(usage_document(tw.usage(args.subject)))
     return OK
 
 
@@ -123,39 +149,4 @@ def policy_check(args: argparse.Namespace) -> int:
 
 def policy_schema_command(args: argparse.Namespace) -> int:
     print_json(policy_schema())
-    return OK
-
-
-def demo(args: argparse.Namespace) -> int:
-    from tollway.cli.report import render
-    from tollway.demo import simulate
-
-    policy = None if args.config is None else load(Path(args.config))
-    name = "built in (the same as examples/tollway.toml)" if policy is None else args.config
-    printed = False
-    if args.part in ("all", "inbound"):
-        print(render(simulate(args.seed, args.subjects, policy), name))
-        printed = True
-    if args.part in ("all", "geocoding"):
-        try:
-            from tollway.cli.geocode import render_geocoding
-            from tollway.demo_geocoding import run_geocoding_demo
-        except ImportError as exc:  # geopy is the optional "geocode" extra
-            if args.part == "geocoding":
-                raise ConfigurationError(
-                    f"the geocoding demo needs geopy ({exc}); pip install 'tollway[geocode]'"
-                ) from None
-            note(f"skipped the geocoding part: it needs pip install 'tollway[geocode]' ({exc})")
-        else:
-            if printed:
-                print()
-            print(render_geocoding(run_geocoding_demo()))
-            printed = True
-    if args.part in ("all", "metering"):
-        from tollway.cli.demo_report import render_metering
-        from tollway.demo_metering import run_metering_demo
-
-        if printed:
-            print()
-        print(render_metering(run_metering_demo(args.seed)))
     return OK

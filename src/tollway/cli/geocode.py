@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -13,10 +14,25 @@ from tollway.cli.output import note, plural, table
 from tollway.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from tollway.demo_geocoding import GeocodingDemo
-    from tollway.outbound.geocode.batch import BatchReport
+    from tollway.outbound.geocode.batch import BatchReport, ProviderSpend
 
-__all__ = ["geocode", "register", "render_geocoding", "spend_report"]
+__all__ = ["geocode", "register", "spend_report", "summary"]
+
+EXITS = """\
+exit status:
+  0  the batch ran: OUTPUT is written; rows not geocoded (failed, interrupted, invalid) are
+     listed on stderr and in OUTPUT's status column, and do not change the status
+  2  usage error; invalid policy or setting; provider keys not set (every one named at once);
+     INPUT unreadable or without the column; OUTPUT (or --cache) is INPUT itself
+  3  the store could not be reached, or refused a command
+A run that fails writes no OUTPUT and removes the cache file it created, unless that file
+holds answers it paid for (running again resumes from them).
+
+provider keys: each provider's api_key_env names the environment variable holding its key.
+To try tollway geocode without real keys, python -m tollway.outbound.geocode.stubs --config
+FILE serves local stand-ins of the providers and prints the variables to set (any value) and
+the domain/scheme lines that point the policy at them.
+"""
 
 BAR = 30
 
@@ -30,7 +46,10 @@ def register(sub: Any, add: Any) -> None:
         "(each provider held on its rate, quotas and budgets at once, failing over before one "
         "breaks), write INPUT's rows with the results to OUTPUT, and print a spend report per "
         "provider. Answers are kept in a SQLite cache, so running again resumes without paying "
-        "for rows already done; bad rows are reported, never fatal.",
+        "for rows already done; bad rows are reported, never fatal. The summary's counts add "
+        "up to the rows: geocoded (found, or no match; some of them from the cache) plus not "
+        "geocoded (failed, interrupted, invalid).",
+        exits=EXITS,
     )
     command.add_argument("input", metavar="INPUT.csv")
     command.add_argument("-o", "--output", required=True, metavar="OUTPUT.csv")
@@ -64,26 +83,38 @@ def register(sub: Any, add: Any) -> None:
 
 def geocode(args: argparse.Namespace) -> int:
     try:  # geopy is the optional "geocode" extra
-        from tollway.outbound.geocode.batch import geocode_csv
+        from tollway.outbound.geocode.batch import check_paths, geocode_csv
         from tollway.outbound.geocode.geocoder import Geocoder
     except ImportError as exc:
         raise ConfigurationError(
             f"tollway geocode needs geopy ({exc}); pip install 'tollway[geocode]'"
         ) from None
+    check_paths(args.input, args.output)
     cache = Path(args.cache) if args.cache else Path(f"{args.output}.tollway.sqlite")
-    with (
-        open_tollway(args) as tw,
-        Geocoder(tw, args.route, cache=cache, retry_interrupted=args.retry_interrupted) as geocoder,
-    ):
-        show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
-        report = geocode_csv(
-            geocoder,
-            args.input,
-            args.output,
-            column=args.column,
-            workers=max(1, args.workers),
-            progress=_bar(sys.stderr) if show else None,
-        )
+    if args.cache:
+        check_paths(args.input, cache)
+        check_paths(args.output, cache)
+    existed = any(path.exists() for path in _files_of(cache))
+    try:
+        with (
+            open_tollway(args) as tw,
+            Geocoder(
+                tw, args.route, cache=cache, retry_interrupted=args.retry_interrupted
+            ) as geocoder,
+        ):
+            show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+            report = geocode_csv(
+                geocoder,
+                args.input,
+                args.output,
+                column=args.column,
+                workers=max(1, args.workers),
+                progress=_bar(sys.stderr) if show else None,
+            )
+    except BaseException:
+        if not existed:
+            _discard_unused(cache)
+        raise
     if show:
         print(file=sys.stderr)
     for line in spend_report(report, args.output):
@@ -93,6 +124,39 @@ def geocode(args: argparse.Namespace) -> int:
     if len(report.bad_rows) > 20:
         note(f"... and {len(report.bad_rows) - 20} more rows not geocoded (see {args.output})")
     return OK
+
+
+def _files_of(cache: Path) -> list[Path]:
+    """The SQLite file and its companions (WAL mode's -wal and -shm, a rollback journal)."""
+    return [cache, *(cache.with_name(cache.name + end) for end in ("-wal", "-shm", "-journal"))]
+
+
+def _discard_unused(cache: Path) -> None:
+    """After a failed run, remove the cache file that this run created, unless it holds an
+    answer (paid for: the next run resumes from it) or an in-flight mark (maybe billed)."""
+    from tollway.outbound.geocode.cache import CacheError, ResultCache
+    from tollway.outbound.geocode.pending import PendingCalls
+
+    if not cache.exists():
+        return
+    try:
+        with ResultCache(cache) as results:
+            answers = len(results)
+        pending = PendingCalls(cache)
+        try:
+            marks = pending.count()
+        finally:
+            pending.close()
+    except CacheError:  # not ours to judge: leave it
+        return
+    if answers or marks:
+        note(
+            f"kept {cache}: it holds {plural(answers, 'answer')} and "
+            f"{plural(marks, 'call')} in flight from this run; running again resumes from it"
+        )
+        return
+    for path in _files_of(cache):
+        path.unlink(missing_ok=True)
 
 
 def _bar(out: TextIO) -> Any:
@@ -105,19 +169,40 @@ def _bar(out: TextIO) -> Any:
     return show
 
 
-def spend_report(report: BatchReport, output: str) -> list[str]:
-    done = report.statuses["ok"] + report.statuses["no_match"]
-    lines = [
-        f"{plural(report.rows, 'row')} -> {output}: {done} geocoded "
-        f"({report.statuses['no_match']} with no match, {report.cached} from the cache), "
-        f"{len(report.bad_rows)} not geocoded"
-        + "".join(
-            f", {report.statuses[k]} {k}"
-            for k in ("failed", "interrupted", "invalid")
-            if report.statuses[k]
-        ),
-        "",
-    ]
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{math.ceil(seconds)} s"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def summary(report: BatchReport, output: str | None) -> str:
+    """One line whose counts add up: geocoded + not geocoded = rows; the parts of each in
+    parentheses (the cached rows are some of the geocoded ones). ``output`` None: a CSV that
+    is not kept (the demo's)."""
+    where = output if output is not None else "a temporary CSV"
+    statuses = report.statuses
+    found, empty = statuses["ok"], statuses["no_match"]
+    text = (
+        f"{plural(report.rows, 'row')} -> {where}: {report.geocoded} geocoded "
+        f"({found} found, {empty} with no match; {report.cached} of them from the cache), "
+        f"{report.not_geocoded} not geocoded"
+    )
+    parts = [f"{statuses[k]} {k}" for k in ("failed", "interrupted", "invalid") if statuses[k]]
+    return text + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _state(spend: ProviderSpend) -> str:
+    shut = [f"{gate} for {_duration(wait)}" for gate, wait in spend.shut.items()]
+    return ", ".join(shut) or "open"
+
+
+def spend_report(report: BatchReport, output: str | None) -> list[str]:
+    """The summary line, then per provider: calls paid in this run, their cost, what is left,
+    whether a health gate is shut (and for how long), why calls went past it."""
+    lines = [summary(report, output), ""]
     rows = []
     for spend in report.providers.values():
         why = ", ".join(f"{reason} {count}" for reason, count in spend.skipped.most_common())
@@ -127,49 +212,10 @@ def spend_report(report: BatchReport, output: str) -> list[str]:
                 str(spend.calls),
                 f"{spend.cost} {spend.currency or ''}".strip(),
                 "; ".join(f"{name}: {left}" for name, left in spend.left.items()) or "-",
+                _state(spend),
                 why or "-",
             ]
         )
-    lines += table(["provider", "calls", "cost", "left", "passed over (why)"], rows, right={1})
+    headers = ["provider", "calls", "cost", "left", "state", "passed over (why)"]
+    lines += table(headers, rows, right={1})
     return lines
-
-
-def render_geocoding(demo: GeocodingDemo) -> str:
-    """The demo's geocoding part, as text: who answered which rows and why others were
-    passed over, then the spend report."""
-    from tollway.demo_geocoding import KINDS
-
-    report = demo.report
-    lines = [
-        f'Geocoding: {plural(report.rows, "address", "addresses")} through route "geocoding" '
-        f"({' -> '.join(KINDS)}), stub providers on 127.0.0.1 speaking their real formats",
-        "",
-    ]
-    runs: list[tuple[int, int, str, str]] = []
-    for number, outcome in enumerate(report.outcomes, start=1):
-        who = outcome.provider or "-"
-        if outcome.from_cache:
-            who += " (cached)"
-        if outcome.status == "failed":
-            who = "nobody"
-        why = "; ".join(
-            f"{skip.provider}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else "")
-            for skip in outcome.skipped
-        )
-        if runs and runs[-1][2:] == (who, why):
-            first, _, _, _ = runs[-1]
-            runs[-1] = (first, number, who, why)
-        else:
-            runs.append((number, number, who, why))
-    rows = [[f"{a}" if a == b else f"{a}-{b}", who, why or "-"] for a, b, who, why in runs]
-    lines += table(["rows", "answered by", "passed over"], rows, indent="  ")
-    lines += ["", *spend_report(report, "geocoded.csv")]
-    if demo.alerts:
-        lines.append("")
-        lines += [
-            f"  alert: {a.provider} {a.limit} reached {a.threshold:.0%} ({a.used} USD used)"
-            for a in demo.alerts
-        ]
-    billed = ", ".join(f"{kind} {count}" for kind, count in demo.served.items())
-    lines += ["", f"Calls the stub providers answered (what they would bill): {billed}"]
-    return "\n".join(lines)

@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 
 from tollway import __version__
 from tollway.cli import commands, keys
+from tollway.cli import demo as demo_cli
 from tollway.cli import geocode as geocode_cli
 from tollway.cli import hooks as hooks_cli
 from tollway.cli import reconcile as reconcile_cli
@@ -20,11 +21,38 @@ from tollway.errors import PolicyError, StoreError, TollwayError
 Command = Callable[[argparse.Namespace], int]
 
 EXIT_CODES = """\
-exit status:
-  0  success (acquire: allowed; policy check: the policy is valid)
-  1  acquire: denied; policy check: the policy has problems (listed on stderr)
+exit status (each command's --help gives its own):
+  0  success
+  1  acquire: denied; policy check: the policy has problems; reconcile: a counter drifts
   2  usage error, invalid policy or setting, unknown subject, plan, operation or limit
   3  the store could not be reached, or refused a command
+"""
+
+STORE_EXITS = """\
+exit status:
+  0  success
+  2  usage error, invalid policy or setting, unknown subject, plan, operation or limit
+  3  the store could not be reached, or refused a command
+"""
+
+ACQUIRE_EXITS = """\
+exit status:
+  0  allowed
+  1  denied (the decision, printed, names every violated limit)
+  2  usage error, invalid policy or setting, unknown subject, plan or operation
+  3  the store could not be reached, or refused a command
+"""
+
+CHECK_EXITS = """\
+exit status:
+  0  the policy is valid
+  1  the policy has problems (every one listed on stderr)
+  2  usage error, or no policy file to check
+"""
+
+SCHEMA_EXITS = """\
+exit status:
+  0  the schema was printed
 """
 
 CONFIG_HELP = f"the policy file (default: ./{commands.DEFAULT_CONFIG})"
@@ -41,16 +69,6 @@ def _decimal(text: str) -> Decimal:
         value = Decimal("NaN")
     if not value.is_finite():
         raise argparse.ArgumentTypeError(f"{text!r} is not an amount; expected e.g. 0.25")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return value
 
 
@@ -90,50 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
         description: str | None = None,
         parents: Sequence[argparse.ArgumentParser] = (common,),
         into: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+        exits: str = STORE_EXITS,
     ) -> argparse.ArgumentParser:
         command = into.add_parser(
             name,
             help=help,
             description=description or help,
             parents=list(parents),
-            epilog=EXIT_CODES,
+            epilog=exits,
             formatter_class=_Formatter,
         )
         command.set_defaults(run=run)
         return command
 
-    demo = add(
-        "demo",
-        commands.demo,
-        "simulate a day of traffic through a policy, in memory",
-        description="Simulate one day of API traffic (free and pro subjects: bursts, an hourly "
-        "quota run out, a spend budget run out, an upgrade at noon, reservations) "
-        "through the engine on the memory store with a fake clock, and print what "
-        "happened. Uses the built-in policy (the same as examples/tollway.toml) unless "
-        "--config is given; a policy of your own must declare plans free and pro and "
-        "operations geocode, search and enrich.",
-        parents=(),
-    )
-    demo.add_argument(
-        "--config", metavar="FILE", help="run the day on this policy instead of the built-in one"
-    )
-    demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    demo.add_argument(
-        "--part",
-        choices=("all", "inbound", "geocoding", "metering"),
-        default="all",
-        help="inbound: the day of API traffic; geocoding: a batch failing over across three "
-        "stub providers as their budgets run out; metering: an hour of usage written to a "
-        "SQLite ledger and delivered to a callable and a signed webhook, held against the "
-        "counters (default: all three)",
-    )
-    demo.add_argument(
-        "--subjects",
-        type=_positive,
-        default=4,
-        metavar="N",
-        help="how many subjects; roles repeat every four (default: 4, max: 40)",
-    )
+    demo_cli.register(sub, add)
 
     policy = sub.add_parser(
         "policy",
@@ -150,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "line, on stderr as FILE: KEY.PATH: what is wrong.",
         parents=(),
         into=policy_sub,
+        exits=CHECK_EXITS,
     )
     check.add_argument(
         "file",
@@ -164,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "print the JSON Schema of policy files",
         parents=(),
         into=policy_sub,
+        exits=SCHEMA_EXITS,
     )
 
     acquire = add(
@@ -173,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take COST units of OPERATION for SUBJECT under every limit of its plan, or "
         "none, and print the decision as JSON. Exit status 0 when allowed, 1 when "
         "denied.",
+        exits=ACQUIRE_EXITS,
     )
     acquire.add_argument("subject", metavar="SUBJECT")
     acquire.add_argument("operation", metavar="OPERATION")
@@ -190,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
         "usage",
         commands.usage,
         "print where every limit of a subject stands, as JSON",
-        description="Print where every limit of SUBJECT's plan stands, as JSON, consuming nothing.",
+        description="Print where every limit of SUBJECT's plan stands, as JSON, consuming "
+        "nothing: per limit its kind, limit, used, remaining, reset_after (seconds until it is "
+        "whole again) and used_up (nothing left of it now; a quota's grace may still let a "
+        "little through).",
     )
     usage.add_argument("subject", metavar="SUBJECT")
 

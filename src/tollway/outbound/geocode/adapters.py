@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
-import math
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from geopy.adapters import AdapterHTTPError, URLLibAdapter  # type: ignore[import-untyped]
 from geopy.exc import (  # type: ignore[import-untyped]
@@ -54,8 +51,18 @@ from geopy.geocoders import (  # type: ignore[import-untyped]
 )
 
 from tollway.errors import ConfigurationError, InvalidArgumentError
+from tollway.outbound.geocode.replies import (
+    RateInfo,
+    clip,
+    google_signal,
+    json_or_none,
+    message_of,
+    rate_block,
+    read_rate_headers,
+    retry_after_of,
+)
 from tollway.outbound.geocode.result import GeocodeResult
-from tollway.outbound.signals import ProviderCallError, Signal, parse_retry_after
+from tollway.outbound.signals import ProviderCallError, Signal
 
 __all__ = [
     "ADAPTER_KINDS",
@@ -77,7 +84,6 @@ _DEFAULT_DOMAINS = {
     "nominatim": "nominatim.openstreetmap.org",
     "mapbox": "api.mapbox.com",
 }
-_DETAIL_MAX = 200  # characters of a provider's message kept in a signal's detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,38 +93,6 @@ class Answer:
 
     result: GeocodeResult | None
     signal: Signal
-
-
-class RateInfo(NamedTuple):
-    remaining: int | None
-    reset_at: float | None
-    """Seconds since the epoch."""
-
-
-def read_rate_headers(headers: Mapping[str, str], now: float | None = None) -> RateInfo:
-    """``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (also the ``X-Rate-Limit-*`` and
-    ``RateLimit-*`` spellings). A reset below 10**9 is a delay in seconds (the IETF RateLimit
-    draft's form), above it a Unix time (OpenCage's, Mapbox's)."""
-    lowered = {name.lower(): value for name, value in headers.items()}
-    remaining = _first_number(lowered, "remaining")
-    reset = _first_number(lowered, "reset")
-    if reset is not None and reset < 1e9:
-        reset += time.time() if now is None else now
-    return RateInfo(None if remaining is None else max(0, int(remaining)), reset)
-
-
-def _first_number(headers: Mapping[str, str], what: str) -> float | None:
-    for prefix in ("x-ratelimit-", "x-rate-limit-", "ratelimit-"):
-        value = headers.get(prefix + what)
-        if value is None:
-            continue
-        try:
-            number = float(value.strip())
-        except ValueError:
-            continue
-        if math.isfinite(number) and number >= 0:
-            return number
-    return None
 
 
 @dataclass
@@ -214,7 +188,7 @@ class GeocodeAdapter:
             raise self._failure(self._signal_for(error, exchange)) from error
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
             # JSON, but not the provider's shape: as unreadable as garbage.
-            signal = Signal.error(_clip(f"unexpected answer: {error!r}"))
+            signal = Signal.error(clip(f"unexpected answer: {error!r}"))
             raise self._failure(signal) from error
         return Answer(result, self._ok_signal(exchange))
 
@@ -247,7 +221,7 @@ class GeocodeAdapter:
         )
 
     def _ok_signal(self, exchange: _Exchange) -> Signal:
-        remaining, reset_at = _rate_block(exchange.page)
+        remaining, reset_at = rate_block(exchange.page)
         if remaining is None:
             remaining, reset_at = read_rate_headers(exchange.headers)
         # A reset time without a count says nothing about what is left.
@@ -258,10 +232,10 @@ class GeocodeAdapter:
 
     def _signal_for(self, error: Exception, exchange: _Exchange) -> Signal:
         if self.kind == "google" and isinstance(exchange.page, dict):
-            return _google_signal(exchange.page, exchange.headers)
-        body = _json_or_none(exchange.text)
-        message = _message_of(body) or (exchange.text or "").strip() or str(error)
-        detail = _clip(f"HTTP {exchange.status}: {message}" if exchange.status else message)
+            return google_signal(exchange.page, exchange.headers)
+        body = json_or_none(exchange.text)
+        message = message_of(body) or (exchange.text or "").strip() or str(error)
+        detail = clip(f"HTTP {exchange.status}: {message}" if exchange.status else message)
         if self.kind == "here" and exchange.status in (429, 503) and "quota" in message.lower():
             # HERE answers both "too fast" and "quota used up" with 429 (or 503); only the
             # message tells them apart: docs.here.com/policies/docs/limits-and-quotas ("a
@@ -269,9 +243,9 @@ class GeocodeAdapter:
             # "Rate limit for this service has been reached".
             return Signal.exhausted(detail, reset_at=read_rate_headers(exchange.headers).reset_at)
         if isinstance(error, GeocoderRateLimited):  # before its base, GeocoderQuotaExceeded
-            return Signal.throttled(_retry_after(error.retry_after, exchange.headers), detail)
+            return Signal.throttled(retry_after_of(error.retry_after, exchange.headers), detail)
         if isinstance(error, GeocoderQuotaExceeded):
-            _, reset_at = _rate_block(body)
+            _, reset_at = rate_block(body)
             if reset_at is None:
                 reset_at = read_rate_headers(exchange.headers).reset_at
             return Signal.exhausted(detail, reset_at=reset_at)
@@ -279,84 +253,9 @@ class GeocodeAdapter:
             return Signal.blocked(detail)
         if isinstance(error, GeocoderTimedOut) and exchange.status is None:
             # The request went out and no answer came: the provider may have billed it.
-            return Signal.error(_clip(f"timeout: {error}"), billed=True)
+            return Signal.error(clip(f"timeout: {error}"), billed=True)
         # GeocoderServiceError, GeocoderUnavailable, GeocoderParseError (garbage), 5xx...
         return Signal.error(detail)
-
-
-def _google_signal(page: Mapping[str, Any], headers: Mapping[str, str]) -> Signal:
-    """Google answers its errors with HTTP 200 and a ``status``; geopy turns REQUEST_DENIED
-    into a query error, so read the status itself."""
-    status = str(page.get("status"))
-    message = page.get("error_message")
-    detail = _clip(f"{status}: {message}" if message else status)
-    if status == "OVER_DAILY_LIMIT":
-        return Signal.exhausted(detail)
-    if status == "OVER_QUERY_LIMIT":
-        # Google uses it for "too fast" (its per-minute quota) as well as "over your quota".
-        # With a Retry-After it is a pace to keep; without one, the contract's reading:
-        # out of quota until the window resets.
-        retry_after = parse_retry_after(headers.get("retry-after"))
-        if retry_after is not None:
-            return Signal.throttled(retry_after, detail)
-        return Signal.exhausted(detail)
-    if status == "REQUEST_DENIED":
-        return Signal.blocked(detail)
-    return Signal.error(detail)  # INVALID_REQUEST, UNKNOWN_ERROR, anything undocumented
-
-
-def _retry_after(from_geopy: float | None, headers: Mapping[str, str]) -> float | None:
-    """geopy's reading of Retry-After; else ours (geopy's HereV7 drops it); else the end of
-    the rate window (Mapbox sends X-Rate-Limit-Reset, no Retry-After)."""
-    if from_geopy is not None:
-        return max(0.0, float(from_geopy))
-    parsed = parse_retry_after(headers.get("retry-after"))
-    if parsed is not None:
-        return parsed
-    reset_at = read_rate_headers(headers).reset_at
-    return None if reset_at is None else max(0.0, reset_at - time.time())
-
-
-def _rate_block(page: Any) -> RateInfo:
-    """OpenCage's ``rate {limit, remaining, reset}`` (free-trial accounts only)."""
-    rate = page.get("rate") if isinstance(page, dict) else None
-    if not isinstance(rate, dict):
-        return RateInfo(None, None)
-    remaining, reset = rate.get("remaining"), rate.get("reset")
-    return RateInfo(
-        max(0, remaining) if isinstance(remaining, int) else None,
-        float(reset) if isinstance(reset, (int, float)) else None,
-    )
-
-
-def _message_of(body: Any) -> str:
-    """The provider's own words in an error body."""
-    if not isinstance(body, dict):
-        return ""
-    status = body.get("status")
-    if isinstance(status, dict) and status.get("message"):  # OpenCage
-        return str(status["message"])
-    error = body.get("error")
-    if isinstance(error, dict) and error.get("message"):  # Nominatim
-        return str(error["message"])
-    for key in ("title", "error_description", "message", "error_message", "error"):
-        if body.get(key):  # HERE API / HERE gateway / Mapbox / Google / Nominatim (old)
-            return str(body[key])
-    return ""
-
-
-def _json_or_none(text: str | None) -> Any:
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 1] + "…"
 
 
 def _dig(raw: Mapping[str, Any], *path: str) -> Any:

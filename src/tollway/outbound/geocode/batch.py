@@ -29,6 +29,7 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "BatchReport",
     "ProviderSpend",
+    "check_paths",
     "geocode_csv",
     "read_addresses",
 ]
@@ -57,7 +58,11 @@ class ProviderSpend:
     cost: Decimal = Decimal(0)
     currency: str | None = None
     left: dict[str, str] = field(default_factory=dict)
-    """Per quota or budget limit, what is left now (``"2,431 calls"``, ``"12.50 USD"``)."""
+    """Per quota or budget limit, what is left now by tollway's count (``"2,431 calls"``,
+    ``"12.50 USD"``)."""
+    shut: dict[str, float] = field(default_factory=dict)
+    """Health gates shut now (``exhausted``, ``cooldown``, ``blocked``, ``breaker``) and the
+    seconds until each opens again: what the provider itself said, whatever the counts say."""
     skipped: Counter[str] = field(default_factory=Counter)
     """Times a call went past this provider, by reason."""
 
@@ -66,7 +71,10 @@ class ProviderSpend:
 class BatchReport:
     rows: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    """Rows per status (``ok``, ``no_match``, ``failed``, ``interrupted``, ``invalid``): each
+    row counts under exactly one, so they add up to `rows`."""
     cached: int = 0
+    """Rows answered from the cache: a subset of the geocoded ones (``ok`` and ``no_match``)."""
     providers: dict[str, ProviderSpend] = field(default_factory=dict)
     bad_rows: list[tuple[int, str]] = field(default_factory=list)
     """(line number in the input, why) for every row not geocoded."""
@@ -74,8 +82,28 @@ class BatchReport:
     """Every row's outcome, in input order."""
 
     @property
+    def geocoded(self) -> int:
+        """Rows with an answer: a place (``ok``) or "nothing found" (``no_match``)."""
+        return self.statuses["ok"] + self.statuses["no_match"]
+
+    @property
+    def not_geocoded(self) -> int:
+        """Rows without an answer (failed, interrupted, invalid): ``rows - geocoded``."""
+        return self.rows - self.geocoded
+
+    @property
     def failovers(self) -> int:
         return sum(sum(p.skipped.values()) for p in self.providers.values())
+
+
+def check_paths(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
+    """Refuse an output that is the input itself (the same file under another path or through
+    a symlink): writing it would replace the addresses with the results."""
+    if os.path.lexists(output) and os.path.exists(source) and os.path.samefile(source, output):
+        raise ConfigurationError(
+            f"{output}: is the input file {source}; writing the results there would replace "
+            "it; expected another file for -o"
+        )
 
 
 def read_addresses(
@@ -131,7 +159,9 @@ def geocode_csv(
     progress: Progress | None = None,
 ) -> BatchReport:
     """Geocode every row's ``column`` into ``output`` (the input's columns, then
-    `OUTPUT_COLUMNS`), ``workers`` addresses at a time."""
+    `OUTPUT_COLUMNS`), ``workers`` addresses at a time. `ConfigurationError` before anything
+    is called when ``output`` is ``source`` itself."""
+    check_paths(source, output)
     header, rows, lines = read_addresses(source, column)
     report = BatchReport(rows=len(rows))
     for provider in geocoder.route.providers:
@@ -218,14 +248,23 @@ def _write(
 def _left(geocoder: Geocoder, report: BatchReport) -> None:
     for provider, decision in geocoder.route.status().items():
         spend = report.providers[provider]
+        quotas: list[str] = []
         for state in decision.limits:
             if state.shadow:  # a tier counter, say: not a limit
                 continue
-            if state.kind == "quota":
+            if state.kind == "gate":
+                if not state.allowed:
+                    spend.shut[state.name] = state.reset_after
+            elif state.kind == "quota":
                 spend.left[state.name] = f"{int(state.remaining):,} calls"
+                quotas.append(state.name)
             elif state.kind == "budget":
                 spend.left[state.name] = f"{state.remaining} {state.currency}"
                 spend.currency = state.currency
+        if "exhausted" in spend.shut:
+            # The provider said it is out of quota: its word wins over tollway's count.
+            for name in quotas:
+                spend.left[name] = f"0 calls, says the provider ({spend.left[name]} by our count)"
         price = geocoder.route.core.providers[provider].price
         if price is not None:
             spend.currency = spend.currency or price.currency

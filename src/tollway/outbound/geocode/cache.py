@@ -4,11 +4,8 @@
 keeps apart answers that must not mix (say, one per route or per set of provider options).
 "Nothing found" answers are kept too: they were paid for as well. A provider whose terms
 forbid storing its results (``stores_results=False``, e.g. Mapbox temporary geocoding) has
-nothing of its answers written.
-
-`CachedLookup` puts the cache in front of a fetch function and adds in-flight de-duplication
-(`tollway.outbound.geocode.inflight`): among the threads, or the tasks, of one process asking
-for the same address at once, only one fetches.
+nothing of its answers written. (`tollway.outbound.geocode.lookup.CachedLookup` puts the
+cache in front of a fetch function, with in-flight de-duplication.)
 
 Sharing: one `ResultCache` may be used by every thread of a process, and several processes on
 one machine may open the same file (each its own `ResultCache`; one opened before a fork must
@@ -18,7 +15,6 @@ needs shared memory).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -26,15 +22,13 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
 
 from tollway.errors import InvalidArgumentError, TollwayError
-from tollway.outbound.geocode.inflight import AsyncSingleFlight, SingleFlight
 from tollway.outbound.geocode.result import GeocodeResult
 
 __all__ = [
@@ -42,9 +36,6 @@ __all__ = [
     "CacheError",
     "CacheHit",
     "CacheStats",
-    "CachedLookup",
-    "Fetched",
-    "LookupResult",
     "ResultCache",
     "normalize_query",
 ]
@@ -63,9 +54,6 @@ CREATE TABLE IF NOT EXISTS geocode_results (
     PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID
 """
-
-Fetched = tuple[GeocodeResult | None, str, bool]
-"""What a fetch function returns: ``(result or None for no match, provider, stores_results)``."""
 
 
 class CacheError(TollwayError):
@@ -118,7 +106,7 @@ class CacheStats:
     """Answers not stored because the provider's terms forbid it (``stores_results=False``)."""
 
 
-def _check_namespace(namespace: object) -> str:
+def check_namespace(namespace: object) -> str:
     if not isinstance(namespace, str):
         raise InvalidArgumentError(
             f"namespace: {namespace!r} ({type(namespace).__name__}); expected a str"
@@ -126,7 +114,7 @@ def _check_namespace(namespace: object) -> str:
     return namespace
 
 
-def _check_ttl(ttl_s: object) -> float | None:
+def check_ttl(ttl_s: object) -> float | None:
     if ttl_s is None:
         return None
     if (
@@ -289,7 +277,7 @@ class ResultCache:
 
     def get(self, query: str, namespace: str = "") -> CacheHit | None:
         """The live answer stored for ``query`` in ``namespace``, or None (a miss)."""
-        hit = self._read(_check_namespace(namespace), self.key(query))
+        hit = self.read(self.key(query), namespace)
         with self._lock:
             if hit is None:
                 self._misses += 1
@@ -297,7 +285,10 @@ class ResultCache:
                 self._hits += 1
         return hit
 
-    def _read(self, namespace: str, key: str) -> CacheHit | None:
+    def read(self, key: str, namespace: str = "") -> CacheHit | None:
+        """`get` by an already normalized ``key`` (`ResultCache.key`), counted neither as a hit
+        nor as a miss: for a second look at a key just missed (in-flight de-duplication)."""
+        namespace = check_namespace(namespace)
         now = self._clock()
         with self._use("get") as conn:
             row = conn.execute(
@@ -337,8 +328,8 @@ class ResultCache:
         key replaces the older one.
         """
         key = self.key(query)
-        _check_namespace(namespace)
-        ttl = _check_ttl(ttl_s)
+        check_namespace(namespace)
+        ttl = check_ttl(ttl_s)
         if not isinstance(provider, str) or not provider:
             raise InvalidArgumentError(
                 f"provider: {provider!r}; expected the provider's name (a non-empty str)"
@@ -379,7 +370,7 @@ class ResultCache:
     def delete(self, query: str, namespace: str = "") -> bool:
         """Forget the answer for ``query`` in ``namespace``; True if there was one."""
         key = self.key(query)
-        _check_namespace(namespace)
+        check_namespace(namespace)
         with self._use("delete") as conn:
             cursor = conn.execute(
                 "DELETE FROM geocode_results WHERE namespace = ? AND key = ?", (namespace, key)
@@ -394,7 +385,7 @@ class ResultCache:
             else:
                 cursor = conn.execute(
                     "DELETE FROM geocode_results WHERE namespace = ?",
-                    (_check_namespace(namespace),),
+                    (check_namespace(namespace),),
                 )
         return cursor.rowcount
 
@@ -449,105 +440,3 @@ class ResultCache:
     def __repr__(self) -> str:
         state = "closed" if self._conn is None else "open"
         return f"ResultCache({self.path!r}, {state})"
-
-
-class LookupResult(NamedTuple):
-    """What `CachedLookup` answers: the result (None: no match) and where it came from."""
-
-    result: GeocodeResult | None
-    from_cache: bool
-    """True when no fetch was made for it (this call, or one it waited for)."""
-
-
-def _check_fetched(fetched: object) -> Fetched:
-    if not (isinstance(fetched, tuple) and len(fetched) == 3):
-        raise InvalidArgumentError(
-            f"fetch returned {fetched!r}; expected a tuple (result or None, provider, "
-            "stores_results)"
-        )
-    return fetched  # put() checks each field
-
-
-class CachedLookup:
-    """A `ResultCache` in front of a fetch function, with in-flight de-duplication.
-
-    ``lookup(query, fetch)``: a cache hit makes no fetch; on a miss the fetch runs once per
-    normalized key however many threads ask at once (the others wait for it), and its answer
-    is stored (unless the provider forbids it). ``alookup`` is the same for asyncio tasks;
-    the two do not share their in-flight calls. ``fetch`` receives the query as the caller
-    wrote it and returns ``(result or None, provider, stores_results)``.
-    """
-
-    def __init__(
-        self, cache: ResultCache, *, namespace: str = "", ttl_s: float | None = None
-    ) -> None:
-        if not isinstance(cache, ResultCache):
-            raise InvalidArgumentError(f"cache: {cache!r}; expected a ResultCache")
-        self.cache = cache
-        self.namespace = _check_namespace(namespace)
-        self.ttl_s = _check_ttl(ttl_s)
-        self.flight = SingleFlight()
-        self.async_flight = AsyncSingleFlight()
-        self._lock = threading.Lock()
-        self._fetches = 0
-
-    @property
-    def fetches(self) -> int:
-        """How many times a fetch function was called (each one may have been paid for)."""
-        return self._fetches
-
-    def _counted(self) -> None:
-        with self._lock:
-            self._fetches += 1
-
-    def _store(self, query: str, fetched: object) -> LookupResult:
-        result, provider, stores = _check_fetched(fetched)
-        self.cache.put(
-            query,
-            result,
-            provider=provider,
-            namespace=self.namespace,
-            stores_results=stores,
-            ttl_s=self.ttl_s,
-        )
-        return LookupResult(result, False)
-
-    def _recheck(self, key: str) -> LookupResult | None:
-        # Between our miss and our turn to lead, another thread (or process) may have
-        # fetched and stored it.
-        hit = self.cache._read(self.namespace, key)
-        return None if hit is None else LookupResult(hit.result, True)
-
-    def lookup(self, query: str, fetch: Callable[[str], Fetched]) -> LookupResult:
-        """The cached answer for ``query``, or ``fetch(query)``'s, stored on the way."""
-        key = self.cache.key(query)
-        hit = self.cache.get(query, self.namespace)
-        if hit is not None:
-            return LookupResult(hit.result, True)
-
-        def run() -> LookupResult:
-            again = self._recheck(key)
-            if again is not None:
-                return again
-            self._counted()
-            return self._store(query, fetch(query))
-
-        return self.flight.do((self.namespace, key), run)
-
-    async def alookup(self, query: str, fetch: Callable[[str], Awaitable[Fetched]]) -> LookupResult:
-        """`lookup` for asyncio; the SQLite calls run in a worker thread (a busy file must not
-        stall the event loop)."""
-        key = self.cache.key(query)
-        hit = await asyncio.to_thread(self.cache.get, query, self.namespace)
-        if hit is not None:
-            return LookupResult(hit.result, True)
-
-        async def run() -> LookupResult:
-            again = await asyncio.to_thread(self._recheck, key)
-            if again is not None:
-                return again
-            self._counted()
-            fetched: Any = await fetch(query)
-            return await asyncio.to_thread(self._store, query, fetched)
-
-        return await self.async_flight.do((self.namespace, key), run)

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from tollway.errors import ConfigurationError, NoProviderAvailable, TollwayError
-from tollway.outbound.geocode.adapters import ADAPTER_KINDS, Answer, GeocodeAdapter, make_adapter
+from tollway.outbound.geocode.adapters import Answer, GeocodeAdapter
 from tollway.outbound.geocode.cache import ResultCache
+from tollway.outbound.geocode.from_policy import adapters_from_policy
 from tollway.outbound.geocode.inflight import SingleFlight
 from tollway.outbound.geocode.pending import PendingCalls
 from tollway.outbound.geocode.result import GeocodeResult
 from tollway.outbound.route import AlertSink, Skip
 from tollway.outbound.signals import Signal
-from tollway.policy.model import Policy
 
 if TYPE_CHECKING:
     from tollway.client import Tollway
@@ -53,56 +53,6 @@ class GeocodeOutcome:
     error: str = ""
     decision: Decision | None = field(default=None, repr=False)
     """The committed decision of the paid call (None when nothing was paid)."""
-
-
-def adapters_from_policy(
-    policy: Policy,
-    providers: list[str] | tuple[str, ...],
-    *,
-    env: Mapping[str, str] | None = None,
-    domains: Mapping[str, str] | None = None,
-    scheme: str | None = None,
-) -> dict[str, GeocodeAdapter]:
-    """An adapter per provider from its ``kind``, ``api_key_env``, ``domain``, ``scheme``,
-    ``timeout_ms`` and ``stores_results`` (``domains`` / ``scheme`` override, for stubs)."""
-    env = os.environ if env is None else env
-    out: dict[str, GeocodeAdapter] = {}
-    for name in providers:
-        client = policy.providers[name].client
-        where = f"providers.{name}"
-        if client.kind is None:
-            raise ConfigurationError(
-                f"{where}.kind: missing; expected the adapter to call it with, one of "
-                f"{', '.join(ADAPTER_KINDS)}"
-            )
-        if client.kind not in ADAPTER_KINDS:
-            raise ConfigurationError(
-                f"{where}.kind: {client.kind!r} is not a geocoder; expected one of "
-                f"{', '.join(ADAPTER_KINDS)}"
-            )
-        key = None
-        if client.api_key_env is not None:
-            key = env.get(client.api_key_env)
-            if not key:
-                raise ConfigurationError(
-                    f"{where}.api_key_env: the environment variable {client.api_key_env} is "
-                    "not set; expected it to hold the provider's API key"
-                )
-        elif client.kind != "nominatim":
-            raise ConfigurationError(
-                f"{where}.api_key_env: missing; expected the name of the environment variable "
-                f"that holds the {client.kind} API key"
-            )
-        out[name] = make_adapter(
-            client.kind,
-            provider=name,
-            api_key=key,
-            domain=(domains or {}).get(name, client.domain),
-            scheme=scheme or client.scheme,
-            timeout=client.timeout_ms / 1000,
-            stores_results=client.stores_results,
-        )
-    return out
 
 
 class Geocoder:

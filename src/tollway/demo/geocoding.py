@@ -91,6 +91,7 @@ THROTTLE_AT = 4
 
 
 def run_geocoding_demo(count: int = 42) -> GeocodingDemo:
+    """Geocode ``count`` demo addresses through the stubs; the CSVs live in a temporary folder."""
     alerts: list[ThresholdAlert] = []
     clock = FakeClock(datetime(2026, 6, 10, 9, 0, tzinfo=timezone.utc))
     with running_stubs(KINDS) as stubs, tempfile.TemporaryDirectory(prefix="tollway-") as folder:

@@ -1,4 +1,4 @@
-"""The metering part of ``tollway demo``, as text: from a `tollway.demo_metering.MeteringDemo`."""
+"""The metering part of ``tollway demo``, as text: from a `tollway.demo.metering.MeteringDemo`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from tollway.cli.output import plural, table
+from tollway.demo.metering import CALLABLE, ENRICH_PRICE, GEOCODE_PRICE, QUOTA, SUBJECTS
 from tollway.metering.entries import EXCEEDED, THRESHOLD, USAGE
 
 if TYPE_CHECKING:
-    from tollway.demo_metering import MeteringDemo
+    from tollway.demo.metering_figures import MeteringDemo
 
 __all__ = ["money", "render_metering"]
 
@@ -34,8 +35,6 @@ def _percent(fraction: str | None) -> str:
 def render_metering(demo: MeteringDemo) -> str:
     """The demo's metering part: per subject, the store's counters next to the ledger's
     totals; the notices in order; what each hook received; one closing check."""
-    from tollway.demo_metering import ENRICH_PRICE, GEOCODE_PRICE, QUOTA, SUBJECTS
-
     lines = [
         f"Metering: {plural(len(demo.subjects), 'subject')} over {demo.minutes} minutes "
         f"(seed {demo.seed}), memory store, fake clock; each allowed step is a",
@@ -109,8 +108,7 @@ def render_metering(demo: MeteringDemo) -> str:
     received = ", ".join(f"{counts[kind]} {kind}" for kind in (USAGE, THRESHOLD, EXCEEDED))
     lines += [
         "",
-        f'Callable hook "calls" (tollway.demo_metering:_received): '
-        f"{plural(counts.total(), 'event')}: {received}",
+        f'Callable hook "calls" ({CALLABLE}): {plural(counts.total(), "event")}: {received}',
     ]
     hook = demo.webhook
     verified = (

@@ -1,18 +1,21 @@
-"""The demo's report: what `tollway demo` prints from a `tollway.demo.DemoResult`."""
+"""The inbound part of ``tollway demo``, as text: from a `tollway.demo.inbound.DemoResult`."""
 
 from __future__ import annotations
 
 import math
 
 from tollway.cli.output import bar, plural, table
-from tollway.demo import DemoResult, SubjectStats
+from tollway.demo.inbound import DemoResult, SubjectStats
 from tollway.engine.decision import LimitState
 from tollway.policy.model import Limit, Policy
 
 BAR_WIDTH = 50
 
 
-def render(result: DemoResult, policy_name: str) -> str:
+__all__ = ["render_inbound"]
+
+
+def render_inbound(result: DemoResult, policy_name: str) -> str:
     """The whole report, as text."""
     lines = _heading(result, policy_name)
     lines += ["", *_decisions(result)]

@@ -4,49 +4,63 @@ billing hooks, then the store's counters held against the ledger's totals.
 
 - The policy has a ``[ledger]`` on a SQLite file in a temporary folder, one plan with a daily
   quota (thresholds at 50, 80 and 100 %) and a daily budget, two priced operations, and two
-  hooks: a callable (`_received`, in this module) given every usage event, threshold and
-  exceeded notice, and a webhook aggregated per minute, posted to a real HTTP receiver on
+  hooks: a callable given every usage event, threshold and exceeded notice (bound to the run's
+  own `Inbox`), and a webhook aggregated per minute, posted to a real HTTP receiver on
   127.0.0.1 that verifies every request's Standard Webhooks signature (a ``whsec_`` secret made
-  for the run, handed over in the environment variable the hook's ``secret_env`` names).
+  for the run and handed to the `Dispatcher` directly: nothing is put in the environment).
 - ``acct_small`` and ``acct_steady`` stay under half their quota; ``acct_steady`` also holds
   one reservation and commits it below its estimate. ``acct_heavy`` crosses every threshold
   and is refused once its quota is gone. Some calls carry a request id, and a few of those are
   retried: the retry is answered as a duplicate and consumes nothing.
-- ``[ledger] flush_ms`` is long, so the background thread stays idle and the demo's own
-  `Tollway.flush` calls write the events: the figures are the same on every run of a seed.
+- The run commits the store's queued entries to the ledger itself (what `Tollway.flush` does in
+  embedded mode), with the hooks' messages, and drives a `Dispatcher` given the secret: the
+  `Tollway` holds the policy without its hooks, so it never looks for a secret in the
+  environment. ``[ledger] flush_ms`` is long, so the embedded thread stays idle and the figures
+  are the same on every run of a seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 import random
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from tollway.client import Tollway
-from tollway.errors import WebhookVerificationError
+from tollway.demo.metering_figures import (
+    FlushStep,
+    MeteringDemo,
+    NoticeSeen,
+    SubjectFigures,
+    WebhookFigures,
+)
+from tollway.demo.receiver import Receiver, Request
 from tollway.metering.cloudevents import decode
-from tollway.metering.entries import EXCEEDED, THRESHOLD, USAGE
+from tollway.metering.embedded import commit_batch
+from tollway.metering.entries import EXCEEDED, THRESHOLD, USAGE, Notice, decode_entry
+from tollway.metering.hooks import Dispatcher
+from tollway.metering.ledger.events import UsageEvent
 from tollway.metering.reconcile import reconcile
-from tollway.metering.sinks import Message
-from tollway.metering.webhooks import generate_secret, verify
+from tollway.metering.sinks import CallableSink, Message, Sink
+from tollway.metering.webhooks import WebhookSecret, generate_secret
+from tollway.policy import load
+from tollway.policy.model import HookConfig, Policy
 from tollway.reservation import Reservation
+from tollway.stores.memory import MemoryStore
 from tollway.testing import FakeClock
 
 __all__ = [
     "CALLABLE",
     "SECRET_ENV",
     "SUBJECTS",
+    "Inbox",
     "MeteringDemo",
     "NoticeSeen",
     "SubjectFigures",
@@ -56,8 +70,10 @@ __all__ = [
 ]
 
 SECRET_ENV = "TOLLWAY_DEMO_HOOK_SECRET"
-"""The environment variable the webhook's secret is handed over in (restored afterwards)."""
-CALLABLE = "tollway.demo_metering:_received"
+"""The variable the webhook's ``secret_env`` names; the run hands the `Dispatcher` a mapping
+holding it, never the process environment."""
+CALLABLE = "tollway.demo.metering:Inbox.receive"
+"""The callable hook's name; each run binds it to its own `Inbox`."""
 SUBJECTS = ("acct_small", "acct_steady", "acct_heavy")
 QUOTA = 40
 """The plan's daily quota, in units; thresholds at 50, 80 and 100 % of it."""
@@ -117,218 +133,6 @@ def demo_metering_policy(ledger_url: str, hook_url: str) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- the callable hook
-
-_RECEIVED: list[Message] = []
-_received_lock = threading.Lock()
-
-
-def _received(message: Message) -> None:
-    """The callable hook: keep what it is given (the demo reads it afterwards)."""
-    with _received_lock:
-        _RECEIVED.append(message)
-
-
-def _take_received() -> list[Message]:
-    with _received_lock:
-        got = list(_RECEIVED)
-        _RECEIVED.clear()
-    return got
-
-
-# --------------------------------------------------------------------------- the webhook receiver
-
-
-@dataclass
-class _Request:
-    body: bytes
-    headers: dict[str, str]
-    verified: bool
-    error: str | None = None
-
-
-class _Receiver:
-    """A webhook receiver on 127.0.0.1 (a free port): verifies each request with the secret,
-    answers 204 when it verifies and 401 when it does not, and keeps every request."""
-
-    def __init__(self, secret: str) -> None:
-        self.requests: list[_Request] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = self.rfile.read(length)
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                try:
-                    verify(body, headers, secret)
-                except WebhookVerificationError as exc:
-                    request = _Request(body, headers, False, str(exc))
-                else:
-                    request = _Request(body, headers, True)
-                with receiver._lock:
-                    receiver.requests.append(request)
-                self.send_response(204 if request.verified else 401)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{port}/billing/tollway"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name="tollway-demo-receiver",
-            daemon=True,
-        )
-
-    def start(self) -> _Receiver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def taken(self) -> list[_Request]:
-        with self._lock:
-            return list(self.requests)
-
-
-@contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
-# --------------------------------------------------------------------------- the figures
-
-
-@dataclass
-class SubjectFigures:
-    """One subject: what it asked for and got, by the store's counters and by the ledger's."""
-
-    subject: str
-    attempts: int = 0
-    """Calls made for the first time (an acquire, a reservation's hold); retries not counted."""
-    allowed: int = 0
-    """Consumptions: allowed acquires that were not duplicates, and the committed reservation."""
-    refused: int = 0
-    duplicates: int = 0
-    """Retries of a request id already taken: answered allowed, nothing consumed again."""
-    store_units: int = 0
-    store_spend: Decimal = Decimal(0)
-    ledger_units: int = 0
-    ledger_spend: Decimal = Decimal(0)
-    ledger_events: int = 0
-    currency: str = "USD"
-
-    @property
-    def unit_drift(self) -> int:
-        return self.store_units - self.ledger_units
-
-    @property
-    def spend_drift(self) -> Decimal:
-        return self.store_spend - self.ledger_spend
-
-
-@dataclass(frozen=True)
-class NoticeSeen:
-    """A threshold or exceeded notice, as the callable hook was given it."""
-
-    type: str
-    subject: str
-    limit: str
-    threshold: str | None
-    """A fraction as text (``"0.8"``); None for an exceeded notice."""
-    used: int
-    """The count when it was raised: the step that reached the threshold, or the count a
-    refused step found (an exceeded notice)."""
-    time: str
-    """When (``HH:MM:SS`` on the demo's clock)."""
-
-
-@dataclass
-class WebhookFigures:
-    requests: int = 0
-    verified: int = 0
-    failures: list[str] = field(default_factory=list)
-    buckets: dict[tuple[str, str], int] = field(default_factory=dict)
-    """(subject, ``HH:MM``) → units aggregated in that minute (every meter)."""
-    amounts: dict[str, Decimal] = field(default_factory=dict)
-    """Subject → money aggregated over every bucket."""
-    events: dict[str, int] = field(default_factory=dict)
-    """Subject → usage events the buckets summed."""
-
-    def quantity(self, subject: str) -> int:
-        return sum(q for (s, _), q in self.buckets.items() if s == subject)
-
-
-@dataclass(frozen=True)
-class FlushStep:
-    """One `Tollway.flush` of the demo: when, what it wrote, what the webhook got by then."""
-
-    time: str
-    """``HH:MM:SS`` on the demo's clock."""
-    written: int
-    """Usage events new to the ledger."""
-    webhook_requests: int
-    """Requests the receiver got during this flush (closed minute buckets)."""
-
-
-@dataclass
-class MeteringDemo:
-    seed: int
-    subjects: list[SubjectFigures]
-    notices: list[NoticeSeen]
-    callable_counts: Counter[str]
-    """Event type → how many the callable hook was given."""
-    callable_usage_ids: list[str] = field(compare=False)
-    """The usage events' ids, as the callable was given them (ids made by the store are unique
-    per run, so they are left out of ``==``)."""
-    webhook: WebhookFigures
-    ledger_count: int
-    """Usage events in the ledger."""
-    caller_ids: int
-    """Distinct request ids callers gave to consumptions."""
-    caller_ids_in_ledger: int
-    """How many of them the ledger holds (once each: it keeps one event per id)."""
-    reconcile_rows: int
-    reconcile_drifts: int
-    hook_statuses: Counter[tuple[str, str]]
-    """(hook, status) → messages in the ledger's outbox."""
-    reservation: tuple[str, int, int]
-    flushes: list[FlushStep]
-    minutes: int
-    """How long the simulated traffic ran, in whole minutes (rounded up)."""
-
-    def by_subject(self) -> dict[str, SubjectFigures]:
-        return {figures.subject: figures for figures in self.subjects}
-
-    @property
-    def allowed(self) -> int:
-        """Consumptions, every subject's."""
-        return sum(f.allowed for f in self.subjects)
-
-    @property
-    def units(self) -> int:
-        """Units the store's daily counters hold, every subject's."""
-        return sum(f.store_units for f in self.subjects)
-
-
 # --------------------------------------------------------------------------- the traffic
 
 
@@ -370,44 +174,100 @@ def _schedule(seed: int) -> list[_Call]:
     return sorted(calls)
 
 
+# --------------------------------------------------------------------------- the run
+
+
+class Inbox:
+    """What the callable hook is given, in one run (the dispatcher may call from a thread)."""
+
+    def __init__(self) -> None:
+        self._messages: list[Message] = []
+        self._lock = threading.Lock()
+
+    def receive(self, message: Message) -> None:
+        with self._lock:
+            self._messages.append(message)
+
+    def taken(self) -> list[Message]:
+        with self._lock:
+            return list(self._messages)
+
+
+class _Run:
+    """One run's objects: the client (its policy without the hooks), the ledger, and a
+    dispatcher given the webhook's secret and the run's inbox."""
+
+    def __init__(self, policy: Policy, clock: FakeClock, secret: str, inbox: Inbox) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.tw = Tollway(dataclasses.replace(policy, hooks=()), clock=clock)
+        store = self.tw.store
+        assert isinstance(store, MemoryStore)
+        self.store = store
+
+        def sinks(hook: HookConfig, secrets: tuple[WebhookSecret, ...]) -> Sink | None:
+            return CallableSink(inbox.receive, name=CALLABLE) if hook.kind == "callable" else None
+
+        self.dispatcher = Dispatcher(
+            self.tw.ledger, policy.hooks, clock=clock, env={SECRET_ENV: secret}, sink_factory=sinks
+        )
+
+    def flush(self, receiver: Receiver) -> FlushStep:
+        """Write the queued entries to the ledger with their hook messages, then deliver what
+        is due; what it wrote and what the receiver got meanwhile."""
+        before = len(receiver.taken())
+        with self.store.lock:
+            taken = list(self.store.events)
+            self.store.events.clear()
+        now = self.clock()
+        events: list[UsageEvent] = []
+        notices: list[Notice] = []
+        for entry in taken:
+            item = decode_entry("memory", "", entry, recorded_at_us=now, policy=self.policy)
+            if isinstance(item, UsageEvent):
+                events.append(item)
+            else:
+                notices.append(item)
+        written = commit_batch(self.tw.ledger, events, notices, self.policy, now)
+        while self.dispatcher.run_once(100) == 100:  # until nothing more is due now
+            pass
+        when = self.clock.now.strftime("%H:%M:%S")
+        return FlushStep(when, written, len(receiver.taken()) - before)
+
+    def close(self) -> None:
+        try:
+            self.dispatcher.close()
+        finally:
+            self.tw.close()
+
+
 def run_metering_demo(seed: int = 1) -> MeteringDemo:
     """Run the hour, flush, let the last minute's bucket close, and gather the figures."""
     clock = FakeClock(START)
     secret = generate_secret()
     figures = {subject: SubjectFigures(subject) for subject in SUBJECTS}
     taken_ids: set[str] = set()
-    _take_received()  # nothing left over from an earlier run in this process
-    receiver = _Receiver(secret).start()
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="tollway-demo-") as folder,
-            _environment(SECRET_ENV, secret),
-        ):
-            ledger_url = f"sqlite:///{Path(folder) / 'demo-ledger.db'}"
-            tw = Tollway(demo_metering_policy(ledger_url, receiver.url), clock=clock)
-            try:
-                _traffic(tw, clock, seed, figures, taken_ids)
-                minutes = math.ceil((clock() - int(START.timestamp()) * US) / (60 * US))
-                flushes = [_flush(tw, clock, receiver)]
-                # past the last minute and the dispatcher's grace: its bucket closes
-                clock.set((clock() // (60 * US) + 1) * 60 + GRACE_S + 1)
-                flushes.append(_flush(tw, clock, receiver))
-                demo = _gather(tw, seed, figures, taken_ids, minutes, flushes)
-            finally:
-                tw.close()
-    finally:
-        receiver.stop()
-    received = _take_received()
-    _callable_figures(demo, received)
+    inbox = Inbox()
+    with (
+        Receiver(secret) as receiver,
+        tempfile.TemporaryDirectory(prefix="tollway-demo-") as folder,
+    ):
+        ledger_url = f"sqlite:///{Path(folder) / 'demo-ledger.db'}"
+        policy = load(demo_metering_policy(ledger_url, receiver.url))
+        run = _Run(policy, clock, secret, inbox)
+        try:
+            _traffic(run.tw, clock, seed, figures, taken_ids)
+            minutes = math.ceil((clock() - int(START.timestamp()) * US) / (60 * US))
+            flushes = [run.flush(receiver)]
+            # past the last minute and the dispatcher's grace: its bucket closes
+            clock.set((clock() // (60 * US) + 1) * 60 + GRACE_S + 1)
+            flushes.append(run.flush(receiver))
+            demo = _gather(run.tw, seed, figures, taken_ids, minutes, flushes)
+        finally:
+            run.close()
+    _callable_figures(demo, inbox.taken())
     demo.webhook = _webhook_figures(receiver.taken())
     return demo
-
-
-def _flush(tw: Tollway, clock: FakeClock, receiver: _Receiver) -> FlushStep:
-    before = len(receiver.taken())
-    written = tw.flush()
-    when = clock.now.strftime("%H:%M:%S")
-    return FlushStep(when, written, len(receiver.taken()) - before)
 
 
 def _traffic(
@@ -523,7 +383,7 @@ def _callable_figures(demo: MeteringDemo, received: list[Message]) -> None:
     demo.notices.sort(key=lambda n: (n.time, n.subject, n.used, n.type))
 
 
-def _webhook_figures(requests: list[_Request]) -> WebhookFigures:
+def _webhook_figures(requests: list[Request]) -> WebhookFigures:
     out = WebhookFigures(requests=len(requests))
     for request in requests:
         if not request.verified:

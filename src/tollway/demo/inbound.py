@@ -1,9 +1,9 @@
 """The demo: one simulated day of API traffic through the engine, in a few milliseconds.
 
 `simulate` drives a `Tollway` on the memory store with a `FakeClock` (it never sleeps) through
-a scripted day: a few subjects on the free and pro plans of `DEMO_POLICY` (the very text of
-``examples/tollway.toml``, embedded so an installed package needs no data file). The script is
-deterministic for a seed and shows, in one day:
+a scripted day: a few subjects on the free and pro plans of `DEMO_POLICY` (the text of
+``src/tollway/demo/tollway.toml``, package data, which ``examples/tollway.toml`` links to).
+The script is deterministic for a seed and shows, in one day:
 
 - bursts hitting the GCRA ``burst`` limit;
 - a free subject exhausting its ``hourly`` quota, 20% grace included, then its ``daily`` one;
@@ -11,18 +11,19 @@ deterministic for a seed and shows, in one day:
 - a subject moved from free to pro at noon, keeping the counts of same-named limits;
 - reservations (``enrich``) committed below their estimate, the difference given back.
 
-`tollway demo` renders the `DemoResult` (see `tollway.cli.report`); tests read it directly.
+`tollway demo` renders the `DemoResult` (`tollway.demo.inbound_report`); tests read it directly.
 """
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
+from importlib import resources
 
 from tollway.client import Tollway
+from tollway.demo.inbound_script import Call, script, subject_names
 from tollway.engine.decision import Decision, LimitState
 from tollway.errors import ConfigurationError
 from tollway.policy import loads
@@ -31,105 +32,25 @@ from tollway.reservation import Reservation
 from tollway.testing import FakeClock
 from tollway.usage import Usage
 
-DEMO_POLICY = """\
-# A sample tollway policy: an API sold on two plans, free and pro.
-#
-#   tollway policy check examples/tollway.toml
-#   tollway demo                      # a simulated day of traffic through this very policy
-#
-# A limit's counter is named by the limit's name and window, never by its numbers: a subject
-# moved from free to pro keeps what it used under "burst" and "daily" (same name, same period,
-# same timezone in both plans) and starts the new plan's other limits from zero.
+POLICY_FILE = "tollway.toml"
+"""The demo's policy, package data of `tollway.demo`; ``examples/tollway.toml`` is a symlink to
+it, so the example a user reads is the very file the demo runs."""
 
-[store]
-url = "memory://"                # redis://127.0.0.1:6379/0 to share counters between processes
-timeout_ms = 50
-on_error = "open"                # default for every limit: let traffic through if Redis is down
 
-[defaults]
-plan = "free"                    # for subjects never assigned a plan
-timezone = "UTC"
+def _policy_text() -> str:
+    return resources.files("tollway.demo").joinpath(POLICY_FILE).read_text(encoding="utf-8")
 
-[operations]                     # what a call is, what it costs in units, its price per unit
-geocode = { cost = 1, price = "0.001 USD", endpoints = ["GET /v1/geocode"] }
-search  = { cost = 5, price = "0.002 USD", endpoints = ["GET /v1/search", "POST /v1/search/*"] }
-enrich  = { cost = 20, price = "0.05 USD", endpoints = ["POST /v1/enrich"] }  # 1.00 USD a call
 
-[plans.free]
-limits = [
-  { name = "burst",  rate = "5/s", burst = 10 },
-  { name = "hourly", quota = "100/hour", grace = "20%" },       # 120 units pass, 100 are promised
-  { name = "daily",  quota = "1000/day", thresholds = [0.8, 1.0] },
-]
-
-[plans.pro]
-limits = [
-  { name = "burst", rate = "50/s", burst = 100 },
-  { name = "daily", quota = "100000/day" },
-  { name = "spend", budget = "25.00 USD/day", operations = ["enrich"], thresholds = [0.8] },
-]
-
-[providers.google]               # paid APIs the service itself calls (outbound)
-kind = "google"                  # the geocoder adapter (tollway geocode)
-api_key_env = "GOOGLE_MAPS_API_KEY"
-price = "0.005 USD"
-timezone = "America/Los_Angeles" # its days end at its own midnight
-breaker_errors = 5               # errors within breaker_window_ms that open its breaker
-limits = [
-  { name = "qps",    rate = "50/s" },
-  { name = "daily",  quota = "10000/day" },
-  { name = "budget", budget = "50.00 USD/day", thresholds = [0.5, 0.8, 1.0] },
-]
-
-[providers.opencage]
-kind = "opencage"
-api_key_env = "OPENCAGE_API_KEY"
-price = "0 USD"
-limits = [{ name = "daily", quota = "2500/day" }, { name = "rps", rate = "1/s" }]
-
-[routes.geocoding]
-providers = ["opencage", "google"]
-"""
-"""The demo's policy: the same text as ``examples/tollway.toml``."""
+DEMO_POLICY = _policy_text()
+"""The demo's policy: the text of ``examples/tollway.toml`` (read from the package data)."""
 
 DAY = datetime(2024, 6, 4, tzinfo=timezone.utc)
 """The simulated day (a Tuesday), midnight to midnight UTC."""
 US = 1_000_000
 HOUR = 3600 * US
 DAY_US = 24 * HOUR
-MS = 1000
-
-ROLES = ("light", "heavy", "upgrader", "spender")
-"""Subjects take these roles in turn; the first four cover every scenario."""
-MAX_SUBJECTS = 40
-UPGRADE_AT = 12 * HOUR
 NEEDED_PLANS = ("free", "pro")
 NEEDED_OPERATIONS = ("geocode", "search", "enrich")
-
-# Share of a subject's peak traffic in each UTC hour of the day.
-PROFILE = (
-    0.05, 0.03, 0.02, 0.02, 0.03, 0.05, 0.10, 0.25, 0.55, 0.80, 0.95, 1.00,
-    0.90, 0.95, 1.00, 0.95, 0.85, 0.70, 0.50, 0.35, 0.25, 0.15, 0.10, 0.07,
-)  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One scripted event: an acquire, a reservation, its commit, or a plan change."""
-
-    at: int
-    """Microseconds since the start of the day."""
-    order: int
-    subject: str
-    action: str
-    """``acquire``, ``reserve``, ``commit`` or ``assign``."""
-    operation: str = ""
-    units: int = 0
-    """For ``commit``: the actual cost, in units."""
-    plan: str = ""
-    """For ``assign``: the new plan."""
-    ref: int = 0
-    """Links a ``commit`` to its ``reserve``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,117 +135,6 @@ def check_policy(policy: Policy) -> None:
             f"{where}: the demo needs plans free and pro and operations geocode, search and "
             f"enrich; missing: {', '.join(missing)}"
         )
-
-
-def subject_names(count: int) -> list[tuple[str, str]]:
-    """``(name, role)`` of each subject: light, heavy, upgrader, spender, light-2, ..."""
-    if not 1 <= count <= MAX_SUBJECTS:
-        raise ConfigurationError(f"subjects: {count} is out of range; expected 1 to {MAX_SUBJECTS}")
-    out = []
-    for i in range(count):
-        role = ROLES[i % len(ROLES)]
-        rank = i // len(ROLES) + 1
-        out.append((role if rank == 1 else f"{role}-{rank}", role))
-    return out
-
-
-# -- the script --------------------------------------------------------------------------------
-
-
-class _Script:
-    """Builds every call of the day from one seeded random generator."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.calls: list[Call] = []
-        self._refs = 0
-
-    def add(
-        self,
-        at: int,
-        subject: str,
-        action: str,
-        operation: str = "",
-        *,
-        units: int = 0,
-        plan: str = "",
-        ref: int = 0,
-    ) -> None:
-        self.calls.append(Call(at, len(self.calls), subject, action, operation, units, plan, ref))
-
-    def scaled(self, hour: int, peak: float) -> int:
-        return round(PROFILE[hour] * peak * self.rng.uniform(0.7, 1.3))
-
-    def scattered(self, subject: str, hour: int, count: int, search_share: float) -> None:
-        """``count`` single calls at random instants of the hour."""
-        rng = self.rng
-        for _ in range(count):
-            op = "search" if rng.random() < search_share else "geocode"
-            self.add(hour * HOUR + rng.randrange(HOUR), subject, "acquire", op)
-
-    def burst(self, subject: str, at: int, count: int, gap_us: int, op: str = "geocode") -> None:
-        """``count`` calls ``gap_us`` apart: a client firing as fast as it can."""
-        for i in range(count):
-            self.add(at + i * gap_us, subject, "acquire", op)
-
-    def light(self, subject: str) -> None:
-        """A well-behaved free app: a few dozen calls an hour, never near a limit."""
-        for hour in range(24):
-            self.scattered(subject, hour, self.scaled(hour, 30), 0.15)
-
-    def heavy(self, subject: str) -> None:
-        """A free account running a scraper: steady batches under the rate but far over the
-        hourly quota, plus bursts fired all at once."""
-        rng = self.rng
-        for hour in range(24):
-            if hour != 2 and PROFILE[hour] < 0.5:
-                continue
-            start = hour * HOUR + rng.randrange(45 * 60 * US)
-            self.burst(subject, start, rng.randint(150, 260), 250 * MS)  # 4/s, under 5/s
-            for _ in range(rng.randint(1, 3)):
-                at = hour * HOUR + rng.randrange(HOUR - 60 * US)
-                self.burst(subject, at, rng.randint(15, 30), 10 * MS)
-
-    def upgrader(self, subject: str) -> None:
-        """A growing free app: busy mornings on free, moved to pro at noon, much busier after."""
-        rng = self.rng
-        self.burst(subject, 7 * HOUR + rng.randrange(HOUR // 2), 110, 300 * MS)
-        for hour in range(12):
-            self.scattered(subject, hour, self.scaled(hour, 140), 0.0)
-            if hour >= 7:
-                for _ in range(2):
-                    at = hour * HOUR + rng.randrange(HOUR - 60 * US)
-                    self.burst(subject, at, rng.randint(8, 14), 30 * MS)
-        self.add(UPGRADE_AT, subject, "assign", plan="pro")
-        for hour in range(12, 24):
-            self.scattered(subject, hour, self.scaled(hour, 600), 0.3)
-            at = hour * HOUR + rng.randrange(HOUR - 60 * US)
-            self.burst(subject, at, rng.randint(80, 200), 2 * MS)
-
-    def spender(self, subject: str) -> None:
-        """A pro account: steady traffic, and ``enrich`` calls held by reservations at their
-        estimate and committed at what they really cost, until the daily budget runs out."""
-        rng = self.rng
-        for hour in range(24):
-            self.scattered(subject, hour, self.scaled(hour, 400), 0.25)
-            if 7 <= hour <= 22:
-                for _ in range(round(PROFILE[hour] * 6 + rng.random())):
-                    at = hour * HOUR + rng.randrange(HOUR - 60 * US)
-                    self._refs += 1
-                    self.add(at, subject, "reserve", "enrich", ref=self._refs)
-                    done = at + rng.randrange(1 * US, 8 * US)
-                    self.add(
-                        done, subject, "commit", "enrich", units=rng.randint(5, 20), ref=self._refs
-                    )
-        self.burst(subject, 16 * HOUR + rng.randrange(HOUR - 60 * US), 160, 2 * MS)
-
-
-def script(seed: int, subjects: list[tuple[str, str]]) -> list[Call]:
-    """Every call of the day, in the order they happen."""
-    builder = _Script(seed)
-    for name, role in subjects:
-        getattr(builder, role)(name)
-    return sorted(builder.calls, key=lambda call: (call.at, call.order))
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -454,9 +264,8 @@ class _Day:
         for state in before.limits:
             if state.kind == "rate":  # a rate's state is a time, not a count
                 continue
-            try:
-                now = after.limit(state.name)
-            except KeyError:
+            now = next((s for s in after.limits if s.name == state.name), None)
+            if now is None:  # not a limit of the new plan
                 continue
             carried[state.name] = (state.used, now.used)
             kept.append(f"{state.name} {_of(state.used, state)} -> {_of(now.used, now)}")
@@ -496,4 +305,11 @@ def simulate(seed: int = 1, subjects: int = 4, policy: Policy | None = None) -> 
     return _Day(policy, seed, names).run(script(seed, names))
 
 
-__all__ = ["DEMO_POLICY", "DemoResult", "SubjectStats", "demo_policy", "simulate"]
+__all__ = [
+    "DEMO_POLICY",
+    "POLICY_FILE",
+    "DemoResult",
+    "SubjectStats",
+    "demo_policy",
+    "simulate",
+]
