@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from tollway.events import USAGE_RECORDED
 from tollway.money import Money
 
 Period = Literal["minute", "hour", "day", "week", "month"]
@@ -258,7 +259,7 @@ class HookConfig:
     secret_env: str | None = None
     """The environment variable holding the ``whsec_`` secret (several, space-separated, while
     one is rotated). Secrets are never written in the file."""
-    events: tuple[str, ...] = ("tollway.usage.recorded",)
+    events: tuple[str, ...] = (USAGE_RECORDED,)
     aggregate: HookAggregate = "none"
     """``minute`` / ``hour``: one usage event per subject and meter per bucket, summed."""
     timeout_ms: int = 15_000

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Literal, TypeVar, cast
 
 from tollway.errors import PolicyError, PolicyIssue
-from tollway.metering.cloudevents import EVENT_TYPES, USAGE_RECORDED
+from tollway.events import EVENT_TYPES, USAGE_RECORDED
 from tollway.money import Money
 from tollway.policy import fields, hook_fields
 from tollway.policy.fields import Check, got, quoted, show, text

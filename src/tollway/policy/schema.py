@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollway.metering.cloudevents import EVENT_TYPES
+from tollway.events import EVENT_TYPES
 from tollway.policy import fields, hook_fields
 from tollway.policy.model import PERIODS
 
