@@ -119,6 +119,9 @@ class Operation:
     cost: int = 1
     price: Money | None = None
     endpoints: tuple[str, ...] = ()
+    explicit_amount: bool = False
+    """``price = "explicit"``: no price in the policy; every call gives its money (``amount=``
+    at acquire, reserve or commit), so a budget may count it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,9 @@ class Provider:
     tiers: tuple[PriceTier, ...] = ()
     """A tiered price list per calendar month in the provider's timezone (``price`` is then
     its dearest tier, what a reservation holds until the commit knows the tier)."""
+    explicit_amount: bool = False
+    """``price = "explicit"``: every call gives its money (``amount=``), so a budget may count
+    it without a price."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import cast
 
 from tollway.errors import PolicyError
-from tollway.policy import fields
+from tollway.policy import fields, pricing
 from tollway.policy.fields import quoted, show, text
 from tollway.policy.hooks import parse_hooks
 from tollway.policy.limits import ON_ERROR, parse_limits
@@ -84,6 +84,7 @@ def _policy(w: Walker, document: object) -> Policy:
     plans = _plans(w, doc)
     providers = parse_providers(w, doc)
     routes = parse_routes(w, doc)
+    pricing.check_budgets(w, w.operations, plans, providers)
     if defaults.plan is not None:
         declared = w.section_names(doc, "plans")
         if defaults.plan not in declared:
@@ -145,11 +146,13 @@ def _operations(w: Walker, doc: Table) -> dict[str, Operation]:
     operations: dict[str, Operation] = {}
     for name, path, raw in w.named(w.section(doc, "operations"), "operations"):
         t = w.table(raw, path, OPERATION_KEYS)
+        explicit = t.get("price") == pricing.EXPLICIT
         operations[name] = Operation(
             name=name,
             cost=w.get(t, path, "cost", fields.integer(1, MAX_COST), 1),
-            price=w.get(t, path, "price", MONEY, None),
+            price=None if explicit else w.get(t, path, "price", MONEY, None),
             endpoints=w.each(t, path, "endpoints", text(fields.parse_endpoint, "GET /v1")),
+            explicit_amount=explicit,
         )
     return operations
 

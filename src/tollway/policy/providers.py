@@ -10,6 +10,7 @@ from tollway.policy import fields
 from tollway.policy.fields import show, text
 from tollway.policy.limits import parse_limits
 from tollway.policy.model import PriceTier, Provider, ProviderClient, ProviderHealth, Route
+from tollway.policy.pricing import EXPLICIT
 from tollway.policy.walker import MONEY, NAME, TIMEZONE, Owner, Table, Walker, join
 
 __all__ = ["PROVIDER_KEYS", "ROUTE_KEYS", "parse_providers", "parse_routes"]
@@ -42,8 +43,10 @@ def parse_providers(w: Walker, doc: Table) -> dict[str, Provider]:
             tiers, currency = _price_tiers(w, raw_price, join(path, "price"))
             dearest = max((tier.micros for tier in tiers), default=None)
             price = None if dearest is None else Money(dearest, currency)
-        else:
+        elif raw_price != EXPLICIT:
             price = w.get(t, path, "price", MONEY, None)
+        else:
+            price = None
         timezone = w.get(t, path, "timezone", TIMEZONE, w.timezone)
         owner = Owner(path=path, is_provider=True, timezone=timezone, price=price)
         limits = parse_limits(w, t, owner)
@@ -56,6 +59,7 @@ def parse_providers(w: Walker, doc: Table) -> dict[str, Provider]:
             weight=w.get(t, path, "weight", fields.integer(0, 1_000_000), 1),
             client=_provider_client(w, t, path),
             tiers=tiers,
+            explicit_amount=raw_price == EXPLICIT,
         )
     return providers
 
