@@ -73,7 +73,7 @@ ALLOWED: dict[tuple[str, str], str] = {
         "TYPE_CHECKING only: LimitExceeded.decision is annotated with Decision"
     ),
     ("tollway.errors", "tollway.outbound.route"): (
-        "TYPE_CHECKING only: NoProviderAvailable.skips is annotated with Skip"
+        "TYPE_CHECKING only: NoProviderAvailable.skipped is annotated with Skip"
     ),
     ("tollway.client", "tollway.outbound.router"): (
         "Tollway.route / AsyncTollway.route: a face convenience constructor that lazily builds "
