@@ -76,10 +76,7 @@ def policy(
         "operations": {
             "geocode": {"cost": 1, "price": "0.005 USD"},
             "search": {"cost": 2, "price": "explicit"},  # a budget over it needs amount=
-            "ping": {
-                "cost": 1,
-                "price": "explicit",
-            },  # no price: acquired only where no budget counts it
+            "ping": {"cost": 1, "price": "explicit"},  # acquired where no budget counts it
         },
         "plans": {"free": {"limits": limits}},
     }
