@@ -4,6 +4,7 @@ value, and nothing is consumed by a refused call."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -269,3 +270,35 @@ def test_store_url_that_is_no_url_is_a_policy_error(clock: FakeClock) -> None:
 def test_memory_urls_are_accepted(clock: FakeClock, url: str) -> None:
     tw = Tollway(POLICY, store=url, clock=clock)
     assert tw.acquire("a", "geocode").allowed
+
+
+# -- a budget over what the policy cannot price -------------------------------------------------
+
+UNPRICED: dict[str, Any] = {
+    **POLICY,
+    "plans": {"free": {"limits": [{"name": "spend", "budget": "1.00 USD/day"}]}},
+}
+
+
+@pytest.mark.parametrize("face", [Tollway, AsyncTollway])
+def test_a_budget_it_cannot_price_fails_at_construction(clock: FakeClock, face: type) -> None:
+    """Not one 400 per request that blames the client: the policy itself is refused."""
+    with pytest.raises(PolicyError) as caught:
+        face(UNPRICED, clock=clock)
+    assert [issue.path for issue in caught.value.issues] == ["plans.free.limits[0].budget"] * 2
+    message = str(caught.value)
+    assert 'counts operation "geocode", which has no price' in message
+    assert 'counts operation "search", which has no price' in message
+
+
+def test_an_explicit_price_without_an_amount_is_refused_and_consumes_nothing(
+    clock: FakeClock,
+) -> None:
+    policy = {**UNPRICED, "operations": {"geocode": {"cost": 1, "price": "explicit"}}}
+    tw = Tollway(policy, clock=clock)
+    with pytest.raises(InvalidArgumentError, match="amount") as caught:
+        tw.acquire("a", "geocode")
+    assert "'geocode'" in str(caught.value)
+    assert tw.usage("a").limit("spend").used == Decimal("0")
+    assert tw.acquire("a", "geocode", amount=Decimal("0.75")).allowed
+    assert not tw.acquire("a", "geocode", amount=Decimal("0.30")).allowed

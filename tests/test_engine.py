@@ -116,7 +116,10 @@ def test_cost_above_quota_plus_grace_is_never_allowed(clock: FakeClock) -> None:
 def budget_tollway(clock: FakeClock, budget: str = "0.05 USD/day") -> Tollway:
     policy = {
         "defaults": {"plan": "free"},
-        "operations": {"geocode": {"cost": 1, "price": "0.005 USD"}, "llm": {"cost": 1}},
+        "operations": {
+            "geocode": {"cost": 1, "price": "0.005 USD"},
+            "llm": {"cost": 1, "price": "explicit"},
+        },
         "plans": {"free": {"limits": [{"name": "spend", "budget": budget}]}},
     }
     return Tollway(policy, clock=clock)

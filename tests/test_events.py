@@ -75,8 +75,8 @@ def policy(
         "defaults": {"plan": "free"},
         "operations": {
             "geocode": {"cost": 1, "price": "0.005 USD"},
-            "search": {"cost": 2},  # no price: a budget over it needs amount=
-            "ping": {"cost": 1},  # no price, and no budget counts it
+            "search": {"cost": 2, "price": "explicit"},  # a budget over it needs amount=
+            "ping": {"cost": 1, "price": "explicit"},  # acquired where no budget counts it
         },
         "plans": {"free": {"limits": limits}},
     }

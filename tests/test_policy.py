@@ -16,6 +16,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+import tollway
 import tollway.policy
 from tollway.errors import PolicyError, PolicyIssue
 from tollway.money import Money
@@ -587,6 +588,129 @@ def test_budget_currency_checks_every_operation_by_default() -> None:
     assert len(messages) == 2
     assert 'operation "b"' in messages[0]
     assert 'operation "c"' in messages[1]
+
+
+# -- a budget can price what it counts ---------------------------------------------------------
+
+
+def priced_plans(**operations: dict[str, Any]) -> dict[str, Any]:
+    """Plan ``p`` with a budget over every operation, plan ``q`` with one over ``a`` only."""
+    return {
+        "operations": operations,
+        "plans": {
+            "p": {"limits": [{"name": "spend", "budget": "10 USD/day"}]},
+            "q": {"limits": [{"budget": "5 USD/day", "operations": ["a"]}]},
+        },
+    }
+
+
+def test_a_budget_over_an_operation_without_a_price_is_refused() -> None:
+    found = issues(priced_plans(a={"cost": 1}, b={"cost": 2}, c={"price": "0.01 USD"}))
+    assert [(issue.path, issue.message) for issue in found] == [
+        (
+            "plans.p.limits[0].budget",
+            'budget "10 USD/day" counts operation "a", which has no price; expected a price '
+            'on it (operations.a.price = "0.001 USD"), price = "explicit" there if every call '
+            'gives its amount=, or operations = [...] on this limit without "a"',
+        ),
+        (
+            "plans.p.limits[0].budget",
+            'budget "10 USD/day" counts operation "b", which has no price; expected a price '
+            'on it (operations.b.price = "0.001 USD"), price = "explicit" there if every call '
+            'gives its amount=, or operations = [...] on this limit without "b"',
+        ),
+        (
+            "plans.q.limits[0].budget",
+            'budget "5 USD/day" counts operation "a", which has no price; expected a price '
+            'on it (operations.a.price = "0.001 USD"), price = "explicit" there if every call '
+            'gives its amount=, or operations = [...] on this limit without "a"',
+        ),
+    ]
+
+
+def test_a_budget_restricted_to_priced_operations_is_valid() -> None:
+    document = priced_plans(a={"price": "0.01 USD"}, b={"cost": 2})
+    document["plans"]["p"]["limits"][0]["operations"] = ["a"]
+    policy = load(document)
+    assert policy.operations["b"].price is None
+    assert not policy.operations["b"].explicit_amount
+
+
+def test_a_quota_over_an_operation_without_a_price_is_valid() -> None:
+    policy = load(plan({"quota": "10/day"}, operations={"a": {"cost": 1}}))
+    assert policy.operations["a"].price is None
+
+
+def test_an_explicit_price_lets_a_budget_count_amounts_given_by_each_call() -> None:
+    policy = load(priced_plans(a={"price": "explicit"}, b={"price": "explicit", "cost": 3}))
+    a = policy.operations["a"]
+    assert (a.price, a.explicit_amount) == (None, True)
+    tw = tollway.Tollway(policy)
+    tw.assign("acct", "p")
+    assert tw.acquire("acct", "b", amount=Decimal("9.5")).allowed
+    assert not tw.acquire("acct", "a", amount=Decimal("0.6")).allowed
+    with pytest.raises(tollway.InvalidArgumentError, match="amount"):
+        tw.acquire("acct", "a")  # the policy said every call gives its amount
+
+
+def test_an_explicit_price_on_an_operation_with_endpoints_is_refused_under_a_budget() -> None:
+    document = priced_plans(a={"price": "explicit", "endpoints": ["GET /v1/a"]})
+    found = issues(document)
+    assert {issue.path for issue in found} == {
+        "plans.p.limits[0].budget",
+        "plans.q.limits[0].budget",
+    }
+    assert 'whose price is "explicit"' in found[0].message
+    assert "a request through the HTTP gate gives no amount" in found[0].message
+    del document["plans"]["p"], document["plans"]["q"]
+    assert load(document).operations["a"].endpoints == ("GET /v1/a",)  # no budget: valid
+
+
+def test_a_provider_budget_needs_the_providers_price() -> None:
+    def provider(**fields: Any) -> dict[str, Any]:
+        return {"providers": {"g": {"limits": [{"budget": "5 USD/day"}], **fields}}}
+
+    assert issue_at(provider(), "providers.g.limits[0].budget") == (
+        'budget "5 USD/day" counts calls to provider "g", which has no price; expected a price '
+        'on it (price = "0.005 USD", or a list of tiers), or price = "explicit" if every call '
+        "gives its amount="
+    )
+    assert load(provider(price="0.005 USD")).providers["g"].price is not None
+    tiers = [{"upto": 10, "price": "5.00 USD/1000"}, {"price": "4.00 USD/1000"}]
+    assert load(provider(price=tiers)).providers["g"].tiers
+    explicit = load(provider(price="explicit")).providers["g"]
+    assert (explicit.price, explicit.explicit_amount) == (None, True)
+
+
+def test_an_explicit_price_validates_against_the_schema() -> None:
+    validator = jsonschema.Draft202012Validator(policy_schema())
+    validator.validate(priced_plans(a={"price": "explicit"}))
+    validator.validate({"providers": {"g": {"price": "explicit"}}})
+    assert not validator.is_valid({"operations": {"a": {"price": "implicit"}}})
+
+
+def test_policy_check_refuses_a_budget_it_cannot_price(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tollway.cli.main import main
+
+    path = tmp_path / "unpriced.toml"
+    path.write_text(
+        '[defaults]\nplan = "free"\n\n'
+        "[operations]\n"
+        'geocode = { cost = 1, endpoints = ["GET /v1/geocode"] }\n'
+        "search = { cost = 5 }\n\n"
+        "[plans.free]\n"
+        'limits = [{ name = "spend", budget = "5.00 USD/month" }]\n',
+        encoding="utf-8",
+    )
+    assert main(["policy", "check", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2  # both operations, in one run
+    assert err[0].startswith(
+        f'{path}: plans.free.limits[0].budget: budget "5.00 USD/month" counts operation "geocode"'
+    )
+    assert 'counts operation "search", which has no price' in err[1]
 
 
 def test_duplicate_limit_names() -> None:

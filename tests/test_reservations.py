@@ -28,9 +28,9 @@ POLICY: dict[str, Any] = {
     "store": {"hold_ttl_ms": 30_000},
     "defaults": {"plan": "free"},
     "operations": {
-        "call": {"cost": 1},
+        "call": {"cost": 1, "price": "explicit"},
         "geocode": {"cost": 1, "price": "0.01 USD"},
-        "llm": {"cost": 1},
+        "llm": {"cost": 1, "price": "explicit"},
     },
     "plans": {
         "free": {"limits": [{"name": "hourly", "quota": "10/hour", "thresholds": [0.5]}]},

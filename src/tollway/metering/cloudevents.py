@@ -18,7 +18,8 @@ An envelope is a plain ``dict``::
 - A batch is a JSON array of envelopes (``application/cloudevents-batch+json``):
   `encode_batch` / `decode_batch`.
 
-Types in the ``tollway.`` namespace must be one of `EVENT_TYPES`, so a typo cannot slip out;
+Types in the ``tollway.`` namespace must be one of `EVENT_TYPES` (defined in `tollway.events`
+and re-exported here), so a typo cannot slip out;
 any other reverse-DNS type (``com.example.thing``) is the caller's own.
 """
 
@@ -33,6 +34,13 @@ from decimal import Decimal
 from typing import Any
 
 from tollway.errors import EventFormatError
+from tollway.events import (
+    EVENT_TYPES,
+    LIMIT_EXCEEDED,
+    LIMIT_THRESHOLD,
+    PROVIDER_FAILOVER,
+    USAGE_RECORDED,
+)
 from tollway.money import Money
 
 __all__ = [
@@ -55,16 +63,6 @@ __all__ = [
 ]
 
 SPECVERSION = "1.0"
-USAGE_RECORDED = "tollway.usage.recorded"
-"""A step was committed: who, which operation, what it cost (``data.amount`` as a string)."""
-LIMIT_THRESHOLD = "tollway.limit.threshold"
-"""A limit crossed one of its warning thresholds (e.g. 80 % of a budget used)."""
-LIMIT_EXCEEDED = "tollway.limit.exceeded"
-"""A step was denied by a limit."""
-PROVIDER_FAILOVER = "tollway.provider.failover"
-"""A route skipped a provider (throttled, exhausted, blocked, failing) for the next one."""
-EVENT_TYPES: tuple[str, ...] = (USAGE_RECORDED, LIMIT_THRESHOLD, LIMIT_EXCEEDED, PROVIDER_FAILOVER)
-
 CONTENT_TYPE = "application/cloudevents+json"
 """The HTTP content type of one event in the structured mode."""
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"

@@ -1,26 +1,9 @@
-"""What the atomic step appends for billing, and how a drain reads it back.
+"""How a drain reads back what the atomic step appended: entries into events and notices.
 
-The step (``lua/step.lua``, ``lua/settle.lua``, and the memory store alike) appends one entry
-per allowed consumption, and one per threshold first reached or limit first exceeded in a
-window. An entry is a flat map of short string fields:
-
-==== ==================================================================================
-``k`` ``u`` usage, ``t`` threshold reached, ``x`` limit exceeded, ``f`` a route failed over
-``t`` the store's clock when the step ran (us): the event's ``occurred_at``
-``d`` the usage template the client built for the step (`usage_template`): a JSON array
-      ``[subject, operation, meter, quantity, amount_micros, currency, plan,
-      policy_version, [limits]]``
-``i`` usage only, optional: the caller's request id (the event id); absent, the id is
-      derived from the stream and entry id, which a redelivery keeps
-``a`` usage only, optional: the caller's attributes, a JSON object
-``f`` threshold / exceeded: the counter's field (``q:NAME[:OP]``, ``b:NAME[:OP]``)
-``n`` threshold: which of the limit's thresholds (0-based)
-``s``, ``e`` threshold / exceeded: the window's start and end (us)
-``v`` threshold / exceeded: the count after the step (threshold) or as found (exceeded)
-``n`` failover: the notice id (per route, provider and minute)
-``r``, ``p`` failover: the route, and the providers passed over with why (a JSON array of
-      ``[provider, reason]``); ``d`` is the usage template of the provider that took it
-==== ==================================================================================
+The entry layout, the event types and the stream keys are shared vocabulary and live in
+`tollway.events` (the stores write entries; this module only reads them). They are re-exported
+here under their older names (`USAGE`, `THRESHOLD`, `EXCEEDED`, `FAILOVER`, `REGISTRY`,
+`stream_key`, `slot_of`) for the code and tests that import them from here.
 
 A threshold's or an exceeded limit's event id is made of the subject, field, window (and
 threshold): the step emits it once per window, and the id makes a second copy (a redelivery,
@@ -29,16 +12,28 @@ or a restarted Redis) a duplicate the ledger drops.
 
 from __future__ import annotations
 
-import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from tollway.engine.template import usage_template
 from tollway.errors import InvalidUsageEventError
+from tollway.events import (
+    KIND_EXCEEDED,
+    KIND_FAILOVER,
+    KIND_THRESHOLD,
+    KIND_USAGE,
+    REGISTRY,
+    slot_of,
+    stream_key,
+    warm_slot_tags,
+)
+from tollway.events import LIMIT_EXCEEDED as EXCEEDED
+from tollway.events import LIMIT_THRESHOLD as THRESHOLD
+from tollway.events import PROVIDER_FAILOVER as FAILOVER
+from tollway.events import USAGE_RECORDED as USAGE
 
 if TYPE_CHECKING:
     from tollway.metering.ledger.events import UsageEvent
@@ -52,19 +47,11 @@ __all__ = [
     "USAGE",
     "Notice",
     "decode_entry",
+    "slot_of",
     "stream_key",
     "usage_template",
+    "warm_slot_tags",
 ]
-
-USAGE = "tollway.usage.recorded"
-THRESHOLD = "tollway.limit.threshold"
-EXCEEDED = "tollway.limit.exceeded"
-FAILOVER = "tollway.provider.failover"
-
-REGISTRY = "tw:events:streams"
-"""A set of every event stream key a client has written to (read by `tollway worker`)."""
-
-_SLOTS = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,50 +88,6 @@ class Notice:
         )
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def slot_of(subject: str) -> int:
-    """The Redis Cluster hash slot of the subject's keys (``tw:{SUBJECT}...``), found as Redis
-    does: by the text between the first ``{`` and the next ``}``, so a subject holding a ``}``
-    hashes by its part before it (and by the whole key when that part is empty)."""
-    key = f"tw:{{{subject}}}".encode()
-    end = key.find(b"}", 4)
-    if end > 4:
-        key = key[4:end]
-    return binascii.crc_hqx(key, 0) % _SLOTS
-
-
-@lru_cache(maxsize=1)
-def _tags() -> list[str]:
-    """For every hash slot, a short tag whose keys land in it (found once, in about 50 ms)."""
-    tags: list[str | None] = [None] * _SLOTS
-    missing, n = _SLOTS, 0
-    while missing:
-        tag = f"e{n}"
-        slot = binascii.crc_hqx(tag.encode(), 0) % _SLOTS
-        if tags[slot] is None:
-            tags[slot] = tag
-            missing -= 1
-        n += 1
-    return [t for t in tags if t is not None]
-
-
-def warm_slot_tags() -> None:
-    """Find the slot tags now (a cluster client calls this when it starts)."""
-    _tags()
-
-
-def stream_key(subject: str, *, cluster: bool, partitions: int) -> str:
-    """The event stream the subject's steps append to. On a cluster it must share the slot of
-    the subject's hash (one script touches both): one stream per slot in use. On a standalone
-    Redis, ``partitions`` streams."""
-    slot = slot_of(subject)
-    if cluster:
-        return f"tw:{{{_tags()[slot]}}}:events"
-    return f"tw:events:{slot % partitions}"
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -174,7 +117,7 @@ def decode_entry(
         subject, operation, meter, quantity, amount, currency, plan, version, limits = template
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidUsageEventError(f"{where} is not a tollway event entry: {exc!r}") from None
-    if kind == "u":
+    if kind == KIND_USAGE:
         ident = got.get("i") or f"tw-{_label(stream)}-{entry_id}"
         try:
             attributes = json.loads(got["a"]) if got.get("a") else {}
@@ -197,7 +140,7 @@ def decode_entry(
             recorded_at_us=recorded_at_us,
             attributes=attributes,
         )
-    if kind == "f":
+    if kind == KIND_FAILOVER:
         try:
             passed = [{"provider": p, "reason": r} for p, r in json.loads(got["p"])]
             ident, route = got["n"], got["r"]
@@ -205,11 +148,11 @@ def decode_entry(
             raise InvalidUsageEventError(f"{where} is not a failover entry: {exc!r}") from None
         info = {"route": route, "provider": plan, "passed_over": passed, "policy_version": version}
         return Notice(ident, FAILOVER, subject, at, info)
-    if kind not in ("t", "x"):
+    if kind not in (KIND_THRESHOLD, KIND_EXCEEDED):
         raise InvalidUsageEventError(f"{where} has kind {kind!r}; expected u, t, x or f")
     try:
         counter, start, end, value = got["f"], int(got["s"]), int(got["e"]), int(got["v"])
-        index = int(got["n"]) if kind == "t" else 0
+        index = int(got["n"]) if kind == KIND_THRESHOLD else 0
     except (KeyError, ValueError) as exc:
         raise InvalidUsageEventError(f"{where} lacks a limit field: {exc!r}") from None
     letter, _, rest = counter.partition(":")
@@ -224,7 +167,7 @@ def decode_entry(
         "window_end_us": end,
         "policy_version": version,
     }
-    if kind == "x":
+    if kind == KIND_EXCEEDED:
         ident = f"exc-{subject}-{counter}-{start}"
         return Notice(ident, EXCEEDED, subject, at, data)
     data["threshold"] = _threshold(policy, plan, subject, name, index)

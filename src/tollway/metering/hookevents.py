@@ -18,12 +18,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from tollway.events import USAGE_RECORDED
 from tollway.metering.cloudevents import (
     BATCH_CONTENT_TYPE,
     CONTENT_TYPE,
     DATA_CONTENT_TYPE,
     SPECVERSION,
-    USAGE_RECORDED,
     encode,
     encode_batch,
     format_time,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollway.errors import ConfigurationError
-from tollway.metering.entries import REGISTRY
+from tollway.events import REGISTRY
 
 try:
     import redis

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from tollway.events import USAGE_RECORDED
 from tollway.money import Money
 
 Period = Literal["minute", "hour", "day", "week", "month"]
@@ -118,6 +119,9 @@ class Operation:
     cost: int = 1
     price: Money | None = None
     endpoints: tuple[str, ...] = ()
+    explicit_amount: bool = False
+    """``price = "explicit"``: no price in the policy; every call gives its money (``amount=``
+    at acquire, reserve or commit), so a budget may count it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,9 @@ class Provider:
     tiers: tuple[PriceTier, ...] = ()
     """A tiered price list per calendar month in the provider's timezone (``price`` is then
     its dearest tier, what a reservation holds until the commit knows the tier)."""
+    explicit_amount: bool = False
+    """``price = "explicit"``: every call gives its money (``amount=``), so a budget may count
+    it without a price."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +265,7 @@ class HookConfig:
     secret_env: str | None = None
     """The environment variable holding the ``whsec_`` secret (several, space-separated, while
     one is rotated). Secrets are never written in the file."""
-    events: tuple[str, ...] = ("tollway.usage.recorded",)
+    events: tuple[str, ...] = (USAGE_RECORDED,)
     aggregate: HookAggregate = "none"
     """``minute`` / ``hour``: one usage event per subject and meter per bucket, summed."""
     timeout_ms: int = 15_000

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollway.metering.cloudevents import EVENT_TYPES
+from tollway.events import EVENT_TYPES
 from tollway.policy import fields, hook_fields
 from tollway.policy.model import PERIODS
 
@@ -192,7 +192,11 @@ def _defs() -> Schema:
         "operation": _object(
             "A kind of call.",
             cost=_int("Units of cost one call consumes. Default: 1.", 1, fields.MAX_QUOTA),
-            price=_ref("money", "Price per unit of cost."),
+            price={
+                "description": 'Price per unit of cost, or "explicit": every call gives its '
+                "amount.",
+                "anyOf": [{"$ref": "#/$defs/money"}, {"const": "explicit"}],
+            },
             endpoints={
                 "type": "array",
                 "description": "HTTP endpoints the operation covers.",
@@ -206,9 +210,11 @@ def _defs() -> Schema:
         "provider": _object(
             "A paid API the service itself calls.",
             price={
-                "description": "Price per unit of cost, or tiers per calendar month.",
+                "description": 'Price per unit of cost, tiers per calendar month, or "explicit": '
+                "every call gives its amount.",
                 "anyOf": [
                     {"$ref": "#/$defs/money"},
+                    {"const": "explicit"},
                     {
                         "type": "array",
                         "minItems": 1,

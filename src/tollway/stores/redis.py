@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.step import Reply, Step
 from tollway.errors import ConfigurationError, StoreError, StoreUnavailableError
-from tollway.metering.entries import REGISTRY, stream_key, warm_slot_tags
+from tollway.events import REGISTRY, stream_key, warm_slot_tags
 from tollway.policy.model import LedgerConfig, StoreConfig
 from tollway.stores import redis_codec as codec
 from tollway.stores.breaker import Breaker

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tollway.errors import InvalidArgumentError
-from tollway.metering.cloudevents import USAGE_RECORDED
+from tollway.events import USAGE_RECORDED
 from tollway.metering.ledger.events import UsageEvent
 from tollway.metering.ledger.flows import Flow
 from tollway.metering.ledger.hookstore import AsyncHookStore, HookStore
