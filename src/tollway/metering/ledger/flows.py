@@ -17,7 +17,15 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg.rows import TupleRow
 
-__all__ = ["Flow", "Many", "Query", "drive_async_psycopg", "drive_psycopg", "drive_sqlite"]
+__all__ = [
+    "Flow",
+    "Many",
+    "Query",
+    "Statement",
+    "drive_async_psycopg",
+    "drive_psycopg",
+    "drive_sqlite",
+]
 
 T = TypeVar("T")
 
@@ -34,20 +42,21 @@ class Many:
     rows: Sequence[Sequence[Any]]
 
 
-Step = Union[Query, Many]  # noqa: UP007 (a runtime alias)
-Flow = Generator[Step, list[Any], T]
+Statement = Union[Query, Many]  # noqa: UP007 (a runtime alias)
+"""What a flow asks its driver to execute (not the engine's `Step`)."""
+Flow = Generator[Statement, list[Any], T]
 
 
 def drive_sqlite(conn: sqlite3.Connection, flow: Flow[T]) -> T:
     try:
-        step = next(flow)
+        statement = next(flow)
         while True:
-            if isinstance(step, Many):
-                conn.executemany(step.sql, step.rows)
+            if isinstance(statement, Many):
+                conn.executemany(statement.sql, statement.rows)
                 rows: list[Any] = []
             else:
-                rows = conn.execute(step.sql, step.params).fetchall()
-            step = flow.send(rows)
+                rows = conn.execute(statement.sql, statement.params).fetchall()
+            statement = flow.send(rows)
     except StopIteration as stop:
         result: T = stop.value
         return result
@@ -55,16 +64,16 @@ def drive_sqlite(conn: sqlite3.Connection, flow: Flow[T]) -> T:
 
 def drive_psycopg(cur: psycopg.Cursor[TupleRow], flow: Flow[T]) -> T:
     try:
-        step = next(flow)
+        statement = next(flow)
         while True:
             rows: list[Any] = []
-            if isinstance(step, Many):
-                if step.rows:
-                    cur.executemany(step.sql, step.rows)
+            if isinstance(statement, Many):
+                if statement.rows:
+                    cur.executemany(statement.sql, statement.rows)
             else:
-                cur.execute(step.sql, step.params or None)
+                cur.execute(statement.sql, statement.params or None)
                 rows = cur.fetchall() if cur.description is not None else []
-            step = flow.send(rows)
+            statement = flow.send(rows)
     except StopIteration as stop:
         result: T = stop.value
         return result
@@ -72,16 +81,16 @@ def drive_psycopg(cur: psycopg.Cursor[TupleRow], flow: Flow[T]) -> T:
 
 async def drive_async_psycopg(cur: psycopg.AsyncCursor[TupleRow], flow: Flow[T]) -> T:
     try:
-        step = next(flow)
+        statement = next(flow)
         while True:
             rows: list[Any] = []
-            if isinstance(step, Many):
-                if step.rows:
-                    await cur.executemany(step.sql, step.rows)
+            if isinstance(statement, Many):
+                if statement.rows:
+                    await cur.executemany(statement.sql, statement.rows)
             else:
-                await cur.execute(step.sql, step.params or None)
+                await cur.execute(statement.sql, statement.params or None)
                 rows = await cur.fetchall() if cur.description is not None else []
-            step = flow.send(rows)
+            statement = flow.send(rows)
     except StopIteration as stop:
         result: T = stop.value
         return result

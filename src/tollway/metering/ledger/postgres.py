@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,7 +39,7 @@ from tollway.metering.ledger.events import COLUMNS, UsageEvent
 from tollway.metering.ledger.flows import Flow, drive_async_psycopg, drive_psycopg
 from tollway.metering.ledger.outbox import CommitExtras
 from tollway.metering.ledger.queries import PreparedBatch
-from tollway.metering.ledger.schema import Query, migrate_flow
+from tollway.metering.ledger.schema import migrate_flow
 
 __all__ = ["AsyncPostgresLedger", "PostgresLedger", "redact_url"]
 
@@ -113,18 +113,6 @@ def _new_events(batch: PreparedBatch, need_new: bool, new_ids: set[str] | None) 
     return [event for event in batch.events if event.id in new_ids]
 
 
-def _run_flow(cur: psycopg.Cursor[TupleRow], flow: Generator[Query, list[Any], int]) -> None:
-    """Drive `migrate_flow` on a sync cursor."""
-    try:
-        sql, params = next(flow)
-        while True:
-            cur.execute(sql, _params(params))
-            rows = cur.fetchall() if cur.description is not None else []
-            sql, params = flow.send(rows)
-    except StopIteration:
-        return
-
-
 class PostgresLedger(Ledger):
     """The ledger in a PostgreSQL database (``postgresql://user@host:port/db?...``; libpq's
     parameters, ``options=-csearch_path=...`` included). Connects and migrates on construction;
@@ -176,7 +164,7 @@ class PostgresLedger(Ledger):
                     "postgres", where=self.url, now_us=time.time_ns() // 1000, param="%s"
                 )
                 with conn.transaction(), conn.cursor() as cur:
-                    _run_flow(cur, flow)
+                    drive_psycopg(cur, flow)
                 self._migrated = True
         except psycopg.OperationalError as exc:
             conn.close()
@@ -366,14 +354,7 @@ class AsyncPostgresLedger(AsyncLedger):
                     "postgres", where=self.url, now_us=time.time_ns() // 1000, param="%s"
                 )
                 async with conn.transaction(), conn.cursor() as cur:
-                    try:
-                        sql, params = next(flow)
-                        while True:
-                            await cur.execute(sql, _params(params))
-                            rows = await cur.fetchall() if cur.description is not None else []
-                            sql, params = flow.send(rows)
-                    except StopIteration:
-                        pass
+                    await drive_async_psycopg(cur, flow)
                 self._migrated = True
         except psycopg.OperationalError as exc:
             await conn.close()

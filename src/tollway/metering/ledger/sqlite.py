@@ -85,14 +85,7 @@ class SqliteLedger(Ledger):
     def _migrate(self, conn: sqlite3.Connection) -> int:
         flow = migrate_flow("sqlite", where=self.url, now_us=time.time_ns() // 1000, param="?")
         with self._transaction(conn):
-            try:
-                query = next(flow)
-                while True:
-                    rows = conn.execute(query[0], query[1]).fetchall()
-                    query = flow.send(rows)
-            except StopIteration as stop:
-                applied: int = stop.value
-                return applied
+            return drive_sqlite(conn, flow)
 
     # ------------------------------------------------------------------ plumbing
     @contextlib.contextmanager
