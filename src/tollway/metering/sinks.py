@@ -37,6 +37,9 @@ __all__ = [
     "Sink",
     "WebhookSink",
     "check_sink_url",
+    "check_stream",
+    "exception_text",
+    "stream_fields",
 ]
 
 
@@ -276,7 +279,7 @@ class CallableSink:
         try:
             self._fn(message)
         except Exception as exc:
-            return SendResult.failed(_exception_text(exc))
+            return SendResult.failed(exception_text(exc))
         return SendResult.delivered()
 
 
@@ -290,10 +293,7 @@ class RedisStreamSink:
     ``disabled`` is only ever set by the caller."""
 
     def __init__(self, client: Any, stream: str, *, maxlen: int = 100_000) -> None:
-        if not isinstance(stream, str) or not stream:
-            raise ConfigurationError(f"stream: {stream!r}; expected a Redis Stream key")
-        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
-            raise ConfigurationError(f"maxlen: {maxlen!r}; expected an int >= 1")
+        check_stream(stream, maxlen)
         self._client = client
         self._stream = stream
         self._maxlen = maxlen
@@ -320,17 +320,29 @@ class RedisStreamSink:
         return f"RedisStreamSink({self._stream!r})"
 
     def send(self, message: Message, *, timeout: float) -> SendResult:
-        fields = {"id": message.id, "content_type": message.content_type, "body": message.body}
+        fields = stream_fields(message)
         try:
             self._client.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
         except Exception as exc:  # redis.ConnectionError, TimeoutError, ResponseError...
-            return SendResult.failed(_exception_text(exc))
+            return SendResult.failed(exception_text(exc))
         return SendResult.delivered()
 
     def close(self) -> None:
         close = getattr(self._client, "close", None)
         if callable(close):
             close()
+
+
+def check_stream(stream: Any, maxlen: Any) -> None:
+    if not isinstance(stream, str) or not stream:
+        raise ConfigurationError(f"stream: {stream!r}; expected a Redis Stream key")
+    if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
+        raise ConfigurationError(f"maxlen: {maxlen!r}; expected an int >= 1")
+
+
+def stream_fields(message: Message) -> dict[str, str | bytes]:
+    """The fields of a stream sink's XADD: the id consumers dedupe on, the type, the body."""
+    return {"id": message.id, "content_type": message.content_type, "body": message.body}
 
 
 def _narrow(conn: http.client.HTTPConnection, deadline: float) -> None:
@@ -358,6 +370,6 @@ def _snippet(raw: bytes) -> str:
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
 
 
-def _exception_text(exc: BaseException) -> str:
+def exception_text(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

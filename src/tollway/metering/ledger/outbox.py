@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from tollway.metering.delivery import Attempt, DeliveryStatus
+from tollway.metering.deliverystate import Attempt, DeliveryStatus
 from tollway.metering.ledger.flows import Flow, Many, Query
 
 if TYPE_CHECKING:  # both import the ledger package, which imports this module
