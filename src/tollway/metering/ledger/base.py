@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from tollway.metering.ledger.events import UsageEvent
+from tollway.metering.ledger.faces import described
 from tollway.metering.ledger.hookstore import AsyncHookStore, HookStore
 from tollway.metering.ledger.ops import (
     After,
@@ -64,8 +65,7 @@ def _sync(op: Callable[Concatenate[Shape, P], Op[T]]) -> Callable[Concatenate[Le
     def method(self: Ledger, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return self.drive(op(self.shape, *args, **kwargs))
 
-    method.__doc__ = op.__doc__
-    return method
+    return described(method, op)
 
 
 def _async(
@@ -74,8 +74,7 @@ def _async(
     async def method(self: AsyncLedger, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self.drive(op(self.shape, *args, **kwargs))
 
-    method.__doc__ = op.__doc__
-    return method
+    return described(method, op)
 
 
 class Ledger(_Backend, HookStore, ABC):

@@ -12,6 +12,7 @@ from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec
 
+from tollway.metering.ledger.faces import described
 from tollway.metering.ledger.flows import Flow, T
 from tollway.metering.ledger.outbox import (
     Dialect,
@@ -41,8 +42,7 @@ def _sync(
     def method(self: HookStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return self.transact(lambda: flow(self.dialect, *args, **kwargs))
 
-    method.__doc__ = flow.__doc__
-    return method
+    return described(method, flow)
 
 
 def _async(
@@ -51,8 +51,7 @@ def _async(
     async def method(self: AsyncHookStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self.transact(lambda: flow(self.dialect, *args, **kwargs))
 
-    method.__doc__ = flow.__doc__
-    return method
+    return described(method, flow)
 
 
 class HookStore:
