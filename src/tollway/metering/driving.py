@@ -5,7 +5,8 @@ receives the answers: written once, with no I/O of its own (httpx's ``auth_flow`
 model). `drive` answers each request with ``handle(request)``, `adrive` with ``await
 handle(request)``. An exception out of ``handle`` is thrown into the generator at the
 ``yield``, so the logic decides what a failed call means (a sink that raised is one failed
-attempt); uncaught there, it propagates.
+attempt); uncaught there, it propagates. ``catch=BaseException`` throws in a cancellation or
+an interrupt too (a flow that must release a connection whatever happens).
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-def drive(flow: Generator[R, Any, T], handle: Callable[[R], Any]) -> T:
+def drive(
+    flow: Generator[R, Any, T],
+    handle: Callable[[R], Any],
+    catch: type[BaseException] = Exception,
+) -> T:
     try:
         request = next(flow)
         while True:
             try:
                 answer = handle(request)
-            except Exception as exc:
+            except catch as exc:
                 request = flow.throw(exc)
             else:
                 request = flow.send(answer)
@@ -34,13 +39,17 @@ def drive(flow: Generator[R, Any, T], handle: Callable[[R], Any]) -> T:
         return result
 
 
-async def adrive(flow: Generator[R, Any, T], handle: Callable[[R], Awaitable[Any]]) -> T:
+async def adrive(
+    flow: Generator[R, Any, T],
+    handle: Callable[[R], Awaitable[Any]],
+    catch: type[BaseException] = Exception,
+) -> T:
     try:
         request = next(flow)
         while True:
             try:
                 answer = await handle(request)
-            except Exception as exc:
+            except catch as exc:
                 request = flow.throw(exc)
             else:
                 request = flow.send(answer)

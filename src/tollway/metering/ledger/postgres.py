@@ -5,6 +5,10 @@ fast path, a careful path for redeliveries). Both faces drive the same flows (in
 migrations, the hook outbox) and share the connection's state (`_Postgres`) and the error
 decisions; they differ only in ``await``.
 
+The connection's life (connect, migrate once, run, drop a broken connection, retry once on a
+connection found dead) is one generator too, `_Postgres._session`: it yields `Connect`,
+`Execute` and `Close` requests, which each face answers with psycopg's sync or async calls.
+
 Outages: a refused or dropped connection raises `LedgerUnavailableError` and the broken
 connection is dropped; the next call connects again by itself. A call that finds its idle
 connection dead (the server restarted meanwhile) reconnects and retries once, so the first
@@ -18,14 +22,16 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import TupleRow
 
 from tollway.errors import ConfigurationError, LedgerError, LedgerUnavailableError
+from tollway.metering.driving import adrive, drive
 from tollway.metering.ledger.base import AsyncLedger, Ledger
 from tollway.metering.ledger.flows import Flow, Query, drive_async_psycopg, drive_psycopg
 from tollway.metering.ledger.ingest import Ingested, IngestState, ingest_flow
@@ -103,6 +109,32 @@ def _lost(conn: AnyConnection) -> bool:
     return conn.closed or conn.broken
 
 
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open a connection; answer it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Drive the flow ``make()`` on a cursor of ``conn`` (in a transaction when asked);
+    answer its result."""
+
+    conn: Any
+    make: Callable[[], Flow[Any]]
+    transaction: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close ``conn``, ignoring errors (a broken connection has nothing left to release)."""
+
+    conn: Any
+
+
+Io = Union[Connect, Execute, Close]  # noqa: UP007 (a runtime alias)
+Session = Generator[Io, Any, T]
+
+
 def _fetch_flow(sql: str, params: Sequence[Any]) -> Flow[Rows]:
     rows = yield Query(sql, params)
     return rows
@@ -110,29 +142,72 @@ def _fetch_flow(sql: str, params: Sequence[Any]) -> Flow[Rows]:
 
 class _Postgres:
     """What both faces share: the URL, the connection's options and the state that outlives
-    one call; and what to do when a call fails."""
+    one call, and the connection's life as a generator (`_session`)."""
 
     def __init__(self, url: str, *, connect_timeout: float, application_name: str) -> None:
         self._dsn = url
         self.url = redact_url(url)
         self._kwargs = _connect_kwargs(connect_timeout, application_name)
         self._ingest_state = IngestState()
+        self._conn: Any = None
         self._migrated = False
         self._closed = False
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise LedgerError(f"ledger {self.url} is closed")
+    def _session(self, make: Callable[[], Flow[T]] | None, *, transaction: bool) -> Session[T]:
+        """Run ``make()`` on the connection (connecting and migrating first when there is none
+        or it broke); a connection found dead since its last use is replaced and the flow run
+        once more; errors become `LedgerUnavailableError` / `LedgerError`."""
+        for attempt in (1, 2):
+            if self._closed:
+                raise LedgerError(f"ledger {self.url} is closed")
+            conn, reused = self._conn, True
+            if conn is None or _lost(conn):
+                conn, reused = (yield from self._reconnect()), False
+            if make is None:
+                return None  # type: ignore[return-value]  # connecting was the point
+            try:
+                result: T = yield Execute(conn, make, transaction)
+                return result
+            except psycopg.Error as exc:
+                lost = _lost(conn)
+                if lost:
+                    yield from self._drop()
+                if isinstance(exc, psycopg.OperationalError):
+                    if lost and reused and attempt == 1:
+                        continue  # a connection dead since its last use: once more, afresh
+                    what = "connection lost" if lost else "unavailable"
+                    raise _unavailable(self.url, what, exc) from exc
+                raise _failed(self.url, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _migration(self) -> Flow[int] | None:
-        """The migration flow, while this ledger has not migrated yet."""
-        if self._migrated:
-            return None
-        return migrate_flow("postgres", where=self.url, now_us=time.time_ns() // 1000, param="%s")
+    def _reconnect(self) -> Session[Any]:
+        yield from self._drop()
+        with _connecting(self.url):
+            conn = yield Connect()
+        if not self._migrated:
+            migration = migrate_flow(
+                "postgres", where=self.url, now_us=time.time_ns() // 1000, param="%s"
+            )
+            try:
+                with _migrating(self.url):
+                    yield Execute(conn, lambda: migration, True)
+            except BaseException:
+                yield Close(conn)
+                raise
+            self._migrated = True
+        self._conn = conn
+        return conn
 
-    def _forgotten(self) -> None:
-        """The connection was dropped: its session (the temp table) went with it."""
+    def _drop(self) -> Session[None]:
+        """Forget the connection (and its session's temp table) and close it."""
+        conn, self._conn = self._conn, None
         self._ingest_state.temp_ready = False
+        if conn is not None:
+            yield Close(conn)
+
+    def _closing(self) -> Session[None]:
+        self._closed = True
+        yield from self._drop()
 
     def _ingest_op(
         self, batch: PreparedBatch, need_new: bool, after: After | None
@@ -143,18 +218,6 @@ class _Postgres:
         if done.used_temp:  # its transaction committed: the temp table stays for the session
             self._ingest_state.temp_ready = True
         return done.inserted, done.stored, done.extras
-
-    def _failure(
-        self, conn: AnyConnection, exc: psycopg.Error, *, reused: bool, attempt: int
-    ) -> Exception | None:
-        """What to raise for ``exc``; None: a connection dead since its last use, so once more
-        on a new one. The caller drops the connection first when it is lost."""
-        lost = _lost(conn)
-        if isinstance(exc, psycopg.OperationalError):
-            if lost and reused and attempt == 1:
-                return None
-            return _unavailable(self.url, "connection lost" if lost else "unavailable", exc)
-        return _failed(self.url, exc)
 
 
 class PostgresLedger(_Postgres, Ledger):
@@ -175,53 +238,23 @@ class PostgresLedger(_Postgres, Ledger):
     ) -> None:
         super().__init__(url, connect_timeout=connect_timeout, application_name=application_name)
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection[TupleRow] | None = None
+        self._run(None)
+
+    def _run(self, make: Callable[[], Flow[T]] | None, *, transaction: bool = True) -> T:
         with self._lock:
-            self._connection()
+            return drive(self._session(make, transaction=transaction), self._io, BaseException)
 
-    def _connection(self) -> tuple[psycopg.Connection[TupleRow], bool]:
-        """The open connection and whether it was reused (vs. made just now)."""
-        self._check_open()
-        conn = self._conn
-        if conn is not None and not _lost(conn):
-            return conn, True
-        self._discard()
-        with _connecting(self.url):
-            conn = psycopg.connect(self._dsn, **self._kwargs)
-        try:
-            flow = self._migration()
-            if flow is not None:
-                with _migrating(self.url), conn.transaction(), conn.cursor() as cur:
-                    drive_psycopg(cur, flow)
-                self._migrated = True
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn, False
-
-    def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        self._forgotten()
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing left to release
-                conn.close()
-
-    def _run(self, make: Callable[[], Flow[T]], *, transaction: bool = True) -> T:
-        with self._lock:
-            for attempt in (1, 2):
-                conn, reused = self._connection()
-                try:
-                    scope = conn.transaction() if transaction else contextlib.nullcontext()
-                    with scope, conn.cursor() as cur:
-                        return drive_psycopg(cur, make())
-                except psycopg.Error as exc:
-                    if _lost(conn):
-                        self._discard()
-                    error = self._failure(conn, exc, reused=reused, attempt=attempt)
-                    if error is not None:
-                        raise error from exc
-            raise AssertionError("unreachable")  # pragma: no cover
+    def _io(self, request: Io) -> Any:
+        if isinstance(request, Connect):
+            return psycopg.connect(self._dsn, **self._kwargs)
+        if isinstance(request, Close):
+            with contextlib.suppress(Exception):
+                request.conn.close()
+            return None
+        conn: psycopg.Connection[TupleRow] = request.conn
+        scope = conn.transaction() if request.transaction else contextlib.nullcontext()
+        with scope, conn.cursor() as cur:
+            return drive_psycopg(cur, request.make())
 
     def _ingest(
         self, batch: PreparedBatch, need_new: bool, after: After | None
@@ -236,8 +269,7 @@ class PostgresLedger(_Postgres, Ledger):
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            self._discard()
+            drive(self._closing(), self._io)
 
 
 class AsyncPostgresLedger(_Postgres, AsyncLedger):
@@ -257,7 +289,6 @@ class AsyncPostgresLedger(_Postgres, AsyncLedger):
     ) -> None:
         super().__init__(url, connect_timeout=connect_timeout, application_name=application_name)
         self._lock = asyncio.Lock()
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
 
     @classmethod
     async def open(cls, url: str, **options: Any) -> AsyncPostgresLedger:
@@ -267,52 +298,24 @@ class AsyncPostgresLedger(_Postgres, AsyncLedger):
 
     async def connect(self) -> None:
         """Connect and migrate now (otherwise the first call does)."""
+        await self._run(None)
+
+    async def _run(self, make: Callable[[], Flow[T]] | None, *, transaction: bool = True) -> T:
         async with self._lock:
-            await self._connection()
+            session = self._session(make, transaction=transaction)
+            return await adrive(session, self._io, BaseException)
 
-    async def _connection(self) -> tuple[psycopg.AsyncConnection[TupleRow], bool]:
-        self._check_open()
-        conn = self._conn
-        if conn is not None and not _lost(conn):
-            return conn, True
-        await self._discard()
-        with _connecting(self.url):
-            conn = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
-        try:
-            flow = self._migration()
-            if flow is not None:
-                with _migrating(self.url):
-                    async with conn.transaction(), conn.cursor() as cur:
-                        await drive_async_psycopg(cur, flow)
-                self._migrated = True
-        except BaseException:
-            await conn.close()
-            raise
-        self._conn = conn
-        return conn, False
-
-    async def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        self._forgotten()
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing left to release
-                await conn.close()
-
-    async def _run(self, make: Callable[[], Flow[T]], *, transaction: bool = True) -> T:
-        async with self._lock:
-            for attempt in (1, 2):
-                conn, reused = await self._connection()
-                try:
-                    scope = conn.transaction() if transaction else contextlib.nullcontext()
-                    async with scope, conn.cursor() as cur:
-                        return await drive_async_psycopg(cur, make())
-                except psycopg.Error as exc:
-                    if _lost(conn):
-                        await self._discard()
-                    error = self._failure(conn, exc, reused=reused, attempt=attempt)
-                    if error is not None:
-                        raise error from exc
-            raise AssertionError("unreachable")  # pragma: no cover
+    async def _io(self, request: Io) -> Any:
+        if isinstance(request, Connect):
+            return await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
+        if isinstance(request, Close):
+            with contextlib.suppress(Exception):
+                await request.conn.close()
+            return None
+        conn: psycopg.AsyncConnection[TupleRow] = request.conn
+        scope = conn.transaction() if request.transaction else contextlib.nullcontext()
+        async with scope, conn.cursor() as cur:
+            return await drive_async_psycopg(cur, request.make())
 
     async def _ingest(
         self, batch: PreparedBatch, need_new: bool, after: After | None
@@ -327,5 +330,4 @@ class AsyncPostgresLedger(_Postgres, AsyncLedger):
 
     async def aclose(self) -> None:
         async with self._lock:
-            self._closed = True
-            await self._discard()
+            await adrive(self._closing(), self._io)
