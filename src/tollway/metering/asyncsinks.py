@@ -16,15 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from tollway.errors import ConfigurationError
-from tollway.metering.sinks import (
-    DEFAULT_TIMEOUT,
-    Message,
-    SendResult,
-    Sink,
-    check_stream,
-    exception_text,
-    stream_fields,
-)
+from tollway.metering.sinks import Message, SendResult, Sink, StreamSinkBase, exception_text
 
 __all__ = [
     "AsyncCallableSink",
@@ -113,51 +105,21 @@ class AsyncCallableSink:
         return SendResult.delivered()
 
 
-class AsyncRedisStreamSink:
+class AsyncRedisStreamSink(StreamSinkBase):
     """`tollway.metering.sinks.RedisStreamSink` on a ``redis.asyncio`` client: the same fields,
     the same bound on the stream's length."""
 
-    def __init__(self, client: Any, stream: str, *, maxlen: int = 100_000) -> None:
-        check_stream(stream, maxlen)
-        self._client = client
-        self._stream = stream
-        self._maxlen = maxlen
-        self.disabled = False
-
-    @classmethod
-    def from_url(
-        cls, url: str, stream: str, *, timeout: float = DEFAULT_TIMEOUT, maxlen: int = 100_000
-    ) -> AsyncRedisStreamSink:
-        try:
-            import redis.asyncio
-        except ImportError:  # pragma: no cover - depends on the environment
-            raise ConfigurationError(
-                "a stream hook needs redis-py: pip install 'tollway[redis]'"
-            ) from None
-        client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        return cls(client, stream, maxlen=maxlen)
-
-    @property
-    def target(self) -> str:
-        return f"redis-stream:{self._stream}"
-
-    def __repr__(self) -> str:
-        return f"AsyncRedisStreamSink({self._stream!r})"
+    _redis_module = "redis.asyncio"
 
     async def send(self, message: Message, *, timeout: float) -> SendResult:
-        fields: Any = stream_fields(message)
         try:
-            await self._client.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+            await self._xadd(message)
         except Exception as exc:  # redis.ConnectionError, TimeoutError, ResponseError...
             return SendResult.failed(exception_text(exc))
         return SendResult.delivered()
 
     async def aclose(self) -> None:
-        close = getattr(self._client, "aclose", None) or getattr(self._client, "close", None)
-        if callable(close):
-            await close()
+        await close_sink(self._client)  # redis-py >= 5.0.1 has aclose, older ones close
 
 
 def as_async_sink(sink: Any, *, semaphore: asyncio.Semaphore | None = None) -> AsyncSink:

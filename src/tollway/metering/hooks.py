@@ -40,7 +40,7 @@ import inspect
 import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic
 
 from tollway.engine.step import system_clock
 from tollway.errors import ConfigurationError
@@ -52,7 +52,7 @@ from tollway.metering.asyncsinks import (
     as_async_sink,
     close_sink,
 )
-from tollway.metering.delivery import Send
+from tollway.metering.delivery import S, Send
 from tollway.metering.dispatch import DispatchLogic, Request
 from tollway.metering.driving import adrive, drive
 from tollway.metering.ledger.base import AsyncLedger, Ledger
@@ -174,7 +174,21 @@ def _default_async_sink(
     return AsyncRedisStreamSink.from_url(url, stream, timeout=hook.timeout_ms / 1000)
 
 
-class Dispatcher:
+class _Faces(Generic[S]):
+    """What both dispatchers show of their logic."""
+
+    _logic: DispatchLogic[S]
+
+    @property
+    def hooks(self) -> tuple[HookConfig, ...]:
+        return tuple(self._logic.hooks.values())
+
+    def sink(self, hook: str) -> S:
+        """The sink of the hook named ``hook``."""
+        return self._logic.deliveries[hook].sink
+
+
+class Dispatcher(_Faces[Sink]):
     """Deliver the hook messages of ``ledger`` for ``hooks`` (``policy.hooks``).
 
     ``clock`` (microseconds since the epoch, like every tollway clock; default the system's)
@@ -216,13 +230,6 @@ class Dispatcher:
             grace_s=grace_s, lease_margin_s=lease_margin_s, owner=owner,
         )  # fmt: skip
 
-    @property
-    def hooks(self) -> tuple[HookConfig, ...]:
-        return tuple(self._logic.hooks.values())
-
-    def sink(self, hook: str) -> Sink:
-        return self._logic.deliveries[hook].sink
-
     def run_once(self, max_messages: int = 100) -> int:
         """Close the buckets that are due, then make one attempt at each of up to
         ``max_messages`` due messages; returns how many messages were attempted (or finished:
@@ -251,7 +258,7 @@ class Dispatcher:
         self.close()
 
 
-class AsyncDispatcher:
+class AsyncDispatcher(_Faces[AsyncSink]):
     """`Dispatcher` for asyncio, on an `AsyncLedger`: the same arguments and the same logic,
     every ledger call and every attempt awaited. ``threads`` bounds the sync sinks (webhooks,
     plain callables) running in worker threads at once."""
@@ -290,13 +297,6 @@ class AsyncDispatcher:
             ledger.dialect, sinks, clock=clock or system_clock, rng=rng, jitter=jitter,
             grace_s=grace_s, lease_margin_s=lease_margin_s, owner=owner,
         )  # fmt: skip
-
-    @property
-    def hooks(self) -> tuple[HookConfig, ...]:
-        return tuple(self._logic.hooks.values())
-
-    def sink(self, hook: str) -> AsyncSink:
-        return self._logic.deliveries[hook].sink
 
     async def run_once(self, max_messages: int = 100) -> int:
         """See `Dispatcher.run_once`."""

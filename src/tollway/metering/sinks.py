@@ -6,12 +6,13 @@ answers are retried and dead-lettered."""
 from __future__ import annotations
 
 import http.client
+import importlib
 import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 from urllib.parse import SplitResult, urlsplit
 
 from tollway.errors import ConfigurationError
@@ -35,6 +36,7 @@ __all__ = [
     "RedisStreamSink",
     "SendResult",
     "Sink",
+    "StreamSinkBase",
     "WebhookSink",
     "check_sink_url",
     "check_stream",
@@ -283,14 +285,14 @@ class CallableSink:
         return SendResult.delivered()
 
 
-class RedisStreamSink:
-    """XADD each message to the Redis Stream ``stream``: fields ``id`` (the webhook-id, what
-    consumers dedupe on, as webhook receivers do), ``content_type`` and ``body``; ``MAXLEN ~``
-    ``maxlen`` bounds the stream (consumers read it within that many messages).
+B = TypeVar("B", bound="StreamSinkBase")
 
-    ``client`` is a redis-py client (its ``socket_timeout`` bounds an attempt: `from_url` sets
-    it). A connection error or a timeout fails the attempt; a stream has no "gone" answer, so
-    ``disabled`` is only ever set by the caller."""
+
+class StreamSinkBase:
+    """What the sync and the async Redis Stream sinks share: the stream, its bound and the
+    XADD. ``_redis_module`` names the redis-py module whose ``Redis`` `from_url` makes."""
+
+    _redis_module: ClassVar[str] = "redis"
 
     def __init__(self, client: Any, stream: str, *, maxlen: int = 100_000) -> None:
         check_stream(stream, maxlen)
@@ -301,15 +303,20 @@ class RedisStreamSink:
 
     @classmethod
     def from_url(
-        cls, url: str, stream: str, *, timeout: float = DEFAULT_TIMEOUT, maxlen: int = 100_000
-    ) -> RedisStreamSink:
+        cls: type[B],
+        url: str,
+        stream: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        maxlen: int = 100_000,
+    ) -> B:
         try:
-            import redis
+            module = importlib.import_module(cls._redis_module)
         except ImportError:  # pragma: no cover - depends on the environment
             raise ConfigurationError(
                 "a stream hook needs redis-py: pip install 'tollway[redis]'"
             ) from None
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = module.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         return cls(client, stream, maxlen=maxlen)
 
     @property
@@ -317,12 +324,26 @@ class RedisStreamSink:
         return f"redis-stream:{self._stream}"
 
     def __repr__(self) -> str:
-        return f"RedisStreamSink({self._stream!r})"
+        return f"{type(self).__name__}({self._stream!r})"
+
+    def _xadd(self, message: Message) -> Any:
+        """The client's XADD of ``message`` (its reply, or an awaitable of it)."""
+        fields: Any = stream_fields(message)
+        return self._client.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+
+
+class RedisStreamSink(StreamSinkBase):
+    """XADD each message to the Redis Stream ``stream``: fields ``id`` (the webhook-id, what
+    consumers dedupe on, as webhook receivers do), ``content_type`` and ``body``; ``MAXLEN ~``
+    ``maxlen`` bounds the stream (consumers read it within that many messages).
+
+    ``client`` is a redis-py client (its ``socket_timeout`` bounds an attempt: `from_url` sets
+    it). A connection error or a timeout fails the attempt; a stream has no "gone" answer, so
+    ``disabled`` is only ever set by the caller."""
 
     def send(self, message: Message, *, timeout: float) -> SendResult:
-        fields = stream_fields(message)
         try:
-            self._client.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+            self._xadd(message)
         except Exception as exc:  # redis.ConnectionError, TimeoutError, ResponseError...
             return SendResult.failed(exception_text(exc))
         return SendResult.delivered()
