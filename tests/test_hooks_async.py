@@ -360,3 +360,29 @@ async def test_the_async_callable_sink_bounds_an_attempt() -> None:
         AsyncCallableSink(print)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="expected an AsyncSink"):
         AsyncDeliverer(CallableSink(print))  # type: ignore[arg-type]
+
+
+COLLECTED: list[Any] = []  # ids from `collect`, Messages from the plain list.append hook
+
+
+async def collect(message: Message) -> None:
+    """A coroutine function named by a callable hook (``test_hooks_async:collect``)."""
+    COLLECTED.append(message.id)
+
+
+async def test_a_callable_hook_naming_a_coroutine_function_is_awaited(
+    ledger: AsyncLedger,
+) -> None:
+    COLLECTED.clear()
+    hooks = [
+        HookConfig("awaited", "callable", callable="test_hooks_async:collect"),
+        HookConfig("threaded", "callable", callable="test_hooks_async:COLLECTED.append"),
+    ]
+    await ledger.commit([ev(1)], hooks=hooks, now_us=T0)
+    async with dispatcher(ledger, hooks, Clock()) as d:
+        assert isinstance(d.sink("awaited"), AsyncCallableSink)
+        assert isinstance(d.sink("threaded"), ThreadedSink)
+        assert await d.run_once() == 2
+    assert sorted(type(item).__name__ for item in COLLECTED) == ["Message", "str"]
+    assert [item if isinstance(item, str) else item.id for item in COLLECTED] == ["evt-1"] * 2
+    assert {m.status for m in await ledger.hook_messages()} == {"delivered"}
