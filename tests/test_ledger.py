@@ -799,6 +799,8 @@ async def test_async_ledger_matches_the_sync_one(
         assert await async_ledger.usage("acct_1", T0, T0 + 2 * DAY) == sync.usage(
             "acct_1", T0, T0 + 2 * DAY
         )
+        assert await async_ledger.subjects(T0) == sync.subjects(T0) == ["acct_1"]
+    assert await async_ledger.subjects(T0 + 10 * DAY) == []
     assert totals == {"calls": Totals(201, 201 * 5000, 201, "USD")}
 
 
@@ -823,6 +825,9 @@ async def test_the_async_sqlite_ledger_matches_the_sync_one(tmp_path: Path) -> N
         assert sync.count() == 202
         assert by_day == sync.usage("acct_1", T0, T0 + 2 * DAY)
         assert sum(day.totals["calls"].quantity for day in by_day if day.totals) == 202
+        assert sync.subjects(T0) == ["acct_1"]
+    async with await open_async_ledger(url) as again:
+        assert await again.subjects(T0) == ["acct_1"]
 
 
 async def test_open_async_ledger_and_lazy_connect(pg_url: str) -> None:

@@ -21,38 +21,47 @@ every attempt (the ``checkpoint`` of `Deliverer.run`).
   result is a `DeadLetter` carrying every attempt's status and error, and the body, to replay.
 - The clock, the sleep and the jitter's random source are injected (tests never wait); each
   attempt has its own ``timeout``.
+- The logic is written once (`Delivery`): generators that yield `Send`, `Sleep` and
+  `Checkpoint` requests. `Deliverer` drives them with a `Sink`, `AsyncDeliverer` with an
+  `tollway.metering.asyncsinks.AsyncSink` and ``asyncio.sleep``.
 
 Sinks follow the `Sink` protocol: `WebhookSink` (HTTP(S) POST signed per Standard Webhooks,
-with the standard library's ``http.client``: no new dependency) and `CallableSink` (any Python
-callable; an exception is a failure, retried on the same schedule).
-
-A Redis Stream sink would fit the same protocol: ``send`` runs ``XADD <stream> * id <message id>
-content_type <…> body <…>`` (``MAXLEN ~`` to bound it) and returns delivered on success, failed
-on a connection error or a timeout (the ``socket_timeout`` of the client set to ``timeout``).
-Consumers dedupe on the ``id`` field exactly as webhook receivers dedupe on ``webhook-id``; an
-idempotent variant can first check a ``SET <stream>:seen:<id> NX EX …`` marker in the same
-MULTI. A stream has no "gone" answer; ``disabled`` is set by configuration only.
+with the standard library's ``http.client``: no new dependency), `CallableSink` (any Python
+callable; an exception is a failure, retried on the same schedule) and `RedisStreamSink`
+(XADD; consumers dedupe on the ``id`` field as webhook receivers dedupe on ``webhook-id``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import json
+import inspect
 import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, Union
 
 from tollway.errors import ConfigurationError, InvalidArgumentError
+from tollway.metering.asyncsinks import AsyncSink
 from tollway.metering.cloudevents import (
     BATCH_CONTENT_TYPE,
     CONTENT_TYPE,
     encode,
     encode_batch,
 )
+from tollway.metering.deliverystate import (
+    Attempt,
+    DeadLetter,
+    DeadReason,
+    Delivered,
+    DeliveryState,
+    DeliveryStatus,
+    outcome_of,
+)
+from tollway.metering.driving import adrive, drive
 from tollway.metering.retry import DEFAULT_DELAYS, RetrySchedule
 from tollway.metering.sinks import (
     DEFAULT_TIMEOUT,
@@ -62,277 +71,106 @@ from tollway.metering.sinks import (
     SendResult,
     Sink,
     WebhookSink,
-    _exception_text,
     check_sink_url,
+    exception_text,
 )
-from tollway.metering.webhooks import (
-    check_message_id,
-)
+from tollway.metering.webhooks import check_message_id
 
 __all__ = [
     "DEFAULT_DELAYS",
     "DEFAULT_TIMEOUT",
+    "AsyncDeliverer",
     "Attempt",
     "AttemptOutcome",
     "CallableSink",
+    "Checkpoint",
     "DeadLetter",
     "DeadReason",
     "Deliverer",
     "Delivered",
+    "Delivery",
     "DeliveryState",
     "DeliveryStatus",
     "Message",
     "RetrySchedule",
+    "Send",
     "SendResult",
     "Sink",
+    "Sleep",
     "WebhookSink",
     "check_sink_url",
     "outcome_of",
 ]
 
 
-DeliveryStatus = Literal["pending", "delivered", "dead"]
-DeadReason = Literal["exhausted", "gone", "disabled"]
-"""Why a message was dead-lettered: every attempt failed, the sink answered 410 Gone, or the
-sink was already disabled."""
-
-_STATE_VERSION = 1
-_OUTCOMES = ("delivered", "failed", "gone")
-_STATUSES = ("pending", "delivered", "dead")
-_REASONS = ("exhausted", "gone", "disabled")
-
-
-# --------------------------------------------------------------------------- state
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One attempt: its number (from 1), when it started (deliverer's clock), how long it took,
-    and what came of it."""
-
-    number: int
-    at: float
-    duration: float
-    outcome: AttemptOutcome
-    status: int | None = None
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "at": self.at,
-            "duration": self.duration,
-            "outcome": self.outcome,
-            "status": self.status,
-            "error": self.error,
-        }
-
-
-@dataclass
-class DeliveryState:
-    """Where one message's delivery stands; JSON round-trip with `to_json` / `from_json`.
-
-    ``body`` is the encoded event or batch as text (always ASCII JSON). ``next_at`` is when the
-    next attempt is due (deliverer's clock, jitter already drawn)."""
-
-    message_id: str
-    event_ids: list[str]
-    content_type: str
-    body: str
-    target: str
-    created_at: float
-    next_at: float
-    attempts: list[Attempt] = field(default_factory=list)
-    status: DeliveryStatus = "pending"
-    dead_reason: DeadReason | None = None
-    finished_at: float | None = None
+class SinkInfo(Protocol):
+    """What the delivery logic reads of a sink (sync or async)."""
 
     @property
-    def message(self) -> Message:
-        return Message(
-            id=self.message_id,
-            body=self.body.encode("utf-8"),
-            content_type=self.content_type,
-            event_ids=tuple(self.event_ids),
-        )
+    def target(self) -> str: ...
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            "message_id": self.message_id,
-            "event_ids": list(self.event_ids),
-            "content_type": self.content_type,
-            "body": self.body,
-            "target": self.target,
-            "created_at": self.created_at,
-            "next_at": self.next_at,
-            "attempts": [attempt.to_dict() for attempt in self.attempts],
-            "status": self.status,
-            "dead_reason": self.dead_reason,
-            "finished_at": self.finished_at,
-        }
+    @property
+    def disabled(self) -> bool: ...
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeliveryState:
-        """Rebuild a state written by `to_dict`; raises `InvalidArgumentError` naming the field
-        at fault."""
-        if not isinstance(data, Mapping):
-            raise InvalidArgumentError(
-                f"delivery state: a {type(data).__name__}; expected a mapping"
-            )
-        if data.get("version") != _STATE_VERSION:
-            raise InvalidArgumentError(
-                f"delivery state: version {data.get('version')!r}; expected {_STATE_VERSION}"
-            )
-        message_id = _field(data, "message_id", str)
-        check_message_id(message_id)
-        event_ids = _field(data, "event_ids", list)
-        if not event_ids or not all(isinstance(item, str) and item for item in event_ids):
-            raise InvalidArgumentError(
-                f"delivery state: event_ids: {event_ids!r}; expected a non-empty list of ids"
-            )
-        attempts_data = _field(data, "attempts", list)
-        attempts = [_attempt_from(item, index) for index, item in enumerate(attempts_data)]
-        status = _choice(data, "status", _STATUSES)
-        dead_reason = data.get("dead_reason")
-        if dead_reason is not None:
-            dead_reason = _choice(data, "dead_reason", _REASONS)
-        if (status == "dead") != (dead_reason is not None):
-            raise InvalidArgumentError(
-                f"delivery state: status {status!r} with dead_reason {dead_reason!r}; a dead "
-                "delivery has a reason and only a dead one"
-            )
-        finished_at = data.get("finished_at")
-        if finished_at is not None:
-            finished_at = _number(data, "finished_at")
-        return cls(
-            message_id=message_id,
-            event_ids=list(event_ids),
-            content_type=_field(data, "content_type", str),
-            body=_field(data, "body", str),
-            target=_field(data, "target", str),
-            created_at=_number(data, "created_at"),
-            next_at=_number(data, "next_at"),
-            attempts=attempts,
-            status=status,
-            dead_reason=dead_reason,
-            finished_at=finished_at,
-        )
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> DeliveryState:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"delivery state: not JSON: {exc}") from None
-        return cls.from_dict(data)
+S = TypeVar("S", bound=SinkInfo)
 
 
 @dataclass(frozen=True, slots=True)
-class Delivered:
-    """The sink took the message; ``attempts`` shows what it took."""
+class Send(Generic[S]):
+    """Make one attempt: ``sink.send(message, timeout=timeout)``; answer its `SendResult`."""
 
-    message_id: str
-    event_ids: tuple[str, ...]
-    target: str
-    attempts: tuple[Attempt, ...]
-    delivered_at: float
+    sink: S
+    message: Message
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """The message could not be delivered: ``reason`` says why, ``attempts`` has every
-    attempt's status and error; ``body`` and ``content_type`` let it be replayed as it was."""
-
-    message_id: str
-    event_ids: tuple[str, ...]
-    target: str
-    reason: DeadReason
-    attempts: tuple[Attempt, ...]
-    content_type: str
-    body: str
-    created_at: float
-    dead_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "message_id": self.message_id,
-            "event_ids": list(self.event_ids),
-            "target": self.target,
-            "reason": self.reason,
-            "attempts": [attempt.to_dict() for attempt in self.attempts],
-            "content_type": self.content_type,
-            "body": self.body,
-            "created_at": self.created_at,
-            "dead_at": self.dead_at,
-        }
+class Sleep:
+    seconds: float
 
 
-def outcome_of(state: DeliveryState) -> Delivered | DeadLetter | None:
-    """The result of a finished delivery; None while it is pending."""
-    if state.status == "delivered":
-        return Delivered(
-            message_id=state.message_id,
-            event_ids=tuple(state.event_ids),
-            target=state.target,
-            attempts=tuple(state.attempts),
-            delivered_at=state.finished_at if state.finished_at is not None else state.next_at,
-        )
-    if state.status == "dead":
-        return DeadLetter(
-            message_id=state.message_id,
-            event_ids=tuple(state.event_ids),
-            target=state.target,
-            reason=state.dead_reason or "exhausted",
-            attempts=tuple(state.attempts),
-            content_type=state.content_type,
-            body=state.body,
-            created_at=state.created_at,
-            dead_at=state.finished_at if state.finished_at is not None else state.next_at,
-        )
-    return None
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The state changed: persist it (`Deliverer.run`'s ``checkpoint``)."""
+
+    state: DeliveryState
 
 
-# --------------------------------------------------------------------------- deliverer
+Result = Union[Delivered, DeadLetter]  # noqa: UP007 (a runtime alias)
+StepFlow = Generator[Send[S], SendResult, Union[Result, None]]  # noqa: UP007
+RunFlow = Generator[Union[Send[S], Sleep, Checkpoint], Any, Result]  # noqa: UP007
 
 
-class Deliverer:
-    """Deliver messages to one ``sink`` on ``schedule``; ``timeout`` seconds per attempt.
+def _check_timeout(timeout: float) -> float:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ConfigurationError(f"timeout: {timeout!r}; expected seconds > 0")
+    return float(timeout)
 
-    ``clock`` (Unix seconds), ``sleep`` and ``rng`` (jitter, in [0, 1)) are injected for
-    tests. ``honour_retry_after``: a sink's ``Retry-After`` postpones the next attempt (never
-    beyond the schedule's longest delay)."""
+
+class Delivery(Generic[S]):
+    """The delivery logic for one sink, with no I/O: what `Deliverer` and `AsyncDeliverer`
+    (and the hook dispatchers) drive. See `Deliverer` for the arguments."""
 
     def __init__(
         self,
-        sink: Sink,
+        sink: S,
         *,
         schedule: RetrySchedule | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
         honour_retry_after: bool = True,
     ) -> None:
-        if not isinstance(sink, Sink):
-            raise ConfigurationError(
-                f"sink: {sink!r}; expected a Sink (target, disabled, send(message, timeout=))"
-            )
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not math.isfinite(timeout)
-            or timeout <= 0
-        ):
-            raise ConfigurationError(f"timeout: {timeout!r}; expected seconds > 0")
         self.sink = sink
         self.schedule = schedule if schedule is not None else RetrySchedule()
-        self.timeout = float(timeout)
-        self._clock = clock
-        self._sleep = sleep
+        self.timeout = _check_timeout(timeout)
+        self.clock = clock
         self._rng = rng
         self._honour_retry_after = honour_retry_after
 
@@ -361,7 +199,7 @@ class Deliverer:
                 f"events: a {type(events).__name__}; expected one event (a mapping) or a list"
             )
         check_message_id(message_id)
-        now = self._clock()
+        now = self.clock()
         return DeliveryState(
             message_id=message_id,
             event_ids=event_ids,
@@ -372,50 +210,11 @@ class Deliverer:
             next_at=now + self.schedule.delay(0, self._rng),
         )
 
-    def step(self, state: DeliveryState) -> Delivered | DeadLetter | None:
-        """Make the next attempt if it is due now; return the result once the delivery is
-        finished, None while it is pending (for a worker polling many deliveries)."""
-        if state.status == "pending" and not self._finish_early(state):
-            if self._clock() < state.next_at:
-                return None
-            self._attempt(state)
-        return outcome_of(state)
-
-    def run(
-        self,
-        state: DeliveryState,
-        *,
-        checkpoint: Callable[[DeliveryState], None] | None = None,
-    ) -> Delivered | DeadLetter:
-        """Attempt until delivered or dead-lettered, sleeping until each attempt is due;
-        ``checkpoint(state)`` after every change (persist it there to resume after a restart).
-        """
-        while state.status == "pending":
-            if not self._finish_early(state):
-                wait = state.next_at - self._clock()
-                if wait > 0:
-                    self._sleep(wait)
-                self._attempt(state)
-            if checkpoint is not None:
-                checkpoint(state)
-        result = outcome_of(state)
-        assert result is not None
-        return result
-
-    def deliver(
-        self,
-        events: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-        *,
-        checkpoint: Callable[[DeliveryState], None] | None = None,
-    ) -> Delivered | DeadLetter:
-        """`prepare` then `run`."""
-        return self.run(self.prepare(events), checkpoint=checkpoint)
-
     def replay(self, dead: DeadLetter) -> DeliveryState:
         """A fresh delivery of a dead-lettered message: same id and body (receivers that
         already have it dedupe), a new schedule from the start."""
         check_message_id(dead.message_id)
-        now = self._clock()
+        now = self.clock()
         return DeliveryState(
             message_id=dead.message_id,
             event_ids=list(dead.event_ids),
@@ -426,7 +225,28 @@ class Deliverer:
             next_at=now + self.schedule.delay(0, self._rng),
         )
 
-    # ----------------------------------------------------------------- internals
+    def step_flow(self, state: DeliveryState) -> StepFlow[S]:
+        """Make the next attempt if it is due now; return the result once the delivery is
+        finished, None while it is pending (for a worker polling many deliveries)."""
+        if state.status == "pending" and not self._finish_early(state):
+            if self.clock() < state.next_at:
+                return None
+            yield from self._attempt(state)
+        return outcome_of(state)
+
+    def run_flow(self, state: DeliveryState) -> RunFlow[S]:
+        """Attempt until delivered or dead-lettered, sleeping until each attempt is due, with
+        a `Checkpoint` after every change."""
+        while state.status == "pending":
+            if not self._finish_early(state):
+                wait = state.next_at - self.clock()
+                if wait > 0:
+                    yield Sleep(wait)
+                yield from self._attempt(state)
+            yield Checkpoint(state)
+        result = outcome_of(state)
+        assert result is not None
+        return result
 
     def _finish_early(self, state: DeliveryState) -> bool:
         """Dead-letter without an attempt when the sink is disabled or the schedule (perhaps
@@ -439,14 +259,14 @@ class Deliverer:
             return True
         return False
 
-    def _attempt(self, state: DeliveryState) -> None:
+    def _attempt(self, state: DeliveryState) -> Generator[Send[S], SendResult, None]:
         number = len(state.attempts) + 1
-        started_at = self._clock()
+        started_at = self.clock()
         started = time.monotonic()
         try:
-            result = self.sink.send(state.message, timeout=self.timeout)
+            result = yield Send(self.sink, state.message, self.timeout)
         except Exception as exc:  # a sink that raises still only fails this attempt
-            result = SendResult.failed(_exception_text(exc))
+            result = SendResult.failed(exception_text(exc))
         if not isinstance(result, SendResult):
             result = SendResult.failed(f"the sink returned {result!r}, not a SendResult")
         state.attempts.append(
@@ -459,7 +279,7 @@ class Deliverer:
                 error=result.error,
             )
         )
-        now = self._clock()
+        now = self.clock()
         if result.outcome == "delivered":
             state.status = "delivered"
             state.finished_at = now
@@ -476,52 +296,137 @@ class Deliverer:
     def _dead(self, state: DeliveryState, reason: DeadReason) -> None:
         state.status = "dead"
         state.dead_reason = reason
-        state.finished_at = self._clock()
+        state.finished_at = self.clock()
 
 
-def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = data.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise InvalidArgumentError(f"delivery state: {name}: {value!r}; expected a {kind.__name__}")
-    return value
+Checkpointer = Callable[[DeliveryState], None]
 
 
-def _number(data: Mapping[str, Any], name: str, where: str = "") -> float:
-    value = data.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidArgumentError(f"delivery state: {where}{name}: {value!r}; expected seconds")
-    return float(value)
+class Deliverer(Delivery[Sink]):
+    """Deliver messages to one ``sink`` on ``schedule``; ``timeout`` seconds per attempt.
 
+    ``clock`` (Unix seconds), ``sleep`` and ``rng`` (jitter, in [0, 1)) are injected for
+    tests. ``honour_retry_after``: a sink's ``Retry-After`` postpones the next attempt (never
+    beyond the schedule's longest delay)."""
 
-def _choice(data: Mapping[str, Any], name: str, choices: tuple[str, ...], where: str = "") -> Any:
-    value = data.get(name)
-    if value not in choices:
-        raise InvalidArgumentError(
-            f"delivery state: {where}{name}: {value!r}; expected one of {', '.join(choices)}"
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        schedule: RetrySchedule | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+        honour_retry_after: bool = True,
+    ) -> None:
+        if not isinstance(sink, Sink):
+            raise ConfigurationError(
+                f"sink: {sink!r}; expected a Sink (target, disabled, send(message, timeout=))"
+            )
+        super().__init__(
+            sink,
+            schedule=schedule,
+            timeout=timeout,
+            clock=clock,
+            rng=rng,
+            honour_retry_after=honour_retry_after,
         )
-    return value
+        self._sleep = sleep
+
+    def step(self, state: DeliveryState) -> Delivered | DeadLetter | None:
+        """See `Delivery.step_flow`."""
+        return drive(self.step_flow(state), _send)
+
+    def run(self, state: DeliveryState, *, checkpoint: Checkpointer | None = None) -> Result:
+        """Attempt until delivered or dead-lettered, sleeping until each attempt is due;
+        ``checkpoint(state)`` after every change (persist it there to resume after a restart).
+        """
+
+        def handle(request: Send[Sink] | Sleep | Checkpoint) -> Any:
+            if isinstance(request, Send):
+                return _send(request)
+            if isinstance(request, Sleep):
+                return self._sleep(request.seconds)
+            return checkpoint(request.state) if checkpoint is not None else None
+
+        return drive(self.run_flow(state), handle)
+
+    def deliver(
+        self,
+        events: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        checkpoint: Checkpointer | None = None,
+    ) -> Result:
+        """`prepare` then `run`."""
+        return self.run(self.prepare(events), checkpoint=checkpoint)
 
 
-def _attempt_from(item: Any, index: int) -> Attempt:
-    where = f"attempts[{index}]"
-    if not isinstance(item, Mapping):
-        raise InvalidArgumentError(f"delivery state: {where}: {item!r}; expected a mapping")
-    number = item.get("number")
-    if isinstance(number, bool) or not isinstance(number, int) or number != index + 1:
-        raise InvalidArgumentError(
-            f"delivery state: {where}.number: {number!r}; expected {index + 1}"
+class AsyncDeliverer(Delivery[AsyncSink]):
+    """`Deliverer` for asyncio: the same logic, an `AsyncSink` awaited and ``sleep`` awaited
+    (``asyncio.sleep`` by default); ``checkpoint`` may be a coroutine function."""
+
+    def __init__(
+        self,
+        sink: AsyncSink,
+        *,
+        schedule: RetrySchedule | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+        honour_retry_after: bool = True,
+    ) -> None:
+        if not isinstance(sink, AsyncSink) or not inspect.iscoroutinefunction(sink.send):
+            raise ConfigurationError(
+                f"sink: {sink!r}; expected an AsyncSink (target, disabled, async "
+                "send(message, timeout=)); wrap a sync one in ThreadedSink"
+            )
+        super().__init__(
+            sink,
+            schedule=schedule,
+            timeout=timeout,
+            clock=clock,
+            rng=rng,
+            honour_retry_after=honour_retry_after,
         )
-    status = item.get("status")
-    if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
-        raise InvalidArgumentError(f"delivery state: {where}.status: {status!r}; expected an int")
-    error = item.get("error")
-    if error is not None and not isinstance(error, str):
-        raise InvalidArgumentError(f"delivery state: {where}.error: {error!r}; expected text")
-    return Attempt(
-        number=number,
-        at=_number(item, "at", f"{where}."),
-        duration=_number(item, "duration", f"{where}."),
-        outcome=_choice(item, "outcome", _OUTCOMES, f"{where}."),
-        status=status,
-        error=error,
-    )
+        self._sleep = sleep
+
+    async def step(self, state: DeliveryState) -> Delivered | DeadLetter | None:
+        """See `Delivery.step_flow`."""
+        return await adrive(self.step_flow(state), _asend)
+
+    async def run(
+        self,
+        state: DeliveryState,
+        *,
+        checkpoint: Callable[[DeliveryState], object] | None = None,
+    ) -> Result:
+        """See `Deliverer.run`."""
+
+        async def handle(request: Send[AsyncSink] | Sleep | Checkpoint) -> Any:
+            if isinstance(request, Send):
+                return await _asend(request)
+            if isinstance(request, Sleep):
+                return await self._sleep(request.seconds)
+            done = checkpoint(request.state) if checkpoint is not None else None
+            return await done if inspect.isawaitable(done) else done
+
+        return await adrive(self.run_flow(state), handle)
+
+    async def deliver(
+        self,
+        events: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        checkpoint: Callable[[DeliveryState], object] | None = None,
+    ) -> Result:
+        """`prepare` then `run`."""
+        return await self.run(self.prepare(events), checkpoint=checkpoint)
+
+
+def _send(request: Send[Sink]) -> SendResult:
+    return request.sink.send(request.message, timeout=request.timeout)
+
+
+async def _asend(request: Send[AsyncSink]) -> SendResult:
+    return await request.sink.send(request.message, timeout=request.timeout)

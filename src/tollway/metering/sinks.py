@@ -6,12 +6,13 @@ answers are retried and dead-lettered."""
 from __future__ import annotations
 
 import http.client
+import importlib
 import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 from urllib.parse import SplitResult, urlsplit
 
 from tollway.errors import ConfigurationError
@@ -35,8 +36,12 @@ __all__ = [
     "RedisStreamSink",
     "SendResult",
     "Sink",
+    "StreamSinkBase",
     "WebhookSink",
     "check_sink_url",
+    "check_stream",
+    "exception_text",
+    "stream_fields",
 ]
 
 
@@ -276,11 +281,58 @@ class CallableSink:
         try:
             self._fn(message)
         except Exception as exc:
-            return SendResult.failed(_exception_text(exc))
+            return SendResult.failed(exception_text(exc))
         return SendResult.delivered()
 
 
-class RedisStreamSink:
+B = TypeVar("B", bound="StreamSinkBase")
+
+
+class StreamSinkBase:
+    """What the sync and the async Redis Stream sinks share: the stream, its bound and the
+    XADD. ``_redis_module`` names the redis-py module whose ``Redis`` `from_url` makes."""
+
+    _redis_module: ClassVar[str] = "redis"
+
+    def __init__(self, client: Any, stream: str, *, maxlen: int = 100_000) -> None:
+        check_stream(stream, maxlen)
+        self._client = client
+        self._stream = stream
+        self._maxlen = maxlen
+        self.disabled = False
+
+    @classmethod
+    def from_url(
+        cls: type[B],
+        url: str,
+        stream: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        maxlen: int = 100_000,
+    ) -> B:
+        try:
+            module = importlib.import_module(cls._redis_module)
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ConfigurationError(
+                "a stream hook needs redis-py: pip install 'tollway[redis]'"
+            ) from None
+        client = module.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return cls(client, stream, maxlen=maxlen)
+
+    @property
+    def target(self) -> str:
+        return f"redis-stream:{self._stream}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._stream!r})"
+
+    def _xadd(self, message: Message) -> Any:
+        """The client's XADD of ``message`` (its reply, or an awaitable of it)."""
+        fields: Any = stream_fields(message)
+        return self._client.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+
+
+class RedisStreamSink(StreamSinkBase):
     """XADD each message to the Redis Stream ``stream``: fields ``id`` (the webhook-id, what
     consumers dedupe on, as webhook receivers do), ``content_type`` and ``body``; ``MAXLEN ~``
     ``maxlen`` bounds the stream (consumers read it within that many messages).
@@ -289,48 +341,29 @@ class RedisStreamSink:
     it). A connection error or a timeout fails the attempt; a stream has no "gone" answer, so
     ``disabled`` is only ever set by the caller."""
 
-    def __init__(self, client: Any, stream: str, *, maxlen: int = 100_000) -> None:
-        if not isinstance(stream, str) or not stream:
-            raise ConfigurationError(f"stream: {stream!r}; expected a Redis Stream key")
-        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
-            raise ConfigurationError(f"maxlen: {maxlen!r}; expected an int >= 1")
-        self._client = client
-        self._stream = stream
-        self._maxlen = maxlen
-        self.disabled = False
-
-    @classmethod
-    def from_url(
-        cls, url: str, stream: str, *, timeout: float = DEFAULT_TIMEOUT, maxlen: int = 100_000
-    ) -> RedisStreamSink:
-        try:
-            import redis
-        except ImportError:  # pragma: no cover - depends on the environment
-            raise ConfigurationError(
-                "a stream hook needs redis-py: pip install 'tollway[redis]'"
-            ) from None
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        return cls(client, stream, maxlen=maxlen)
-
-    @property
-    def target(self) -> str:
-        return f"redis-stream:{self._stream}"
-
-    def __repr__(self) -> str:
-        return f"RedisStreamSink({self._stream!r})"
-
     def send(self, message: Message, *, timeout: float) -> SendResult:
-        fields = {"id": message.id, "content_type": message.content_type, "body": message.body}
         try:
-            self._client.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+            self._xadd(message)
         except Exception as exc:  # redis.ConnectionError, TimeoutError, ResponseError...
-            return SendResult.failed(_exception_text(exc))
+            return SendResult.failed(exception_text(exc))
         return SendResult.delivered()
 
     def close(self) -> None:
         close = getattr(self._client, "close", None)
         if callable(close):
             close()
+
+
+def check_stream(stream: Any, maxlen: Any) -> None:
+    if not isinstance(stream, str) or not stream:
+        raise ConfigurationError(f"stream: {stream!r}; expected a Redis Stream key")
+    if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
+        raise ConfigurationError(f"maxlen: {maxlen!r}; expected an int >= 1")
+
+
+def stream_fields(message: Message) -> dict[str, str | bytes]:
+    """The fields of a stream sink's XADD: the id consumers dedupe on, the type, the body."""
+    return {"id": message.id, "content_type": message.content_type, "body": message.body}
 
 
 def _narrow(conn: http.client.HTTPConnection, deadline: float) -> None:
@@ -358,6 +391,6 @@ def _snippet(raw: bytes) -> str:
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
 
 
-def _exception_text(exc: BaseException) -> str:
+def exception_text(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,18 +1,21 @@
-"""The hook outbox operations of a ledger (`HookStore`, `AsyncHookStore`): thin faces over the
-flows of `tollway.metering.ledger.outbox`, each run in one transaction by the backend's
-``_transact``. The dispatcher (`tollway.metering.hooks`) and ``tollway hooks`` use them."""
+"""The hook outbox operations of a ledger (`HookStore`, `AsyncHookStore`).
+
+Each operation is written once, as a flow of `tollway.metering.ledger.outbox` taking the SQL
+dialect first; `_sync` and `_async` turn it into a method of the sync and the async face (the
+flow's own signature and docstring, minus the dialect) that runs it in one transaction of the
+backend. The dispatchers (`tollway.metering.hooks`) and ``tollway hooks`` use them.
+"""
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec
 
-from tollway.metering.delivery import Attempt, DeliveryStatus
+from tollway.metering.ledger.faces import described
 from tollway.metering.ledger.flows import Flow, T
 from tollway.metering.ledger.outbox import (
     Dialect,
-    HookMessage,
     close_buckets_flow,
     lease_flow,
     list_flow,
@@ -28,154 +31,80 @@ if TYPE_CHECKING:  # it imports the ledger package, which imports this module
 
 __all__ = ["AsyncHookStore", "BucketBuilder", "HookStore"]
 
+P = ParamSpec("P")
 BucketBuilder = Callable[[str, dict[str, Any]], "OutboxMessage"]
 """``(message_id, bucket row) -> message``: how a closed bucket of one hook is sent."""
 
 
+def _sync(
+    flow: Callable[Concatenate[Dialect, P], Flow[T]],
+) -> Callable[Concatenate[HookStore, P], T]:
+    def method(self: HookStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self.transact(lambda: flow(self.dialect, *args, **kwargs))
+
+    return described(method, flow)
+
+
+def _async(
+    flow: Callable[Concatenate[Dialect, P], Flow[T]],
+) -> Callable[Concatenate[AsyncHookStore, P], Awaitable[T]]:
+    async def method(self: AsyncHookStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.transact(lambda: flow(self.dialect, *args, **kwargs))
+
+    return described(method, flow)
+
+
 class HookStore:
+    """The hook outbox of a sync ledger."""
+
     _dialect: ClassVar[Dialect]
+
+    @property
+    def dialect(self) -> Dialect:
+        """The SQL dialect its flows are written for (``sqlite``, ``postgres``)."""
+        return self._dialect
+
+    def transact(self, make: Callable[[], Flow[T]]) -> T:
+        """Run the flow ``make()`` (`tollway.metering.ledger.flows`) in one transaction: the
+        interface metering's parts (the hook dispatcher) build on. ``make`` may be called
+        again when a dead connection is replaced before the flow ran."""
+        return self._transact(make)
 
     @abstractmethod
     def _transact(self, make: Callable[[], Flow[T]]) -> T: ...
 
-    def hook_messages(
-        self,
-        *,
-        hook: str | None = None,
-        status: DeliveryStatus | None = None,
-        ids: Sequence[str] = (),
-        limit: int = 1000,
-    ) -> list[HookMessage]:
-        """Stored hook messages, oldest first, filtered by hook, status and ids."""
-        return self._transact(
-            lambda: list_flow(self._dialect, hook=hook, status=status, ids=ids, limit=limit)
-        )
-
-    def lease_hook_messages(
-        self, hooks: Sequence[str], *, now_us: int, until_us: int, owner: str, limit: int
-    ) -> list[HookMessage]:
-        """Take up to ``limit`` due messages of ``hooks`` for ``owner`` until ``until_us``."""
-        return self._transact(
-            lambda: lease_flow(
-                self._dialect, hooks, now_us=now_us, until_us=until_us, owner=owner, limit=limit
-            )
-        )
-
-    def save_hook_message(
-        self,
-        message: HookMessage,
-        *,
-        owner: str,
-        status: DeliveryStatus,
-        dead_reason: str | None,
-        attempts: Sequence[Attempt],
-        next_at_us: int,
-        now_us: int,
-    ) -> None:
-        self._transact(
-            lambda: save_flow(
-                self._dialect,
-                message,
-                owner=owner,
-                status=status,
-                dead_reason=dead_reason,
-                attempts=attempts,
-                next_at_us=next_at_us,
-                now_us=now_us,
-            )
-        )
-
-    def close_hook_buckets(
-        self, builders: dict[str, BucketBuilder], *, cutoff_us: int, now_us: int
-    ) -> int:
-        """Enqueue one message per bucket of ``builders``' hooks closed by ``cutoff_us``."""
-        return self._transact(
-            lambda: close_buckets_flow(self._dialect, builders, cutoff_us=cutoff_us, now_us=now_us)
-        )
-
-    def next_hook_due_us(self, hooks: Sequence[str], *, grace_us: int = 0) -> int | None:
-        return self._transact(lambda: next_due_flow(self._dialect, hooks, grace_us))
-
-    def retry_hook_messages(
-        self,
-        now_us: int,
-        *,
-        hook: str | None = None,
-        ids: Sequence[str] = (),
-        all_dead: bool = False,
-    ) -> list[HookMessage]:
-        """See `tollway.metering.ledger.outbox.retry_flow`; returns the messages made due."""
-        return self._transact(
-            lambda: retry_flow(self._dialect, now_us, hook=hook, ids=ids, all_dead=all_dead)
-        )
-
-    def replay_hook_messages(
-        self,
-        now_us: int,
-        *,
-        hook: str | None = None,
-        ids: Sequence[str] = (),
-        dead: bool = False,
-    ) -> list[HookMessage]:
-        """See `tollway.metering.ledger.outbox.replay_flow`; returns the messages replayed."""
-        return self._transact(
-            lambda: replay_flow(self._dialect, now_us, hook=hook, ids=ids, dead=dead)
-        )
-
-    def prune_hook_messages(
-        self, before_us: int, *, hook: str | None = None, dead: bool = False
-    ) -> int:
-        """See `tollway.metering.ledger.outbox.prune_flow`; how many messages were deleted."""
-        return self._transact(lambda: prune_flow(self._dialect, before_us, hook=hook, dead=dead))
+    hook_messages = _sync(list_flow)
+    lease_hook_messages = _sync(lease_flow)
+    save_hook_message = _sync(save_flow)
+    close_hook_buckets = _sync(close_buckets_flow)
+    next_hook_due_us = _sync(next_due_flow)
+    retry_hook_messages = _sync(retry_flow)
+    replay_hook_messages = _sync(replay_flow)
+    prune_hook_messages = _sync(prune_flow)
 
 
 class AsyncHookStore:
-    """`HookStore`, awaited (the same flows)."""
+    """`HookStore`, awaited: the same flows, each in one transaction of the async backend."""
 
     _dialect: ClassVar[Dialect]
+
+    @property
+    def dialect(self) -> Dialect:
+        """See `HookStore.dialect`."""
+        return self._dialect
+
+    async def transact(self, make: Callable[[], Flow[T]]) -> T:
+        """See `HookStore.transact`."""
+        return await self._transact(make)
 
     @abstractmethod
     async def _transact(self, make: Callable[[], Flow[T]]) -> T: ...
 
-    async def hook_messages(
-        self,
-        *,
-        hook: str | None = None,
-        status: DeliveryStatus | None = None,
-        ids: Sequence[str] = (),
-        limit: int = 1000,
-    ) -> list[HookMessage]:
-        return await self._transact(
-            lambda: list_flow(self._dialect, hook=hook, status=status, ids=ids, limit=limit)
-        )
-
-    async def retry_hook_messages(
-        self,
-        now_us: int,
-        *,
-        hook: str | None = None,
-        ids: Sequence[str] = (),
-        all_dead: bool = False,
-    ) -> list[HookMessage]:
-        return await self._transact(
-            lambda: retry_flow(self._dialect, now_us, hook=hook, ids=ids, all_dead=all_dead)
-        )
-
-    async def replay_hook_messages(
-        self,
-        now_us: int,
-        *,
-        hook: str | None = None,
-        ids: Sequence[str] = (),
-        dead: bool = False,
-    ) -> list[HookMessage]:
-        return await self._transact(
-            lambda: replay_flow(self._dialect, now_us, hook=hook, ids=ids, dead=dead)
-        )
-
-    async def prune_hook_messages(
-        self, before_us: int, *, hook: str | None = None, dead: bool = False
-    ) -> int:
-        return await self._transact(
-            lambda: prune_flow(self._dialect, before_us, hook=hook, dead=dead)
-        )
+    hook_messages = _async(list_flow)
+    lease_hook_messages = _async(lease_flow)
+    save_hook_message = _async(save_flow)
+    close_hook_buckets = _async(close_buckets_flow)
+    next_hook_due_us = _async(next_due_flow)
+    retry_hook_messages = _async(retry_flow)
+    replay_hook_messages = _async(replay_flow)
+    prune_hook_messages = _async(prune_flow)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from tollway.metering.delivery import Attempt, DeliveryStatus
+from tollway.metering.deliverystate import Attempt, DeliveryStatus
 from tollway.metering.ledger.flows import Flow, Many, Query
 
 if TYPE_CHECKING:  # both import the ledger package, which imports this module
@@ -227,7 +227,8 @@ def lease_flow(
     owner: str,
     limit: int,
 ) -> Flow[list[HookMessage]]:
-    """Lease up to ``limit`` due messages of ``hooks`` (pending, due, not leased by anyone)."""
+    """Lease up to ``limit`` due messages of ``hooks`` (pending, due, not leased by anyone)
+    for ``owner`` until ``until_us``."""
     if not hooks or limit < 1:
         return []
     p = _p(dialect)
@@ -309,8 +310,9 @@ def close_buckets_flow(
     return len(messages)
 
 
-def next_due_flow(dialect: Dialect, hooks: Sequence[str], grace_us: int) -> Flow[int | None]:
-    """When the soonest pending message of ``hooks`` is due, or its bucket closes (us)."""
+def next_due_flow(dialect: Dialect, hooks: Sequence[str], *, grace_us: int = 0) -> Flow[int | None]:
+    """When the soonest pending message of ``hooks`` is due, or its first bucket closes
+    (plus ``grace_us``); Unix microseconds, None when nothing is pending."""
     if not hooks:
         return None
     where, params = _hooks_filter(dialect, hooks)
@@ -331,10 +333,11 @@ def list_flow(
     dialect: Dialect,
     *,
     hook: str | None = None,
-    status: str | None = None,
+    status: DeliveryStatus | None = None,
     ids: Sequence[str] = (),
     limit: int = 1000,
 ) -> Flow[list[HookMessage]]:
+    """Stored hook messages, oldest first, filtered by hook, status and ids."""
     p = _p(dialect)
     where: list[str] = []
     params: list[Any] = []

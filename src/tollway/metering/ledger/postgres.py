@@ -1,17 +1,13 @@
 """`PostgresLedger` and `AsyncPostgresLedger`: the production ledger, on psycopg 3.
 
-An `insert` is one transaction. Fast path: ``COPY`` the batch straight into ``usage_events``
-inside a savepoint; every event new (the common case), that is all. When an id is already
-there the COPY fails with a unique violation (one ERROR line in the server's log), the
-savepoint is rolled back, and the batch takes the careful path: ``COPY`` into a session temp
-table, then ``INSERT INTO usage_events SELECT ... ON CONFLICT (id) DO NOTHING`` (its row count
-is the number of new events), and the stored rows of the skipped ids are read back to tell
-duplicates from conflicts. Redeliveries come in runs (a worker died, another claims its
-events), so the next `CAREFUL_BATCHES` batches go the careful way at once. The fast path took
-the rate from about 66,000 to 79,000 events/s in batches of 1,000 (bench/LEDGER_RESULTS.md).
+An `insert` is one transaction: the flow of `tollway.metering.ledger.ingest` (a ``COPY``
+fast path, a careful path for redeliveries). Both faces drive the same flows (ingest,
+migrations, the hook outbox) and share the connection's state (`_Postgres`) and the error
+decisions; they differ only in ``await``.
 
-Both faces share the SQL (here and in `tollway.metering.ledger.queries`) and the row mapping;
-they differ only in ``await``.
+The connection's life (connect, migrate once, run, drop a broken connection, retry once on a
+connection found dead) is one generator too, `_Postgres._session`: it yields `Connect`,
+`Execute` and `Close` requests, which each face answers with psycopg's sync or async calls.
 
 Outages: a refused or dropped connection raises `LedgerUnavailableError` and the broken
 connection is dropped; the next call connects again by itself. A call that finds its idle
@@ -26,41 +22,28 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import TupleRow
 
 from tollway.errors import ConfigurationError, LedgerError, LedgerUnavailableError
-from tollway.metering.ledger.base import After, AsyncLedger, Ledger, Rows
-from tollway.metering.ledger.events import COLUMNS, UsageEvent
-from tollway.metering.ledger.flows import Flow, drive_async_psycopg, drive_psycopg
+from tollway.metering.driving import adrive, drive
+from tollway.metering.ledger.base import AsyncLedger, Ledger
+from tollway.metering.ledger.flows import Flow, Query, drive_async_psycopg, drive_psycopg
+from tollway.metering.ledger.ingest import Ingested, IngestState, ingest_flow
+from tollway.metering.ledger.ops import After, Rows
 from tollway.metering.ledger.outbox import CommitExtras
 from tollway.metering.ledger.queries import PreparedBatch
-from tollway.metering.ledger.schema import Query, migrate_flow
+from tollway.metering.ledger.schema import migrate_flow
 
 __all__ = ["AsyncPostgresLedger", "PostgresLedger", "redact_url"]
 
 T = TypeVar("T")
-
-_COLS = ", ".join(COLUMNS)
-_TEMP = "tollway_ingest"
-CREATE_TEMP_SQL = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_TEMP} (LIKE usage_events) ON COMMIT DELETE ROWS"
-)
-COPY_SQL = f"COPY {_TEMP} ({_COLS}) FROM STDIN"
-INSERT_SELECT_SQL = (
-    f"INSERT INTO usage_events ({_COLS}) SELECT {_COLS} FROM {_TEMP} ON CONFLICT (id) DO NOTHING"
-)
-DIRECT_COPY_SQL = f"COPY usage_events ({_COLS}) FROM STDIN"
-CAREFUL_BATCHES = 16
-INSERT_SELECT_RETURNING_SQL = INSERT_SELECT_SQL + " RETURNING id"
-STORED_SQL = (
-    f"SELECT {', '.join('e.' + c for c in COLUMNS)} FROM usage_events e JOIN {_TEMP} t "
-    "ON t.id = e.id"
-)
+AnyConnection = psycopg.Connection[TupleRow] | psycopg.AsyncConnection[TupleRow]
 
 
 def redact_url(url: str) -> str:
@@ -100,32 +83,144 @@ def _failed(url: str, exc: BaseException) -> LedgerError:
     return LedgerError(f"ledger {url}: {type(exc).__name__}: {_first_line(exc)}")
 
 
-def _params(params: Sequence[Any]) -> Sequence[Any] | None:
-    return params or None
-
-
-def _new_events(batch: PreparedBatch, need_new: bool, new_ids: set[str] | None) -> list[UsageEvent]:
-    """The events of ``batch`` the commit inserted (``new_ids`` None: all of them)."""
-    if not need_new:
-        return []
-    if new_ids is None:
-        return list(batch.events)
-    return [event for event in batch.events if event.id in new_ids]
-
-
-def _run_flow(cur: psycopg.Cursor[TupleRow], flow: Generator[Query, list[Any], int]) -> None:
-    """Drive `migrate_flow` on a sync cursor."""
+@contextlib.contextmanager
+def _connecting(url: str) -> Iterator[None]:
     try:
-        sql, params = next(flow)
-        while True:
-            cur.execute(sql, _params(params))
-            rows = cur.fetchall() if cur.description is not None else []
-            sql, params = flow.send(rows)
-    except StopIteration:
-        return
+        yield
+    except psycopg.OperationalError as exc:
+        raise _unavailable(url, "cannot connect", exc) from exc
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"ledger {url}: {_first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise _failed(url, exc) from exc
 
 
-class PostgresLedger(Ledger):
+@contextlib.contextmanager
+def _migrating(url: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise _unavailable(url, "migrating", exc) from exc
+    except psycopg.Error as exc:
+        raise _failed(url, exc) from exc
+
+
+def _lost(conn: AnyConnection) -> bool:
+    return conn.closed or conn.broken
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open a connection; answer it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Drive the flow ``make()`` on a cursor of ``conn`` (in a transaction when asked);
+    answer its result."""
+
+    conn: Any
+    make: Callable[[], Flow[Any]]
+    transaction: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close ``conn``, ignoring errors (a broken connection has nothing left to release)."""
+
+    conn: Any
+
+
+Io = Union[Connect, Execute, Close]  # noqa: UP007 (a runtime alias)
+Session = Generator[Io, Any, T]
+
+
+def _fetch_flow(sql: str, params: Sequence[Any]) -> Flow[Rows]:
+    rows = yield Query(sql, params)
+    return rows
+
+
+class _Postgres:
+    """What both faces share: the URL, the connection's options and the state that outlives
+    one call, and the connection's life as a generator (`_session`)."""
+
+    def __init__(self, url: str, *, connect_timeout: float, application_name: str) -> None:
+        self._dsn = url
+        self.url = redact_url(url)
+        self._kwargs = _connect_kwargs(connect_timeout, application_name)
+        self._ingest_state = IngestState()
+        self._conn: Any = None
+        self._migrated = False
+        self._closed = False
+
+    def _session(self, make: Callable[[], Flow[T]] | None, *, transaction: bool) -> Session[T]:
+        """Run ``make()`` on the connection (connecting and migrating first when there is none
+        or it broke); a connection found dead since its last use is replaced and the flow run
+        once more; errors become `LedgerUnavailableError` / `LedgerError`."""
+        for attempt in (1, 2):
+            if self._closed:
+                raise LedgerError(f"ledger {self.url} is closed")
+            conn, reused = self._conn, True
+            if conn is None or _lost(conn):
+                conn, reused = (yield from self._reconnect()), False
+            if make is None:
+                return None  # type: ignore[return-value]  # connecting was the point
+            try:
+                result: T = yield Execute(conn, make, transaction)
+                return result
+            except psycopg.Error as exc:
+                lost = _lost(conn)
+                if lost:
+                    yield from self._drop()
+                if isinstance(exc, psycopg.OperationalError):
+                    if lost and reused and attempt == 1:
+                        continue  # a connection dead since its last use: once more, afresh
+                    what = "connection lost" if lost else "unavailable"
+                    raise _unavailable(self.url, what, exc) from exc
+                raise _failed(self.url, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reconnect(self) -> Session[Any]:
+        yield from self._drop()
+        with _connecting(self.url):
+            conn = yield Connect()
+        if not self._migrated:
+            migration = migrate_flow(
+                "postgres", where=self.url, now_us=time.time_ns() // 1000, param="%s"
+            )
+            try:
+                with _migrating(self.url):
+                    yield Execute(conn, lambda: migration, True)
+            except BaseException:
+                yield Close(conn)
+                raise
+            self._migrated = True
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> Session[None]:
+        """Forget the connection (and its session's temp table) and close it."""
+        conn, self._conn = self._conn, None
+        self._ingest_state.temp_ready = False
+        if conn is not None:
+            yield Close(conn)
+
+    def _closing(self) -> Session[None]:
+        self._closed = True
+        yield from self._drop()
+
+    def _ingest_op(
+        self, batch: PreparedBatch, need_new: bool, after: After | None
+    ) -> Callable[[], Flow[Ingested]]:
+        return lambda: ingest_flow(self._ingest_state, batch, need_new, after)
+
+    def _ingested(self, done: Ingested) -> tuple[int, Rows, CommitExtras | None]:
+        if done.used_temp:  # its transaction committed: the temp table stays for the session
+            self._ingest_state.temp_ready = True
+        return done.inserted, done.stored, done.extras
+
+
+class PostgresLedger(_Postgres, Ledger):
     """The ledger in a PostgreSQL database (``postgresql://user@host:port/db?...``; libpq's
     parameters, ``options=-csearch_path=...`` included). Connects and migrates on construction;
     one connection, guarded by a lock."""
@@ -141,175 +236,43 @@ class PostgresLedger(Ledger):
         connect_timeout: float = 5.0,
         application_name: str = "tollway-ledger",
     ) -> None:
-        self._dsn = url
-        self.url = redact_url(url)
-        self._kwargs = _connect_kwargs(connect_timeout, application_name)
+        super().__init__(url, connect_timeout=connect_timeout, application_name=application_name)
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection[TupleRow] | None = None
-        self._temp_ready = False
-        self._careful = 0  # batches left to send the careful way
-        self._migrated = False
-        self._closed = False
+        self._run(None)
+
+    def _run(self, make: Callable[[], Flow[T]] | None, *, transaction: bool = True) -> T:
         with self._lock:
-            self._connection()
+            return drive(self._session(make, transaction=transaction), self._io, BaseException)
 
-    # ------------------------------------------------------------------ connection
-    def _connection(self) -> tuple[psycopg.Connection[TupleRow], bool]:
-        """The open connection and whether it was reused (vs. made just now)."""
-        if self._closed:
-            raise LedgerError(f"ledger {self.url} is closed")
-        conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
-            return conn, True
-        self._discard()
-        try:
-            conn = psycopg.connect(self._dsn, **self._kwargs)
-        except psycopg.OperationalError as exc:
-            raise _unavailable(self.url, "cannot connect", exc) from exc
-        except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"ledger {self.url}: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            raise _failed(self.url, exc) from exc
-        try:
-            if not self._migrated:
-                flow = migrate_flow(
-                    "postgres", where=self.url, now_us=time.time_ns() // 1000, param="%s"
-                )
-                with conn.transaction(), conn.cursor() as cur:
-                    _run_flow(cur, flow)
-                self._migrated = True
-        except psycopg.OperationalError as exc:
-            conn.close()
-            raise _unavailable(self.url, "migrating", exc) from exc
-        except psycopg.Error as exc:
-            conn.close()
-            raise _failed(self.url, exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn, False
+    def _io(self, request: Io) -> Any:
+        if isinstance(request, Connect):
+            return psycopg.connect(self._dsn, **self._kwargs)
+        if isinstance(request, Close):
+            with contextlib.suppress(Exception):
+                request.conn.close()
+            return None
+        conn: psycopg.Connection[TupleRow] = request.conn
+        scope = conn.transaction() if request.transaction else contextlib.nullcontext()
+        with scope, conn.cursor() as cur:
+            return drive_psycopg(cur, request.make())
 
-    def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        self._temp_ready = False
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing left to release
-                conn.close()
-
-    def _run(self, op: Callable[[psycopg.Connection[TupleRow]], T]) -> T:
-        with self._lock:
-            for attempt in (1, 2):
-                conn, reused = self._connection()
-                try:
-                    return op(conn)
-                except psycopg.OperationalError as exc:
-                    lost = conn.closed or conn.broken
-                    if lost:
-                        self._discard()
-                    if lost and reused and attempt == 1:
-                        continue  # a connection dead since its last use: once more, afresh
-                    raise _unavailable(
-                        self.url, "connection lost" if lost else "unavailable", exc
-                    ) from exc
-                except psycopg.Error as exc:
-                    if conn.closed or conn.broken:
-                        self._discard()
-                    raise _failed(self.url, exc) from exc
-            raise AssertionError("unreachable")  # pragma: no cover
-
-    # ------------------------------------------------------------------ backend
-    def _write(self, batch: PreparedBatch) -> tuple[int, Rows]:
-        rows = batch.rows
-
-        def op(conn: psycopg.Connection[TupleRow]) -> tuple[int, Rows]:
-            stored: Rows = []
-            with conn.transaction(), conn.cursor() as cur:
-                if self._careful == 0:
-                    try:
-                        with conn.transaction(), cur.copy(DIRECT_COPY_SQL) as copy:
-                            for row in rows:
-                                copy.write_row(row)
-                        return len(rows), stored
-                    except psycopg.errors.UniqueViolation:
-                        self._careful = CAREFUL_BATCHES
-                self._careful -= 1
-                if not self._temp_ready:
-                    cur.execute(CREATE_TEMP_SQL)
-                with cur.copy(COPY_SQL) as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                cur.execute(INSERT_SELECT_SQL)
-                inserted = cur.rowcount
-                if inserted < len(rows):
-                    stored = list(cur.execute(STORED_SQL).fetchall())
-            self._temp_ready = True
-            return inserted, stored
-
-        return self._run(op)
-
-    def _commit(
-        self, batch: PreparedBatch, need_new: bool, after: After
-    ) -> tuple[int, Rows, CommitExtras]:
-        rows = batch.rows
-
-        def op(conn: psycopg.Connection[TupleRow]) -> tuple[int, Rows, CommitExtras]:
-            stored: Rows = []
-            inserted = 0
-            new_ids: set[str] | None = None  # None: every event of the batch was new
-            used_temp = False
-            with conn.transaction(), conn.cursor() as cur:
-                direct = False
-                if rows and self._careful == 0:
-                    try:
-                        with conn.transaction(), cur.copy(DIRECT_COPY_SQL) as copy:
-                            for row in rows:
-                                copy.write_row(row)
-                        inserted, direct = len(rows), True
-                    except psycopg.errors.UniqueViolation:
-                        self._careful = CAREFUL_BATCHES
-                if rows and not direct:
-                    self._careful = max(0, self._careful - 1)
-                    if not self._temp_ready:
-                        cur.execute(CREATE_TEMP_SQL)
-                    used_temp = True
-                    with cur.copy(COPY_SQL) as copy:
-                        for row in rows:
-                            copy.write_row(row)
-                    # RETURNING names exactly the rows this transaction inserted, even with
-                    # another worker committing the same ids at the same time.
-                    cur.execute(INSERT_SELECT_RETURNING_SQL)
-                    new_ids = {row[0] for row in cur.fetchall()}
-                    inserted = len(new_ids)
-                    if inserted < len(rows):
-                        stored = list(cur.execute(STORED_SQL).fetchall())
-                extras = drive_psycopg(cur, after(_new_events(batch, need_new, new_ids)))
-            if used_temp:
-                self._temp_ready = True
-            return inserted, stored, extras
-
-        return self._run(op)
+    def _ingest(
+        self, batch: PreparedBatch, need_new: bool, after: After | None
+    ) -> tuple[int, Rows, CommitExtras | None]:
+        return self._ingested(self._run(self._ingest_op(batch, need_new, after)))
 
     def _transact(self, make: Callable[[], Flow[T]]) -> T:
-        def op(conn: psycopg.Connection[TupleRow]) -> T:
-            with conn.transaction(), conn.cursor() as cur:
-                return drive_psycopg(cur, make())
-
-        return self._run(op)
+        return self._run(make)
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> Rows:
-        def op(conn: psycopg.Connection[TupleRow]) -> Rows:
-            return list(conn.execute(sql, _params(params)).fetchall())
-
-        return self._run(op)
+        return self._run(lambda: _fetch_flow(sql, params), transaction=False)
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            self._discard()
+            drive(self._closing(), self._io)
 
 
-class AsyncPostgresLedger(AsyncLedger):
+class AsyncPostgresLedger(_Postgres, AsyncLedger):
     """`PostgresLedger` on psycopg's ``AsyncConnection``. Connects (and migrates) on the first
     call, or at once with ``await AsyncPostgresLedger.open(url)`` / ``await ledger.connect()``."""
 
@@ -324,15 +287,8 @@ class AsyncPostgresLedger(AsyncLedger):
         connect_timeout: float = 5.0,
         application_name: str = "tollway-ledger",
     ) -> None:
-        self._dsn = url
-        self.url = redact_url(url)
-        self._kwargs = _connect_kwargs(connect_timeout, application_name)
+        super().__init__(url, connect_timeout=connect_timeout, application_name=application_name)
         self._lock = asyncio.Lock()
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
-        self._temp_ready = False
-        self._careful = 0  # batches left to send the careful way
-        self._migrated = False
-        self._closed = False
 
     @classmethod
     async def open(cls, url: str, **options: Any) -> AsyncPostgresLedger:
@@ -342,164 +298,36 @@ class AsyncPostgresLedger(AsyncLedger):
 
     async def connect(self) -> None:
         """Connect and migrate now (otherwise the first call does)."""
+        await self._run(None)
+
+    async def _run(self, make: Callable[[], Flow[T]] | None, *, transaction: bool = True) -> T:
         async with self._lock:
-            await self._connection()
+            session = self._session(make, transaction=transaction)
+            return await adrive(session, self._io, BaseException)
 
-    async def _connection(self) -> tuple[psycopg.AsyncConnection[TupleRow], bool]:
-        if self._closed:
-            raise LedgerError(f"ledger {self.url} is closed")
-        conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
-            return conn, True
-        await self._discard()
-        try:
-            conn = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
-        except psycopg.OperationalError as exc:
-            raise _unavailable(self.url, "cannot connect", exc) from exc
-        except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"ledger {self.url}: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            raise _failed(self.url, exc) from exc
-        try:
-            if not self._migrated:
-                flow = migrate_flow(
-                    "postgres", where=self.url, now_us=time.time_ns() // 1000, param="%s"
-                )
-                async with conn.transaction(), conn.cursor() as cur:
-                    try:
-                        sql, params = next(flow)
-                        while True:
-                            await cur.execute(sql, _params(params))
-                            rows = await cur.fetchall() if cur.description is not None else []
-                            sql, params = flow.send(rows)
-                    except StopIteration:
-                        pass
-                self._migrated = True
-        except psycopg.OperationalError as exc:
-            await conn.close()
-            raise _unavailable(self.url, "migrating", exc) from exc
-        except psycopg.Error as exc:
-            await conn.close()
-            raise _failed(self.url, exc) from exc
-        except BaseException:
-            await conn.close()
-            raise
-        self._conn = conn
-        return conn, False
+    async def _io(self, request: Io) -> Any:
+        if isinstance(request, Connect):
+            return await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
+        if isinstance(request, Close):
+            with contextlib.suppress(Exception):
+                await request.conn.close()
+            return None
+        conn: psycopg.AsyncConnection[TupleRow] = request.conn
+        scope = conn.transaction() if request.transaction else contextlib.nullcontext()
+        async with scope, conn.cursor() as cur:
+            return await drive_async_psycopg(cur, request.make())
 
-    async def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        self._temp_ready = False
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing left to release
-                await conn.close()
-
-    async def _run(self, op: Callable[[psycopg.AsyncConnection[TupleRow]], Awaitable[T]]) -> T:
-        async with self._lock:
-            for attempt in (1, 2):
-                conn, reused = await self._connection()
-                try:
-                    return await op(conn)
-                except psycopg.OperationalError as exc:
-                    lost = conn.closed or conn.broken
-                    if lost:
-                        await self._discard()
-                    if lost and reused and attempt == 1:
-                        continue
-                    raise _unavailable(
-                        self.url, "connection lost" if lost else "unavailable", exc
-                    ) from exc
-                except psycopg.Error as exc:
-                    if conn.closed or conn.broken:
-                        await self._discard()
-                    raise _failed(self.url, exc) from exc
-            raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _write(self, batch: PreparedBatch) -> tuple[int, Rows]:
-        rows = batch.rows
-
-        async def op(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[int, Rows]:
-            stored: Rows = []
-            async with conn.transaction(), conn.cursor() as cur:
-                if self._careful == 0:
-                    try:
-                        async with conn.transaction(), cur.copy(DIRECT_COPY_SQL) as copy:
-                            for row in rows:
-                                await copy.write_row(row)
-                        return len(rows), stored
-                    except psycopg.errors.UniqueViolation:
-                        self._careful = CAREFUL_BATCHES
-                self._careful -= 1
-                if not self._temp_ready:
-                    await cur.execute(CREATE_TEMP_SQL)
-                async with cur.copy(COPY_SQL) as copy:
-                    for row in rows:
-                        await copy.write_row(row)
-                await cur.execute(INSERT_SELECT_SQL)
-                inserted = cur.rowcount
-                if inserted < len(rows):
-                    stored = list(await (await cur.execute(STORED_SQL)).fetchall())
-            self._temp_ready = True
-            return inserted, stored
-
-        return await self._run(op)
-
-    async def _commit(
-        self, batch: PreparedBatch, need_new: bool, after: After
-    ) -> tuple[int, Rows, CommitExtras]:
-        rows = batch.rows
-
-        async def op(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[int, Rows, CommitExtras]:
-            stored: Rows = []
-            inserted = 0
-            new_ids: set[str] | None = None
-            used_temp = False
-            async with conn.transaction(), conn.cursor() as cur:
-                direct = False
-                if rows and self._careful == 0:
-                    try:
-                        async with conn.transaction(), cur.copy(DIRECT_COPY_SQL) as copy:
-                            for row in rows:
-                                await copy.write_row(row)
-                        inserted, direct = len(rows), True
-                    except psycopg.errors.UniqueViolation:
-                        self._careful = CAREFUL_BATCHES
-                if rows and not direct:
-                    self._careful = max(0, self._careful - 1)
-                    if not self._temp_ready:
-                        await cur.execute(CREATE_TEMP_SQL)
-                    used_temp = True
-                    async with cur.copy(COPY_SQL) as copy:
-                        for row in rows:
-                            await copy.write_row(row)
-                    await cur.execute(INSERT_SELECT_RETURNING_SQL)
-                    new_ids = {row[0] for row in await cur.fetchall()}
-                    inserted = len(new_ids)
-                    if inserted < len(rows):
-                        stored = list(await (await cur.execute(STORED_SQL)).fetchall())
-                flow = after(_new_events(batch, need_new, new_ids))
-                extras = await drive_async_psycopg(cur, flow)
-            if used_temp:
-                self._temp_ready = True
-            return inserted, stored, extras
-
-        return await self._run(op)
+    async def _ingest(
+        self, batch: PreparedBatch, need_new: bool, after: After | None
+    ) -> tuple[int, Rows, CommitExtras | None]:
+        return self._ingested(await self._run(self._ingest_op(batch, need_new, after)))
 
     async def _transact(self, make: Callable[[], Flow[T]]) -> T:
-        async def op(conn: psycopg.AsyncConnection[TupleRow]) -> T:
-            async with conn.transaction(), conn.cursor() as cur:
-                return await drive_async_psycopg(cur, make())
-
-        return await self._run(op)
+        return await self._run(make)
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> Rows:
-        async def op(conn: psycopg.AsyncConnection[TupleRow]) -> Rows:
-            cur = await conn.execute(sql, _params(params))
-            return list(await cur.fetchall())
-
-        return await self._run(op)
+        return await self._run(lambda: _fetch_flow(sql, params), transaction=False)
 
     async def aclose(self) -> None:
         async with self._lock:
-            self._closed = True
-            await self._discard()
+            await adrive(self._closing(), self._io)

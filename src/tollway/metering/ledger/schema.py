@@ -20,11 +20,12 @@ inside a statement (the texts are split on ``;``), so no triggers or function bo
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from tollway.errors import LedgerSchemaError
+from tollway.metering.ledger.flows import Flow, Query
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate_flow", "pending"]
 
@@ -228,19 +229,14 @@ def pending(applied: Iterable[int], *, where: str) -> list[Migration]:
     return [m for m in MIGRATIONS if m.version not in done]
 
 
-Query = tuple[str, tuple[Any, ...]]
-
-
-def migrate_flow(
-    dialect: DialectName, *, where: str, now_us: int, param: str
-) -> Generator[Query, list[tuple[Any, ...]], int]:
-    """The statements of a migration run, as a generator: the driver executes each yielded
-    ``(sql, params)`` inside one transaction and sends back its rows (``[]`` for none). The
-    return value is the number of migrations applied. Sync and async drivers share it."""
+def migrate_flow(dialect: DialectName, *, where: str, now_us: int, param: str) -> Flow[int]:
+    """The statements of a migration run, as a flow (`tollway.metering.ledger.flows`): the
+    backend drives it inside one transaction. The return value is the number of migrations
+    applied. SQLite, psycopg and psycopg's async face share it."""
     if dialect == "postgres":
-        yield _PG_LOCK, ()
-    yield _CREATE_SCHEMA_TABLE, ()
-    rows = yield "SELECT version FROM tollway_schema", ()
+        yield Query(_PG_LOCK)
+    yield Query(_CREATE_SCHEMA_TABLE)
+    rows = yield Query("SELECT version FROM tollway_schema")
     todo = pending((int(row[0]) for row in rows), where=where)
     insert = (
         "INSERT INTO tollway_schema (version, description, applied_at_us) "
@@ -248,6 +244,6 @@ def migrate_flow(
     )
     for migration in todo:
         for statement in migration.statements(dialect):
-            yield statement, ()
-        yield insert, (migration.version, migration.description, now_us)
+            yield Query(statement)
+        yield Query(insert, (migration.version, migration.description, now_us))
     return len(todo)

@@ -25,24 +25,23 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from tollway.errors import ConfigurationError, LedgerError, LedgerUnavailableError
-from tollway.metering.ledger.base import After, AsyncLedger, Ledger, Rows
+from tollway.metering.ledger.base import AsyncLedger, Ledger
 from tollway.metering.ledger.flows import Flow, T, drive_sqlite
+from tollway.metering.ledger.ops import After, Rows
 from tollway.metering.ledger.outbox import CommitExtras
 from tollway.metering.ledger.queries import PreparedBatch, insert_sql, select_by_ids_sql
 from tollway.metering.ledger.schema import migrate_flow
 
-__all__ = ["SqliteLedger"]
+__all__ = ["AsyncSqliteLedger", "SqliteDatabase", "SqliteLedger"]
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _INSERT = insert_sql("?")
 _IDS_PER_SELECT = 500  # well under SQLite's limit on bound parameters
 
 
-class SqliteLedger(Ledger):
-    """The ledger in a SQLite database file; ``":memory:"`` for a private in-memory one."""
-
-    _param = "?"
-    _dialect = "sqlite"
+class SqliteDatabase:
+    """One SQLite connection behind a lock, with the ledger's three backend primitives (see
+    `tollway.metering.ledger.base`); `SqliteLedger` and `AsyncSqliteLedger` both use it."""
 
     def __init__(
         self,
@@ -76,25 +75,16 @@ class SqliteLedger(Ledger):
                 conn.execute(f"PRAGMA synchronous = {mode}")
                 conn.execute(f"PRAGMA cache_size = -{cache_mib * 1024}")
                 conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint_pages}")
-                self._migrate(conn)
+                flow = migrate_flow(
+                    "sqlite", where=self.url, now_us=time.time_ns() // 1000, param="?"
+                )
+                with _transaction(conn):
+                    drive_sqlite(conn, flow)
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> int:
-        flow = migrate_flow("sqlite", where=self.url, now_us=time.time_ns() // 1000, param="?")
-        with self._transaction(conn):
-            try:
-                query = next(flow)
-                while True:
-                    rows = conn.execute(query[0], query[1]).fetchall()
-                    query = flow.send(rows)
-            except StopIteration as stop:
-                applied: int = stop.value
-                return applied
-
-    # ------------------------------------------------------------------ plumbing
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         try:
@@ -107,50 +97,33 @@ class SqliteLedger(Ledger):
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger {self.url}: {type(exc).__name__}: {exc}") from exc
 
-    @contextlib.contextmanager
-    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
             raise LedgerError(f"ledger {self.url} is closed")
         return self._conn
 
-    # ------------------------------------------------------------------ backend
-    def _write(self, batch: PreparedBatch) -> tuple[int, Rows]:
+    def ingest(
+        self, batch: PreparedBatch, need_new: bool, after: After | None
+    ) -> tuple[int, Rows, CommitExtras | None]:
         with self._lock, self._errors():
             conn = self._open()
-            with self._transaction(conn):
-                return _insert(conn, batch)
-
-    def _commit(
-        self, batch: PreparedBatch, need_new: bool, after: After
-    ) -> tuple[int, Rows, CommitExtras]:
-        with self._lock, self._errors():
-            conn = self._open()
-            with self._transaction(conn):
+            with _transaction(conn):
                 # BEGIN IMMEDIATE holds the write lock: the ids found here are exactly those the
                 # insert will skip, so the others are the new events.
                 known = _existing_ids(conn, batch) if need_new and batch.rows else set()
                 inserted, stored = _insert(conn, batch) if batch.rows else (0, [])
+                if after is None:
+                    return inserted, stored, None
                 new = [event for event in batch.events if event.id not in known] if need_new else []
-                extras = drive_sqlite(conn, after(new))
-            return inserted, stored, extras
+                return inserted, stored, drive_sqlite(conn, after(new))
 
-    def _transact(self, make: Callable[[], Flow[T]]) -> T:
+    def transact(self, make: Callable[[], Flow[T]]) -> T:
         with self._lock, self._errors():
             conn = self._open()
-            with self._transaction(conn):
+            with _transaction(conn):
                 return drive_sqlite(conn, make())
 
-    def _fetch(self, sql: str, params: Sequence[Any]) -> Rows:
+    def fetch(self, sql: str, params: Sequence[Any]) -> Rows:
         with self._lock, self._errors():
             rows: Rows = self._open().execute(sql, params).fetchall()
             return rows
@@ -160,6 +133,58 @@ class SqliteLedger(Ledger):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class SqliteLedger(Ledger):
+    """The ledger in a SQLite database file; ``":memory:"`` for a private in-memory one."""
+
+    _param = "?"
+    _dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        timeout: float = 5.0,
+        cache_mib: int = 32,
+        checkpoint_pages: int = 10_000,
+    ) -> None:
+        self.database = SqliteDatabase(
+            path,
+            synchronous=synchronous,
+            timeout=timeout,
+            cache_mib=cache_mib,
+            checkpoint_pages=checkpoint_pages,
+        )
+        self.path = self.database.path
+        self.url = self.database.url
+
+    def _ingest(
+        self, batch: PreparedBatch, need_new: bool, after: After | None
+    ) -> tuple[int, Rows, CommitExtras | None]:
+        return self.database.ingest(batch, need_new, after)
+
+    def _transact(self, make: Callable[[], Flow[T]]) -> T:
+        return self.database.transact(make)
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> Rows:
+        return self.database.fetch(sql, params)
+
+    def close(self) -> None:
+        self.database.close()
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _insert(conn: sqlite3.Connection, batch: PreparedBatch) -> tuple[int, Rows]:
@@ -188,9 +213,9 @@ def _existing_ids(conn: sqlite3.Connection, batch: PreparedBatch) -> set[str]:
 
 
 class AsyncSqliteLedger(AsyncLedger):
-    """`SqliteLedger` for asyncio: each call runs the sync ledger in a worker thread (SQLite
-    has no network to wait on, but a commit's fsync must not stall the event loop). One
-    implementation of the logic: the same `SqliteLedger` does the work."""
+    """`SqliteLedger` for asyncio: each call runs the sync ledger's database in a worker thread
+    (SQLite has no network to wait on, but a commit's fsync must not stall the event loop). One
+    implementation of the logic: the same `SqliteDatabase` does the work."""
 
     _param = "?"
     _dialect = "sqlite"
@@ -199,19 +224,16 @@ class AsyncSqliteLedger(AsyncLedger):
         self.sync = ledger
         self.url = ledger.url
 
-    async def _write(self, batch: PreparedBatch) -> tuple[int, Rows]:
-        return await asyncio.to_thread(self.sync._write, batch)
-
-    async def _commit(
-        self, batch: PreparedBatch, need_new: bool, after: After
-    ) -> tuple[int, Rows, CommitExtras]:
-        return await asyncio.to_thread(self.sync._commit, batch, need_new, after)
+    async def _ingest(
+        self, batch: PreparedBatch, need_new: bool, after: After | None
+    ) -> tuple[int, Rows, CommitExtras | None]:
+        return await asyncio.to_thread(self.sync.database.ingest, batch, need_new, after)
 
     async def _transact(self, make: Callable[[], Flow[T]]) -> T:
-        return await asyncio.to_thread(self.sync._transact, make)
+        return await asyncio.to_thread(self.sync.database.transact, make)
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> Rows:
-        return await asyncio.to_thread(self.sync._fetch, sql, params)
+        return await asyncio.to_thread(self.sync.database.fetch, sql, params)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.sync.close)
