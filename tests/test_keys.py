@@ -432,8 +432,9 @@ def test_other_stores_are_refused() -> None:
 
     tw = Tollway(POLICY, "memory://")
     tw._store = Custom()  # type: ignore[assignment]
-    with pytest.raises(ConfigurationError, match="memory or the Redis store"):
+    with pytest.raises(ConfigurationError, match="memory or the Redis store") as refused:
         ApiKeys(tw, secret=SECRET)
+    assert "open the Tollway on memory:// or a redis:// URL" in str(refused.value)
 
 
 # ------------------------------------------------------------------------------ the command

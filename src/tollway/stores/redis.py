@@ -199,7 +199,9 @@ class RedisStore(_Common):
         else:
             self.client = redis.Redis.from_url(self._target, **options)
 
-    def _call(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+    def call_script(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA ``script`` (loaded again on NOSCRIPT) under the breaker; errors mapped to
+        `StoreUnavailableError` / `StoreError`."""
         self._blocked()
         try:
             try:
@@ -226,16 +228,16 @@ class RedisStore(_Common):
             if step.event and (stream not in self._registered or self._register_due()):
                 self._register(stream)
         keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-        reply = codec.read_reply(self._call(codec.STEP, keys, args))
+        reply = codec.read_reply(self.call_script(codec.STEP, keys, args))
         if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
             self._learn(reply.now_us)
             keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-            reply = codec.read_reply(self._call(codec.STEP, keys, args))
+            reply = codec.read_reply(self.call_script(codec.STEP, keys, args))
         return reply
 
     def _register(self, stream: str) -> None:
         """List the stream where `tollway worker` looks, before its first entry is written."""
-        self._plain(lambda: self.client.sadd(REGISTRY, stream))
+        self.guarded(lambda: self.client.sadd(REGISTRY, stream))
         self._registered.add(stream)
 
     def held(self, subject: str) -> dict[tuple[str, int], int]:
@@ -243,11 +245,11 @@ class RedisStore(_Common):
         by this process's view of the store's clock)."""
         key = codec.state_key(subject)
         now = self.clock() + self._offset_us
-        ids = self._plain(lambda: self.client.zrangebyscore(f"{key}:holds", f"({now}", "+inf"))
+        ids = self.guarded(lambda: self.client.zrangebyscore(f"{key}:holds", f"({now}", "+inf"))
         out: dict[tuple[str, int], int] = {}
         for raw in ids:
             hold = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-            entries: dict[Any, Any] = self._plain(
+            entries: dict[Any, Any] = self.guarded(
                 lambda h=hold: self.client.hgetall(f"{key}:h:{h}")  # type: ignore[misc]
             )
             for field, packed in entries.items():
@@ -263,7 +265,7 @@ class RedisStore(_Common):
         stream = self.stream_of(subject)
         if stream not in self._registered:
             self._register(stream)
-        self._plain(lambda: self.client.xadd(stream, entry))
+        self.guarded(lambda: self.client.xadd(stream, entry))
 
     def settle(self, settle: SettleStep) -> Reply:
         stream = ""
@@ -272,11 +274,11 @@ class RedisStore(_Common):
             if stream not in self._registered:
                 self._register(stream)
         keys, args = codec.settle_call(settle, stream, self.dedupe_ms)
-        return codec.read_reply(self._call(codec.SETTLE, keys, args))
+        return codec.read_reply(self.call_script(codec.SETTLE, keys, args))
 
     def health(self, op: HealthOp) -> HealthReply:
         keys, args = codec.health_call(op)
-        return codec.read_health(self._call(codec.HEALTH, keys, args))
+        return codec.read_health(self.call_script(codec.HEALTH, keys, args))
 
     def replay_journal(self) -> int:
         return self.journal.replay(self._replay_one)
@@ -295,7 +297,9 @@ class RedisStore(_Common):
             self.client.script_load(codec.REPLAY.text)
             self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
 
-    def _plain(self, fn: Callable[[], Any]) -> Any:
+    def guarded(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (plain commands on `client`) under the breaker; errors mapped to
+        `StoreUnavailableError` / `StoreError`."""
         self._blocked()
         try:
             result = fn()
@@ -308,23 +312,23 @@ class RedisStore(_Common):
 
     def assign(self, subject: str, plan: str | None) -> None:
         keys, args = codec.assign_call(subject, plan)
-        self._call(codec.ASSIGN, keys, args)
+        self.call_script(codec.ASSIGN, keys, args)
 
     def assigned(self, subject: str) -> str | None:
-        raw = self._plain(lambda: self.client.hget(codec.state_key(subject), "plan"))
+        raw = self.guarded(lambda: self.client.hget(codec.state_key(subject), "plan"))
         return raw.decode("utf-8") if raw is not None else None
 
     def delete(self, subject: str, fields: list[str]) -> int:
         if not fields:
             return 0
         key = codec.state_key(subject)
-        cleared = self._plain(lambda: self.client.hdel(key, *fields))
-        self._plain(lambda: self.client.hdel(key, *(field + "@" for field in fields)))
+        cleared = self.guarded(lambda: self.client.hdel(key, *fields))
+        self.guarded(lambda: self.client.hdel(key, *(field + "@" for field in fields)))
         return int(cleared)
 
     def ping(self) -> None:
         """Raise `StoreUnavailableError` unless the store answers."""
-        self._plain(self.client.ping)
+        self.guarded(self.client.ping)
 
     def close(self) -> None:
         self.client.close()
@@ -371,7 +375,8 @@ class AsyncRedisStore(_Common):
                 raise self._failed(exc) from exc
             self._ready = True
 
-    async def _call(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+    async def call_script(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+        """See `RedisStore.call_script`."""
         self._blocked()
         if not self._ready:
             await self._initialize()
@@ -409,22 +414,22 @@ class AsyncRedisStore(_Common):
             if step.event and (stream not in self._registered or self._register_due()):
                 await self._register(stream)
         keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-        reply = codec.read_reply(await self._call(codec.STEP, keys, args))
+        reply = codec.read_reply(await self.call_script(codec.STEP, keys, args))
         if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
             self._learn(reply.now_us)
             keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-            reply = codec.read_reply(await self._call(codec.STEP, keys, args))
+            reply = codec.read_reply(await self.call_script(codec.STEP, keys, args))
         return reply
 
     async def _register(self, stream: str) -> None:
-        await self._plain(self.client.sadd(REGISTRY, stream))
+        await self.guarded(self.client.sadd(REGISTRY, stream))
         self._registered.add(stream)
 
     async def append(self, subject: str, entry: dict[str, str]) -> None:
         stream = self.stream_of(subject)
         if stream not in self._registered:
             await self._register(stream)
-        await self._plain(self.client.xadd(stream, entry))
+        await self.guarded(self.client.xadd(stream, entry))
 
     async def settle(self, settle: SettleStep) -> Reply:
         stream = ""
@@ -433,11 +438,11 @@ class AsyncRedisStore(_Common):
             if stream not in self._registered:
                 await self._register(stream)
         keys, args = codec.settle_call(settle, stream, self.dedupe_ms)
-        return codec.read_reply(await self._call(codec.SETTLE, keys, args))
+        return codec.read_reply(await self.call_script(codec.SETTLE, keys, args))
 
     async def health(self, op: HealthOp) -> HealthReply:
         keys, args = codec.health_call(op)
-        return codec.read_health(await self._call(codec.HEALTH, keys, args))
+        return codec.read_health(await self.call_script(codec.HEALTH, keys, args))
 
     async def replay_journal(self) -> int:
         sent = 0
@@ -461,7 +466,9 @@ class AsyncRedisStore(_Common):
             await self.client.script_load(codec.REPLAY.text)
             await self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
 
-    async def _plain(self, coro: Any) -> Any:
+    async def guarded(self, coro: Any) -> Any:
+        """Await ``coro`` (a command of `client`) under the deadline and the breaker; errors
+        mapped as `RedisStore.guarded` maps them."""
         try:
             self._blocked()
         except StoreUnavailableError:
@@ -480,22 +487,22 @@ class AsyncRedisStore(_Common):
 
     async def assign(self, subject: str, plan: str | None) -> None:
         keys, args = codec.assign_call(subject, plan)
-        await self._call(codec.ASSIGN, keys, args)
+        await self.call_script(codec.ASSIGN, keys, args)
 
     async def assigned(self, subject: str) -> str | None:
-        raw = await self._plain(self.client.hget(codec.state_key(subject), "plan"))
+        raw = await self.guarded(self.client.hget(codec.state_key(subject), "plan"))
         return raw.decode("utf-8") if raw is not None else None
 
     async def delete(self, subject: str, fields: list[str]) -> int:
         if not fields:
             return 0
         key = codec.state_key(subject)
-        cleared = await self._plain(self.client.hdel(key, *fields))
-        await self._plain(self.client.hdel(key, *(field + "@" for field in fields)))
+        cleared = await self.guarded(self.client.hdel(key, *fields))
+        await self.guarded(self.client.hdel(key, *(field + "@" for field in fields)))
         return int(cleared)
 
     async def ping(self) -> None:
-        await self._plain(self.client.ping())
+        await self.guarded(self.client.ping())
 
     async def aclose(self) -> None:
         await self._deadlines.close()
