@@ -39,6 +39,7 @@ from tollway.errors import (
     StoreError,
     UnknownNameError,
 )
+from tollway.stores.flow import adrive, drive
 from tollway.stores.key_ops import (
     AddToIndex,
     CreateRecord,
@@ -46,9 +47,7 @@ from tollway.stores.key_ops import (
     ListIds,
     ReadRecords,
     SetFields,
-    adrive,
     async_key_storage,
-    drive,
     index_key,
     key_storage,
     record_key,
@@ -387,31 +386,31 @@ class ApiKeys(_Keys):
     ) -> IssuedKey:
         """Issue a key for ``subject`` (valid for ``expires_in`` seconds, else until revoked).
         The returned `IssuedKey.key` is the only copy: the store keeps a keyed hash of it."""
-        return drive(self._create(subject, label, expires_in), self._storage)
+        return drive(self._create(subject, label, expires_in), self._storage.run)
 
     def verify(self, presented: str) -> str | None:
         """The subject of the key, or None when it is unknown, revoked, expired or malformed.
 
         Never raises on any input; a store that cannot answer raises `StoreError` (a request
         should then be answered 503, not 401)."""
-        return drive(self._verify(presented), self._storage)
+        return drive(self._verify(presented), self._storage.run)
 
     def get(self, key_id: str) -> KeyInfo:
         """One key by its id; `UnknownNameError` if there is none."""
-        return drive(self._get(key_id), self._storage)
+        return drive(self._get(key_id), self._storage.run)
 
     def list(self, subject: str) -> builtins.list[KeyInfo]:
         """The subject's keys (revoked and expired ones too), oldest first."""
-        return drive(self._list(subject), self._storage)
+        return drive(self._list(subject), self._storage.run)
 
     def revoke(self, key_id: str) -> KeyInfo:
         """Refuse the key from now on (idempotent: a second revoke keeps the first time)."""
-        return drive(self._revoke(key_id), self._storage)
+        return drive(self._revoke(key_id), self._storage.run)
 
     def rotate(self, key_id: str, *, overlap: float, expires_in: float | None = None) -> IssuedKey:
         """A new key for the same subject (and label); the old one keeps working for
         ``overlap`` more seconds (0: it stops now), so clients can switch without downtime."""
-        return drive(self._rotate(key_id, overlap, expires_in), self._storage)
+        return drive(self._rotate(key_id, overlap, expires_in), self._storage.run)
 
 
 class AsyncApiKeys(_Keys):
@@ -430,29 +429,29 @@ class AsyncApiKeys(_Keys):
         self, subject: str, *, label: str | None = None, expires_in: float | None = None
     ) -> IssuedKey:
         """See `ApiKeys.create`."""
-        return await adrive(self._create(subject, label, expires_in), self._storage)
+        return await adrive(self._create(subject, label, expires_in), self._storage.run)
 
     async def verify(self, presented: str) -> str | None:
         """See `ApiKeys.verify`."""
-        return await adrive(self._verify(presented), self._storage)
+        return await adrive(self._verify(presented), self._storage.run)
 
     async def get(self, key_id: str) -> KeyInfo:
         """See `ApiKeys.get`."""
-        return await adrive(self._get(key_id), self._storage)
+        return await adrive(self._get(key_id), self._storage.run)
 
     async def list(self, subject: str) -> builtins.list[KeyInfo]:
         """See `ApiKeys.list`."""
-        return await adrive(self._list(subject), self._storage)
+        return await adrive(self._list(subject), self._storage.run)
 
     async def revoke(self, key_id: str) -> KeyInfo:
         """See `ApiKeys.revoke`."""
-        return await adrive(self._revoke(key_id), self._storage)
+        return await adrive(self._revoke(key_id), self._storage.run)
 
     async def rotate(
         self, key_id: str, *, overlap: float, expires_in: float | None = None
     ) -> IssuedKey:
         """See `ApiKeys.rotate`."""
-        return await adrive(self._rotate(key_id, overlap, expires_in), self._storage)
+        return await adrive(self._rotate(key_id, overlap, expires_in), self._storage.run)
 
 
 __all__ = [

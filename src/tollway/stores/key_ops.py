@@ -2,7 +2,8 @@
 
 `tollway.keys` writes each operation (create, verify, list, revoke, rotate) once, as a
 generator that yields `KeyOp` requests and is sent their answers (httpx's ``auth_flow``
-pattern); `drive` answers them from a sync storage, `adrive` from an async one. The storages
+pattern); `tollway.stores.flow.drive` answers them from a sync storage's ``run``, ``adrive``
+from an async one's. The storages
 (`tollway.stores.keys_memory`, `tollway.stores.keys_redis`) answer each request with one
 single-key command, so everything runs unchanged on a Redis Cluster.
 
@@ -90,28 +91,6 @@ class AsyncKeyStorage(Protocol):
     async def run(self, op: KeyOp) -> Any: ...
 
 
-def drive(flow: KeyFlow[_T], storage: KeyStorage) -> _T:
-    """Run ``flow`` to its end, answering each request from ``storage``."""
-    try:
-        op = next(flow)
-        while True:
-            op = flow.send(storage.run(op))
-    except StopIteration as done:
-        result: _T = done.value
-        return result
-
-
-async def adrive(flow: KeyFlow[_T], storage: AsyncKeyStorage) -> _T:
-    """`drive`, awaiting each answer."""
-    try:
-        op = next(flow)
-        while True:
-            op = flow.send(await storage.run(op))
-    except StopIteration as done:
-        result: _T = done.value
-        return result
-
-
 def key_storage(store: object) -> KeyStorage:
     """The key storage of a sync store (memory or Redis)."""
     from tollway.stores.memory import MemoryStore
@@ -165,9 +144,7 @@ __all__ = [
     "ListIds",
     "ReadRecords",
     "SetFields",
-    "adrive",
     "async_key_storage",
-    "drive",
     "index_key",
     "key_storage",
     "record_key",

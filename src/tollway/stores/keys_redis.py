@@ -1,7 +1,7 @@
-"""API key storage in Redis: which command answers each `KeyOp`, and how to read its reply,
+"""API key storage in Redis: which request answers each `KeyOp`, and how to read its reply,
 written once for both faces; `RedisKeys` and `AsyncRedisKeys` only send it through the store
-(scripts by EVALSHA, reloaded on NOSCRIPT; plain commands under the store's deadline, breaker
-and error mapping).
+(`RedisStore.send`: scripts by EVALSHA, reloaded on NOSCRIPT; plain commands under the store's
+deadline, breaker and error mapping).
 
 Every command touches one key, so it runs unchanged on a Redis Cluster.
 """
@@ -9,8 +9,6 @@ Every command touches one key, so it runs unchanged on a Redis Cluster.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,7 @@ from tollway.stores.key_ops import (
     record_key,
 )
 from tollway.stores.redis_codec import Script
+from tollway.stores.redis_requests import Command, Request, ScriptCall
 
 if TYPE_CHECKING:
     from tollway.stores.redis import AsyncRedisStore, RedisStore
@@ -41,28 +40,17 @@ CREATE = _script("keys_create")
 SET = _script("keys_set")
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptCall:
-    script: Script
-    keys: list[str]
-    args: list[str]
-
-
-Command = Callable[[Any], Any]
-"""A plain command, given the client (its answer, or an awaitable of it on an async client)."""
-
-
-def call_for(op: KeyOp) -> ScriptCall | Command:
+def call_for(op: KeyOp) -> Request:
     """What to send for ``op``."""
     if isinstance(op, ReadRecords):
         ids = op.key_ids
         if len(ids) == 1:
-            return lambda client: client.hgetall(record_key(ids[0]))
-        return lambda client: _read_many(client, ids)
+            return Command(lambda client: client.hgetall(record_key(ids[0])))
+        return Command(lambda client: _read_many(client, ids))
     if isinstance(op, ListIds):
-        return lambda client: client.smembers(index_key(op.subject))
+        return Command(lambda client: client.smembers(index_key(op.subject)))
     if isinstance(op, AddToIndex):
-        return lambda client: client.sadd(index_key(op.subject), op.key_id)
+        return Command(lambda client: client.sadd(index_key(op.subject), op.key_id))
     if isinstance(op, CreateRecord):
         return ScriptCall(CREATE, [record_key(op.key_id)], _pairs(op.fields))
     assert isinstance(op, SetFields)
@@ -107,12 +95,7 @@ class RedisKeys:
         self.store = store
 
     def run(self, op: KeyOp) -> Any:
-        call = call_for(op)
-        if isinstance(call, ScriptCall):
-            raw = self.store.call_script(call.script, call.keys, call.args)
-        else:
-            raw = self.store.guarded(lambda: call(self.store.client))
-        return read_answer(op, raw)
+        return read_answer(op, self.store.send(call_for(op)))
 
 
 class AsyncRedisKeys:
@@ -120,9 +103,4 @@ class AsyncRedisKeys:
         self.store = store
 
     async def run(self, op: KeyOp) -> Any:
-        call = call_for(op)
-        if isinstance(call, ScriptCall):
-            raw = await self.store.call_script(call.script, call.keys, call.args)
-        else:
-            raw = await self.store.guarded(call(self.store.client))
-        return read_answer(op, raw)
+        return read_answer(op, await self.store.send(call_for(op)))
