@@ -14,8 +14,9 @@ from typing import Any
 
 from tollway.client import AsyncTollway, Tollway
 from tollway.engine.decision import Decision
-from tollway.errors import TollwayError
-from tollway.http.gate import Gate, Plan, Request, Verdict
+from tollway.errors import StoreError, TollwayError
+from tollway.http.gate import Admission, Gate, KeyCheck, Request, Verdict
+from tollway.keys import ApiKeys, AsyncApiKeys
 from tollway.stores.memory import MemoryStore
 
 Scope = MutableMapping[str, Any]
@@ -26,19 +27,26 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class TollwayMiddleware:
-    """``app.add_middleware(TollwayMiddleware, tollway=tw)``; the other keyword arguments are
-    the `tollway.http.gate.Gate` options (``api_keys``, ``identify``, ``trusted_proxies``,
-    ``exempt``, ``overrides``, ``costs``, ``headers``, ``legacy_headers``, ``anonymous``)."""
+    """``app.add_middleware(TollwayMiddleware, tollway=tw)``; ``api_keys`` (`AsyncApiKeys`,
+    or `ApiKeys`) maps presented keys to their subjects; the other keyword arguments are the
+    `tollway.http.gate.Gate` options (``identify``, ``trusted_proxies``, ``exempt``,
+    ``overrides``, ``costs``, ``headers``, ``legacy_headers``, ``anonymous``)."""
 
-    def __init__(self, app: ASGIApp, *, tollway: AsyncTollway | Tollway, **options: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tollway: AsyncTollway | Tollway,
+        api_keys: AsyncApiKeys | ApiKeys | None = None,
+        **options: Any,
+    ) -> None:
         self.app = app
         self.tollway = tollway
-        self.gate = Gate(tollway.policy, **options)
-        # A sync Tollway (or API keys) on a networked store would block the event loop: such
-        # calls go to a worker thread. The memory store never blocks.
+        self.api_keys = api_keys
+        self.gate = Gate(tollway.policy, accept_keys=api_keys is not None, **options)
+        # A sync Tollway (or sync API keys) on a networked store would block the event loop:
+        # such calls go to a worker thread. The memory store never blocks.
         self._blocking = isinstance(tollway, Tollway) and not isinstance(tollway.store, MemoryStore)
-        keys = options.get("api_keys")
-        self._keys_block = keys is not None and keys.blocking
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,10 +65,9 @@ class TollwayMiddleware:
             client[0] if client else None,
             scope.get("query_string", b""),
         )
-        if self._keys_block:
-            plan = await asyncio.to_thread(gate.plan, request, matched)
-        else:
-            plan = gate.plan(request, matched)
+        plan = gate.plan(request, matched)
+        if isinstance(plan, KeyCheck):
+            plan = gate.keyed(plan, await self._verify(plan.key))
         if isinstance(plan, Verdict):
             verdict = plan
         else:
@@ -86,7 +93,20 @@ class TollwayMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _acquire(self, plan: Plan) -> Awaitable[Decision]:
+    async def _verify(self, key: str) -> str | StoreError | None:
+        keys = self.api_keys
+        try:
+            if isinstance(keys, AsyncApiKeys):
+                return await keys.verify(key)
+            if keys is None:  # pragma: no cover - the gate asks only when keys are accepted
+                return None
+            if keys.blocking:
+                return await asyncio.to_thread(keys.verify, key)
+            return keys.verify(key)
+        except StoreError as exc:
+            return exc
+
+    def _acquire(self, plan: Admission) -> Awaitable[Decision]:
         tw = self.tollway
         subject, operation, cost, ident = plan
         if isinstance(tw, AsyncTollway):
