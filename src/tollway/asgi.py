@@ -16,6 +16,7 @@ from tollway.client import AsyncTollway, Tollway
 from tollway.engine.decision import Decision
 from tollway.errors import StoreError, TollwayError
 from tollway.http.gate import Admission, Gate, KeyCheck, Request, Verdict
+from tollway.inline import inline_tollway
 from tollway.keys import ApiKeys, AsyncApiKeys
 from tollway.stores.memory import MemoryStore
 
@@ -27,26 +28,33 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class TollwayMiddleware:
-    """``app.add_middleware(TollwayMiddleware, tollway=tw)``; ``api_keys`` (`AsyncApiKeys`,
-    or `ApiKeys`) maps presented keys to their subjects; the other keyword arguments are the
-    `tollway.http.gate.Gate` options (``identify``, ``trusted_proxies``, ``exempt``,
-    ``overrides``, ``costs``, ``headers``, ``legacy_headers``, ``anonymous``)."""
+    """``app.add_middleware(TollwayMiddleware, tollway=tw)``; or, with no policy file,
+    ``app.add_middleware(TollwayMiddleware, limits="5/s; 1000/hour")`` (every request, per
+    client address, on the memory store; ``store="redis://..."`` to share the counts: see
+    `tollway.inline`). ``api_keys`` (`AsyncApiKeys`, or `ApiKeys`) maps presented keys to
+    their subjects; the other keyword arguments are the `tollway.http.gate.Gate` options
+    (``identify``, ``trusted_proxies``, ``exempt``, ``overrides``, ``costs``, ``headers``,
+    ``legacy_headers``, ``anonymous``)."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        tollway: AsyncTollway | Tollway,
+        tollway: AsyncTollway | Tollway | None = None,
+        limits: str | None = None,
+        store: str | None = None,
         api_keys: AsyncApiKeys | ApiKeys | None = None,
         **options: Any,
     ) -> None:
         self.app = app
-        self.tollway = tollway
+        self.tollway = inline_tollway(tollway, limits, store, AsyncTollway)
         self.api_keys = api_keys
-        self.gate = Gate(tollway.policy, accept_keys=api_keys is not None, **options)
+        self.gate = Gate(self.tollway.policy, accept_keys=api_keys is not None, **options)
         # A sync Tollway (or sync API keys) on a networked store would block the event loop:
         # such calls go to a worker thread. The memory store never blocks.
-        self._blocking = isinstance(tollway, Tollway) and not isinstance(tollway.store, MemoryStore)
+        self._blocking = isinstance(self.tollway, Tollway) and not isinstance(
+            self.tollway.store, MemoryStore
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -8,6 +8,7 @@ from typing import Any
 from tollway.client import Tollway
 from tollway.errors import ConfigurationError, StoreError, TollwayError
 from tollway.http.gate import Gate, KeyCheck, Request, Verdict, reason_phrase
+from tollway.inline import inline_tollway
 from tollway.keys import ApiKeys
 
 Environ = dict[str, Any]
@@ -30,12 +31,20 @@ def _headers(environ: Environ) -> list[tuple[bytes, bytes]]:
 
 
 class TollwayWSGIMiddleware:
-    """``app.wsgi_app = TollwayWSGIMiddleware(app.wsgi_app, tollway=tw)``; ``api_keys``
-    (`ApiKeys`) maps presented keys to their subjects; the other keyword arguments are the
-    `tollway.http.gate.Gate` options."""
+    """``app.wsgi_app = TollwayWSGIMiddleware(app.wsgi_app, tollway=tw)``, or with inline
+    ``limits="5/s; 1000/hour"`` (and ``store=``) instead of ``tollway=`` (see
+    `tollway.inline`); ``api_keys`` (`ApiKeys`) maps presented keys to their subjects; the
+    other keyword arguments are the `tollway.http.gate.Gate` options."""
 
     def __init__(
-        self, app: WSGIApp, *, tollway: Tollway, api_keys: ApiKeys | None = None, **options: Any
+        self,
+        app: WSGIApp,
+        *,
+        tollway: Tollway | None = None,
+        limits: str | None = None,
+        store: str | None = None,
+        api_keys: ApiKeys | None = None,
+        **options: Any,
     ) -> None:
         if api_keys is not None and not isinstance(api_keys, ApiKeys):
             raise ConfigurationError(
@@ -43,9 +52,9 @@ class TollwayWSGIMiddleware:
                 "pass ApiKeys(tw) on a Tollway"
             )
         self.app = app
-        self.tollway = tollway
+        self.tollway: Tollway = inline_tollway(tollway, limits, store, Tollway)
         self.api_keys = api_keys
-        self.gate = Gate(tollway.policy, accept_keys=api_keys is not None, **options)
+        self.gate = Gate(self.tollway.policy, accept_keys=api_keys is not None, **options)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(
