@@ -548,3 +548,20 @@ def test_cli_keys_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert out.startswith(f"usage: tollway keys {command}")
         assert "--config FILE" in out
         assert "--store URL" in out
+
+
+def test_cli_create_on_the_memory_store_refuses_to_print_a_key_that_dies_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tollway.toml"
+    config.write_text(TOML, encoding="utf-8")  # no [store]: memory://
+    monkeypatch.setenv(SECRET_ENV, SECRET.decode())
+    for argv in (["--config", str(config)], ["--config", str(config), "--store", "memory://"]):
+        code = main(["keys", "create", "alice", *argv])
+        captured = capsys.readouterr()
+        assert (code, captured.out) == (2, "")  # no key printed
+        assert "memory://" in captured.err
+        assert "gone when it exits" in captured.err
+        assert "--store redis://HOST:PORT/DB" in captured.err
+        assert "tw_" not in captured.err
+        assert "Traceback" not in captured.err
