@@ -47,7 +47,7 @@ class TollwayMiddleware:
         **options: Any,
     ) -> None:
         self.app = app
-        self.tollway = inline_tollway(tollway, limits, store, AsyncTollway)
+        self.tollway: AsyncTollway | Tollway = inline_tollway(tollway, limits, store, AsyncTollway)
         self.api_keys = api_keys
         self.gate = Gate(self.tollway.policy, accept_keys=api_keys is not None, **options)
         # A sync Tollway (or sync API keys) on a networked store would block the event loop:
