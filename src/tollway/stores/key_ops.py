@@ -10,7 +10,9 @@ single-key command, so everything runs unchanged on a Redis Cluster.
 Layout, the same names in both stores:
 
 - ``tw:key:{ID}``: the key's record (Redis: a hash; memory: a JSON object in
-  `MemoryStore.records`), one slot per key (its own hash tag).
+  `MemoryStore.records`), one slot per key (its own hash tag); fields ``digest``,
+  ``subject``, ``created_at``, and when set ``label``, ``expires_at``, ``revoked_at``,
+  ``rotated_to`` (times in microseconds since the epoch; `tollway.keys` reads them).
 - ``tw:{SUBJECT}:keys``: the ids of the subject's keys (Redis: a set; memory: a JSON list),
   in the subject's hash tag beside its counters.
 """
