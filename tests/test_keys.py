@@ -4,6 +4,7 @@ the `tollway keys` commands."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -17,7 +18,7 @@ import redis
 import redis.cluster
 
 import tollway.keys
-from tollway import Tollway
+from tollway import AsyncTollway, Tollway
 from tollway.cli.main import main
 from tollway.errors import (
     ConfigurationError,
@@ -25,7 +26,8 @@ from tollway.errors import (
     StoreError,
     UnknownNameError,
 )
-from tollway.keys import SECRET_ENV, ApiKeys, index_key, record_key
+from tollway.keys import SECRET_ENV, ApiKeys, AsyncApiKeys, index_key, record_key
+from tollway.stores import AsyncMemoryStore
 from tollway.stores.memory import MemoryStore
 from tollway.testing import FakeClock
 
@@ -116,9 +118,37 @@ def backend(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[Backen
         yield Backend(request.param, tw, dump)
 
 
-@pytest.fixture
-def keys(backend: Backend) -> ApiKeys:
-    return ApiKeys(backend.tw, secret=SECRET)
+class Awaited:
+    """`AsyncApiKeys` driven from a sync test: each method's coroutine run to its end on one
+    event loop (the async Redis client's connections belong to it)."""
+
+    def __init__(self, keys: AsyncApiKeys, loop: asyncio.AbstractEventLoop) -> None:
+        self.keys = keys
+        self.loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.keys, name)
+        return lambda *args, **kwargs: self.loop.run_until_complete(method(*args, **kwargs))
+
+
+@pytest.fixture(params=["sync", "async"])
+def keys(request: pytest.FixtureRequest, backend: Backend, clock: FakeClock) -> Iterator[Any]:
+    """`ApiKeys` on the backend's `Tollway`, or `AsyncApiKeys` on an `AsyncTollway` over the
+    same store: every test below holds both faces to the same behaviour."""
+    if request.param == "sync":
+        yield ApiKeys(backend.tw, secret=SECRET)
+        return
+    store = backend.tw.store
+    loop = asyncio.new_event_loop()  # asyncio.Runner is 3.11+
+    if isinstance(store, MemoryStore):
+        atw = AsyncTollway(POLICY, AsyncMemoryStore(store), clock=clock)
+    else:
+        atw = AsyncTollway(POLICY, store.url, clock=clock)
+    try:
+        yield Awaited(AsyncApiKeys(atw, secret=SECRET), loop)
+        loop.run_until_complete(atw.aclose())
+    finally:
+        loop.close()
 
 
 # ------------------------------------------------------------------------------ lifecycle
