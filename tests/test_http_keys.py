@@ -1,6 +1,7 @@
 """API keys through the middleware: `AsyncApiKeys` on an `AsyncTollway` (memory and a real
-Redis), awaited on the event loop (no worker thread); the gate stays sans-IO (it imports no
-keys and no store); a dead store is a 503, never a 401."""
+Redis), awaited on the event loop (no worker thread), behind the middleware and in the FastAPI
+dependency; the gate stays sans-IO (it imports no keys and no store); a dead store is a 503,
+never a 401."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -21,6 +23,7 @@ from starlette.routing import Route
 from tollway import AsyncTollway, Tollway
 from tollway.asgi import TollwayMiddleware
 from tollway.errors import ConfigurationError
+from tollway.fastapi import install, limit
 from tollway.http.gate import Admission, Gate, KeyCheck, Verdict
 from tollway.http.gate import Request as GateRequest
 from tollway.keys import SECRET_ENV, AsyncApiKeys
@@ -150,3 +153,85 @@ def test_wsgi_refuses_async_keys_and_says_what_to_pass() -> None:
 
     with pytest.raises(ConfigurationError, match=r"pass ApiKeys\(tw\)"):
         TollwayWSGIMiddleware(wsgi_app, tollway=Tollway(POLICY), api_keys=keys)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ FastAPI
+
+
+def fastapi_app(atw: AsyncTollway, dependency: Any) -> FastAPI:
+    made = FastAPI()
+    install(made, atw)
+
+    @made.get("/v1/geocode", dependencies=[Depends(dependency)])
+    async def geocode() -> dict[str, str]:
+        return {"result": "ok"}
+
+    return made
+
+
+async def test_the_fastapi_dependency_counts_for_the_keys_owner(
+    atw: AsyncTollway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = AsyncApiKeys(atw, secret=SECRET)
+    first, second = (await keys.create("acct_1")).key, (await keys.create("acct_1")).key
+    revoked = await keys.create("acct_2")
+    await keys.revoke(revoked.key_id)
+    app = fastapi_app(atw, limit("geocode", api_keys=keys, anonymous=False))
+
+    def no_thread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a worker thread was used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(asyncio, "to_thread", no_thread)
+        async with client_of(app) as http:
+            answers = [
+                await http.get("/v1/geocode", headers={"X-API-Key": key})
+                for key in (first, second, first, second)
+            ]
+            bearer = await http.get(
+                "/v1/geocode", headers={"Authorization": f"Bearer {revoked.key}"}
+            )
+            without = await http.get("/v1/geocode")
+            malformed = await http.get("/v1/geocode", headers={"X-API-Key": ""})
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]  # one owner, one quota
+    for refused in (bearer, without, malformed):
+        assert refused.status_code == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert "an API key is required" in without.text
+    assert (await atw.usage("acct_1")).limit("hourly").used == 3
+    assert (await atw.usage("acct_2")).limit("hourly").used == 0
+
+
+async def test_the_fastapi_dependency_with_keys_and_inline_limits() -> None:
+    atw = AsyncTollway(POLICY, clock=FakeClock())  # where the keys live
+    keys = AsyncApiKeys(atw, secret=SECRET)
+    key = (await keys.create("acct_1")).key
+    app = fastapi_app(atw, limit(quota="2/hour", api_keys=keys, name="geo"))
+    async with client_of(app) as http:
+        keyed = [(await http.get("/v1/geocode", headers={"X-API-Key": key})).status_code]
+        keyed.append((await http.get("/v1/geocode", headers={"X-API-Key": key})).status_code)
+        keyed.append((await http.get("/v1/geocode", headers={"X-API-Key": key})).status_code)
+        anonymous = await http.get("/v1/geocode")  # anonymous=True: counted by address
+    assert keyed == [200, 200, 429]
+    assert anonymous.status_code == 200
+
+
+async def test_the_fastapi_dependency_answers_503_when_keys_cannot_be_checked(
+    make_redis_server: Any,
+) -> None:
+    server = make_redis_server()
+    atw = AsyncTollway({**POLICY, "store": {"timeout_ms": 200}}, server.url)
+    keys = AsyncApiKeys(atw, secret=SECRET)
+    issued = await keys.create("acct_1")
+    server.kill()
+    async with client_of(fastapi_app(atw, limit("geocode", api_keys=keys))) as http:
+        answer = await http.get("/v1/geocode", headers={"X-API-Key": issued.key})
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "1"
+    await atw.aclose()
+
+
+def client_of(app: Any) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")

@@ -75,7 +75,7 @@ class TollwayMiddleware:
         )
         plan = gate.plan(request, matched)
         if isinstance(plan, KeyCheck):
-            plan = gate.keyed(plan, await self._verify(plan.key))
+            plan = gate.keyed(plan, await verify_key(self.api_keys, plan.key))
         if isinstance(plan, Verdict):
             verdict = plan
         else:
@@ -101,19 +101,6 @@ class TollwayMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
-    async def _verify(self, key: str) -> str | StoreError | None:
-        keys = self.api_keys
-        try:
-            if isinstance(keys, AsyncApiKeys):
-                return await keys.verify(key)
-            if keys is None:  # pragma: no cover - the gate asks only when keys are accepted
-                return None
-            if keys.blocking:
-                return await asyncio.to_thread(keys.verify, key)
-            return keys.verify(key)
-        except StoreError as exc:
-            return exc
-
     def _acquire(self, plan: Admission) -> Awaitable[Decision]:
         tw = self.tollway
         subject, operation, cost, ident = plan
@@ -122,6 +109,22 @@ class TollwayMiddleware:
         if self._blocking:
             return asyncio.to_thread(partial(tw.acquire, subject, operation, cost, id=ident))
         return _ready(tw.acquire(subject, operation, cost, id=ident))
+
+
+async def verify_key(keys: AsyncApiKeys | ApiKeys | None, key: str) -> str | StoreError | None:
+    """The subject of ``key``, None if refused, or the `StoreError` of a store that could not
+    answer; awaited on the loop with `AsyncApiKeys`, in a worker thread for sync keys on a
+    networked store (they would block the loop)."""
+    try:
+        if isinstance(keys, AsyncApiKeys):
+            return await keys.verify(key)
+        if keys is None:  # pragma: no cover - asked only where keys are accepted
+            return None
+        if keys.blocking:
+            return await asyncio.to_thread(keys.verify, key)
+        return keys.verify(key)
+    except StoreError as exc:
+        return exc
 
 
 async def _ready(decision: Decision) -> Decision:
@@ -149,4 +152,4 @@ async def _respond(verdict: Verdict, send: Send) -> None:
     await send({"type": "http.response.body", "body": verdict.body})
 
 
-__all__ = ["TollwayMiddleware"]
+__all__ = ["TollwayMiddleware", "verify_key"]

@@ -59,14 +59,24 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
+from tollway.asgi import verify_key
 from tollway.client import AsyncTollway, Tollway
 from tollway.engine.decision import Decision
-from tollway.errors import ConfigurationError, TollwayError
+from tollway.errors import ConfigurationError, StoreError, TollwayError
 from tollway.http.clientip import ClientIP, subject_for_ip
-from tollway.http.gate import Verdict, read_request_id, request_id_header
+from tollway.http.gate import Request as GateRequest
+from tollway.http.gate import (
+    Verdict,
+    key_required,
+    presented_key,
+    read_request_id,
+    refused_key,
+    request_id_header,
+)
 from tollway.http.headers import ratelimit_fields
 from tollway.http.problem import PROBLEM_JSON, problem, problem_for
 from tollway.inline import inline_policy
+from tollway.keys import ApiKeys, AsyncApiKeys
 from tollway.policy.model import Policy
 from tollway.stores.memory import MemoryStore
 
@@ -127,6 +137,8 @@ def limit(
     name: str | None = None,
     cost: int | CostSource | None = None,
     subject: SubjectSource | None = None,
+    api_keys: AsyncApiKeys | ApiKeys | None = None,
+    anonymous: bool = True,
     request_id: str | None = None,
 ) -> Dependency:
     """A dependency that acquires ``operation`` for the request's subject:
@@ -142,6 +154,11 @@ def limit(
     limits the route on its own counters, per client address, on the memory store
     (``store="redis://..."`` to share them between processes; ``name=`` names the counters,
     by default ``limit-N`` in the order the dependencies are made).
+
+    ``api_keys`` (`AsyncApiKeys`, or `ApiKeys`): a request presenting a key (``Authorization:
+    Bearer`` or ``X-API-Key``) is counted for the key's owner, as the middleware counts it (a
+    refused key is a 401, a store that cannot check it a 503); ``anonymous=False``: a request
+    without a key is a 401. A ``subject`` function, when given, decides instead.
     """
     inline = rate is not None or quota is not None or limits is not None
     if inline and operation is not None:
@@ -186,7 +203,7 @@ def limit(
                 + (", ".join(repr(name) for name in tw.policy.operations) or "none")
             )
         try:
-            who = await _subject(request, subject)
+            who = await _subject(request, subject, api_keys, anonymous)
             units = await _cost(request, cost)
             ident = None
             if id_header is not None:
@@ -241,14 +258,45 @@ async def _resolved(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def _subject(request: Request, source: SubjectSource | None) -> str:
+async def _subject(
+    request: Request,
+    source: SubjectSource | None,
+    keys: AsyncApiKeys | ApiKeys | None,
+    anonymous: bool,
+) -> str:
+    peer = request.client.host if request.client else None
     if source is None:
-        peer = request.client.host if request.client else None
+        if keys is not None:
+            found = await _key_owner(request, peer, keys)
+            if found is not None:
+                return found
+        if not anonymous:
+            raise _refusal(key_required())
         return subject_for_ip(_PEERS.resolve(peer, ()))
     found = await _resolved(source(request))
     if not isinstance(found, str) or not found:
         raise TypeError(f"the subject function returned {found!r}; expected a non-empty string")
     return found
+
+
+async def _key_owner(
+    request: Request, peer: str | None, keys: AsyncApiKeys | ApiKeys
+) -> str | None:
+    """The owner of the presented key; None when no key is presented."""
+    seen = GateRequest(request.method, request.url.path, request.headers.raw, peer)
+    presented = presented_key(seen)
+    if isinstance(presented, Verdict):
+        raise _refusal(presented)
+    if presented is None:
+        return None
+    answer = await verify_key(keys, presented)
+    if answer is None or isinstance(answer, StoreError):
+        raise _refusal(refused_key(answer))
+    return answer
+
+
+def _refusal(verdict: Verdict) -> TollwayHTTPException:
+    return TollwayHTTPException(verdict.status, verdict.headers, verdict.body)
 
 
 async def _cost(request: Request, source: int | CostSource | None) -> int | None:

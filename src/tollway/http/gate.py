@@ -156,7 +156,7 @@ class Gate:
             found = self.identify(request)
             if found:
                 return self._admission(request, matched, found)
-        presented = self._presented_key(request)
+        presented = presented_key(request)
         if isinstance(presented, Verdict):
             return presented
         if presented is not None:
@@ -164,21 +164,14 @@ class Gate:
                 return _unauthorized("API keys are not accepted here")
             return KeyCheck(presented, request, matched)
         if not self.anonymous:
-            return _unauthorized("an API key is required")
+            return key_required()
         return self._admission(request, matched, self._anonymous(request))
 
     def keyed(self, check: KeyCheck, subject: str | StoreError | None) -> Admission | Verdict:
         """After `KeyCheck`: ``subject`` is what verifying the key answered (the key's
         subject, None for a refused key, or the `StoreError` it raised)."""
-        if isinstance(subject, StoreError):
-            return _answer(
-                503,
-                "Service temporarily unavailable",
-                "the API key could not be checked",
-                retry_after=1,
-            )
-        if subject is None:
-            return _unauthorized("the API key is unknown, revoked or expired")
+        if subject is None or isinstance(subject, StoreError):
+            return refused_key(subject)
         return self._admission(check.request, check.matched, subject)
 
     def _admission(self, request: Request, matched: Match, subject: str) -> Admission | Verdict:
@@ -209,33 +202,6 @@ class Gate:
             self._peer_subjects[peer] = subject
         return subject
 
-    @staticmethod
-    def _presented_key(request: Request) -> str | Verdict | None:
-        """The key from ``Authorization: Bearer …`` or ``X-API-Key``; other schemes are the
-        application's business and are left alone."""
-        raw = auth = None
-        for name, value in request.headers:  # one pass: most requests carry neither
-            if name == b"x-api-key":
-                raw = value
-                break
-            if name == b"authorization" and auth is None:
-                auth = value
-        if raw is None:
-            if auth is None:
-                return None
-            scheme, _, raw = auth.strip().partition(b" ")
-            if scheme.lower() != b"bearer":
-                return None
-        if len(raw) > MAX_KEY_HEADER:
-            return _unauthorized("the API key is malformed")
-        try:
-            key = raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            return _unauthorized("the API key is malformed")
-        if not key:
-            return _unauthorized("the API key is empty")
-        return key
-
     # -- after the store --------------------------------------------------------------------
 
     def verdict(self, decision: Decision) -> Verdict:
@@ -251,6 +217,51 @@ class Gate:
     def failure(exc: TollwayError) -> Verdict:
         """A request the engine refused (bad input): a 400, never a 500, nothing consumed."""
         return _answer(400, "Bad request", str(exc))
+
+
+def presented_key(request: Request) -> str | Verdict | None:
+    """The key from ``Authorization: Bearer …`` or ``X-API-Key``; other schemes are the
+    application's business and are left alone."""
+    raw = auth = None
+    for name, value in request.headers:  # one pass: most requests carry neither
+        if name == b"x-api-key":
+            raw = value
+            break
+        if name == b"authorization" and auth is None:
+            auth = value
+    if raw is None:
+        if auth is None:
+            return None
+        scheme, _, raw = auth.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+    if len(raw) > MAX_KEY_HEADER:
+        return _unauthorized("the API key is malformed")
+    try:
+        key = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return _unauthorized("the API key is malformed")
+    if not key:
+        return _unauthorized("the API key is empty")
+    return key
+
+
+def refused_key(answer: StoreError | None) -> Verdict:
+    """The answer to a request whose presented key did not verify: 503 when the store could
+    not say (the key may be good: never a 401 for that), else 401."""
+    if isinstance(answer, StoreError):
+        return _answer(
+            503,
+            "Service temporarily unavailable",
+            "the API key could not be checked",
+            retry_after=1,
+        )
+    return _unauthorized("the API key is unknown, revoked or expired")
+
+
+def key_required() -> Verdict:
+    """The answer to a request without a key where one is required (``anonymous=False``)."""
+    return _unauthorized("an API key is required")
 
 
 def reason_phrase(status: int) -> str:
