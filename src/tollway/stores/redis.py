@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.step import Reply, Step
-from tollway.errors import ConfigurationError, StoreError, StoreUnavailableError
+from tollway.errors import ConfigurationError, StoreUnavailableError
 from tollway.metering.entries import REGISTRY, stream_key, warm_slot_tags
 from tollway.policy.model import LedgerConfig, StoreConfig
 from tollway.stores import redis_codec as codec
-from tollway.stores.breaker import Breaker
 from tollway.stores.deadline import Deadlines
 from tollway.stores.flow import adrive, drive
 from tollway.stores.journal import Journal, JournalEntry, default_folder
+from tollway.stores.redis_guard import Guard
 from tollway.stores.redis_requests import Command, Flow, Request, ScriptCall
 from tollway.stores.redis_url import split_url
 from tollway.stores.settle import SettleStep
@@ -61,8 +61,9 @@ if redis is not None:
     _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, StoreUnavailableError)
 
 
-class _Common:
-    """Configuration, breaker and journal shared by the sync and async stores."""
+class _Common(Guard):
+    """Configuration, journal, streams and every operation's flow, shared by the sync and
+    async stores."""
 
     def __init__(
         self,
@@ -72,14 +73,9 @@ class _Common:
         ledger: LedgerConfig | None = None,
     ) -> None:
         _need_redis()
-        self.url = url
+        super().__init__(url, config, clock)
         self._target, self.cluster = split_url(url)
-        self.timeout = config.timeout_ms / 1000
-        self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_ms * 1000, clock)
         self.journal = Journal(config.journal or default_folder(url))
-        self.clock = clock
-        self._deadline_us = config.timeout_ms * 800
-        self._offset_us = 0
         ledger = ledger or LedgerConfig()
         self._partitions = ledger.partitions
         if self.cluster and ledger.url is not None and ledger.events:
@@ -123,33 +119,6 @@ class _Common:
             "socket_connect_timeout": self.timeout,
             "retry": Retry(NoBackoff(), 0),
         }
-
-    def _blocked(self) -> None:
-        wait = self.breaker.allow()
-        if wait:
-            raise StoreUnavailableError(
-                f"store {self.url} is unavailable (circuit open); next try in {wait / 1e6:.3f} s",
-                wait / 1e6,
-            )
-
-    def _failed(self, exc: BaseException) -> StoreUnavailableError:
-        self.breaker.failure()
-        wait = self.breaker.cooldown_us / 1e6 if self.breaker.is_open else self.timeout
-        return StoreUnavailableError(f"store {self.url} did not answer: {exc}", wait)
-
-    @staticmethod
-    def _error(exc: Exception) -> StoreError:
-        return StoreError(f"the store refused a command: {exc}")
-
-    def _deadline(self) -> int:
-        """When, on the store's clock, a step sent now is no longer worth taking: before the
-        client gives up on it (the timeout), with a fifth of the timeout left for the reply.
-        A step that arrives later is refused by the script, so a step that timed out here
-        has not been counted there, and journaling it cannot count it twice."""
-        return self.clock() + self._offset_us + self._deadline_us
-
-    def _learn(self, store_now_us: int) -> None:
-        self._offset_us = store_now_us - self.clock()
 
     def new_hold_id(self) -> str:
         return uuid.uuid4().hex
