@@ -4,6 +4,7 @@ the `tollway keys` commands."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -17,7 +18,7 @@ import redis
 import redis.cluster
 
 import tollway.keys
-from tollway import Tollway
+from tollway import AsyncTollway, Tollway
 from tollway.cli.main import main
 from tollway.errors import (
     ConfigurationError,
@@ -25,7 +26,8 @@ from tollway.errors import (
     StoreError,
     UnknownNameError,
 )
-from tollway.keys import SECRET_ENV, ApiKeys, index_key, record_key
+from tollway.keys import SECRET_ENV, ApiKeys, AsyncApiKeys, index_key, record_key
+from tollway.stores import AsyncMemoryStore
 from tollway.stores.memory import MemoryStore
 from tollway.testing import FakeClock
 
@@ -116,9 +118,37 @@ def backend(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[Backen
         yield Backend(request.param, tw, dump)
 
 
-@pytest.fixture
-def keys(backend: Backend) -> ApiKeys:
-    return ApiKeys(backend.tw, secret=SECRET)
+class Awaited:
+    """`AsyncApiKeys` driven from a sync test: each method's coroutine run to its end on one
+    event loop (the async Redis client's connections belong to it)."""
+
+    def __init__(self, keys: AsyncApiKeys, loop: asyncio.AbstractEventLoop) -> None:
+        self.keys = keys
+        self.loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.keys, name)
+        return lambda *args, **kwargs: self.loop.run_until_complete(method(*args, **kwargs))
+
+
+@pytest.fixture(params=["sync", "async"])
+def keys(request: pytest.FixtureRequest, backend: Backend, clock: FakeClock) -> Iterator[Any]:
+    """`ApiKeys` on the backend's `Tollway`, or `AsyncApiKeys` on an `AsyncTollway` over the
+    same store: every test below holds both faces to the same behaviour."""
+    if request.param == "sync":
+        yield ApiKeys(backend.tw, secret=SECRET)
+        return
+    store = backend.tw.store
+    loop = asyncio.new_event_loop()  # asyncio.Runner is 3.11+
+    if isinstance(store, MemoryStore):
+        atw = AsyncTollway(POLICY, AsyncMemoryStore(store), clock=clock)
+    else:
+        atw = AsyncTollway(POLICY, store.url, clock=clock)
+    try:
+        yield Awaited(AsyncApiKeys(atw, secret=SECRET), loop)
+        loop.run_until_complete(atw.aclose())
+    finally:
+        loop.close()
 
 
 # ------------------------------------------------------------------------------ lifecycle
@@ -432,8 +462,9 @@ def test_other_stores_are_refused() -> None:
 
     tw = Tollway(POLICY, "memory://")
     tw._store = Custom()  # type: ignore[assignment]
-    with pytest.raises(ConfigurationError, match="memory or the Redis store"):
+    with pytest.raises(ConfigurationError, match="memory or the Redis store") as refused:
         ApiKeys(tw, secret=SECRET)
+    assert "open the Tollway on memory:// or a redis:// URL" in str(refused.value)
 
 
 # ------------------------------------------------------------------------------ the command
@@ -547,3 +578,20 @@ def test_cli_keys_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert out.startswith(f"usage: tollway keys {command}")
         assert "--config FILE" in out
         assert "--store URL" in out
+
+
+def test_cli_create_on_the_memory_store_refuses_to_print_a_key_that_dies_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tollway.toml"
+    config.write_text(TOML, encoding="utf-8")  # no [store]: memory://
+    monkeypatch.setenv(SECRET_ENV, SECRET.decode())
+    for argv in (["--config", str(config)], ["--config", str(config), "--store", "memory://"]):
+        code = main(["keys", "create", "alice", *argv])
+        captured = capsys.readouterr()
+        assert (code, captured.out) == (2, "")  # no key printed
+        assert "memory://" in captured.err
+        assert "gone when it exits" in captured.err
+        assert "--store redis://HOST:PORT/DB" in captured.err
+        assert "tw_" not in captured.err
+        assert "Traceback" not in captured.err

@@ -14,8 +14,10 @@ from typing import Any
 
 from tollway.client import AsyncTollway, Tollway
 from tollway.engine.decision import Decision
-from tollway.errors import TollwayError
-from tollway.http.gate import Gate, Plan, Request, Verdict
+from tollway.errors import StoreError, TollwayError
+from tollway.http.gate import Admission, Gate, KeyCheck, Request, Verdict
+from tollway.inline import inline_tollway
+from tollway.keys import ApiKeys, AsyncApiKeys
 from tollway.stores.memory import MemoryStore
 
 Scope = MutableMapping[str, Any]
@@ -26,19 +28,33 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class TollwayMiddleware:
-    """``app.add_middleware(TollwayMiddleware, tollway=tw)``; the other keyword arguments are
-    the `tollway.http.gate.Gate` options (``api_keys``, ``identify``, ``trusted_proxies``,
-    ``exempt``, ``overrides``, ``costs``, ``headers``, ``legacy_headers``, ``anonymous``)."""
+    """``app.add_middleware(TollwayMiddleware, tollway=tw)``; or, with no policy file,
+    ``app.add_middleware(TollwayMiddleware, limits="5/s; 1000/hour")`` (every request, per
+    client address, on the memory store; ``store="redis://..."`` to share the counts: see
+    `tollway.inline`). ``api_keys`` (`AsyncApiKeys`, or `ApiKeys`) maps presented keys to
+    their subjects; the other keyword arguments are the `tollway.http.gate.Gate` options
+    (``identify``, ``trusted_proxies``, ``exempt``, ``overrides``, ``costs``, ``headers``,
+    ``legacy_headers``, ``anonymous``)."""
 
-    def __init__(self, app: ASGIApp, *, tollway: AsyncTollway | Tollway, **options: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tollway: AsyncTollway | Tollway | None = None,
+        limits: str | None = None,
+        store: str | None = None,
+        api_keys: AsyncApiKeys | ApiKeys | None = None,
+        **options: Any,
+    ) -> None:
         self.app = app
-        self.tollway = tollway
-        self.gate = Gate(tollway.policy, **options)
-        # A sync Tollway (or API keys) on a networked store would block the event loop: such
-        # calls go to a worker thread. The memory store never blocks.
-        self._blocking = isinstance(tollway, Tollway) and not isinstance(tollway.store, MemoryStore)
-        keys = options.get("api_keys")
-        self._keys_block = keys is not None and keys.blocking
+        self.tollway: AsyncTollway | Tollway = inline_tollway(tollway, limits, store, AsyncTollway)
+        self.api_keys = api_keys
+        self.gate = Gate(self.tollway.policy, accept_keys=api_keys is not None, **options)
+        # A sync Tollway (or sync API keys) on a networked store would block the event loop:
+        # such calls go to a worker thread. The memory store never blocks.
+        self._blocking = isinstance(self.tollway, Tollway) and not isinstance(
+            self.tollway.store, MemoryStore
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,10 +73,9 @@ class TollwayMiddleware:
             client[0] if client else None,
             scope.get("query_string", b""),
         )
-        if self._keys_block:
-            plan = await asyncio.to_thread(gate.plan, request, matched)
-        else:
-            plan = gate.plan(request, matched)
+        plan = gate.plan(request, matched)
+        if isinstance(plan, KeyCheck):
+            plan = gate.keyed(plan, await verify_key(self.api_keys, plan.key))
         if isinstance(plan, Verdict):
             verdict = plan
         else:
@@ -86,7 +101,7 @@ class TollwayMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _acquire(self, plan: Plan) -> Awaitable[Decision]:
+    def _acquire(self, plan: Admission) -> Awaitable[Decision]:
         tw = self.tollway
         subject, operation, cost, ident = plan
         if isinstance(tw, AsyncTollway):
@@ -94,6 +109,22 @@ class TollwayMiddleware:
         if self._blocking:
             return asyncio.to_thread(partial(tw.acquire, subject, operation, cost, id=ident))
         return _ready(tw.acquire(subject, operation, cost, id=ident))
+
+
+async def verify_key(keys: AsyncApiKeys | ApiKeys | None, key: str) -> str | StoreError | None:
+    """The subject of ``key``, None if refused, or the `StoreError` of a store that could not
+    answer; awaited on the loop with `AsyncApiKeys`, in a worker thread for sync keys on a
+    networked store (they would block the loop)."""
+    try:
+        if isinstance(keys, AsyncApiKeys):
+            return await keys.verify(key)
+        if keys is None:  # pragma: no cover - asked only where keys are accepted
+            return None
+        if keys.blocking:
+            return await asyncio.to_thread(keys.verify, key)
+        return keys.verify(key)
+    except StoreError as exc:
+        return exc
 
 
 async def _ready(decision: Decision) -> Decision:
@@ -121,4 +152,4 @@ async def _respond(verdict: Verdict, send: Send) -> None:
     await send({"type": "http.response.body", "body": verdict.body})
 
 
-__all__ = ["TollwayMiddleware"]
+__all__ = ["TollwayMiddleware", "verify_key"]

@@ -1,5 +1,15 @@
 """FastAPI: a route-level dependency that limits one endpoint as one operation.
 
+The shortest path needs no policy file at all (inline limits, see `tollway.inline`)::
+
+    from fastapi import Depends, FastAPI
+    from tollway.fastapi import limit
+
+    app = FastAPI()
+
+    @app.get("/search", dependencies=[Depends(limit(rate="5/s", burst=10))])
+    async def search(): ...
+
 The middleware (`tollway.asgi.TollwayMiddleware`) maps endpoints to operations from the
 policy; `limit` does it in code instead, next to the route, with a cost that may be computed
 from the request (even from its body)::
@@ -41,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -48,13 +59,25 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
+from tollway.asgi import verify_key
 from tollway.client import AsyncTollway, Tollway
 from tollway.engine.decision import Decision
-from tollway.errors import ConfigurationError, TollwayError
+from tollway.errors import ConfigurationError, StoreError, TollwayError
 from tollway.http.clientip import ClientIP, subject_for_ip
-from tollway.http.gate import Verdict, read_request_id, request_id_header
+from tollway.http.gate import Request as GateRequest
+from tollway.http.gate import (
+    Verdict,
+    key_required,
+    presented_key,
+    read_request_id,
+    refused_key,
+    request_id_header,
+)
 from tollway.http.headers import ratelimit_fields
 from tollway.http.problem import PROBLEM_JSON, problem, problem_for
+from tollway.inline import inline_policy
+from tollway.keys import ApiKeys, AsyncApiKeys
+from tollway.policy.model import Policy
 from tollway.stores.memory import MemoryStore
 
 __all__ = ["TollwayHTTPException", "exception_handler", "install", "limit"]
@@ -104,10 +127,18 @@ def install(app: FastAPI, tollway: AsyncTollway | Tollway) -> None:
 
 
 def limit(
-    operation: str,
+    operation: str | None = None,
     *,
+    rate: str | None = None,
+    burst: int | None = None,
+    quota: str | None = None,
+    limits: str | None = None,
+    store: str | None = None,
+    name: str | None = None,
     cost: int | CostSource | None = None,
     subject: SubjectSource | None = None,
+    api_keys: AsyncApiKeys | ApiKeys | None = None,
+    anonymous: bool = True,
     request_id: str | None = None,
 ) -> Dependency:
     """A dependency that acquires ``operation`` for the request's subject:
@@ -117,24 +148,62 @@ def limit(
 
     ``operation`` must be an operation of the policy (checked at each request, when the tollway
     is known: an unknown one is a `ConfigurationError`, a programming error, not a 400).
+
+    Inline, with no policy and no `install`: ``Depends(limit(rate="5/s", burst=10))``,
+    ``limit(quota="1000/hour")`` or ``limit(limits="5/s; 1000/hour")`` (see `tollway.inline`)
+    limits the route on its own counters, per client address, on the memory store
+    (``store="redis://..."`` to share them between processes; ``name=`` names the counters,
+    by default ``limit-N`` in the order the dependencies are made).
+
+    ``api_keys`` (`AsyncApiKeys`, or `ApiKeys`): a request presenting a key (``Authorization:
+    Bearer`` or ``X-API-Key``) is counted for the key's owner, as the middleware counts it (a
+    refused key is a 401, a store that cannot check it a 503); ``anonymous=False``: a request
+    without a key is a 401. A ``subject`` function, when given, decides instead.
     """
+    inline = rate is not None or quota is not None or limits is not None
+    if inline and operation is not None:
+        raise ConfigurationError(
+            f"limit: operation {operation!r} and inline limits; pass one: an operation of the "
+            "installed policy, or rate=/quota=/limits= (which make a policy of their own)"
+        )
+    if not inline and (burst is not None or store is not None or name is not None):
+        raise ConfigurationError("limit: burst=, store= and name= go with rate=/quota=/limits=")
+    own: _Own | None = None
+    if inline:
+        own = _Own(
+            inline_policy(
+                limits,
+                rate=rate,
+                burst=burst,
+                quota=quota,
+                store=store or "memory://",
+                operation=name or f"limit-{next(_INLINE)}",
+                endpoints=(),
+                per_operation=True,
+            )
+        )
+        operation = next(iter(own.policy.operations))
     if not isinstance(operation, str) or not operation:
-        raise ConfigurationError(f"limit: operation {operation!r}; expected an operation's name")
+        raise ConfigurationError(
+            f"limit: operation {operation!r}; expected an operation's name, or inline "
+            'limits such as rate="5/s"'
+        )
     if not (cost is None or callable(cost)) and (
         isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
     ):
         raise ConfigurationError(f"limit: cost {cost!r}; expected a whole number >= 0")
     id_header = request_id_header(request_id)
+    chosen = operation
 
     async def tollway_limit(request: Request, response: Response) -> None:
-        tw = _tollway_of(request)
-        if operation not in tw.policy.operations:
+        tw = own.tollway() if own is not None else _tollway_of(request)
+        if chosen not in tw.policy.operations:
             raise ConfigurationError(
-                f"limit: {operation!r} is not an operation of the policy; expected one of "
+                f"limit: {chosen!r} is not an operation of the policy; expected one of "
                 + (", ".join(repr(name) for name in tw.policy.operations) or "none")
             )
         try:
-            who = await _subject(request, subject)
+            who = await _subject(request, subject, api_keys, anonymous)
             units = await _cost(request, cost)
             ident = None
             if id_header is not None:
@@ -142,7 +211,7 @@ def limit(
                 if isinstance(found, Verdict):
                     raise TollwayHTTPException(found.status, found.headers, found.body)
                 ident = found
-            decision = await _acquire(tw, who, operation, units, ident)
+            decision = await _acquire(tw, who, chosen, units, ident)
         except (TollwayError, ValueError, TypeError, LookupError) as exc:
             status, headers, body = problem(
                 400, "Bad request", f"the request cannot be limited: {exc}"
@@ -152,10 +221,27 @@ def limit(
         if not decision.allowed:
             status, headers, body = problem_for(decision)
             raise TollwayHTTPException(status, headers + fields, body, decision)
-        for name, value in fields:
-            response.headers.append(name, value)
+        for field_name, value in fields:
+            response.headers.append(field_name, value)
 
     return tollway_limit
+
+
+_INLINE = itertools.count(1)
+
+
+class _Own:
+    """An inline limit's own policy, and its `AsyncTollway` made at the first request (on the
+    event loop that serves it)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._tollway: AsyncTollway | None = None
+
+    def tollway(self) -> AsyncTollway:
+        if self._tollway is None:
+            self._tollway = AsyncTollway(self.policy)
+        return self._tollway
 
 
 def _tollway_of(request: Request) -> AsyncTollway | Tollway:
@@ -172,14 +258,45 @@ async def _resolved(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def _subject(request: Request, source: SubjectSource | None) -> str:
+async def _subject(
+    request: Request,
+    source: SubjectSource | None,
+    keys: AsyncApiKeys | ApiKeys | None,
+    anonymous: bool,
+) -> str:
+    peer = request.client.host if request.client else None
     if source is None:
-        peer = request.client.host if request.client else None
+        if keys is not None:
+            found = await _key_owner(request, peer, keys)
+            if found is not None:
+                return found
+        if not anonymous:
+            raise _refusal(key_required())
         return subject_for_ip(_PEERS.resolve(peer, ()))
     found = await _resolved(source(request))
     if not isinstance(found, str) or not found:
         raise TypeError(f"the subject function returned {found!r}; expected a non-empty string")
     return found
+
+
+async def _key_owner(
+    request: Request, peer: str | None, keys: AsyncApiKeys | ApiKeys
+) -> str | None:
+    """The owner of the presented key; None when no key is presented."""
+    seen = GateRequest(request.method, request.url.path, request.headers.raw, peer)
+    presented = presented_key(seen)
+    if isinstance(presented, Verdict):
+        raise _refusal(presented)
+    if presented is None:
+        return None
+    answer = await verify_key(keys, presented)
+    if answer is None or isinstance(answer, StoreError):
+        raise _refusal(refused_key(answer))
+    return answer
+
+
+def _refusal(verdict: Verdict) -> TollwayHTTPException:
+    return TollwayHTTPException(verdict.status, verdict.headers, verdict.body)
 
 
 async def _cost(request: Request, source: int | CostSource | None) -> int | None:

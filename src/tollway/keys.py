@@ -10,18 +10,12 @@ Verifying a key finds its record by the embedded id, then compares the digests w
 `hmac.compare_digest`; an unknown id is compared against a dummy digest, so every well-formed key
 costs one HMAC and one constant-time comparison.
 
-Storage, the same names in both stores:
-
-- ``tw:key:{ID}``: the key's record (Redis: a hash; memory: a JSON object in
-  `MemoryStore.records`); fields ``digest``, ``subject``, ``created_at``, and when set
-  ``label``, ``expires_at``, ``revoked_at``, ``rotated_to`` (times in microseconds since the
-  epoch). Its own hash tag: one slot per key.
-- ``tw:{SUBJECT}:keys``: the ids of the subject's keys (Redis: a set; memory: a JSON list),
-  in the subject's hash tag beside its counters.
-
-Every Redis operation touches one key, so it runs unchanged on a Redis Cluster. Creating a
-record is one single-key script (create only if absent); revoking sets ``revoked_at`` only if it
-is unset (HSETNX), so a revocation is never lost to a concurrent write.
+Storage lives in the stores (`tollway.stores.key_ops` names the layout: ``tw:key:{ID}`` and
+``tw:{SUBJECT}:keys``); here each operation is written once, as a generator flow of storage
+requests, driven by `ApiKeys` (on a `Tollway`) and by `AsyncApiKeys` (on an `AsyncTollway`,
+awaited: no worker thread). Creating a record is one single-key script (create only if absent);
+revoking sets ``revoked_at`` only if it is unset (HSETNX), so a revocation is never lost to a
+concurrent write.
 """
 
 from __future__ import annotations
@@ -30,23 +24,33 @@ import base64
 import builtins
 import hashlib
 import hmac
-import json
 import math
 import os
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import partial
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal
 
-from tollway.client import Tollway
+from tollway.client import AsyncTollway, Tollway
 from tollway.errors import (
     ConfigurationError,
     InvalidArgumentError,
     StoreError,
     UnknownNameError,
+)
+from tollway.stores.flow import adrive, drive
+from tollway.stores.key_ops import (
+    AddToIndex,
+    CreateRecord,
+    KeyFlow,
+    ListIds,
+    ReadRecords,
+    SetFields,
+    async_key_storage,
+    index_key,
+    key_storage,
+    record_key,
 )
 from tollway.stores.memory import MemoryStore
 
@@ -63,24 +67,7 @@ _ID = re.compile(r"[a-z2-7]{8}")
 _DUMMY = hashlib.sha256(b"tollway: no such key").hexdigest().encode("ascii")
 _CREATE_TRIES = 8
 
-# One key, created whole or not at all (KEYS[1]: the record; ARGV: field, value, ...).
-_CREATE_SCRIPT = """\
-if redis.call('exists', KEYS[1]) == 1 then return 0 end
-redis.call('hset', KEYS[1], unpack(ARGV))
-return 1
-"""
-
 KeyState = Literal["active", "expired", "revoked"]
-
-
-def record_key(key_id: str) -> str:
-    """The store key of one API key's record."""
-    return f"tw:key:{{{key_id}}}"
-
-
-def index_key(subject: str) -> str:
-    """The store key of a subject's set of key ids (in the subject's hash tag)."""
-    return f"tw:{{{subject}}}:keys"
 
 
 def secret_from_env() -> bytes:
@@ -235,169 +222,39 @@ class _Record:
         )
 
 
-# -- storage: one small interface, one implementation per store ----------------------------
+def _key_id(key_id: object) -> str:
+    """A key id as given (any case, or the whole key), normalized; `InvalidArgumentError`."""
+    if not isinstance(key_id, str):
+        raise InvalidArgumentError(f"key id: {key_id!r} is not a string")
+    normal = key_id.strip().lower()
+    match = _KEY.fullmatch(key_id.strip())
+    if match is not None:  # the whole key given where its id was asked for
+        normal = match.group(1)
+    if not _ID.fullmatch(normal):
+        raise InvalidArgumentError(
+            f"key id: {key_id[:80]!r} is not a key id; expected 8 characters a-z, 2-7 "
+            "(as `tollway keys list` shows)"
+        )
+    return normal
 
 
-class _Backend(Protocol):
-    def insert(self, key_id: str, record: _Record) -> bool:
-        """Write the record unless the id is taken; add it to the subject's index."""
-
-    def get(self, key_id: str) -> _Record | None: ...
-
-    def ids(self, subject: str) -> builtins.list[str]: ...
-
-    def get_many(self, key_ids: builtins.list[str]) -> builtins.list[_Record | None]: ...
-
-    def set_fields(self, key_id: str, fields: dict[str, str], *, only_new: bool) -> None:
-        """Set fields of an existing record (``only_new``: only those not set yet)."""
+def _read_one(key_id: str) -> KeyFlow[_Record | None]:
+    (fields,) = yield ReadRecords((key_id,))
+    return None if fields is None else _Record.parse(fields)
 
 
-class _MemoryBackend:
-    def __init__(self, store: MemoryStore) -> None:
-        self.store = store
-
-    def _read(self, key_id: str) -> dict[str, str] | None:
-        raw = self.store.records.get(record_key(key_id))
-        if raw is None:
-            return None
-        fields: dict[str, str] = json.loads(raw)
-        return fields
-
-    def insert(self, key_id: str, record: _Record) -> bool:
-        records = self.store.records
-        with self.store.lock:
-            if record_key(key_id) in records:
-                return False
-            records[record_key(key_id)] = json.dumps(record.fields())
-            index = index_key(record.subject)
-            ids: builtins.list[str] = json.loads(records.get(index, "[]"))
-            ids.append(key_id)
-            records[index] = json.dumps(ids)
-            return True
-
-    def get(self, key_id: str) -> _Record | None:
-        with self.store.lock:
-            fields = self._read(key_id)
-        return None if fields is None else _Record.parse(fields)
-
-    def ids(self, subject: str) -> builtins.list[str]:
-        with self.store.lock:
-            ids: builtins.list[str] = json.loads(self.store.records.get(index_key(subject), "[]"))
-        return ids
-
-    def get_many(self, key_ids: builtins.list[str]) -> builtins.list[_Record | None]:
-        return [self.get(key_id) for key_id in key_ids]
-
-    def set_fields(self, key_id: str, fields: dict[str, str], *, only_new: bool) -> None:
-        with self.store.lock:
-            current = self._read(key_id)
-            if current is None:
-                return
-            for name, value in fields.items():
-                if not only_new or name not in current:
-                    current[name] = value
-            self.store.records[record_key(key_id)] = json.dumps(current)
+# -- the logic, once: each operation a generator flow of storage requests ------------------
 
 
-_T = TypeVar("_T")
+class _Keys:
+    """What `ApiKeys` and `AsyncApiKeys` share: the pepper, the clock and every flow."""
 
-
-class _RedisBackend:
-    """Single-key commands only, through the store's breaker and error mapping."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.client = store.client
-
-    def _do(self, fn: Callable[[], _T]) -> _T:
-        result: _T = self.store._plain(fn)
-        return result
-
-    @staticmethod
-    def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
-        return {k.decode("utf-8"): v.decode("utf-8") for k, v in raw.items()}
-
-    def insert(self, key_id: str, record: _Record) -> bool:
-        args = [part for pair in record.fields().items() for part in pair]
-        created = self._do(lambda: self.client.eval(_CREATE_SCRIPT, 1, record_key(key_id), *args))
-        if not created:
-            return False
-        self._do(lambda: self.client.sadd(index_key(record.subject), key_id))
-        return True
-
-    def get(self, key_id: str) -> _Record | None:
-        raw = self._do(lambda: self.client.hgetall(record_key(key_id)))
-        return _Record.parse(self._decode(raw)) if raw else None
-
-    def ids(self, subject: str) -> builtins.list[str]:
-        raw = self._do(lambda: self.client.smembers(index_key(subject)))
-        return sorted(item.decode("utf-8") for item in raw)
-
-    def get_many(self, key_ids: builtins.list[str]) -> builtins.list[_Record | None]:
-        if not key_ids:
-            return []
-
-        def fetch() -> Any:
-            pipe = self.client.pipeline(transaction=False)
-            for key_id in key_ids:
-                pipe.hgetall(record_key(key_id))
-            return pipe.execute()
-
-        return [_Record.parse(self._decode(raw)) if raw else None for raw in self._do(fetch)]
-
-    def set_fields(self, key_id: str, fields: dict[str, str], *, only_new: bool) -> None:
-        key = record_key(key_id)
-        for name, value in fields.items():
-            if only_new:
-                self._do(partial(self.client.hsetnx, key, name, value))
-            else:
-                # Only an existing record: HSET would create a stray one.
-                self._do(partial(self.client.eval, _SET_IF_EXISTS, 1, key, name, value))
-
-
-_SET_IF_EXISTS = """\
-if redis.call('exists', KEYS[1]) == 0 then return 0 end
-redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-
-def _backend(store: object) -> _Backend:
-    if isinstance(store, MemoryStore):
-        return _MemoryBackend(store)
-    from tollway.stores.redis import RedisStore
-
-    if isinstance(store, RedisStore):
-        return _RedisBackend(store)
-    raise ConfigurationError(
-        f"API keys need the memory or the Redis store; got {type(store).__name__}"
-    )
-
-
-# -- the public face ------------------------------------------------------------------------
-
-
-class ApiKeys:
-    """Issue, verify, list, revoke and rotate API keys in a `Tollway`'s store.
-
-    ``secret`` (bytes or text, at least 16 bytes) is the pepper of the keyed hash; default:
-    ``$TOLLWAY_KEY_SECRET``. Every process that verifies keys needs the same one; it is never
-    stored. Times come from the tollway's clock (``clock=``), so tests need not sleep.
-    """
-
-    def __init__(self, tollway: Tollway, *, secret: bytes | str | None = None) -> None:
+    def __init__(self, tollway: Tollway | AsyncTollway, secret: bytes | str | None) -> None:
         self._secret = secret_from_env() if secret is None else _secret(secret, "secret")
         self._tollway = tollway
-        self._backend = _backend(tollway.store)
-
-    @property
-    def blocking(self) -> bool:
-        """Whether verifying a key waits on the network (callers on an event loop should
-        verify in a worker thread)."""
-        return not isinstance(self._tollway.store, MemoryStore)
 
     def __repr__(self) -> str:
-        return f"ApiKeys(store={self._tollway.store.url!r})"
+        return f"{type(self).__name__}(store={self._tollway.store.url!r})"
 
     def _now(self) -> int:
         return self._tollway.engine.clock()
@@ -405,26 +262,16 @@ class ApiKeys:
     def _digest(self, key: str) -> str:
         return hmac.new(self._secret, key.encode("ascii"), hashlib.sha256).hexdigest()
 
-    def _record(self, key_id: object) -> tuple[str, _Record]:
-        if not isinstance(key_id, str):
-            raise InvalidArgumentError(f"key id: {key_id!r} is not a string")
-        normal = key_id.strip().lower()
-        match = _KEY.fullmatch(key_id.strip())
-        if match is not None:  # the whole key given where its id was asked for
-            normal = match.group(1)
-        if not _ID.fullmatch(normal):
-            raise InvalidArgumentError(
-                f"key id: {key_id[:80]!r} is not a key id; expected 8 characters a-z, 2-7 "
-                "(as `tollway keys list` shows)"
-            )
-        record = self._backend.get(normal)
+    def _record(self, key_id: object) -> KeyFlow[tuple[str, _Record]]:
+        normal = _key_id(key_id)
+        record = yield from _read_one(normal)
         if record is None:
             raise UnknownNameError(f"key id: no API key {normal!r} in the store")
         return normal, record
 
     def _issue(
         self, subject: str, label: str | None, expires_in: float | None, now: int
-    ) -> IssuedKey:
+    ) -> KeyFlow[IssuedKey]:
         expires_at = (
             None if expires_in is None else now + _seconds("expires_in", expires_in, zero=False)
         )
@@ -432,25 +279,20 @@ class ApiKeys:
             key_id = base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
             key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
             record = _Record(self._digest(key), subject, now, label, expires_at)
-            if self._backend.insert(key_id, record):
+            if (yield CreateRecord(key_id, record.fields())):
+                yield AddToIndex(subject, key_id)
                 return IssuedKey(key, key_id, subject, _at(now), _when(expires_at), label)
         raise StoreError(f"could not find a free key id in {_CREATE_TRIES} tries")
 
-    def create(
-        self, subject: str, *, label: str | None = None, expires_in: float | None = None
-    ) -> IssuedKey:
-        """Issue a key for ``subject`` (valid for ``expires_in`` seconds, else until revoked).
-        The returned `IssuedKey.key` is the only copy: the store keeps a keyed hash of it."""
+    def _create(
+        self, subject: str, label: str | None, expires_in: float | None
+    ) -> KeyFlow[IssuedKey]:
         self._tollway.engine.check_subject(subject)
         if label is not None and (not isinstance(label, str) or len(label) > 200):
             raise InvalidArgumentError(f"label: {label!r}; expected text of at most 200 characters")
-        return self._issue(subject, label, expires_in, self._now())
+        return (yield from self._issue(subject, label, expires_in, self._now()))
 
-    def verify(self, presented: str) -> str | None:
-        """The subject of the key, or None when it is unknown, revoked, expired or malformed.
-
-        Never raises on any input; a store that cannot answer raises `StoreError` (a request
-        should then be answered 503, not 401)."""
+    def _verify(self, presented: object) -> KeyFlow[str | None]:
         if (
             not isinstance(presented, str)
             or len(presented) != KEY_LENGTH
@@ -461,7 +303,7 @@ class ApiKeys:
         if match is None:
             return None
         digest = self._digest(presented).encode("ascii")
-        record = self._backend.get(match.group(1))
+        record = yield from _read_one(match.group(1))
         expected = _DUMMY if record is None else record.digest.encode("ascii", "replace")
         if not hmac.compare_digest(digest, expected) or record is None:
             return None
@@ -469,51 +311,152 @@ class ApiKeys:
             return None
         return record.subject
 
-    def get(self, key_id: str) -> KeyInfo:
-        """One key by its id; `UnknownNameError` if there is none."""
-        key_id, record = self._record(key_id)
-        return record.info(key_id, self._now())
+    def _get(self, key_id: object) -> KeyFlow[KeyInfo]:
+        normal, record = yield from self._record(key_id)
+        return record.info(normal, self._now())
 
-    def list(self, subject: str) -> builtins.list[KeyInfo]:
-        """The subject's keys (revoked and expired ones too), oldest first."""
+    def _list(self, subject: str) -> KeyFlow[builtins.list[KeyInfo]]:
         self._tollway.engine.check_subject(subject)
-        ids = self._backend.ids(subject)
+        ids = yield ListIds(subject)
+        if not ids:
+            return []
+        records = yield ReadRecords(tuple(ids))
         now = self._now()
-        infos = [
-            record.info(key_id, now)
-            for key_id, record in zip(ids, self._backend.get_many(ids), strict=True)
-            if record is not None and record.subject == subject
-        ]
+        infos = []
+        for key_id, fields in zip(ids, records, strict=True):
+            record = None if fields is None else _Record.parse(fields)
+            if record is not None and record.subject == subject:
+                infos.append(record.info(key_id, now))
         return sorted(infos, key=lambda info: (info.created_at, info.key_id))
 
-    def revoke(self, key_id: str) -> KeyInfo:
-        """Refuse the key from now on (idempotent: a second revoke keeps the first time)."""
-        key_id, _ = self._record(key_id)
-        self._backend.set_fields(key_id, {"revoked_at": str(self._now())}, only_new=True)
-        return self.get(key_id)
+    def _revoke(self, key_id: object) -> KeyFlow[KeyInfo]:
+        normal, _ = yield from self._record(key_id)
+        yield SetFields(normal, {"revoked_at": str(self._now())}, only_new=True)
+        return (yield from self._get(normal))
 
-    def rotate(self, key_id: str, *, overlap: float, expires_in: float | None = None) -> IssuedKey:
-        """A new key for the same subject (and label); the old one keeps working for
-        ``overlap`` more seconds (0: it stops now), so clients can switch without downtime."""
-        key_id, record = self._record(key_id)
+    def _rotate(
+        self, key_id: object, overlap: float, expires_in: float | None
+    ) -> KeyFlow[IssuedKey]:
+        normal, record = yield from self._record(key_id)
         now = self._now()
         state = record.state(now)
         if state != "active":
             raise InvalidArgumentError(
-                f"key id: {key_id!r} is {state}; only an active key can be rotated "
+                f"key id: {normal!r} is {state}; only an active key can be rotated "
                 "(create a new one with `tollway keys create`)"
             )
         end = now + _seconds("overlap", overlap, zero=True)
-        issued = self._issue(record.subject, record.label, expires_in, now)
+        issued = yield from self._issue(record.subject, record.label, expires_in, now)
         fields = {"rotated_to": issued.key_id}
         if record.expires_at is None or end < record.expires_at:
             fields["expires_at"] = str(end)
-        self._backend.set_fields(key_id, fields, only_new=False)
+        yield SetFields(normal, fields, only_new=False)
         return issued
+
+
+# -- the two faces ---------------------------------------------------------------------------
+
+
+class ApiKeys(_Keys):
+    """Issue, verify, list, revoke and rotate API keys in a `Tollway`'s store (memory or
+    Redis); `AsyncApiKeys` is the same on an `AsyncTollway`.
+
+    ``secret`` (bytes or text, at least 16 bytes) is the pepper of the keyed hash; default:
+    ``$TOLLWAY_KEY_SECRET``. Every process that verifies keys needs the same one; it is never
+    stored. Times come from the tollway's clock (``clock=``), so tests need not sleep.
+    """
+
+    def __init__(self, tollway: Tollway, *, secret: bytes | str | None = None) -> None:
+        if isinstance(tollway, AsyncTollway):
+            raise ConfigurationError(
+                "ApiKeys(tw) takes a Tollway; for an AsyncTollway use "
+                "tollway.keys.AsyncApiKeys(tw), whose methods are awaited"
+            )
+        super().__init__(tollway, secret)
+        self._storage = key_storage(tollway.store)
+
+    @property
+    def blocking(self) -> bool:
+        """Whether verifying a key waits on the network (callers on an event loop should
+        verify in a worker thread, or use `AsyncApiKeys`)."""
+        return not isinstance(self._tollway.store, MemoryStore)
+
+    def create(
+        self, subject: str, *, label: str | None = None, expires_in: float | None = None
+    ) -> IssuedKey:
+        """Issue a key for ``subject`` (valid for ``expires_in`` seconds, else until revoked).
+        The returned `IssuedKey.key` is the only copy: the store keeps a keyed hash of it."""
+        return drive(self._create(subject, label, expires_in), self._storage.run)
+
+    def verify(self, presented: str) -> str | None:
+        """The subject of the key, or None when it is unknown, revoked, expired or malformed.
+
+        Never raises on any input; a store that cannot answer raises `StoreError` (a request
+        should then be answered 503, not 401)."""
+        return drive(self._verify(presented), self._storage.run)
+
+    def get(self, key_id: str) -> KeyInfo:
+        """One key by its id; `UnknownNameError` if there is none."""
+        return drive(self._get(key_id), self._storage.run)
+
+    def list(self, subject: str) -> builtins.list[KeyInfo]:
+        """The subject's keys (revoked and expired ones too), oldest first."""
+        return drive(self._list(subject), self._storage.run)
+
+    def revoke(self, key_id: str) -> KeyInfo:
+        """Refuse the key from now on (idempotent: a second revoke keeps the first time)."""
+        return drive(self._revoke(key_id), self._storage.run)
+
+    def rotate(self, key_id: str, *, overlap: float, expires_in: float | None = None) -> IssuedKey:
+        """A new key for the same subject (and label); the old one keeps working for
+        ``overlap`` more seconds (0: it stops now), so clients can switch without downtime."""
+        return drive(self._rotate(key_id, overlap, expires_in), self._storage.run)
+
+
+class AsyncApiKeys(_Keys):
+    """`ApiKeys` on an `AsyncTollway` (memory or Redis store): the same methods, awaited;
+    ``await keys.verify(key)`` never blocks the event loop."""
+
+    def __init__(self, tollway: AsyncTollway, *, secret: bytes | str | None = None) -> None:
+        if isinstance(tollway, Tollway):
+            raise ConfigurationError(
+                "AsyncApiKeys(tw) takes an AsyncTollway; for a Tollway use tollway.keys.ApiKeys(tw)"
+            )
+        super().__init__(tollway, secret)
+        self._storage = async_key_storage(tollway.store)
+
+    async def create(
+        self, subject: str, *, label: str | None = None, expires_in: float | None = None
+    ) -> IssuedKey:
+        """See `ApiKeys.create`."""
+        return await adrive(self._create(subject, label, expires_in), self._storage.run)
+
+    async def verify(self, presented: str) -> str | None:
+        """See `ApiKeys.verify`."""
+        return await adrive(self._verify(presented), self._storage.run)
+
+    async def get(self, key_id: str) -> KeyInfo:
+        """See `ApiKeys.get`."""
+        return await adrive(self._get(key_id), self._storage.run)
+
+    async def list(self, subject: str) -> builtins.list[KeyInfo]:
+        """See `ApiKeys.list`."""
+        return await adrive(self._list(subject), self._storage.run)
+
+    async def revoke(self, key_id: str) -> KeyInfo:
+        """See `ApiKeys.revoke`."""
+        return await adrive(self._revoke(key_id), self._storage.run)
+
+    async def rotate(
+        self, key_id: str, *, overlap: float, expires_in: float | None = None
+    ) -> IssuedKey:
+        """See `ApiKeys.rotate`."""
+        return await adrive(self._rotate(key_id, overlap, expires_in), self._storage.run)
 
 
 __all__ = [
     "ApiKeys",
+    "AsyncApiKeys",
     "IssuedKey",
     "KeyInfo",
     "KeyState",

@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tollway.client import Tollway
-from tollway.errors import TollwayError
-from tollway.http.gate import Gate, Request, Verdict, reason_phrase
+from tollway.errors import ConfigurationError, StoreError, TollwayError
+from tollway.http.gate import Gate, KeyCheck, Request, Verdict, reason_phrase
+from tollway.inline import inline_tollway
+from tollway.keys import ApiKeys
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -29,13 +31,30 @@ def _headers(environ: Environ) -> list[tuple[bytes, bytes]]:
 
 
 class TollwayWSGIMiddleware:
-    """``app.wsgi_app = TollwayWSGIMiddleware(app.wsgi_app, tollway=tw)``; the other keyword
-    arguments are the `tollway.http.gate.Gate` options."""
+    """``app.wsgi_app = TollwayWSGIMiddleware(app.wsgi_app, tollway=tw)``, or with inline
+    ``limits="5/s; 1000/hour"`` (and ``store=``) instead of ``tollway=`` (see
+    `tollway.inline`); ``api_keys`` (`ApiKeys`) maps presented keys to their subjects; the
+    other keyword arguments are the `tollway.http.gate.Gate` options."""
 
-    def __init__(self, app: WSGIApp, *, tollway: Tollway, **options: Any) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        tollway: Tollway | None = None,
+        limits: str | None = None,
+        store: str | None = None,
+        api_keys: ApiKeys | None = None,
+        **options: Any,
+    ) -> None:
+        if api_keys is not None and not isinstance(api_keys, ApiKeys):
+            raise ConfigurationError(
+                f"api_keys: {type(api_keys).__name__}; a WSGI app verifies keys synchronously: "
+                "pass ApiKeys(tw) on a Tollway"
+            )
         self.app = app
-        self.tollway = tollway
-        self.gate = Gate(tollway.policy, **options)
+        self.tollway: Tollway = inline_tollway(tollway, limits, store, Tollway)
+        self.api_keys = api_keys
+        self.gate = Gate(self.tollway.policy, accept_keys=api_keys is not None, **options)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(
@@ -46,6 +65,8 @@ class TollwayWSGIMiddleware:
             query=environ.get("QUERY_STRING", "").encode("latin-1", "replace"),
         )
         plan = self.gate.plan(request)
+        if isinstance(plan, KeyCheck):
+            plan = self.gate.keyed(plan, self._verify(plan.key))
         if isinstance(plan, Verdict):
             verdict = plan
         else:
@@ -71,6 +92,14 @@ class TollwayWSGIMiddleware:
             return start_response(status, [*headers, *extra], exc_info)
 
         return self.app(environ, start_with_headers)
+
+    def _verify(self, key: str) -> str | StoreError | None:
+        if self.api_keys is None:  # pragma: no cover - the gate asks only when keys are accepted
+            return None
+        try:
+            return self.api_keys.verify(key)
+        except StoreError as exc:
+            return exc
 
 
 __all__ = ["TollwayWSGIMiddleware"]

@@ -12,9 +12,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from tollway.cli.commands import FAILED, OK, open_tollway
+from tollway.cli.commands import FAILED, OK, config_path, open_tollway
 from tollway.cli.output import note, print_json, table
+from tollway.client import Tollway
+from tollway.errors import ConfigurationError
 from tollway.keys import SECRET_ENV, ApiKeys, IssuedKey, secret_from_env
+from tollway.stores.memory import MemoryStore
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -63,7 +66,15 @@ def _show_issued(issued: IssuedKey, as_json: bool) -> None:
 
 def create(args: argparse.Namespace) -> int:
     secret = secret_from_env()
-    with open_tollway(args) as tw:
+    with Tollway.from_file(config_path(args), store=args.store) as tw:
+        if isinstance(tw.store, MemoryStore):
+            # A key kept in this process's memory is gone when the command exits: printing it
+            # would hand out a key that no server will ever accept.
+            raise ConfigurationError(
+                "keys create: the store is memory://, which lives only as long as this command: "
+                "the key would be gone when it exits. Configure a Redis store: --store "
+                'redis://HOST:PORT/DB, or [store] url = "redis://HOST:PORT/DB" in the policy'
+            )
         issued = ApiKeys(tw, secret=secret).create(
             args.subject, label=args.label, expires_in=args.expires_in
         )

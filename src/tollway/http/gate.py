@@ -1,9 +1,11 @@
-"""The request → decision → response logic that the ASGI and WSGI middleware share.
+"""The request → decision → response logic that the ASGI and WSGI middleware share, sans-IO.
 
-A `Gate` does everything but the store call: it maps the request to an operation, finds the
-subject (a user callable, an API key, or the client address), and turns the decision into
-the response's status, headers and body. The middleware only call ``acquire`` (awaited or not)
-between `Gate.plan` and `Gate.verdict`, so both faces run the same logic.
+A `Gate` does everything but I/O: it maps the request to an operation, finds the subject (a
+user callable, an API key, or the client address), and turns the decision into the
+response's status, headers and body. It never touches a store: where a presented API key must
+be verified, `Gate.plan` answers a `KeyCheck`, the face verifies the key (awaited or not) and
+hands the answer to `Gate.keyed`. The faces only do those two calls (``verify`` and
+``acquire``) between `Gate.plan` and `Gate.verdict`, so both run the same logic.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from tollway.http.clientip import ClientIP, subject_for_ip
 from tollway.http.headers import legacy_fields, ratelimit_fields
 from tollway.http.problem import problem, problem_for
 from tollway.http.routes import EXEMPT, EndpointMap, Match
-from tollway.keys import ApiKeys
 from tollway.policy.model import Policy
 
 HeaderList = list[tuple[str, str]]
@@ -61,8 +62,8 @@ class Request:
         return f"<Request {self.method} {self.path!r} from {self.client!r}>"
 
 
-class Plan(NamedTuple):
-    """What to acquire for a request."""
+class Admission(NamedTuple):
+    """What a request is to be admitted by: the acquire to make for it."""
 
     subject: str
     operation: str
@@ -83,7 +84,16 @@ class Verdict:
     decision: Decision | None = None
 
 
-_new_plan = tuple.__new__
+class KeyCheck(NamedTuple):
+    """The request presented an API key: verify it (``ApiKeys.verify`` or ``await
+    AsyncApiKeys.verify``), then pass the answer to `Gate.keyed`."""
+
+    key: str
+    request: Request
+    matched: Match
+
+
+_new_admission = tuple.__new__
 
 PASS_UNLIMITED = Verdict(passed=True)
 """A request no operation covers (or an exempt one): passed on, nothing consumed."""
@@ -97,7 +107,7 @@ class Gate:
         self,
         policy: Policy,
         *,
-        api_keys: ApiKeys | None = None,
+        accept_keys: bool = False,
         identify: Identify | None = None,
         anonymous: bool = True,
         trusted_proxies: Iterable[str] = (),
@@ -109,7 +119,9 @@ class Gate:
         request_id: str | None = None,
     ) -> None:
         self.endpoints = EndpointMap.from_policy(policy, overrides=overrides, exempt=exempt)
-        self.api_keys = api_keys
+        self.accept_keys = accept_keys
+        """Whether presented API keys are checked (the face holds the keys); without, a
+        presented key is a 401."""
         self.identify = identify
         self.anonymous = anonymous
         self.client_ip = ClientIP(trusted_proxies)
@@ -129,17 +141,40 @@ class Gate:
         matched = self.endpoints.match(method, path)
         return None if matched is EXEMPT else matched
 
-    def plan(self, request: Request, matched: Match | None = None) -> Plan | Verdict:
-        """The acquire to make for ``request``, or the verdict when none is needed (not
-        limited) or possible (a bad or unknown key). Nothing is consumed here. ``matched``
-        is `operation`'s answer, when the caller already has it."""
+    def plan(
+        self, request: Request, matched: Match | None = None
+    ) -> Admission | KeyCheck | Verdict:
+        """The acquire to make for ``request``; or the key to verify first (then `keyed`);
+        or the verdict when none is needed (not limited) or possible (a bad key, or none
+        when one is required). Nothing is consumed here. ``matched`` is `operation`'s
+        answer, when the caller already has it."""
         if matched is None:
             matched = self.operation(request.method, request.path)
             if matched is None:
                 return PASS_UNLIMITED
-        subject = self._subject(request)
-        if isinstance(subject, Verdict):
-            return subject
+        if self.identify is not None:
+            found = self.identify(request)
+            if found:
+                return self._admission(request, matched, found)
+        presented = presented_key(request)
+        if isinstance(presented, Verdict):
+            return presented
+        if presented is not None:
+            if not self.accept_keys:
+                return _unauthorized("API keys are not accepted here")
+            return KeyCheck(presented, request, matched)
+        if not self.anonymous:
+            return key_required()
+        return self._admission(request, matched, self._anonymous(request))
+
+    def keyed(self, check: KeyCheck, subject: str | StoreError | None) -> Admission | Verdict:
+        """After `KeyCheck`: ``subject`` is what verifying the key answered (the key's
+        subject, None for a refused key, or the `StoreError` it raised)."""
+        if subject is None or isinstance(subject, StoreError):
+            return refused_key(subject)
+        return self._admission(check.request, check.matched, subject)
+
+    def _admission(self, request: Request, matched: Match, subject: str) -> Admission | Verdict:
         cost_fn = self.costs.get(matched.operation)
         cost = None
         if cost_fn is not None:
@@ -152,33 +187,9 @@ class Gate:
             ident = read_request_id(request.headers, self.request_id)
             if isinstance(ident, Verdict):
                 return ident
-        return _new_plan(Plan, (subject, matched.operation, cost, ident))
+        return _new_admission(Admission, (subject, matched.operation, cost, ident))
 
-    def _subject(self, request: Request) -> str | Verdict:
-        if self.identify is not None:
-            found = self.identify(request)
-            if found:
-                return found
-        presented = self._presented_key(request)
-        if isinstance(presented, Verdict):
-            return presented
-        if presented is not None:
-            if self.api_keys is None:
-                return _unauthorized("API keys are not accepted here")
-            try:
-                subject = self.api_keys.verify(presented)
-            except StoreError:
-                return _answer(
-                    503,
-                    "Service temporarily unavailable",
-                    "the API key could not be checked",
-                    retry_after=1,
-                )
-            if subject is None:
-                return _unauthorized("the API key is unknown, revoked or expired")
-            return subject
-        if not self.anonymous:
-            return _unauthorized("an API key is required")
+    def _anonymous(self, request: Request) -> str:
         if self.client_ip.trusted:
             return subject_for_ip(self.client_ip.resolve(request.client, request.headers))
         # With no trusted proxy the subject depends on the peer alone: parse it once.
@@ -190,33 +201,6 @@ class Gate:
                 self._peer_subjects.clear()
             self._peer_subjects[peer] = subject
         return subject
-
-    @staticmethod
-    def _presented_key(request: Request) -> str | Verdict | None:
-        """The key from ``Authorization: Bearer …`` or ``X-API-Key``; other schemes are the
-        application's business and are left alone."""
-        raw = auth = None
-        for name, value in request.headers:  # one pass: most requests carry neither
-            if name == b"x-api-key":
-                raw = value
-                break
-            if name == b"authorization" and auth is None:
-                auth = value
-        if raw is None:
-            if auth is None:
-                return None
-            scheme, _, raw = auth.strip().partition(b" ")
-            if scheme.lower() != b"bearer":
-                return None
-        if len(raw) > MAX_KEY_HEADER:
-            return _unauthorized("the API key is malformed")
-        try:
-            key = raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            return _unauthorized("the API key is malformed")
-        if not key:
-            return _unauthorized("the API key is empty")
-        return key
 
     # -- after the store --------------------------------------------------------------------
 
@@ -233,6 +217,51 @@ class Gate:
     def failure(exc: TollwayError) -> Verdict:
         """A request the engine refused (bad input): a 400, never a 500, nothing consumed."""
         return _answer(400, "Bad request", str(exc))
+
+
+def presented_key(request: Request) -> str | Verdict | None:
+    """The key from ``Authorization: Bearer …`` or ``X-API-Key``; other schemes are the
+    application's business and are left alone."""
+    raw = auth = None
+    for name, value in request.headers:  # one pass: most requests carry neither
+        if name == b"x-api-key":
+            raw = value
+            break
+        if name == b"authorization" and auth is None:
+            auth = value
+    if raw is None:
+        if auth is None:
+            return None
+        scheme, _, raw = auth.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+    if len(raw) > MAX_KEY_HEADER:
+        return _unauthorized("the API key is malformed")
+    try:
+        key = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return _unauthorized("the API key is malformed")
+    if not key:
+        return _unauthorized("the API key is empty")
+    return key
+
+
+def refused_key(answer: StoreError | None) -> Verdict:
+    """The answer to a request whose presented key did not verify: 503 when the store could
+    not say (the key may be good: never a 401 for that), else 401."""
+    if isinstance(answer, StoreError):
+        return _answer(
+            503,
+            "Service temporarily unavailable",
+            "the API key could not be checked",
+            retry_after=1,
+        )
+    return _unauthorized("the API key is unknown, revoked or expired")
+
+
+def key_required() -> Verdict:
+    """The answer to a request without a key where one is required (``anonymous=False``)."""
+    return _unauthorized("an API key is required")
 
 
 def reason_phrase(status: int) -> str:

@@ -1,7 +1,8 @@
 """The Redis stores (standalone, TLS, Cluster): one EVALSHA per step, reloaded on NOSCRIPT.
 
-`RedisStore` and `AsyncRedisStore` differ only in awaiting the client; the keys, arguments,
-replies, breaker and journal are shared (`redis_codec`, `breaker`, `journal`).
+Every operation is written once in `_Common`, as a generator flow of `redis_requests` (what
+to send, and how to read the answer: `redis_codec`); `RedisStore` answers the requests with
+the sync client, `AsyncRedisStore` awaits the async one. Breaker and journal are shared.
 """
 
 from __future__ import annotations
@@ -11,18 +12,21 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from operator import methodcaller
+from typing import Any, TypeVar
 
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.step import Reply, Step
-from tollway.errors import ConfigurationError, StoreError, StoreUnavailableError
+from tollway.errors import ConfigurationError, StoreUnavailableError
 from tollway.events import REGISTRY, stream_key, warm_slot_tags
 from tollway.policy.model import LedgerConfig, StoreConfig
 from tollway.stores import redis_codec as codec
-from tollway.stores.breaker import Breaker
 from tollway.stores.deadline import Deadlines
+from tollway.stores.flow import adrive, drive
 from tollway.stores.journal import Journal, JournalEntry, default_folder
+from tollway.stores.redis_guard import Guard
+from tollway.stores.redis_requests import Command, Flow, Request, ScriptCall
+from tollway.stores.redis_url import split_url
 from tollway.stores.settle import SettleStep
 
 try:
@@ -38,42 +42,11 @@ try:
 except ImportError:  # pragma: no cover - exercised only without the extra installed
     redis = None  # type: ignore[assignment]
 
-SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
 REGISTER_AGAIN_S = 60.0
 """How often a client registers its event streams again (see `_Common._registered`)."""
 logger = logging.getLogger("tollway.store")
-
-
-def _split(url: str) -> tuple[str, bool]:
-    """The URL redis-py understands, and whether it names a cluster."""
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise ConfigurationError(
-            f"store url: {url!r} has scheme {parts.scheme!r}; expected one of memory, "
-            + ", ".join(SCHEMES)
-        )
-    if not parts.hostname:
-        raise ConfigurationError(
-            f"store url: {url!r} names no host; expected e.g. redis://127.0.0.1:6379/0"
-        )
-    try:
-        port = parts.port
-    except ValueError:
-        port = 0
-    if port == 0 or (port is None and parts.netloc.endswith(":")):
-        raise ConfigurationError(f"store url: {url!r} has a bad port; expected 1-65535")
-    cluster = parts.scheme.endswith("+cluster")
-    database = parts.path.strip("/")
-    if database and not database.isdigit():
-        raise ConfigurationError(
-            f"store url: {url!r} names database {database!r}; expected a number such as /0"
-        )
-    if cluster and database not in ("", "0"):
-        raise ConfigurationError(
-            f"store url: {url!r} names database {database}; a Redis Cluster has only /0"
-        )
-    scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
-    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment)), cluster
+_split = split_url  # the name `tollway.metering.streams` imports
+_T = TypeVar("_T")
 
 
 def _need_redis() -> None:
@@ -88,8 +61,9 @@ if redis is not None:
     _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, StoreUnavailableError)
 
 
-class _Common:
-    """Configuration, breaker and journal shared by the sync and async stores."""
+class _Common(Guard):
+    """Configuration, journal, streams and every operation's flow, shared by the sync and
+    async stores."""
 
     def __init__(
         self,
@@ -99,14 +73,9 @@ class _Common:
         ledger: LedgerConfig | None = None,
     ) -> None:
         _need_redis()
-        self.url = url
-        self._target, self.cluster = _split(url)
-        self.timeout = config.timeout_ms / 1000
-        self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_ms * 1000, clock)
+        super().__init__(url, config, clock)
+        self._target, self.cluster = split_url(url)
         self.journal = Journal(config.journal or default_folder(url))
-        self.clock = clock
-        self._deadline_us = config.timeout_ms * 800
-        self._offset_us = 0
         ledger = ledger or LedgerConfig()
         self._partitions = ledger.partitions
         if self.cluster and ledger.url is not None and ledger.events:
@@ -119,6 +88,11 @@ class _Common:
         forgotten every `REGISTER_AGAIN_S`, so a registry lost by a restarted Redis is
         rebuilt by the clients that write."""
         self._register_by = time.monotonic() + REGISTER_AGAIN_S
+        self.client: Any = self._connect(self._client_options())
+
+    def _connect(self, options: dict[str, Any]) -> Any:
+        """The redis-py client (sync or async) for the URL."""
+        raise NotImplementedError
 
     def _register_due(self) -> bool:
         """Whether the registrations are due again (then forgotten, to be made anew)."""
@@ -146,33 +120,6 @@ class _Common:
             "retry": Retry(NoBackoff(), 0),
         }
 
-    def _blocked(self) -> None:
-        wait = self.breaker.allow()
-        if wait:
-            raise StoreUnavailableError(
-                f"store {self.url} is unavailable (circuit open); next try in {wait / 1e6:.3f} s",
-                wait / 1e6,
-            )
-
-    def _failed(self, exc: BaseException) -> StoreUnavailableError:
-        self.breaker.failure()
-        wait = self.breaker.cooldown_us / 1e6 if self.breaker.is_open else self.timeout
-        return StoreUnavailableError(f"store {self.url} did not answer: {exc}", wait)
-
-    @staticmethod
-    def _error(exc: Exception) -> StoreError:
-        return StoreError(f"the store refused a command: {exc}")
-
-    def _deadline(self) -> int:
-        """When, on the store's clock, a step sent now is no longer worth taking: before the
-        client gives up on it (the timeout), with a fifth of the timeout left for the reply.
-        A step that arrives later is refused by the script, so a step that timed out here
-        has not been counted there, and journaling it cannot count it twice."""
-        return self.clock() + self._offset_us + self._deadline_us
-
-    def _learn(self, store_now_us: int) -> None:
-        self._offset_us = store_now_us - self.clock()
-
     def new_hold_id(self) -> str:
         return uuid.uuid4().hex
 
@@ -180,33 +127,114 @@ class _Common:
         """Record what a fail-open step let through, to replay when the store is back."""
         self.journal.append(codec.journal_entry(step, uuid.uuid4().hex, self.clock()))
 
+    # -- the logic of every operation, once: generator flows of `Request`s -----------------
+
+    def _register(self, stream: str) -> Flow[None]:
+        """List the stream where `tollway worker` looks, before its first entry is written."""
+        yield Command(lambda client: client.sadd(REGISTRY, stream))
+        self._registered.add(stream)
+
+    def _stream_for(self, subject: str, *, again: bool = False) -> Flow[str]:
+        """The subject's stream, registered first if this process has not yet (``again``:
+        or if the registrations are due again)."""
+        stream = self.stream_of(subject)
+        if stream not in self._registered or (again and self._register_due()):
+            yield from self._register(stream)
+        return stream
+
+    def _execute(self, step: Step) -> Flow[Reply]:
+        stream = ""
+        if step.event:
+            stream = yield from self._stream_for(step.subject, again=True)
+        elif step.call_id:
+            stream = self.stream_of(step.subject)
+        keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
+        reply = codec.read_reply((yield ScriptCall(codec.STEP, keys, args)))
+        if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
+            self._learn(reply.now_us)
+            keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
+            reply = codec.read_reply((yield ScriptCall(codec.STEP, keys, args)))
+        return reply
+
+    def _settle(self, settle: SettleStep) -> Flow[Reply]:
+        stream = ""
+        if settle.event:
+            stream = yield from self._stream_for(settle.hold.subject)
+        keys, args = codec.settle_call(settle, stream, self.dedupe_ms)
+        return codec.read_reply((yield ScriptCall(codec.SETTLE, keys, args)))
+
+    def _health(self, op: HealthOp) -> Flow[HealthReply]:
+        keys, args = codec.health_call(op)
+        return codec.read_health((yield ScriptCall(codec.HEALTH, keys, args)))
+
+    def _append(self, subject: str, entry: dict[str, str]) -> Flow[None]:
+        stream = yield from self._stream_for(subject)
+        yield Command(lambda client: client.xadd(stream, entry))
+
+    def _replay_one(self, entry: JournalEntry) -> Flow[None]:
+        # Raw calls: a replay runs inside a guarded call, whose breaker it must not touch.
+        stream = ""
+        if entry.event:
+            stream = self.stream_of(entry.subject)
+            if stream not in self._registered:
+                yield Command(lambda client: client.sadd(REGISTRY, stream), guarded=False)
+                self._registered.add(stream)
+        keys, args = codec.replay_call(entry, stream, self.dedupe_ms)
+        yield ScriptCall(codec.REPLAY, keys, args, guarded=False)
+
+    def _assign(self, subject: str, plan: str | None) -> Flow[None]:
+        keys, args = codec.assign_call(subject, plan)
+        yield ScriptCall(codec.ASSIGN, keys, args)
+
+    def _assigned(self, subject: str) -> Flow[str | None]:
+        raw = yield Command(lambda client: client.hget(codec.state_key(subject), "plan"))
+        return raw.decode("utf-8") if raw is not None else None
+
+    def _delete(self, subject: str, fields: list[str]) -> Flow[int]:
+        if not fields:
+            return 0
+        key = codec.state_key(subject)
+        cleared = yield Command(lambda client: client.hdel(key, *fields))
+        yield Command(lambda client: client.hdel(key, *(field + "@" for field in fields)))
+        return int(cleared)
+
+    def _held(self, subject: str) -> Flow[dict[tuple[str, int], int]]:
+        key = codec.state_key(subject)
+        now = self.clock() + self._offset_us
+        ids = yield Command(lambda client: client.zrangebyscore(f"{key}:holds", f"({now}", "+inf"))
+        out: dict[tuple[str, int], int] = {}
+        for raw in ids:
+            hold = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            entries = yield Command(methodcaller("hgetall", f"{key}:h:{hold}"))
+            for field, packed in entries.items():
+                name = field.decode("utf-8") if isinstance(field, bytes) else str(field)
+                tag, amount, start = codec.read_held(packed)
+                if tag == "w" and amount:
+                    out[name, start] = out.get((name, start), 0) + amount
+        return out
+
 
 class RedisStore(_Common):
-    """Synchronous Redis store."""
+    """Synchronous Redis store: answers the flows' requests with the sync client."""
 
-    def __init__(
-        self,
-        url: str,
-        config: StoreConfig,
-        clock: Callable[[], int],
-        ledger: LedgerConfig | None = None,
-    ) -> None:
-        super().__init__(url, config, clock, ledger)
-        options = self._client_options()
-        self.client: Any
+    def _connect(self, options: dict[str, Any]) -> Any:
         if self.cluster:
-            self.client = redis.cluster.RedisCluster.from_url(self._target, **options)
-        else:
-            self.client = redis.Redis.from_url(self._target, **options)
+            return redis.cluster.RedisCluster.from_url(self._target, **options)
+        return redis.Redis.from_url(self._target, **options)
 
-    def _call(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+    def _evalsha(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.client.script_load(script.text)
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def call_script(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA ``script`` (loaded again on NOSCRIPT) under the breaker; errors mapped to
+        `StoreUnavailableError` / `StoreError`."""
         self._blocked()
         try:
-            try:
-                result = self.client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                self.client.script_load(script.text)
-                result = self.client.evalsha(script.sha, len(keys), *keys, *args)
+            result = self._evalsha(script, keys, args)
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from exc
         except ResponseError as exc:
@@ -219,83 +247,9 @@ class RedisStore(_Common):
                 self.journal.pending = True
         return result
 
-    def execute(self, step: Step) -> Reply:
-        stream = ""
-        if step.event or step.call_id:
-            stream = self.stream_of(step.subject)
-            if step.event and (stream not in self._registered or self._register_due()):
-                self._register(stream)
-        keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-        reply = codec.read_reply(self._call(codec.STEP, keys, args))
-        if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
-            self._learn(reply.now_us)
-            keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-            reply = codec.read_reply(self._call(codec.STEP, keys, args))
-        return reply
-
-    def _register(self, stream: str) -> None:
-        """List the stream where `tollway worker` looks, before its first entry is written."""
-        self._plain(lambda: self.client.sadd(REGISTRY, stream))
-        self._registered.add(stream)
-
-    def held(self, subject: str) -> dict[tuple[str, int], int]:
-        """See `MemoryStore.held`: read from the subject's open holds (those not yet expired
-        by this process's view of the store's clock)."""
-        key = codec.state_key(subject)
-        now = self.clock() + self._offset_us
-        ids = self._plain(lambda: self.client.zrangebyscore(f"{key}:holds", f"({now}", "+inf"))
-        out: dict[tuple[str, int], int] = {}
-        for raw in ids:
-            hold = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-            entries: dict[Any, Any] = self._plain(
-                lambda h=hold: self.client.hgetall(f"{key}:h:{h}")  # type: ignore[misc]
-            )
-            for field, packed in entries.items():
-                name = field.decode("utf-8") if isinstance(field, bytes) else str(field)
-                tag, amount, start = codec.read_held(packed)
-                if tag == "w" and amount:
-                    out[name, start] = out.get((name, start), 0) + amount
-        return out
-
-    def append(self, subject: str, entry: dict[str, str]) -> None:
-        """XADD an entry that no step wrote (a route's failover notice) to the subject's
-        stream."""
-        stream = self.stream_of(subject)
-        if stream not in self._registered:
-            self._register(stream)
-        self._plain(lambda: self.client.xadd(stream, entry))
-
-    def settle(self, settle: SettleStep) -> Reply:
-        stream = ""
-        if settle.event:
-            stream = self.stream_of(settle.hold.subject)
-            if stream not in self._registered:
-                self._register(stream)
-        keys, args = codec.settle_call(settle, stream, self.dedupe_ms)
-        return codec.read_reply(self._call(codec.SETTLE, keys, args))
-
-    def health(self, op: HealthOp) -> HealthReply:
-        keys, args = codec.health_call(op)
-        return codec.read_health(self._call(codec.HEALTH, keys, args))
-
-    def replay_journal(self) -> int:
-        return self.journal.replay(self._replay_one)
-
-    def _replay_one(self, entry: JournalEntry) -> None:
-        stream = ""
-        if entry.event:
-            stream = self.stream_of(entry.subject)
-            if stream not in self._registered:
-                self.client.sadd(REGISTRY, stream)
-                self._registered.add(stream)
-        keys, args = codec.replay_call(entry, stream, self.dedupe_ms)
-        try:
-            self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self.client.script_load(codec.REPLAY.text)
-            self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
-
-    def _plain(self, fn: Callable[[], Any]) -> Any:
+    def guarded(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (plain commands on `client`) under the breaker; errors mapped to
+        `StoreUnavailableError` / `StoreError`."""
         self._blocked()
         try:
             result = fn()
@@ -306,42 +260,62 @@ class RedisStore(_Common):
         self.breaker.success()
         return result
 
+    def send(self, request: Request) -> Any:
+        """The answer to one request."""
+        if isinstance(request, ScriptCall):
+            if request.guarded:
+                return self.call_script(request.script, request.keys, request.args)
+            return self._evalsha(request.script, request.keys, request.args)
+        if request.guarded:
+            return self.guarded(lambda: request.send(self.client))
+        return request.send(self.client)
+
+    def _run(self, flow: Flow[_T]) -> _T:
+        return drive(flow, self.send)
+
+    def execute(self, step: Step) -> Reply:
+        return self._run(self._execute(step))
+
+    def held(self, subject: str) -> dict[tuple[str, int], int]:
+        """See `MemoryStore.held`: read from the subject's open holds (those not yet expired
+        by this process's view of the store's clock)."""
+        return self._run(self._held(subject))
+
+    def append(self, subject: str, entry: dict[str, str]) -> None:
+        """XADD an entry that no step wrote (a route's failover notice) to the subject's
+        stream."""
+        self._run(self._append(subject, entry))
+
+    def settle(self, settle: SettleStep) -> Reply:
+        return self._run(self._settle(settle))
+
+    def health(self, op: HealthOp) -> HealthReply:
+        return self._run(self._health(op))
+
+    def replay_journal(self) -> int:
+        return self.journal.replay(lambda entry: self._run(self._replay_one(entry)))
+
     def assign(self, subject: str, plan: str | None) -> None:
-        keys, args = codec.assign_call(subject, plan)
-        self._call(codec.ASSIGN, keys, args)
+        self._run(self._assign(subject, plan))
 
     def assigned(self, subject: str) -> str | None:
-        raw = self._plain(lambda: self.client.hget(codec.state_key(subject), "plan"))
-        return raw.decode("utf-8") if raw is not None else None
+        return self._run(self._assigned(subject))
 
     def delete(self, subject: str, fields: list[str]) -> int:
-        if not fields:
-            return 0
-        key = codec.state_key(subject)
-        cleared = self._plain(lambda: self.client.hdel(key, *fields))
-        self._plain(lambda: self.client.hdel(key, *(field + "@" for field in fields)))
-        return int(cleared)
+        return self._run(self._delete(subject, fields))
 
     def ping(self) -> None:
         """Raise `StoreUnavailableError` unless the store answers."""
-        self._plain(self.client.ping)
+        self.guarded(self.client.ping)
 
     def close(self) -> None:
         self.client.close()
 
 
 class AsyncRedisStore(_Common):
-    """asyncio Redis store."""
+    """asyncio Redis store: awaits the same flows' requests on the async client."""
 
-    def __init__(
-        self,
-        url: str,
-        config: StoreConfig,
-        clock: Callable[[], int],
-        ledger: LedgerConfig | None = None,
-    ) -> None:
-        super().__init__(url, config, clock, ledger)
-        options = self._client_options()
+    def _connect(self, options: dict[str, Any]) -> Any:
         options["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
         # Reads are bounded by one watchdog (see deadline.py), not a timer per read.
         options["socket_timeout"] = None
@@ -351,11 +325,9 @@ class AsyncRedisStore(_Common):
         # lock, before the first command.
         self._ready = False
         self._init_lock: asyncio.Lock | None = None
-        self.client: Any
         if self.cluster:
-            self.client = redis.asyncio.cluster.RedisCluster.from_url(self._target, **options)
-        else:
-            self.client = redis.asyncio.Redis.from_url(self._target, **options)
+            return redis.asyncio.cluster.RedisCluster.from_url(self._target, **options)
+        return redis.asyncio.Redis.from_url(self._target, **options)
 
     async def _initialize(self) -> None:
         if self._init_lock is None:
@@ -371,18 +343,22 @@ class AsyncRedisStore(_Common):
                 raise self._failed(exc) from exc
             self._ready = True
 
-    async def _call(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+    async def _evalsha(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(script.text)
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def call_script(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+        """See `RedisStore.call_script`."""
         self._blocked()
         if not self._ready:
             await self._initialize()
         deadlines = self._deadlines
         token = deadlines.enter()  # inline, not a wrapping coroutine: this is the hot path
         try:
-            try:
-                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await self.client.script_load(script.text)
-                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            result = await self._evalsha(script, keys, args)
         except asyncio.CancelledError:
             if deadlines.leave(token):
                 raise self._failed(deadlines.expired()) from None
@@ -402,66 +378,9 @@ class AsyncRedisStore(_Common):
                 self.journal.pending = True
         return result
 
-    async def execute(self, step: Step) -> Reply:
-        stream = ""
-        if step.event or step.call_id:
-            stream = self.stream_of(step.subject)
-            if step.event and (stream not in self._registered or self._register_due()):
-                await self._register(stream)
-        keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-        reply = codec.read_reply(await self._call(codec.STEP, keys, args))
-        if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
-            self._learn(reply.now_us)
-            keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-            reply = codec.read_reply(await self._call(codec.STEP, keys, args))
-        return reply
-
-    async def _register(self, stream: str) -> None:
-        await self._plain(self.client.sadd(REGISTRY, stream))
-        self._registered.add(stream)
-
-    async def append(self, subject: str, entry: dict[str, str]) -> None:
-        stream = self.stream_of(subject)
-        if stream not in self._registered:
-            await self._register(stream)
-        await self._plain(self.client.xadd(stream, entry))
-
-    async def settle(self, settle: SettleStep) -> Reply:
-        stream = ""
-        if settle.event:
-            stream = self.stream_of(settle.hold.subject)
-            if stream not in self._registered:
-                await self._register(stream)
-        keys, args = codec.settle_call(settle, stream, self.dedupe_ms)
-        return codec.read_reply(await self._call(codec.SETTLE, keys, args))
-
-    async def health(self, op: HealthOp) -> HealthReply:
-        keys, args = codec.health_call(op)
-        return codec.read_health(await self._call(codec.HEALTH, keys, args))
-
-    async def replay_journal(self) -> int:
-        sent = 0
-        for claim in self.journal.claim():
-            for entry in claim.entries:
-                await self._replay_one(entry)
-                sent += 1
-        return sent
-
-    async def _replay_one(self, entry: JournalEntry) -> None:
-        stream = ""
-        if entry.event:
-            stream = self.stream_of(entry.subject)
-            if stream not in self._registered:
-                await self.client.sadd(REGISTRY, stream)
-                self._registered.add(stream)
-        keys, args = codec.replay_call(entry, stream, self.dedupe_ms)
-        try:
-            await self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.client.script_load(codec.REPLAY.text)
-            await self.client.evalsha(codec.REPLAY.sha, len(keys), *keys, *args)
-
-    async def _plain(self, coro: Any) -> Any:
+    async def guarded(self, coro: Any) -> Any:
+        """Await ``coro`` (a command of `client`) under the deadline and the breaker; errors
+        mapped as `RedisStore.guarded` maps them."""
         try:
             self._blocked()
         except StoreUnavailableError:
@@ -478,24 +397,54 @@ class AsyncRedisStore(_Common):
         self.breaker.success()
         return result
 
+    async def send(self, request: Request) -> Any:
+        """The answer to one request."""
+        if isinstance(request, ScriptCall):
+            if request.guarded:
+                return await self.call_script(request.script, request.keys, request.args)
+            return await self._evalsha(request.script, request.keys, request.args)
+        if request.guarded:
+            return await self.guarded(request.send(self.client))
+        return await request.send(self.client)
+
+    async def _run(self, flow: Flow[_T]) -> _T:
+        return await adrive(flow, self.send)
+
+    async def execute(self, step: Step) -> Reply:
+        return await self._run(self._execute(step))
+
+    async def held(self, subject: str) -> dict[tuple[str, int], int]:
+        """See `RedisStore.held`."""
+        return await self._run(self._held(subject))
+
+    async def append(self, subject: str, entry: dict[str, str]) -> None:
+        await self._run(self._append(subject, entry))
+
+    async def settle(self, settle: SettleStep) -> Reply:
+        return await self._run(self._settle(settle))
+
+    async def health(self, op: HealthOp) -> HealthReply:
+        return await self._run(self._health(op))
+
+    async def replay_journal(self) -> int:
+        sent = 0
+        for claim in self.journal.claim():
+            for entry in claim.entries:
+                await self._run(self._replay_one(entry))
+                sent += 1
+        return sent
+
     async def assign(self, subject: str, plan: str | None) -> None:
-        keys, args = codec.assign_call(subject, plan)
-        await self._call(codec.ASSIGN, keys, args)
+        await self._run(self._assign(subject, plan))
 
     async def assigned(self, subject: str) -> str | None:
-        raw = await self._plain(self.client.hget(codec.state_key(subject), "plan"))
-        return raw.decode("utf-8") if raw is not None else None
+        return await self._run(self._assigned(subject))
 
     async def delete(self, subject: str, fields: list[str]) -> int:
-        if not fields:
-            return 0
-        key = codec.state_key(subject)
-        cleared = await self._plain(self.client.hdel(key, *fields))
-        await self._plain(self.client.hdel(key, *(field + "@" for field in fields)))
-        return int(cleared)
+        return await self._run(self._delete(subject, fields))
 
     async def ping(self) -> None:
-        await self._plain(self.client.ping())
+        await self.guarded(self.client.ping())
 
     async def aclose(self) -> None:
         await self._deadlines.close()
