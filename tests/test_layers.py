@@ -51,6 +51,7 @@ LAYER_OF = {
     "tollway.wsgi": "faces",
     "tollway.fastapi": "faces",
     "tollway.testing": "faces",
+    "tollway.inline": "faces",
     "tollway.outbound": "features",
     "tollway.metering": "features",
     "tollway.billing": "features",
@@ -238,7 +239,6 @@ KNOWN_PRIVATE_READS: set[tuple[str, str]] = {
     ("tollway/http/headers.py", "_step"),  # Decision._step: the step's rules and windows
     ("tollway/http/headers.py", "_values"),  # Decision._values: counts after the step
     ("tollway/http/headers.py", "_misfits"),  # Decision._misfits: which rules refused
-    ("tollway/keys.py", "_plain"),  # RedisStore._plain: a store call outside the codec
     ("tollway/metering/reconcile.py", "_decide"),  # Tollway._decide
     ("tollway/outbound/route.py", "_values"),  # Decision._values
     ("tollway/outbound/router.py", "_core"),  # Reservation._core (held._core.step.event)
