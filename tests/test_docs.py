@@ -72,7 +72,9 @@ def test_the_readme_quickstart_runs_as_shown(
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
     policy = re.search(r"```toml\n(.*?)```", quickstart, re.S)
-    code = re.search(r"```python\n(.*?)```", quickstart, re.S)
+    assert policy is not None
+    # the policy file's Python comes after it (the inline limits come first)
+    code = re.search(r"```python\n(.*?)```", quickstart[policy.end() :], re.S)
     assert policy is not None and code is not None
     (tmp_path / "tollway.toml").write_text(policy.group(1), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
@@ -92,3 +94,24 @@ def test_relative_links_point_at_files_that_exist() -> None:
             if "://" not in target and not (page.parent / target).exists():
                 missing.append(f"{page.relative_to(ROOT)}: {target}")
     assert missing == []
+
+
+async def test_the_readme_inline_limit_runs_as_shown() -> None:
+    """The quickstart's first block: a FastAPI route limited inline, driven over ASGI by httpx:
+    a burst of 10 passes, and the requests right after it are refused with a 429."""
+    import httpx
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", quickstart, re.S)
+    assert code is not None and "limit(rate=" in code.group(1)
+    scope: dict[str, object] = {}
+    exec(compile(code.group(1), "README.md", "exec"), scope)
+    transport = httpx.ASGITransport(app=scope["app"], client=("203.0.113.9", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        first = [(await http.get("/search", params={"q": "x"})).status_code for _ in range(10)]
+        # 5/s refills one request per 200 ms: ten more in a row cannot all find room
+        after = [(await http.get("/search", params={"q": "x"})).status_code for _ in range(10)]
+    assert first == [200] * 10
+    assert 429 in after
+    assert set(after) <= {200, 429}
