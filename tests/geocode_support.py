@@ -134,6 +134,7 @@ class GatedStub(StubServer):
         self._gate.set()
         self._held_lock = threading.Lock()
         self._held = 0
+        self._waiting = 0
 
     @property
     def held(self) -> int:
@@ -148,10 +149,21 @@ class GatedStub(StubServer):
     def open_gate(self) -> None:
         self._gate.set()
 
+    @property
+    def waiting(self) -> int:
+        """Requests held at the gate right now (their connections stay open)."""
+        with self._held_lock:
+            return self._waiting
+
     def handle(self, target: str) -> tuple[Reply, float]:
         reply = super().handle(target)
         if not self._gate.is_set():
             with self._held_lock:
                 self._held += 1
-            self._gate.wait(timeout=60)
+                self._waiting += 1
+            try:
+                self._gate.wait(timeout=60)
+            finally:
+                with self._held_lock:
+                    self._waiting -= 1
         return reply

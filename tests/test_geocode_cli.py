@@ -494,6 +494,12 @@ def _runs(
         proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL
         assert not output.exists()  # the output is written whole at the end, or not at all
+        # a request the dead process had sent may still be read and decided by its stub:
+        # count only once every stub has finished with every connection
+        wait_for(
+            lambda: all(stub.connections == stub.waiting for stub in stubs.values()),
+            what="the stubs done with the killed run's requests",
+        )
 
     def run_until(total: int, gate: bool) -> None:
         proc = start()

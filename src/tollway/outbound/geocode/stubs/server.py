@@ -85,6 +85,7 @@ class StubServer:
         self._program = _Program()
         self._calls = 0
         self._served = 0
+        self._open = 0
         self._queries: list[str] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -220,6 +221,17 @@ class StubServer:
             return self._served
 
     @property
+    def connections(self) -> int:
+        """Connections being served now: 0 once every request that reached the stub has been
+        decided and answered (a test waits for it after killing a client mid-call)."""
+        with self._lock:
+            return self._open
+
+    def connection_changed(self, delta: int) -> None:
+        with self._lock:
+            self._open += delta
+
+    @property
     def queries(self) -> list[str]:
         """The query strings received, in order (a copy)."""
         with self._lock:
@@ -288,6 +300,16 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "tollway-stub/1"
+
+    def setup(self) -> None:
+        self.server.stub.connection_changed(+1)
+        super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.stub.connection_changed(-1)
 
     def do_GET(self) -> None:
         try:
