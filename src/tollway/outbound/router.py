@@ -28,7 +28,7 @@ from tollway.engine.health import CLEAR, HealthOp
 from tollway.engine.step import ACQUIRE, PEEK, provider_subject
 from tollway.errors import NoProviderAvailable, StoreError
 from tollway.money import micros_to_decimal
-from tollway.outbound.route import AlertSink, Outcome, RouteCore, Skip, logger
+from tollway.outbound.routing import AlertSink, Outcome, RouteCore, Skip, logger
 from tollway.outbound.signals import ProviderCallError, Signal
 from tollway.reservation import AsyncReservation, Reservation
 

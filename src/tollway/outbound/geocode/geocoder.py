@@ -25,7 +25,7 @@ from tollway.outbound.geocode.cache import ResultCache
 from tollway.outbound.geocode.inflight import SingleFlight
 from tollway.outbound.geocode.pending import PendingCalls
 from tollway.outbound.geocode.result import GeocodeResult
-from tollway.outbound.route import AlertSink, Skip
+from tollway.outbound.routing import AlertSink, Skip
 from tollway.outbound.signals import Signal
 from tollway.policy.model import Policy
 

@@ -15,7 +15,8 @@ from decimal import Decimal
 from tollway.engine.decision import Crossing, Decision
 from tollway.engine.health import CLOSE, ERROR, EXTEND, FLOOR, HealthOp
 from tollway.engine.rules import GATES, TIER_COUNTER, WINDOW, Check
-from tollway.engine.step import Engine, provider_subject
+from tollway.engine.core import Engine
+from tollway.engine.step import provider_subject
 from tollway.engine.windows import window_at
 from tollway.errors import UnknownNameError
 from tollway.outbound.signals import Signal
