@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from tollway.engine.core import Engine
 from tollway.engine.decision import Crossing, Decision
 from tollway.engine.health import CLOSE, ERROR, EXTEND, FLOOR, HealthOp
 from tollway.engine.rules import GATES, TIER_COUNTER, WINDOW, Check
-from tollway.engine.core import Engine
 from tollway.engine.step import provider_subject
 from tollway.engine.windows import window_at
 from tollway.errors import UnknownNameError

@@ -27,11 +27,11 @@ from tollway.engine.health import (
     HealthOp,
     HealthReply,
 )
-from tollway.engine.rules import GATE, RATE, WINDOW
 from tollway.engine.replies import DENIED, DUPLICATE, OK, PLAN_MISMATCH, STALE_WINDOW, Reply, reply
+from tollway.engine.rules import GATE, RATE, WINDOW
+from tollway.engine.settle import Hold, SettleStep, hold_of
 from tollway.engine.step import ACQUIRE, PEEK, RESERVE, Step
 from tollway.engine.template import new_event_id
-from tollway.engine.settle import Hold, SettleStep, hold_of
 
 # How long a window's counter outlives the window (for late refunds and inspection).
 RETENTION_US = 3600 * 1_000_000

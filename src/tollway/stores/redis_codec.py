@@ -12,12 +12,12 @@ from importlib import resources
 from typing import Any
 
 from tollway.engine.health import HealthOp, HealthReply
+from tollway.engine.replies import PLAN_MISMATCH, Reply, ReplyCode, reply
 from tollway.engine.rules import GATE, RATE
-from tollway.engine.replies import EXPIRED, PLAN_MISMATCH, Reply, ReplyCode, reply
+from tollway.engine.settle import SettleStep
 from tollway.engine.step import ACQUIRE, Step
 from tollway.stores.journal import JournalEntry
 from tollway.stores.memory import RETENTION_US
-from tollway.engine.settle import SettleStep
 
 REPLAY_MARK_TTL_MS = 7 * 24 * 3600 * 1000
 
@@ -45,6 +45,8 @@ REPLAY = _script("replay")
 ASSIGN = _script("assign")
 HEALTH = _script("health")
 RETENTION = str(RETENTION_US)
+EXPIRED = ReplyCode.EXPIRED
+"""The step reached the store after its deadline and was not taken (the store resends)."""
 
 
 def state_key(subject: str) -> str:
