@@ -58,7 +58,7 @@ def traffic(tw: Tollway) -> None:
     with tw.reserve("acct_b", "geocode", 10) as held:
         held.commit(7)
     for _ in range(4):  # what a route does for each call it sends to the provider
-        assert tw._decide(lambda: tw.engine.provider("google", None, None, ACQUIRE)).allowed
+        assert tw.driver.decide(lambda: tw.engine.provider("google", None, None, ACQUIRE)).allowed
 
 
 def drain_all(url: str, ledger: Ledger, policy: Any) -> int:

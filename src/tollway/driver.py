@@ -23,6 +23,7 @@ from tollway.engine.requests import (
     Delete,
     Flow,
     Health,
+    Invoke,
     Journal,
     NewHoldId,
     Settle,
@@ -56,6 +57,7 @@ _SYNC: dict[type, Callable[[Any, Any], Any]] = {
     Assign: lambda store, r: store.assign(r.subject, r.plan),
     Assigned: lambda store, r: store.assigned(r.subject),
     Delete: lambda store, r: store.delete(r.subject, r.fields),
+    Invoke: lambda store, r: r.fn(r.arg),
 }
 
 

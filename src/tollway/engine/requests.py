@@ -12,7 +12,7 @@ allocates no request object of its own.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -81,7 +81,18 @@ class Delete:
     fields: list[str]
 
 
-Request = Step | Settle | Append | Health | NewHoldId | Journal | Assign | Assigned | Delete
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """Call a function of the caller's with ``arg`` (a route's ``fn(provider)``); answered
+    with its result, awaited by the async driver. What it raises is thrown into the flow."""
+
+    fn: Callable[[Any], Any]
+    arg: Any
+
+
+Request = (
+    Step | Settle | Append | Health | NewHoldId | Journal | Assign | Assigned | Delete | Invoke
+)
 Flow = Generator[Request, Any, T]
 """The logic of one operation: yields `Request`s, is sent their answers, returns a ``T``."""
 
@@ -92,6 +103,7 @@ __all__ = [
     "Delete",
     "Flow",
     "Health",
+    "Invoke",
     "Journal",
     "NewHoldId",
     "Request",

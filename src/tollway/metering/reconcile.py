@@ -163,7 +163,7 @@ def _read(
                 f"subject: {subject!r} names provider {name!r}, which the policy does not "
                 f"declare; known providers: {', '.join(sorted(policy.providers)) or 'none'}"
             )
-        decision = tw._decide(lambda: tw.engine.provider(name, None, None, PEEK))
+        decision = tw.driver.decide(lambda: tw.engine.provider(name, None, None, PEEK))
         limits = {limit.name: limit for limit in provider.limits}
         return decision.limits, limits, (PROVIDER_OPERATION,)
     usage = tw.usage(subject)

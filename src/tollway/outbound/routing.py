@@ -18,7 +18,7 @@ from tollway.engine.health import CLOSE, ERROR, EXTEND, FLOOR, HealthOp
 from tollway.engine.rules import GATES, TIER_COUNTER, WINDOW, Check
 from tollway.engine.step import provider_subject
 from tollway.engine.windows import window_at
-from tollway.errors import UnknownNameError
+from tollway.errors import UnknownLimitError, UnknownNameError
 from tollway.outbound.signals import Signal
 from tollway.policy.model import Provider, Route
 
@@ -171,7 +171,7 @@ class RouteCore:
         ahead (read from the raw figures; building every limit's state costs more)."""
         if decision.degraded or not decision.allowed:
             return False
-        return bool(decision._values[BREAKER_INDEX] > decision.now_us)
+        return bool(decision.values[BREAKER_INDEX] > decision.now_us)
 
     def alerts(self, provider: str, decision: Decision) -> None:
         """Hand the thresholds this reservation crossed to ``on_threshold``."""
@@ -312,7 +312,7 @@ class RouteCore:
             return None
         try:
             counted = int(decision.limit(TIER_COUNTER).used)
-        except KeyError:
+        except UnknownLimitError:
             return None
         first = counted - decision.cost + 1  # this reservation's first unit of the month
         last = first + units - 1
