@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tollway.driver import AsyncDriver, Driver, drive, drive_async
 from tollway.engine import flows
@@ -45,15 +45,61 @@ def _policy(source: PolicySource) -> Policy:
     return load(source)
 
 
-class _Face:
-    """What both facades share: the policy, the engine and the argument checks."""
+S = TypeVar("S", SyncStore, AsyncStore)
+D = TypeVar("D", Driver, AsyncDriver)
+F = TypeVar("F", bound="_Face[Any, Any]")
 
-    def __init__(self, policy: PolicySource, clock: Callable[[], int] | None) -> None:
+
+class _Face(Generic[S, D]):
+    """What both facades share: the policy, the engine, the store, the driver, the ledger.
+
+    ``Tollway(policy, store="redis://127.0.0.1:6379/0")``; ``policy`` is a `Policy`, a dict
+    shaped like the policy file, or a path to a TOML/YAML file. The store defaults to the
+    policy's ``[store] url``. ``clock`` (microseconds since the epoch) drives the memory store
+    and is how tests avoid sleeping.
+    """
+
+    def __init__(
+        self,
+        policy: PolicySource,
+        store: str | S | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         self._engine = Engine(_policy(policy), clock)
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
         self._ledger_lock = threading.Lock()
         self._drain: EmbeddedDrain | None = None
+        self._store: S = self._open(store)
+        self._driver: D = self._driven(self._store)
+        self._start_drain(self._store)
+
+    def _open(self, spec: str | S | None) -> S:
+        raise NotImplementedError
+
+    def _driven(self, store: S) -> D:
+        raise NotImplementedError
+
+    @classmethod
+    def from_file(
+        cls: type[F],
+        path: str | os.PathLike[str],
+        store: str | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> F:
+        return cls(load(Path(path)), store, clock=clock)
+
+    @property
+    def store(self) -> S:
+        return self._store
+
+    @property
+    def driver(self) -> D:
+        """The typed interface tollway's own features (outbound, metering, billing) build on:
+        the engine, the policy, the store, and `run` for a flow (see `tollway.driver`)."""
+        return self._driver
 
     def _start_drain(self, store: object) -> None:
         """Embedded mode with events: this process writes them, from a background thread."""
@@ -210,45 +256,14 @@ def _plan_of(engine: Engine, subject: str) -> Flow[str | None]:
     return engine.plan_of(subject, assigned)
 
 
-class Tollway(_Face):
-    """Fair-usage control, synchronous face.
+class Tollway(_Face[SyncStore, Driver]):
+    """Fair-usage control, synchronous face (see `_Face` for the arguments)."""
 
-    ``Tollway(policy, store="redis://127.0.0.1:6379/0")``; ``policy`` is a `Policy`, a dict
-    shaped like the policy file, or a path to a TOML/YAML file. The store defaults to the
-    policy's ``[store] url``. ``clock`` (microseconds since the epoch) drives the memory store
-    and is how tests avoid sleeping.
-    """
+    def _open(self, spec: str | SyncStore | None) -> SyncStore:
+        return open_store(spec, self.policy, self._engine.clock)
 
-    def __init__(
-        self,
-        policy: PolicySource,
-        store: str | SyncStore | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-    ) -> None:
-        super().__init__(policy, clock)
-        self._store: SyncStore = open_store(store, self.policy, self._engine.clock)
-        self._driver = Driver(self._engine, self._store)
-        self._start_drain(self._store)
-
-    @classmethod
-    def from_file(
-        cls,
-        path: str | os.PathLike[str],
-        store: str | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-    ) -> Tollway:
-        return cls(load(Path(path)), store, clock=clock)
-
-    @property
-    def store(self) -> SyncStore:
-        return self._store
-
-    @property
-    def driver(self) -> Driver:
-        """The typed interface tollway's own features (outbound, metering...) build on."""
-        return self._driver
+    def _driven(self, store: SyncStore) -> Driver:
+        return Driver(self._engine, store)
 
     def acquire(
         self,
@@ -330,39 +345,14 @@ class Tollway(_Face):
         self.close()
 
 
-class AsyncTollway(_Face):
+class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
     """Fair-usage control, asyncio face: the same flows, awaited store calls."""
 
-    def __init__(
-        self,
-        policy: PolicySource,
-        store: str | AsyncStore | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-    ) -> None:
-        super().__init__(policy, clock)
-        self._store: AsyncStore = open_async_store(store, self.policy, self._engine.clock)
-        self._driver = AsyncDriver(self._engine, self._store)
-        self._start_drain(self._store)
+    def _open(self, spec: str | AsyncStore | None) -> AsyncStore:
+        return open_async_store(spec, self.policy, self._engine.clock)
 
-    @classmethod
-    def from_file(
-        cls,
-        path: str | os.PathLike[str],
-        store: str | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-    ) -> AsyncTollway:
-        return cls(load(Path(path)), store, clock=clock)
-
-    @property
-    def store(self) -> AsyncStore:
-        return self._store
-
-    @property
-    def driver(self) -> AsyncDriver:
-        """See `Tollway.driver`."""
-        return self._driver
+    def _driven(self, store: AsyncStore) -> AsyncDriver:
+        return AsyncDriver(self._engine, store)
 
     async def acquire(
         self,

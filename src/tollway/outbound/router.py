@@ -23,30 +23,37 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from tollway.engine.decision import Decision
-from tollway.engine.reservation import ReservationCore
 from tollway.outbound import flows
 from tollway.outbound.flows import Classify
-from tollway.outbound.routing import AlertSink, Outcome, RouteCore, Skip
+from tollway.outbound.routing import AlertSink, Outcome, RouteCore
 from tollway.outbound.signals import Signal
 
 if TYPE_CHECKING:
     import random
 
-    from tollway.client import AsyncTollway, Tollway
     from tollway.driver import AsyncDriver, Driver
 
 __all__ = ["AsyncCall", "AsyncRoute", "Call", "Classify", "Route"]
 
 T = TypeVar("T")
+D = TypeVar("D", "Driver", "AsyncDriver")
+D_co = TypeVar("D_co", covariant=True)
 
 
-class _CallBase:
-    def __init__(
-        self, core: RouteCore, provider: str, held: ReservationCore, skipped: tuple[Skip, ...]
-    ) -> None:
+class _Client(Protocol[D_co]):
+    """A `Tollway` or an `AsyncTollway`: what a route needs of it is its driver."""
+
+    @property
+    def driver(self) -> D_co: ...
+
+
+class _CallBase(Generic[D]):
+    def __init__(self, driver: D, core: RouteCore, chosen: flows.Chosen) -> None:
+        provider, held, skipped = chosen
+        self._driver: D = driver
         self._route = core
         self._held = held
         self.provider = provider
@@ -69,14 +76,10 @@ class _CallBase:
         return f"<Call {self.provider!r} skipped={[s.provider for s in self.skipped]}>"
 
 
-class Call(_CallBase):
+class Call(_CallBase["Driver"]):
     """One call held on one provider. As a context manager: an exception releases it (and a
     `ProviderCallError` reports its signal, committing instead when the signal says the call
     may have been billed); leaving it unsettled commits the reservation."""
-
-    def __init__(self, driver: Driver, core: RouteCore, chosen: flows.Chosen) -> None:
-        super().__init__(core, *chosen)
-        self._driver = driver
 
     def commit(
         self,
@@ -113,12 +116,8 @@ class Call(_CallBase):
             self._driver.run(flows.settle_on_exit(*args, exc))
 
 
-class AsyncCall(_CallBase):
+class AsyncCall(_CallBase["AsyncDriver"]):
     """`Call`, asyncio face."""
-
-    def __init__(self, driver: AsyncDriver, core: RouteCore, chosen: flows.Chosen) -> None:
-        super().__init__(core, *chosen)
-        self._driver = driver
 
     async def commit(
         self,
@@ -152,9 +151,18 @@ class AsyncCall(_CallBase):
             await self._driver.run(flows.settle_on_exit(*args, exc))
 
 
-class _RouteBase:
-    def __init__(self, core: RouteCore) -> None:
-        self.core = core
+class _RouteBase(Generic[D]):
+    def __init__(
+        self,
+        tollway: _Client[D],
+        name: str,
+        *,
+        on_threshold: AlertSink | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._driver: D = tollway.driver
+        engine = self._driver.engine
+        self.core = RouteCore(engine, name, on_threshold=on_threshold, rng=rng)
 
     @property
     def name(self) -> str:
@@ -165,20 +173,8 @@ class _RouteBase:
         return self.core.route.providers
 
 
-class Route(_RouteBase):
+class Route(_RouteBase["Driver"]):
     """A route of the policy, for threads; get one with `Tollway.route`."""
-
-    def __init__(
-        self,
-        tollway: Tollway,
-        name: str,
-        *,
-        on_threshold: AlertSink | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self._driver = tollway.driver
-        core = RouteCore(tollway.engine, name, on_threshold=on_threshold, rng=rng)
-        super().__init__(core)
 
     def call(
         self, cost: int | None = None, *, amount: Decimal | None = None, exclude: Iterable[str] = ()
@@ -216,20 +212,8 @@ class Route(_RouteBase):
         self._driver.run(flows.clear(self.core, provider))
 
 
-class AsyncRoute(_RouteBase):
+class AsyncRoute(_RouteBase["AsyncDriver"]):
     """A route of the policy, for asyncio; get one with `AsyncTollway.route`."""
-
-    def __init__(
-        self,
-        tollway: AsyncTollway,
-        name: str,
-        *,
-        on_threshold: AlertSink | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self._driver = tollway.driver
-        core = RouteCore(tollway.engine, name, on_threshold=on_threshold, rng=rng)
-        super().__init__(core)
 
     async def call(
         self, cost: int | None = None, *, amount: Decimal | None = None, exclude: Iterable[str] = ()
