@@ -456,6 +456,11 @@ class MemoryStore:
     def new_hold_id(self) -> str:
         return uuid.uuid4().hex
 
+    def subjects(self) -> list[str]:
+        """Every subject the store holds state for (counters, gates, an assigned plan)."""
+        with self._lock:
+            return sorted(set(self._states) | set(self._plans))
+
     def size(self) -> int:
         """Subjects with state, plus holds, held now (for tests of bounded memory)."""
         with self._lock:

@@ -54,6 +54,16 @@ def state_key(subject: str) -> str:
     return f"tw:{{{subject}}}"
 
 
+STATE_PATTERN = "tw:{*}"
+"""SCAN pattern of the subjects' hashes (what hangs below them ends otherwise)."""
+
+
+def subject_of(key: bytes | str) -> str:
+    """The subject whose hash ``key`` (`state_key`) is."""
+    text = key.decode("utf-8") if isinstance(key, bytes) else key
+    return text[len("tw:{") : -1]
+
+
 def step_call(
     step: Step, deadline_us: int, stream: str = "", dedupe_ms: int = 0
 ) -> tuple[list[str], list[Any]]:
