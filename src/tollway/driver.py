@@ -77,14 +77,14 @@ _ASYNC: dict[type, Callable[[Any, Any], Awaitable[Any]]] = {
 }
 
 
-def drive(flow: Flow[T], store: SyncStore) -> T:
+def drive(flow: Flow[T], store: SyncStore, _step: type = Step) -> T:
     """Run ``flow`` to its end against a sync store."""
     try:
-        request = next(flow)
+        request = flow.send(None)
         while True:
             try:
-                if type(request) is Step:  # the hot path: the atomic step itself
-                    answer = store.execute(request)
+                if type(request) is _step:  # the hot path: the atomic step itself
+                    answer = store.execute(request)  # type: ignore[arg-type]
                 else:
                     answer = _SYNC[type(request)](store, request)
             except Exception as exc:

@@ -88,7 +88,8 @@ def acquire(
         step = for_call(step, call_id, attributes)
     try:
         answer: Reply = yield step
-        if is_stale(answer.code):  # the hot path builds no closure and no sub-flow
+        if answer.code and is_stale(answer.code):  # OK, the common answer, is never stale
+            # Rebuilt only now: the hot path builds no closure and no sub-flow.
             step, answer = yield from send(
                 engine,
                 lambda: for_call(
