@@ -79,8 +79,9 @@ _ASYNC: dict[type, Callable[[Any, Any], Awaitable[Any]]] = {
 
 def drive(flow: Flow[T], store: SyncStore, _step: type = Step) -> T:
     """Run ``flow`` to its end against a sync store."""
+    send = flow.send
     try:
-        request = flow.send(None)
+        request = send(None)
         while True:
             try:
                 if type(request) is _step:  # the hot path: the atomic step itself
@@ -90,7 +91,7 @@ def drive(flow: Flow[T], store: SyncStore, _step: type = Step) -> T:
             except Exception as exc:
                 request = flow.throw(exc)
             else:
-                request = flow.send(answer)
+                request = send(answer)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
