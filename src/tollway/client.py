@@ -51,13 +51,8 @@ F = TypeVar("F", bound="_Face[Any, Any]")
 
 
 class _Face(Generic[S, D]):
-    """What both facades share: the policy, the engine, the store, the driver, the ledger.
-
-    ``Tollway(policy, store="redis://127.0.0.1:6379/0")``; ``policy`` is a `Policy`, a dict
-    shaped like the policy file, or a path to a TOML/YAML file. The store defaults to the
-    policy's ``[store] url``. ``clock`` (microseconds since the epoch) drives the memory store
-    and is how tests avoid sleeping.
-    """
+    """What both facades share: the policy, the engine, the store, the driver, the ledger;
+    each face says only how it opens its store and drives its flows."""
 
     def __init__(
         self,
@@ -257,7 +252,13 @@ def _plan_of(engine: Engine, subject: str) -> Flow[str | None]:
 
 
 class Tollway(_Face[SyncStore, Driver]):
-    """Fair-usage control, synchronous face (see `_Face` for the arguments)."""
+    """Fair-usage control, synchronous face.
+
+    ``Tollway(policy, store="redis://127.0.0.1:6379/0")``; ``policy`` is a `Policy`, a dict
+    shaped like the policy file, or a path to a TOML/YAML file. The store defaults to the
+    policy's ``[store] url``. ``clock`` (microseconds since the epoch) drives the memory store
+    and is how tests avoid sleeping.
+    """
 
     def _open(self, spec: str | SyncStore | None) -> SyncStore:
         return open_store(spec, self.policy, self._engine.clock)
@@ -346,7 +347,8 @@ class Tollway(_Face[SyncStore, Driver]):
 
 
 class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
-    """Fair-usage control, asyncio face: the same flows, awaited store calls."""
+    """Fair-usage control, asyncio face: the same flows, awaited store calls
+    (``AsyncTollway(policy, store=None, *, clock=None)``, as `Tollway`)."""
 
     def _open(self, spec: str | AsyncStore | None) -> AsyncStore:
         return open_async_store(spec, self.policy, self._engine.clock)
