@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tollway import AsyncTollway, Tollway, TollwayError, UnknownLimitError
 from tollway.driver import AsyncDriver, Driver
@@ -96,6 +97,33 @@ def test_the_lua_scripts_get_every_reply_code_from_the_enum() -> None:
 def test_only_plan_and_window_replies_are_stale() -> None:
     stale = {code for code in ReplyCode if is_stale(code)}
     assert stale == {ReplyCode.PLAN_MISMATCH, ReplyCode.STALE_WINDOW, ReplyCode.EXPIRED}
+
+
+# -- stale replies ----------------------------------------------------------------------------
+
+
+def test_a_plan_changed_elsewhere_costs_one_round_trip_more(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The step built for the old plan is answered PLAN_MISMATCH; the flow learns the plan
+    from that reply and the rebuilt step is taken: two steps, not three."""
+    policy = {
+        **POLICY,
+        "plans": {**POLICY["plans"], "pro": {"limits": [{"name": "daily", "quota": "1000/day"}]}},
+    }
+
+    def steps_run() -> int:
+        stats = redis_client.info("commandstats").get("cmdstat_evalsha", {})
+        return int(stats.get("calls", 0))
+
+    with Tollway(policy, redis_url) as admin, Tollway(policy, redis_url) as worker:
+        assert worker.acquire("dave", "geocode").plan == "free"
+        admin.assign("dave", "pro")
+        before = steps_run()
+        decision = worker.acquire("dave", "geocode")
+        assert steps_run() - before == 2
+        assert decision.plan == "pro"
+        assert decision.limit("daily").used == 2  # same name, same counter
 
 
 # -- the driver: the features' interface --------------------------------------------------------
