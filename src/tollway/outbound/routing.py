@@ -20,7 +20,8 @@ from tollway.engine.step import provider_subject
 from tollway.engine.windows import window_at
 from tollway.errors import UnknownLimitError, UnknownNameError
 from tollway.outbound.signals import Signal
-from tollway.policy.model import Provider, Route
+from tollway.policy.model import Provider
+from tollway.policy.model import Route as RouteSpec  # the policy's route, not `outbound.Route`
 
 __all__ = ["Outcome", "RouteCore", "Skip", "ThresholdAlert"]
 
@@ -110,7 +111,7 @@ class RouteCore:
                 f"{', '.join(sorted(policy.routes)) or 'none'}"
             )
         self.engine = engine
-        self.route: Route = route
+        self.route: RouteSpec = route
         self.name = name
         self.providers: dict[str, Provider] = {p: policy.providers[p] for p in route.providers}
         self.checks: dict[str, Check] = {p: engine.compiled.providers[p] for p in route.providers}
