@@ -118,10 +118,8 @@ class Engine:
             if steps is not None:
                 step = steps.get(operation)
                 if step is not None:
-                    span = step.span
-                    if span[1] == ALWAYS or span is step.check.current_span(  # type: ignore[union-attr]
-                        self.clock() + self.offset_us
-                    ):
+                    span = step.span  # its windows hold now: it is still the right step
+                    if span[1] == ALWAYS or span[0] <= self.clock() + self.offset_us < span[1]:
                         return step
         assigned: str | None = self._assigned.get(subject, _UNSEEN)
         if assigned is _UNSEEN:
@@ -212,7 +210,7 @@ class Engine:
             cached = self._provider_steps.get(name)
             if cached is not None:
                 span = cached.span
-                if span[1] == ALWAYS or span is check.current_span(self.clock() + self.offset_us):
+                if span[1] == ALWAYS or span[0] <= self.clock() + self.offset_us < span[1]:
                     return cached
         if default and check.default_costs is not None:
             step = Step(
@@ -251,8 +249,6 @@ class Engine:
         """The decision for ``reply``, or None when the step was built on stale knowledge (the
         subject's plan changed, or the store's clock is in another window): build it again."""
         code = reply.code
-        if code == DUPLICATE:
-            return DuplicateDecision(True, step, reply.now_us, reply.values, 0)
         if code <= DENIED:
             if step.plan is None:
                 raise UnknownSubjectError(
@@ -262,6 +258,8 @@ class Engine:
             return Decision(
                 code == OK, step, reply.now_us, reply.values, reply.misfits, reply.crossings
             )
+        if code == DUPLICATE:
+            return DuplicateDecision(True, step, reply.now_us, reply.values, 0)
         if code == PLAN_MISMATCH:
             self.remember(step.subject, reply.plan)
         elif code == STALE_WINDOW:
