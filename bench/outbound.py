@@ -490,7 +490,7 @@ def method_lines(args: argparse.Namespace, configs: list[str], port: int) -> lis
         "(half the timed count) with the store's Redis client answering each EVALSHA from "
         "replies recorded on 20 real calls (same script and keys): no redis-py, no Redis.",
         "The last reference row is not the router: it takes the provider's step alone "
-        "(`Engine.provider` in acquire mode through `Tollway._decide`: no choice, no `Call`, "
+        "(`Engine.provider` in acquire mode through `Driver.decide`: no choice, no `Call`, "
         "no `LimitState`s), the least a one-round-trip routed call can cost here.",
         f"Profile: one extra worker per config runs `{CALL_COMMIT}` {PROFILE_CALLS:,} times "
         "under cProfile after 1,000 warm-up calls (after the timed rounds), then again with "

@@ -185,13 +185,13 @@ def _reserve(ctx: Ctx) -> Any:
 
 def _provider_step(ctx: Ctx) -> Any:
     """Not the router: the provider's step alone (`Engine.provider` in acquire mode through
-    `Tollway._decide`: no choice, no `Call`, no `LimitState`s), the least a routed call that
+    `Driver.decide`: no choice, no `Call`, no `LimitState`s), the least a routed call that
     takes one round trip can cost; the router's own overhead is the difference."""
     from tollway.engine.step import ACQUIRE
 
     tw = _tollway(ctx)
     route = tw.route("main")
-    engine, decide = tw.engine, tw._decide
+    engine, decide = tw.engine, tw.driver.decide
     tally = Tally("primary", ())
     note = tally.note
 

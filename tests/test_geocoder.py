@@ -35,7 +35,7 @@ from tollway.outbound.geocode.stubs import (
     running_stubs,
     stub_place,
 )
-from tollway.outbound.route import Skip
+from tollway.outbound.routing import Skip
 from tollway.testing import FakeClock
 
 US = 1_000_000

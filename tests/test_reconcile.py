@@ -58,7 +58,7 @@ def traffic(tw: Tollway) -> None:
     with tw.reserve("acct_b", "geocode", 10) as held:
         held.commit(7)
     for _ in range(4):  # what a route does for each call it sends to the provider
-        assert tw._decide(lambda: tw.engine.provider("google", None, None, ACQUIRE)).allowed
+        assert tw.driver.decide(lambda: tw.engine.provider("google", None, None, ACQUIRE)).allowed
 
 
 def drain_all(url: str, ledger: Ledger, policy: Any) -> int:
@@ -175,10 +175,12 @@ def test_reconcile_on_a_cluster(
     with Tollway(config) as tw:
         traffic(tw)
     argv = ["reconcile", "--config", str(config)]
-    assert cli_main(argv) == 1  # the provider's counters drift
+    assert cli_main(argv) == 1  # before the first drain every counter drifts
     out, err = capsys.readouterr()
     assert "10 entries still in the event streams" in err
-    assert "2 counters of 1 subject: 2 drifts" in out
+    assert "the ledger has no events at all yet" in err
+    # The subjects are found in the store (on every primary), not only in the ledger.
+    assert "8 counters of 3 subjects: 8 drifts (the ledger has no events yet" in out
     assert cli_main([*argv, "--drain-first", "--all"]) == 0
     out, err = capsys.readouterr()
     assert "8 counters of 3 subjects: 0 drifts" in out
@@ -216,3 +218,72 @@ def test_open_reservations_are_held_not_drift(
         rows = {r.limit: (r.store, r.held, r.ledger, r.drift) for r in report.rows}
         assert rows["hourly"] == (3, 0, 3, 0)
         assert rows["spend"] == (5_000, 0, 5_000, 0)
+
+
+def test_before_the_first_drain_every_counter_drifts_and_the_empty_ledger_is_said(
+    tmp_path: Path,
+    redis_client: redis.Redis,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    config = policy_file(tmp_path, redis_url, ledger_url)
+    argv = ["reconcile", "--config", str(config), "--all"]
+    assert cli_main(argv) == 0  # nothing counted, nothing recorded: but not a clean pass
+    out, err = capsys.readouterr()
+    assert "2 counters of 1 subject: 0 drifts (the ledger has no events yet" in out
+    assert "the ledger has no events at all yet" in err
+    with Tollway(config) as tw:
+        traffic(tw)
+    assert cli_main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "8 counters of 3 subjects: 8 drifts (the ledger has no events yet" in out
+    rows = {line.split()[0] for line in out.splitlines()[1:-1]}
+    assert rows == {"acct_a", "acct_b", "@provider:google"}
+    assert cli_main([*argv, "--drain-first"]) == 0
+    out, err = capsys.readouterr()
+    assert "8 counters of 3 subjects: 0 drifts" in out
+    assert "no events" not in out + err
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_subject_not_yet_in_the_ledger_is_checked(
+    tmp_path: Path, redis_client: redis.Redis, redis_url: str, store: str
+) -> None:
+    """The subjects come from the store too: one the ledger has no event of still shows."""
+    url = "memory://" if store == "memory" else redis_url
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    with (
+        Tollway(policy_file(tmp_path, url, own)) as tw,
+        open_ledger(f"sqlite:///{tmp_path / 'other.db'}") as ledger,
+    ):
+        assert tw.acquire("acct_old", "geocode").allowed
+        now = tw.engine.clock()
+        # The ledger compared with knows acct_old's call, and nothing of acct_new's.
+        ledger.write(
+            [
+                UsageEvent(
+                    id="old-1",
+                    subject="acct_old",
+                    operation="geocode",
+                    meter="geocode",
+                    quantity=1,
+                    occurred_at_us=now,
+                    recorded_at_us=now,
+                    amount_micros=1_000,
+                    currency="USD",
+                )
+            ]
+        )
+        report = reconcile(tw, ledger, pending=0)
+        assert report.drifts == ()
+        assert report.ledger_events == 1
+        assert not report.ledger_empty
+        assert tw.acquire("acct_new", "search", 2).allowed
+        report = reconcile(tw, ledger, pending=0)
+        drifts = {(row.subject, row.limit): row.drift for row in report.drifts}
+        assert drifts == {
+            ("acct_new", "hourly"): 2,
+            ("acct_new", "searches"): 2,
+            ("acct_new", "spend"): 4_000,
+        }

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tollway import AsyncTollway, NoProviderAvailable, Tollway, TollwayError, UnknownNameError
+from tollway.outbound.flows import report
 from tollway.outbound.signals import ProviderCallError, Signal
 from tollway.testing import FakeClock
 
@@ -162,9 +163,11 @@ def test_cooldown_can_be_extended_never_shortened(tw: Tollway, clock: FakeClock)
         assert call.provider == "google"
         call.commit()
     clock.advance(2)
-    route._report("opencage", Signal.throttled(3.0), route.status()["opencage"], False)
+    opencage = route.status()["opencage"]
+    tw.driver.run(report(route.core, "opencage", Signal.throttled(3.0), opencage, False))
     assert route.status()["opencage"].limit("cooldown").reset_after == pytest.approx(8.0)
-    route._report("opencage", Signal.throttled(20.0), route.status()["opencage"], False)
+    opencage = route.status()["opencage"]
+    tw.driver.run(report(route.core, "opencage", Signal.throttled(20.0), opencage, False))
     assert route.status()["opencage"].limit("cooldown").reset_after == pytest.approx(20.0)
     clock.advance(20)
     assert served(route, 1) == ["opencage"]

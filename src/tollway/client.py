@@ -1,4 +1,6 @@
-"""`Tollway` and `AsyncTollway`: the facades. Both drive the same `Engine`; only I/O differs."""
+"""`Tollway` and `AsyncTollway`: the facades. Each operation is one flow of the engine
+(`tollway.engine.flows`, or below), driven against a sync or an async store
+(`tollway.driver`): the logic is written once, only the I/O differs."""
 
 from __future__ import annotations
 
@@ -9,22 +11,18 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from tollway.driver import AsyncDriver, Driver, drive, drive_async
+from tollway.engine import flows
+from tollway.engine.core import Engine
 from tollway.engine.decision import Decision
-from tollway.engine.step import ACQUIRE, DUPLICATE, OK, RESERVE, Engine, Reply, Step, degraded
-from tollway.engine.step import reply as make_reply
-from tollway.engine.template import call_extras
-from tollway.errors import (
-    ConfigurationError,
-    StoreError,
-    StoreUnavailableError,
-    UnknownLimitError,
-    UnknownPlanError,
-)
+from tollway.engine.flows import acquire as _acquire
+from tollway.engine.requests import Assign, Assigned, Delete, Flow
+from tollway.errors import ConfigurationError, UnknownLimitError, UnknownPlanError
 from tollway.policy import load
 from tollway.policy.model import Policy
-from tollway.reservation import AsyncReservation, Reservation, ReservationCore
+from tollway.reservation import AsyncReservation, Reservation
 from tollway.stores import AsyncStore, MemoryStore, SyncStore, open_async_store, open_store
 from tollway.usage import Usage
 
@@ -36,9 +34,6 @@ if TYPE_CHECKING:
     from tollway.metering.recorder import Recorder
     from tollway.outbound.router import AsyncRoute, Route
 
-# A step is rebuilt when the store says it was built on stale knowledge (a plan changed, a
-# window ended); more rebuilds than this means something is flapping, not just stale.
-_MAX_TRIES = 4
 PolicySource = Policy | Mapping[str, Any] | str | os.PathLike[str]
 
 
@@ -50,15 +45,56 @@ def _policy(source: PolicySource) -> Policy:
     return load(source)
 
 
-class _Face:
-    """What both facades share: the policy, the engine and the argument checks."""
+S = TypeVar("S", SyncStore, AsyncStore)
+D = TypeVar("D", Driver, AsyncDriver)
+F = TypeVar("F", bound="_Face[Any, Any]")
 
-    def __init__(self, policy: PolicySource, clock: Callable[[], int] | None) -> None:
+
+class _Face(Generic[S, D]):
+    """What both facades share: the policy, the engine, the store, the driver, the ledger;
+    each face says only how it opens its store and drives its flows."""
+
+    def __init__(
+        self,
+        policy: PolicySource,
+        store: str | S | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         self._engine = Engine(_policy(policy), clock)
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
         self._ledger_lock = threading.Lock()
         self._drain: EmbeddedDrain | None = None
+        self._store: S = self._open(store)
+        self._driver: D = self._driven(self._store)
+        self._start_drain(self._store)
+
+    def _open(self, spec: str | S | None) -> S:
+        raise NotImplementedError
+
+    def _driven(self, store: S) -> D:
+        raise NotImplementedError
+
+    @classmethod
+    def from_file(
+        cls: type[F],
+        path: str | os.PathLike[str],
+        store: str | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> F:
+        return cls(load(Path(path)), store, clock=clock)
+
+    @property
+    def store(self) -> S:
+        return self._store
+
+    @property
+    def driver(self) -> D:
+        """The typed interface tollway's own features (outbound, metering, billing) build on:
+        the engine, the policy, the store, and `run` for a flow (see `tollway.driver`)."""
+        return self._driver
 
     def _start_drain(self, store: object) -> None:
         """Embedded mode with events: this process writes them, from a background thread."""
@@ -153,13 +189,6 @@ class _Face:
             self._ledger.close()
             self._ledger = None
 
-    @staticmethod
-    def _for_call(step: Step, call_id: str | None, attributes: object) -> Step:
-        if call_id is None and attributes is None:
-            return step
-        ident, attrs = call_extras(call_id, attributes)
-        return step.for_call(ident, attrs) if ident or attrs else step
-
     @property
     def policy(self) -> Policy:
         return self._engine.policy
@@ -168,57 +197,61 @@ class _Face:
     def engine(self) -> Engine:
         return self._engine
 
-    def _check_plan(self, plan: str | None) -> None:
-        if plan is not None and plan not in self.policy.plans:
-            raise UnknownPlanError(
-                f"plan: {plan!r} is not declared in the policy; known plans: "
-                f"{', '.join(sorted(self.policy.plans)) or 'none'}"
-            )
 
-    def _reset_fields(self, usage: Usage, limit: str | None) -> list[str]:
-        """The subject's counter fields (of one limit, if named)."""
-        names = {state.name for state in usage.limits}
-        if limit is not None and limit not in names:
-            raise UnknownLimitError(
-                f"limit: {limit!r} does not apply to {usage.subject!r} (plan {usage.plan!r}); "
-                f"its limits: {', '.join(sorted(names)) or 'none'}"
-            )
-        return [
-            field
-            for field, state in zip(usage.fields, usage.limits, strict=True)
-            if limit is None or state.name == limit
-        ]
-
-    def _degraded(self, step: Step, exc: StoreUnavailableError, store: object) -> Decision:
-        """Decide without the store; journal what a fail-open acquire let through."""
-        if step.plan is None:
-            raise exc
-        decision = degraded(step, str(exc), exc.retry_after, self._engine.clock())
-        journal = getattr(store, "journal_step", None)
-        if decision.allowed and step.mode == ACQUIRE and journal is not None:
-            journal(step)
-        return decision
-
-    def _degraded_hold(self, step: Step, exc: StoreUnavailableError) -> ReservationCore:
-        """A reservation decided without the store: nothing is held anywhere; its commit
-        records the actual cost (journaled if the store is still away)."""
-        decision = self._degraded(step, exc, None)
-        now = self._engine.clock()
-        return ReservationCore(self._engine, step, make_reply(OK, now, []), decision)
-
-    def _usage(self, step: Step, reply: Reply) -> Usage | None:
-        decision = self._engine.finish(step, reply)
-        if decision is None:
-            return None
-        return Usage(
-            subject=step.subject,
-            plan=step.plan,
-            limits=decision.limits,
-            fields=tuple(rule.field for rule in step.rules),
+def _check_plan(policy: Policy, plan: str | None) -> None:
+    if plan is not None and plan not in policy.plans:
+        raise UnknownPlanError(
+            f"plan: {plan!r} is not declared in the policy; known plans: "
+            f"{', '.join(sorted(policy.plans)) or 'none'}"
         )
 
 
-class Tollway(_Face):
+def _usage(engine: Engine, subject: str) -> Flow[Usage]:
+    """Where every limit of the subject's plan stands, consuming nothing."""
+    step, answer = yield from flows.send(engine, lambda: engine.peek(subject))
+    decision = engine.finish(step, answer)
+    assert decision is not None
+    return Usage(
+        subject=step.subject,
+        plan=step.plan,
+        limits=decision.limits,
+        fields=tuple(rule.field for rule in step.rules),
+    )
+
+
+def _reset(engine: Engine, subject: str, limit: str | None) -> Flow[int]:
+    """Clear the subject's counters (of one limit, if named); how many existed."""
+    usage = yield from _usage(engine, subject)
+    names = {state.name for state in usage.limits}
+    if limit is not None and limit not in names:
+        raise UnknownLimitError(
+            f"limit: {limit!r} does not apply to {usage.subject!r} (plan {usage.plan!r}); "
+            f"its limits: {', '.join(sorted(names)) or 'none'}"
+        )
+    fields = [
+        field
+        for field, state in zip(usage.fields, usage.limits, strict=True)
+        if limit is None or state.name == limit
+    ]
+    deleted: int = yield Delete(subject, fields)
+    return deleted
+
+
+def _assign(engine: Engine, subject: str, plan: str | None) -> Flow[None]:
+    engine.check_subject(subject)
+    _check_plan(engine.policy, plan)
+    yield Assign(subject, plan)
+    engine.remember(subject, plan)
+
+
+def _plan_of(engine: Engine, subject: str) -> Flow[str | None]:
+    engine.check_subject(subject)
+    assigned: str | None = yield Assigned(subject)
+    engine.remember(subject, assigned)
+    return engine.plan_of(subject, assigned)
+
+
+class Tollway(_Face[SyncStore, Driver]):
     """Fair-usage control, synchronous face.
 
     ``Tollway(policy, store="redis://127.0.0.1:6379/0")``; ``policy`` is a `Policy`, a dict
@@ -227,39 +260,11 @@ class Tollway(_Face):
     and is how tests avoid sleeping.
     """
 
-    def __init__(
-        self,
-        policy: PolicySource,
-        store: str | SyncStore | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-    ) -> None:
-        super().__init__(policy, clock)
-        self._store: SyncStore = open_store(store, self.policy, self._engine.clock)
-        self._start_drain(self._store)
+    def _open(self, spec: str | SyncStore | None) -> SyncStore:
+        return open_store(spec, self.policy, self._engine.clock)
 
-    @classmethod
-    def from_file(
-        cls,
-        path: str | os.PathLike[str],
-        store: str | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-    ) -> Tollway:
-        return cls(load(Path(path)), store, clock=clock)
-
-    @property
-    def store(self) -> SyncStore:
-        return self._store
-
-    def _run(self, build: Callable[[], Step]) -> tuple[Step, Reply]:
-        for _ in range(_MAX_TRIES):
-            step = build()
-            reply = self._store.execute(step)
-            if reply.code <= 1 or reply.code == DUPLICATE:
-                return step, reply
-            self._engine.finish(step, reply)
-        raise StoreError("the store kept answering that the step was stale; giving up")
+    def _driven(self, store: SyncStore) -> Driver:
+        return Driver(self._engine, store)
 
     def acquire(
         self,
@@ -276,23 +281,8 @@ class Tollway(_Face):
         ``id``: the caller's request id. It is the usage event's id, and a step retried with
         an id already taken (within ``[ledger] dedupe_s``) consumes nothing again: the decision
         is allowed, with ``duplicate`` set. ``attributes`` travel with the usage event."""
-        engine = self._engine
-        step = engine.consume(subject, operation, cost, amount, ACQUIRE)
-        if id is not None or attributes is not None:
-            step = self._for_call(step, id, attributes)
-        try:
-            reply = self._store.execute(step)
-            if reply.code > 1 and reply.code != DUPLICATE:
-                step, reply = self._run(
-                    lambda: self._for_call(
-                        engine.consume(subject, operation, cost, amount, ACQUIRE), id, attributes
-                    )
-                )
-        except StoreUnavailableError as exc:
-            return self._degraded(step, exc, self._store)
-        decision = engine.finish(step, reply)
-        assert decision is not None
-        return decision
+        flow = _acquire(self._engine, subject, operation, cost, amount, id, attributes)
+        return drive(flow, self._store)
 
     def reserve(
         self,
@@ -306,52 +296,8 @@ class Tollway(_Face):
     ) -> Reservation:
         """Hold ``estimate`` units until `Reservation.commit` or `Reservation.release`; the
         commit appends the usage event (``id``: its id; ``attributes``: its attributes)."""
-        return self._reserve(
-            lambda: self._for_call(
-                self._engine.consume(subject, operation, estimate, amount, RESERVE), id, attributes
-            )
-        )
-
-    def _reserve(self, make: Callable[[], Step]) -> Reservation:
-        """A reservation of the step ``make`` builds (rebuilt if the store finds it stale)."""
-        engine = self._engine
-
-        def build() -> Step:
-            step = make()
-            step.hold_id = self._store.new_hold_id()
-            return step
-
-        try:
-            step, reply = self._run(build)
-        except StoreUnavailableError as exc:
-            step = build()
-            return Reservation(self._degraded_hold(step, exc), self._store)
-        decision = engine.finish(step, reply)
-        assert decision is not None
-        return Reservation(ReservationCore(engine, step, reply, decision), self._store)
-
-    def _take(self, make: Callable[[], Step]) -> Reservation:
-        """The step ``make`` builds, consumed at once and held as a taken reservation (see
-        `ReservationCore`): one round trip, and none more when committed as taken."""
-        engine = self._engine
-        try:
-            step, reply = self._run(make)
-        except StoreUnavailableError as exc:
-            return Reservation(self._degraded_hold(make(), exc), self._store)
-        decision = engine.finish(step, reply)
-        assert decision is not None
-        core = ReservationCore(engine, step, reply, decision, taken=True)
-        return Reservation(core, self._store)
-
-    def _decide(self, build: Callable[[], Step]) -> Decision:
-        """The decision of the step ``build`` makes (a peek, say), rebuilt while stale."""
-        step, reply = self._run(build)
-        decision = self._engine.finish(step, reply)
-        assert decision is not None
-        return decision
-
-    def _append(self, subject: str, entry: dict[str, str]) -> None:
-        self._store.append(subject, entry)
+        flow = flows.reserve(self._engine, subject, operation, estimate, amount, id, attributes)
+        return Reservation(drive(flow, self._store), self._driver)
 
     def route(self, name: str, **options: Any) -> Route:
         """The route ``name`` of the policy: `Route.call` and `Route.run` pick a provider
@@ -362,28 +308,19 @@ class Tollway(_Face):
 
     def usage(self, subject: str) -> Usage:
         """Where every limit of the subject's plan stands, consuming nothing."""
-        step, reply = self._run(lambda: self._engine.peek(subject))
-        usage = self._usage(step, reply)
-        assert usage is not None
-        return usage
+        return drive(_usage(self._engine, subject), self._store)
 
     def reset(self, subject: str, limit: str | None = None) -> int:
         """Clear the subject's counters (of one limit, if named); returns how many existed."""
-        return self._store.delete(subject, self._reset_fields(self.usage(subject), limit))
+        return drive(_reset(self._engine, subject, limit), self._store)
 
     def assign(self, subject: str, plan: str | None) -> None:
         """Put the subject on ``plan`` (``None``: back to the default), everywhere at once."""
-        self._engine.check_subject(subject)
-        self._check_plan(plan)
-        self._store.assign(subject, plan)
-        self._engine.remember(subject, plan)
+        drive(_assign(self._engine, subject, plan), self._store)
 
     def plan_of(self, subject: str) -> str | None:
         """The plan in force for the subject, read from the store."""
-        self._engine.check_subject(subject)
-        assigned = self._store.assigned(subject)
-        self._engine.remember(subject, assigned)
-        return self._engine.plan_of(subject, assigned)
+        return drive(_plan_of(self._engine, subject), self._store)
 
     def ping(self) -> None:
         """Raise `StoreUnavailableError` unless the store answers (for health checks)."""
@@ -409,42 +346,15 @@ class Tollway(_Face):
         self.close()
 
 
-class AsyncTollway(_Face):
-    """Fair-usage control, asyncio face: the same engine, awaited store calls."""
+class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
+    """Fair-usage control, asyncio face: the same flows, awaited store calls
+    (``AsyncTollway(policy, store=None, *, clock=None)``, as `Tollway`)."""
 
-    def __init__(
-        self,
-        policy: PolicySource,
-        store: str | AsyncStore | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-    ) -> None:
-        super().__init__(policy, clock)
-        self._store: AsyncStore = open_async_store(store, self.policy, self._engine.clock)
-        self._start_drain(self._store)
+    def _open(self, spec: str | AsyncStore | None) -> AsyncStore:
+        return open_async_store(spec, self.policy, self._engine.clock)
 
-    @classmethod
-    def from_file(
-        cls,
-        path: str | os.PathLike[str],
-        store: str | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-    ) -> AsyncTollway:
-        return cls(load(Path(path)), store, clock=clock)
-
-    @property
-    def store(self) -> AsyncStore:
-        return self._store
-
-    async def _run(self, build: Callable[[], Step]) -> tuple[Step, Reply]:
-        for _ in range(_MAX_TRIES):
-            step = build()
-            reply = await self._store.execute(step)
-            if reply.code <= 1 or reply.code == DUPLICATE:
-                return step, reply
-            self._engine.finish(step, reply)
-        raise StoreError("the store kept answering that the step was stale; giving up")
+    def _driven(self, store: AsyncStore) -> AsyncDriver:
+        return AsyncDriver(self._engine, store)
 
     async def acquire(
         self,
@@ -457,23 +367,8 @@ class AsyncTollway(_Face):
         attributes: Mapping[str, str | int | bool] | None = None,
     ) -> Decision:
         """See `Tollway.acquire`."""
-        engine = self._engine
-        step = engine.consume(subject, operation, cost, amount, ACQUIRE)
-        if id is not None or attributes is not None:
-            step = self._for_call(step, id, attributes)
-        try:
-            reply = await self._store.execute(step)
-            if reply.code > 1 and reply.code != DUPLICATE:
-                step, reply = await self._run(
-                    lambda: self._for_call(
-                        engine.consume(subject, operation, cost, amount, ACQUIRE), id, attributes
-                    )
-                )
-        except StoreUnavailableError as exc:
-            return self._degraded(step, exc, self._store)
-        decision = engine.finish(step, reply)
-        assert decision is not None
-        return decision
+        flow = _acquire(self._engine, subject, operation, cost, amount, id, attributes)
+        return await drive_async(flow, self._store)
 
     async def reserve(
         self,
@@ -486,48 +381,8 @@ class AsyncTollway(_Face):
         attributes: Mapping[str, str | int | bool] | None = None,
     ) -> AsyncReservation:
         """See `Tollway.reserve`."""
-        return await self._reserve(
-            lambda: self._for_call(
-                self._engine.consume(subject, operation, estimate, amount, RESERVE), id, attributes
-            )
-        )
-
-    async def _reserve(self, make: Callable[[], Step]) -> AsyncReservation:
-        engine = self._engine
-
-        def build() -> Step:
-            step = make()
-            step.hold_id = self._store.new_hold_id()
-            return step
-
-        try:
-            step, reply = await self._run(build)
-        except StoreUnavailableError as exc:
-            step = build()
-            return AsyncReservation(self._degraded_hold(step, exc), self._store)
-        decision = engine.finish(step, reply)
-        assert decision is not None
-        return AsyncReservation(ReservationCore(engine, step, reply, decision), self._store)
-
-    async def _take(self, make: Callable[[], Step]) -> AsyncReservation:
-        engine = self._engine
-        try:
-            step, reply = await self._run(make)
-        except StoreUnavailableError as exc:
-            return AsyncReservation(self._degraded_hold(make(), exc), self._store)
-        decision = engine.finish(step, reply)
-        assert decision is not None
-        core = ReservationCore(engine, step, reply, decision, taken=True)
-        return AsyncReservation(core, self._store)
-
-    async def _decide(self, build: Callable[[], Step]) -> Decision:
-        step, reply = await self._run(build)
-        decision = self._engine.finish(step, reply)
-        assert decision is not None
-        return decision
-
-    async def _append(self, subject: str, entry: dict[str, str]) -> None:
-        await self._store.append(subject, entry)
+        flow = flows.reserve(self._engine, subject, operation, estimate, amount, id, attributes)
+        return AsyncReservation(await drive_async(flow, self._store), self._driver)
 
     def route(self, name: str, **options: Any) -> AsyncRoute:
         """The route ``name`` of the policy, asyncio face (see `Tollway.route`)."""
@@ -536,26 +391,16 @@ class AsyncTollway(_Face):
         return AsyncRoute(self, name, **options)
 
     async def usage(self, subject: str) -> Usage:
-        step, reply = await self._run(lambda: self._engine.peek(subject))
-        usage = self._usage(step, reply)
-        assert usage is not None
-        return usage
+        return await drive_async(_usage(self._engine, subject), self._store)
 
     async def reset(self, subject: str, limit: str | None = None) -> int:
-        fields = self._reset_fields(await self.usage(subject), limit)
-        return await self._store.delete(subject, fields)
+        return await drive_async(_reset(self._engine, subject, limit), self._store)
 
     async def assign(self, subject: str, plan: str | None) -> None:
-        self._engine.check_subject(subject)
-        self._check_plan(plan)
-        await self._store.assign(subject, plan)
-        self._engine.remember(subject, plan)
+        await drive_async(_assign(self._engine, subject, plan), self._store)
 
     async def plan_of(self, subject: str) -> str | None:
-        self._engine.check_subject(subject)
-        assigned = await self._store.assigned(subject)
-        self._engine.remember(subject, assigned)
-        return self._engine.plan_of(subject, assigned)
+        return await drive_async(_plan_of(self._engine, subject), self._store)
 
     async def ping(self) -> None:
         """Raise `StoreUnavailableError` unless the store answers (for health checks)."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tollway.engine.decision import Decision
-    from tollway.outbound.route import Skip
+    from tollway.outbound.routing import Skip
 
 
 class TollwayError(Exception):
@@ -64,8 +64,11 @@ class UnknownPlanError(UnknownNameError):
     """The plan is not declared in the policy's ``[plans]``."""
 
 
-class UnknownLimitError(UnknownNameError):
-    """No limit of that name applies to the subject."""
+class UnknownLimitError(UnknownNameError, KeyError):
+    """No limit of that name applies to the subject (a `KeyError` too: `Decision.limit` and
+    `Usage.limit` raised a bare one before)."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
 
 
 class StoreError(TollwayError):

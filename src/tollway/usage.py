@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tollway.engine.decision import LimitState
+from tollway.engine.decision import LimitState, find_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,10 +17,9 @@ class Usage:
     """The counters' fields in the subject's state, in the order of ``limits`` (for `reset`)."""
 
     def limit(self, name: str, operation: str | None = None) -> LimitState:
-        for state in self.limits:
-            if state.name == name and (operation is None or state.operation == operation):
-                return state
-        raise KeyError(name)
+        """The state of the limit called ``name`` (of ``operation``, for a limit counted per
+        operation); `UnknownLimitError` (a `KeyError` too) when none applies."""
+        return find_limit(self.limits, name, operation, self.subject, self.plan)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -24,19 +24,21 @@ def register(sub: Any, add: Any) -> None:
         "reconcile",
         reconcile,
         "compare the store's quota and budget counters with the ledger",
-        description="For each subject (--subject, or every subject with events in the ledger "
-        "in the current windows, providers included as @provider:NAME), read its quota and "
-        "budget counters without consuming and compare each with the sum of the ledger's "
-        "events in the counter's window. Prints (subject, limit, window, store, ledger, drift); "
-        "exit status 1 when any counter drifts, 0 when none does. Events not yet drained from "
-        "the streams show as drift: their count is reported, or use --drain-first.",
+        description="For each subject (--subject, or every subject the store has counters for "
+        "or the ledger has events of in the current windows, providers included as "
+        "@provider:NAME), read its quota and budget counters without consuming and compare "
+        "each with the sum of the ledger's events in the counter's window. Prints (subject, "
+        "limit, window, store, held, ledger, drift); exit status 1 when any counter drifts, 0 "
+        "when none does. Events not yet drained from the streams show as drift: their count "
+        "is reported, or use --drain-first. A ledger with no events at all is said so.",
     )
     command.add_argument(
         "--subject",
         action="append",
         metavar="S",
         dest="subjects",
-        help="a subject to reconcile (repeatable; default: every subject in the ledger)",
+        help="a subject to reconcile (repeatable; default: every subject of the store and of "
+        "the ledger)",
     )
     command.add_argument(
         "--drain-first",
@@ -73,9 +75,10 @@ def render(report: Report, *, every: bool = False) -> list[str]:
         right={3, 4, 5, 6},
     )
     subjects = len({row.subject for row in report.rows})
+    empty = " (the ledger has no events yet: not a clean pass)" if report.ledger_empty else ""
     lines.append(
         f"{plural(len(report.rows), 'counter')} of {plural(subjects, 'subject')}: "
-        f"{plural(len(report.drifts), 'drift')}"
+        f"{plural(len(report.drifts), 'drift')}{empty}"
     )
     return lines if cells else lines[-1:]
 
@@ -118,6 +121,12 @@ def reconcile(args: argparse.Namespace) -> int:
         report = compare(tw, ledger, args.subjects, pending=pending)
     for line in render(report, every=args.all):
         print(line)
+    if report.ledger_empty:
+        note(
+            "the ledger has no events at all yet: nothing has been drained into it (run "
+            "tollway worker, or reconcile --drain-first), or it is not the ledger the worker "
+            "writes; the store's counts show as drift"
+        )
     if report.pending:
         note(
             f"{plural(report.pending, 'entry', 'entries')} still in the event streams, not yet "

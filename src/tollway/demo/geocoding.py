@@ -23,7 +23,7 @@ from tollway.outbound.geocode.adapters import make_adapter
 from tollway.outbound.geocode.batch import BatchReport, geocode_csv
 from tollway.outbound.geocode.geocoder import Geocoder
 from tollway.outbound.geocode.stubs import running_stubs
-from tollway.outbound.route import ThresholdAlert
+from tollway.outbound.routing import ThresholdAlert
 from tollway.testing import FakeClock
 
 __all__ = ["GeocodingDemo", "demo_addresses", "demo_route_policy", "run_geocoding_demo"]

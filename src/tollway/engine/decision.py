@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from tollway.engine.rules import GATE, RATE, WINDOW, Rule
+from tollway.errors import UnknownLimitError
 from tollway.money import micros_to_decimal
 
 if TYPE_CHECKING:
@@ -163,6 +164,25 @@ class Crossing:
     operation: str | None = None
 
 
+def find_limit(
+    limits: Sequence[LimitState],
+    name: str,
+    operation: str | None,
+    subject: str,
+    plan: str | None,
+) -> LimitState:
+    """The state called ``name`` (of ``operation``, if given) among ``limits``."""
+    for state in limits:
+        if state.name == name and (operation is None or state.operation == operation):
+            return state
+    known = sorted({state.name for state in limits})
+    of = f" of operation {operation!r}" if operation is not None else ""
+    raise UnknownLimitError(
+        f"limit: {name!r}{of} does not apply to {subject!r} (plan {plan!r}); its limits: "
+        f"{', '.join(known) or 'none'}"
+    )
+
+
 class Decision:
     """The answer of `acquire`: allowed or not, which limits said no, and where each stands."""
 
@@ -206,6 +226,22 @@ class Decision:
         self.rules = step.rules
         self.crossed = crossed
         """Thresholds first reached by this step, as the store reported them."""
+
+    @property
+    def step(self) -> Step:
+        """The store request this decision answers (read-only: for tollway's own features,
+        such as the HTTP headers and the router, that read its costs and windows)."""
+        return self._step
+
+    @property
+    def values(self) -> Sequence[int]:
+        """Each rule's stored value as the store answered (a TAT or a count; read-only)."""
+        return self._values
+
+    @property
+    def misfits(self) -> int:
+        """Bit i set: rule i's cost did not fit (for a shadow rule: it would have denied)."""
+        return self._misfits
 
     @property
     def subject(self) -> str:
@@ -254,11 +290,9 @@ class Decision:
             yield rule, admitted, figures(rule, value, cost, now, window, admitted), window
 
     def limit(self, name: str, operation: str | None = None) -> LimitState:
-        """The state of the limit called ``name``."""
-        for state in self.limits:
-            if state.name == name and (operation is None or state.operation == operation):
-                return state
-        raise KeyError(name)
+        """The state of the limit called ``name`` (of ``operation``, for a limit counted per
+        operation); `UnknownLimitError` (a `KeyError` too) when none applied."""
+        return find_limit(self.limits, name, operation, self.subject, self.plan)
 
     @property
     def violated(self) -> tuple[str, ...]:

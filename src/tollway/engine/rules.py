@@ -231,11 +231,6 @@ class Check:
             return None
         return [micros if rule.money else units for rule in self.rules]
 
-    def current_span(self, now_us: int) -> Span | None:
-        """The cached span if it holds ``now_us`` (no window is computed)."""
-        cached = self._windows
-        return cached if cached[0] <= now_us < cached[1] else None
-
     def windows(self, now_us: int) -> Span:
         """The rules' windows at ``now_us`` and the script's rule argument for them."""
         cached = self._windows

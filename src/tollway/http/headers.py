@@ -141,7 +141,7 @@ _Standing = tuple[_Member, int, int, int, bool]
 
 
 def _layout(decision: Decision) -> _Layout:
-    step = decision._step
+    step = decision.step
     key = step.check if step.check is not None else decision.rules
     layout = _LAYOUTS.get(key)
     if layout is None:
@@ -154,10 +154,10 @@ def _layout(decision: Decision) -> _Layout:
 def _standings(decision: Decision, layout: _Layout) -> list[_Standing]:
     """Each enforcing limit's figures, from the decision's raw values (this runs on every
     response, so it is inlined arithmetic on integers, no objects per limit)."""
-    step = decision._step
+    step = decision.step
     now = decision.now_us
-    values = decision._values
-    misfits = decision._misfits
+    values = decision.values
+    misfits = decision.misfits
     windows = step.windows
     out: list[_Standing] = []
     for member in layout.members:
@@ -258,7 +258,7 @@ def ratelimit_fields(decision: Decision, *, mode: Mode = "all") -> list[tuple[st
         closest = _closest(standings)
         standings = [] if closest is None else [closest]
     elif standings:
-        span = decision._step.span
+        span = decision.step.span
         cached_span, policy = layout.last_policy
         if cached_span is not span:
             policy = _policy_value(standings)

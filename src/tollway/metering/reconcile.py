@@ -8,6 +8,11 @@ for a quota, amount for a budget, over the operations the limit applies to (one,
 counted per operation). Events from steps have ``meter == operation``; only those are summed,
 so usage recorded with a meter of its own (`Tollway.record`) makes no drift.
 
+Which subjects: those named, else every subject the store holds counters for, every subject
+with events in the ledger in the current windows, and every provider of the policy. A subject
+the ledger has never seen is compared too (its counters are all drift). A ledger with no events
+at all is said so (`Report.ledger_events`), since it may only mean nothing was drained yet.
+
 Entries still in the streams (not drained yet) are counted in the store and not yet in the
 ledger: a drift while `Report.pending` is not 0 may be just that. What open reservations hold
 is counted in the store and in no event until committed: it is read from the store's holds
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from tollway.engine.decision import LimitState
 from tollway.engine.rules import PROVIDER_OPERATION, TIER_COUNTER
 from tollway.engine.step import PEEK, PROVIDER_PREFIX
-from tollway.errors import UnknownNameError
+from tollway.errors import StoreUnavailableError, UnknownNameError
 from tollway.money import decimal_to_micros, micros_to_decimal
 
 if TYPE_CHECKING:
@@ -97,6 +102,13 @@ class Report:
     rows: tuple[Drift, ...]
     pending: int | None = None
     """Entries still in the event streams, not yet committed (None: not counted)."""
+    ledger_events: int | None = None
+    """How many events the ledger holds in all (None: not counted). 0 means it has none
+    yet: nothing drained, or the wrong ledger; no drift then is no proof of anything."""
+
+    @property
+    def ledger_empty(self) -> bool:
+        return self.ledger_events == 0
 
     @property
     def drifts(self) -> tuple[Drift, ...]:
@@ -119,6 +131,24 @@ def ledger_subjects(ledger: Ledger, since_us: int) -> list[str]:
     return ledger.subjects(since_us)
 
 
+def store_subjects(store: object) -> list[str]:
+    """Every subject the store holds state for: the memory store lists them; on Redis, a
+    SCAN of the subjects' hashes (every primary of a cluster)."""
+    listing = getattr(store, "subjects", None)
+    if listing is not None:
+        return list(listing())
+    client = getattr(store, "client", None)
+    if client is None:  # a store of another kind: only the ledger's subjects are known
+        return []
+    from tollway.stores.redis_codec import STATE_PATTERN, subject_of
+
+    try:
+        keys = client.scan_iter(match=STATE_PATTERN, count=1000)
+        return sorted({subject_of(key) for key in keys})
+    except Exception as exc:  # redis-py's errors: the store could not be listed
+        raise StoreUnavailableError(f"listing the store's subjects failed: {exc}") from exc
+
+
 def reconcile(
     tw: Tollway,
     ledger: Ledger,
@@ -126,14 +156,18 @@ def reconcile(
     *,
     pending: int | None = None,
 ) -> Report:
-    """Compare every quota and budget of ``subjects`` (default: every subject with events in
-    the ledger in the current windows, and every provider of the policy) with the ledger."""
+    """Compare every quota and budget of ``subjects`` (default: every subject the store has
+    counters for, every subject with events in the ledger in the current windows, and every
+    provider of the policy) with the ledger."""
     policy = tw.policy
     if subjects is None:
         since = tw.engine.clock() - lookback_us(policy)
         # The providers always: a provider whose events the ledger lacks still shows.
         providers = [PROVIDER_PREFIX + name for name in policy.providers]
-        subjects = sorted(set(ledger_subjects(ledger, since)) | set(providers))
+        known = set(ledger_subjects(ledger, since)) | set(providers)
+        # A provider the policy no longer declares has nothing to compare with.
+        counted = {s for s in store_subjects(tw.store) if not s.startswith(PROVIDER_PREFIX)}
+        subjects = sorted(known | counted)
     rows: list[Drift] = []
     held_by = getattr(tw.store, "held", None)
     for subject in subjects:
@@ -147,7 +181,7 @@ def reconcile(
             field += f":{state.operation}" if state.operation else ""
             holding = held.get((field, row.window_start_us), 0)
             rows.append(replace(row, held=holding) if holding else row)
-    return Report(tuple(rows), pending)
+    return Report(tuple(rows), pending, ledger.count())
 
 
 def _read(
@@ -163,7 +197,7 @@ def _read(
                 f"subject: {subject!r} names provider {name!r}, which the policy does not "
                 f"declare; known providers: {', '.join(sorted(policy.providers)) or 'none'}"
             )
-        decision = tw._decide(lambda: tw.engine.provider(name, None, None, PEEK))
+        decision = tw.driver.decide(lambda: tw.engine.provider(name, None, None, PEEK))
         limits = {limit.name: limit for limit in provider.limits}
         return decision.limits, limits, (PROVIDER_OPERATION,)
     usage = tw.usage(subject)

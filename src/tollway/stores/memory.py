@@ -27,22 +27,11 @@ from tollway.engine.health import (
     HealthOp,
     HealthReply,
 )
+from tollway.engine.replies import DENIED, DUPLICATE, OK, PLAN_MISMATCH, STALE_WINDOW, Reply, reply
 from tollway.engine.rules import GATE, RATE, WINDOW
-from tollway.engine.step import (
-    ACQUIRE,
-    DENIED,
-    DUPLICATE,
-    OK,
-    PEEK,
-    PLAN_MISMATCH,
-    RESERVE,
-    STALE_WINDOW,
-    Reply,
-    Step,
-    reply,
-)
+from tollway.engine.settle import Hold, SettleStep, hold_of
+from tollway.engine.step import ACQUIRE, PEEK, RESERVE, Step
 from tollway.engine.template import new_event_id
-from tollway.stores.settle import Hold, SettleStep, hold_of
 
 # How long a window's counter outlives the window (for late refunds and inspection).
 RETENTION_US = 3600 * 1_000_000
@@ -466,6 +455,11 @@ class MemoryStore:
 
     def new_hold_id(self) -> str:
         return uuid.uuid4().hex
+
+    def subjects(self) -> list[str]:
+        """Every subject the store holds state for (counters, gates, an assigned plan)."""
+        with self._lock:
+            return sorted(set(self._states) | set(self._plans))
 
     def size(self) -> int:
         """Subjects with state, plus holds, held now (for tests of bounded memory)."""

@@ -12,11 +12,12 @@ from importlib import resources
 from typing import Any
 
 from tollway.engine.health import HealthOp, HealthReply
+from tollway.engine.replies import PLAN_MISMATCH, Reply, ReplyCode, reply
 from tollway.engine.rules import GATE, RATE
-from tollway.engine.step import ACQUIRE, PLAN_MISMATCH, Reply, Step, reply
+from tollway.engine.settle import SettleStep
+from tollway.engine.step import ACQUIRE, Step
 from tollway.stores.journal import JournalEntry
 from tollway.stores.memory import RETENTION_US
-from tollway.stores.settle import SettleStep
 
 REPLAY_MARK_TTL_MS = 7 * 24 * 3600 * 1000
 
@@ -32,6 +33,8 @@ def _script(name: str) -> Script:
     folder = resources.files("tollway.stores") / "lua"
     lib = (folder / "lib.lua").read_text(encoding="utf-8")
     lib = lib.replace("__RETENTION__", str(RETENTION_US))
+    for code in ReplyCode:
+        lib = lib.replace(code.placeholder, str(int(code)))
     text = lib + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
     return Script(name, text, hashlib.sha1(text.encode("utf-8")).hexdigest())
 
@@ -42,11 +45,23 @@ REPLAY = _script("replay")
 ASSIGN = _script("assign")
 HEALTH = _script("health")
 RETENTION = str(RETENTION_US)
+EXPIRED = ReplyCode.EXPIRED
+"""The step reached the store after its deadline and was not taken (the store resends)."""
 
 
 def state_key(subject: str) -> str:
     """The subject's hash; its holds and replay marks hang below it in the same slot."""
     return f"tw:{{{subject}}}"
+
+
+STATE_PATTERN = "tw:{*}"
+"""SCAN pattern of the subjects' hashes (what hangs below them ends otherwise)."""
+
+
+def subject_of(key: bytes | str) -> str:
+    """The subject whose hash ``key`` (`state_key`) is."""
+    text = key.decode("utf-8") if isinstance(key, bytes) else key
+    return text[len("tw:{") : -1]
 
 
 def step_call(
@@ -115,10 +130,6 @@ def read_health(raw: list[Any]) -> HealthReply:
 
 def assign_call(subject: str, plan: str | None) -> tuple[list[str], list[Any]]:
     return [state_key(subject)], [plan or ""]
-
-
-EXPIRED = 4
-"""The step reached the store after its deadline and was not taken."""
 
 
 def read_reply(raw: list[Any]) -> Reply:

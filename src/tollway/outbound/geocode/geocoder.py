@@ -26,7 +26,7 @@ from tollway.outbound.geocode.from_policy import adapters_from_policy
 from tollway.outbound.geocode.inflight import SingleFlight
 from tollway.outbound.geocode.pending import PendingCalls
 from tollway.outbound.geocode.result import GeocodeResult
-from tollway.outbound.route import AlertSink, Skip
+from tollway.outbound.routing import AlertSink, Skip
 from tollway.outbound.signals import Signal
 
 if TYPE_CHECKING:

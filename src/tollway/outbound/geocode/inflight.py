@@ -24,8 +24,9 @@ An `AsyncSingleFlight` serves tasks of one event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -140,6 +141,28 @@ class _Flights(Generic[E]):
         else:  # CancelledError, KeyboardInterrupt, SystemExit: the leader's own business
             self._settle(key, call, _ABANDONED)
 
+    @contextlib.contextmanager
+    def _leading(self, key: Hashable, call: _Call[E]) -> Iterator[_Call[E]]:
+        """Around the leader's run of the function: its outcome settles the call (the face
+        sets ``call.value``), and the waiters wake whatever happens."""
+        try:
+            yield call
+        except BaseException as exc:
+            self._lead_failed(key, call, exc)
+            raise
+        else:
+            self._settle(key, call, _OK, call.value)
+        finally:
+            call.done.set()
+
+    @contextlib.contextmanager
+    def _waiting(self, call: _Call[E]) -> Iterator[None]:
+        """Around a waiter's wait: it stops counting as a waiter however the wait ends."""
+        try:
+            yield
+        finally:
+            self._leave(call)
+
     def _collect(self, call: _Call[E]) -> Any:
         """A waiter's answer once ``call`` is done: its value, its exception, or `_RETRY`."""
         if call.state == _ABANDONED:
@@ -164,20 +187,11 @@ class SingleFlight(_Flights[threading.Event]):
         while True:
             call, leader = self._join(key, me)
             if leader:
-                try:
-                    value = fn()
-                except BaseException as exc:
-                    self._lead_failed(key, call, exc)
-                    raise
-                else:
-                    self._settle(key, call, _OK, value)
-                    return value
-                finally:
-                    call.done.set()
-            try:
+                with self._leading(key, call):
+                    call.value = fn()
+                return call.value  # type: ignore[no-any-return]
+            with self._waiting(call):
                 call.done.wait()
-            finally:
-                self._leave(call)
             outcome = self._collect(call)
             if outcome is not _RETRY:
                 return outcome  # type: ignore[no-any-return]
@@ -199,22 +213,13 @@ class AsyncSingleFlight(_Flights[asyncio.Event]):
         while True:
             call, leader = self._join(key, me)
             if leader:
-                try:
-                    value = await coro_fn()
-                except BaseException as exc:
-                    self._lead_failed(key, call, exc)
-                    raise
-                else:
-                    self._settle(key, call, _OK, value)
-                    return value
-                finally:
-                    call.done.set()
-            try:
-                # Event.wait, unlike awaiting a shared future, can be cancelled for this
-                # waiter alone.
+                with self._leading(key, call):
+                    call.value = await coro_fn()
+                return call.value  # type: ignore[no-any-return]
+            # Event.wait, unlike awaiting a shared future, can be cancelled for this waiter
+            # alone.
+            with self._waiting(call):
                 await call.done.wait()
-            finally:
-                self._leave(call)
             outcome = self._collect(call)
             if outcome is not _RETRY:
                 return outcome  # type: ignore[no-any-return]

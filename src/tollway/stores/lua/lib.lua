@@ -9,6 +9,9 @@
 -- Counts stay below 2^53; '%.0f' writes them whole (tostring would use exponents).
 -- How long a window's counter outlives its window (us); the same as the memory store's.
 local RETENTION = __RETENTION__
+-- Reply codes (tollway.engine.replies.ReplyCode), substituted at load time like RETENTION.
+local OK, DENIED, PLAN_MISMATCH = __OK__, __DENIED__, __PLAN_MISMATCH__
+local STALE_WINDOW, EXPIRED, DUPLICATE = __STALE_WINDOW__, __EXPIRED__, __DUPLICATE__
 
 local function fmt(n)
   return string.format('%.0f', n)

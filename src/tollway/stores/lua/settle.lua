@@ -5,7 +5,7 @@
 --       none: a release), 4 its id, 5 its attributes (JSON or ''), 6 how long a caller's
 --       request id is remembered (ms; 0: the id is not the caller's), then 6 per entry:
 --       field, is rate (1/0), live delta, late delta, window start, window end (0 for a rate)
--- Reply: {code, now, 0, 0, value...}; code 0 the hold was live, 1 it had expired.
+-- Reply: {code, now, 0, 0, value...}; code OK the hold was live, DENIED it had expired.
 local now = clock()
 local key = KEYS[1]
 local retention = tonumber(ARGV[2])
@@ -57,8 +57,8 @@ if ARGV[3] ~= '' then
     redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', ARGV[3], 'i', event_id)
   end
 end
-local code = 1
+local code = DENIED
 if live then
-  code = 0
+  code = OK
 end
 return {code, now, 0, 0, unpack(values)}

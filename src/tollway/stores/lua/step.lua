@@ -13,9 +13,10 @@
 --       events), 5 the caller's request id ('' for none), 6 its attributes (JSON, or ''),
 --       7 how long a request id is remembered (ms)
 -- KEYS: 2 the event stream (with events), in the subject's hash slot
--- Reply: {code, now, misfits, crossings, crossing..., value...}; code 0 taken, 1 denied,
---        5 already taken under this request id (nothing consumed again; values as found),
---        2 plan mismatch (+ plan), 3 stale window, 4 past its deadline (the client has given
+-- Reply: {code, now, misfits, crossings, crossing..., value...}; code (tollway.engine.replies)
+--        OK taken, DENIED denied, DUPLICATE already taken under this request id (nothing
+--        consumed again; values as found), PLAN_MISMATCH (+ plan), STALE_WINDOW, EXPIRED
+--        past its deadline (the client has given
 --        up on this step, and may let it through unrecorded and journal it: so it must not
 --        count here). Values are after the step when taken, as
 --        found otherwise. A crossing is rule * 64 + threshold (0-based), reported by the one
@@ -24,7 +25,7 @@ local now = clock()
 local key = KEYS[1]
 local spec = cjson.decode(ARGV[1])
 if spec[5] > 0 and now > spec[5] then
-  return {4, now, 0, 0}
+  return {EXPIRED, now, 0, 0}
 end
 local n = (#spec - 5) / 6
 local names = {'plan', 'hx', 'exp'}
@@ -33,7 +34,7 @@ for b = 6, #spec, 6 do
   local kind = spec[b] % 8
   if kind == 1 or kind == 2 then
     if now < spec[b + 3] or now >= spec[b + 4] then
-      return {3, now, 0, 0}
+      return {STALE_WINDOW, now, 0, 0}
     end
     names[#names + 1] = spec[b + 1] .. '@'
   end
@@ -41,7 +42,7 @@ end
 local found = redis.call('HMGET', key, unpack(names))
 local plan = found[1]
 if (plan or '') ~= ARGV[2] then
-  return {2, now, 0, 0, plan or ''}
+  return {PLAN_MISMATCH, now, 0, 0, plan or ''}
 end
 local retention = RETENTION
 if found[2] and tonumber(found[2]) <= now then
@@ -109,10 +110,10 @@ for j = 1, n do
 end
 local mode = spec[1]
 if mode == 2 then
-  return {0, now, misfits, 0, unpack(values)}
+  return {OK, now, misfits, 0, unpack(values)}
 end
 if seen and redis.call('EXISTS', seen) == 1 then
-  return {5, now, 0, 0, unpack(values)}
+  return {DUPLICATE, now, 0, 0, unpack(values)}
 end
 if denied then
   if template ~= '' then
@@ -133,7 +134,7 @@ if denied then
       bit = bit * 2
     end
   end
-  return {1, now, misfits, 0, unpack(values)}
+  return {DENIED, now, misfits, 0, unpack(values)}
 end
 if seen then
   redis.call('SET', seen, '1', 'PX', ARGV[7])
@@ -223,7 +224,7 @@ if mode == 1 then
   end
   keep_until(key, expires + retention, plan, redis.call('HGET', key, 'exp'))
 end
-local reply = {0, now, misfits, 0}
+local reply = {OK, now, misfits, 0}
 bit = 1
 for j = 1, n do
   local b = j * 6

@@ -12,14 +12,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from tollway.engine.core import Engine
 from tollway.engine.decision import Crossing, Decision
 from tollway.engine.health import CLOSE, ERROR, EXTEND, FLOOR, HealthOp
 from tollway.engine.rules import GATES, TIER_COUNTER, WINDOW, Check
-from tollway.engine.step import Engine, provider_subject
+from tollway.engine.step import provider_subject
 from tollway.engine.windows import window_at
-from tollway.errors import UnknownNameError
+from tollway.errors import UnknownLimitError, UnknownNameError
 from tollway.outbound.signals import Signal
-from tollway.policy.model import Provider, Route
+from tollway.policy.model import Provider
+from tollway.policy.model import Route as RouteSpec  # the policy's route, not `outbound.Route`
 
 __all__ = ["Outcome", "RouteCore", "Skip", "ThresholdAlert"]
 
@@ -109,7 +111,7 @@ class RouteCore:
                 f"{', '.join(sorted(policy.routes)) or 'none'}"
             )
         self.engine = engine
-        self.route: Route = route
+        self.route: RouteSpec = route
         self.name = name
         self.providers: dict[str, Provider] = {p: policy.providers[p] for p in route.providers}
         self.checks: dict[str, Check] = {p: engine.compiled.providers[p] for p in route.providers}
@@ -170,7 +172,7 @@ class RouteCore:
         ahead (read from the raw figures; building every limit's state costs more)."""
         if decision.degraded or not decision.allowed:
             return False
-        return bool(decision._values[BREAKER_INDEX] > decision.now_us)
+        return bool(decision.values[BREAKER_INDEX] > decision.now_us)
 
     def alerts(self, provider: str, decision: Decision) -> None:
         """Hand the thresholds this reservation crossed to ``on_threshold``."""
@@ -311,7 +313,7 @@ class RouteCore:
             return None
         try:
             counted = int(decision.limit(TIER_COUNTER).used)
-        except KeyError:
+        except UnknownLimitError:
             return None
         first = counted - decision.cost + 1  # this reservation's first unit of the month
         last = first + units - 1
