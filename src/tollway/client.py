@@ -17,9 +17,14 @@ from tollway.driver import AsyncDriver, Driver, drive, drive_async
 from tollway.engine import flows
 from tollway.engine.core import Engine
 from tollway.engine.decision import Decision
-from tollway.engine.flows import acquire as _acquire
+from tollway.engine.replies import Reply
 from tollway.engine.requests import Assign, Assigned, Delete, Flow
-from tollway.errors import ConfigurationError, UnknownLimitError, UnknownPlanError
+from tollway.errors import (
+    ConfigurationError,
+    StoreUnavailableError,
+    UnknownLimitError,
+    UnknownPlanError,
+)
 from tollway.policy import load
 from tollway.policy.model import Policy
 from tollway.reservation import AsyncReservation, Reservation
@@ -281,8 +286,23 @@ class Tollway(_Face[SyncStore, Driver]):
         ``id``: the caller's request id. It is the usage event's id, and a step retried with
         an id already taken (within ``[ledger] dedupe_s``) consumes nothing again: the decision
         is allowed, with ``duplicate`` set. ``attributes`` travel with the usage event."""
-        flow = _acquire(self._engine, subject, operation, cost, amount, id, attributes)
-        return drive(flow, self._store)
+        # The common case makes no generator: one store call, then the decision (see
+        # `flows.acquire_step`); anything else is the shared flow's.
+        engine, store = self._engine, self._store
+        step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
+        outcome: Reply | StoreUnavailableError
+        try:
+            outcome = answer = store.execute(step)
+        except StoreUnavailableError as exc:
+            outcome = exc
+        else:
+            decision = flows.acquire_answered(engine, step, answer)
+            if decision is not None:
+                return decision
+        rest = flows.acquire_rest(
+            engine, step, outcome, subject, operation, cost, amount, id, attributes
+        )
+        return drive(rest, store)
 
     def reserve(
         self,
@@ -367,8 +387,21 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         attributes: Mapping[str, str | int | bool] | None = None,
     ) -> Decision:
         """See `Tollway.acquire`."""
-        flow = _acquire(self._engine, subject, operation, cost, amount, id, attributes)
-        return await drive_async(flow, self._store)
+        engine, store = self._engine, self._store  # the hot path of `Tollway.acquire`
+        step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
+        outcome: Reply | StoreUnavailableError
+        try:
+            outcome = answer = await store.execute(step)
+        except StoreUnavailableError as exc:
+            outcome = exc
+        else:
+            decision = flows.acquire_answered(engine, step, answer)
+            if decision is not None:
+                return decision
+        rest = flows.acquire_rest(
+            engine, step, outcome, subject, operation, cost, amount, id, attributes
+        )
+        return await drive_async(rest, store)
 
     async def reserve(
         self,

@@ -33,13 +33,13 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from tollway.client import AsyncTollway, Tollway
+from tollway.drive import adrive, drive
 from tollway.errors import (
     ConfigurationError,
     InvalidArgumentError,
     StoreError,
     UnknownNameError,
 )
-from tollway.stores.flow import adrive, drive
 from tollway.stores.key_ops import (
     AddToIndex,
     CreateRecord,

@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, Union
 
+from tollway.drive import adrive, drive
 from tollway.errors import ConfigurationError, InvalidArgumentError
 from tollway.metering.asyncsinks import AsyncSink
 from tollway.metering.cloudevents import (
@@ -61,7 +62,6 @@ from tollway.metering.deliverystate import (
     DeliveryStatus,
     outcome_of,
 )
-from tollway.metering.driving import adrive, drive
 from tollway.metering.retry import DEFAULT_DELAYS, RetrySchedule
 from tollway.metering.sinks import (
     DEFAULT_TIMEOUT,

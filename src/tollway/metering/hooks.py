@@ -42,6 +42,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic
 
+from tollway.drive import adrive, drive
 from tollway.engine.step import system_clock
 from tollway.errors import ConfigurationError
 from tollway.metering.asyncsinks import (
@@ -54,7 +55,6 @@ from tollway.metering.asyncsinks import (
 )
 from tollway.metering.delivery import S, Send
 from tollway.metering.dispatch import DispatchLogic, Request
-from tollway.metering.driving import adrive, drive
 from tollway.metering.ledger.base import AsyncLedger, Ledger
 from tollway.metering.sinks import CallableSink, Message, RedisStreamSink, Sink, WebhookSink
 from tollway.metering.webhooks import WebhookSecret, parse_secrets

@@ -2,7 +2,7 @@
 
 `tollway.keys` writes each operation (create, verify, list, revoke, rotate) once, as a
 generator that yields `KeyOp` requests and is sent their answers (httpx's ``auth_flow``
-pattern); `tollway.stores.flow.drive` answers them from a sync storage's ``run``, ``adrive``
+pattern); `tollway.drive.drive` answers them from a sync storage's ``run``, ``adrive``
 from an async one's. The storages
 (`tollway.stores.keys_memory`, `tollway.stores.keys_redis`) answer each request with one
 single-key command, so everything runs unchanged on a Redis Cluster.

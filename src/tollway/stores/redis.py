@@ -15,6 +15,7 @@ from collections.abc import Callable
 from operator import methodcaller
 from typing import Any, TypeVar
 
+from tollway.drive import adrive, drive
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.step import Reply, Step
 from tollway.errors import ConfigurationError, StoreUnavailableError
@@ -22,7 +23,6 @@ from tollway.events import REGISTRY, stream_key, warm_slot_tags
 from tollway.policy.model import LedgerConfig, StoreConfig
 from tollway.stores import redis_codec as codec
 from tollway.stores.deadline import Deadlines
-from tollway.stores.flow import adrive, drive
 from tollway.stores.journal import Journal, JournalEntry, default_folder
 from tollway.stores.redis_guard import Guard
 from tollway.stores.redis_requests import Command, Flow, Request, ScriptCall

@@ -30,8 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg.rows import TupleRow
 
+from tollway.drive import adrive, drive
 from tollway.errors import ConfigurationError, LedgerError, LedgerUnavailableError
-from tollway.metering.driving import adrive, drive
 from tollway.metering.ledger.base import AsyncLedger, Ledger
 from tollway.metering.ledger.flows import Flow, Query, drive_async_psycopg, drive_psycopg
 from tollway.metering.ledger.ingest import Ingested, IngestState, ingest_flow

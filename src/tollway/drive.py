@@ -1,6 +1,7 @@
 """Drive a generator-written piece of logic with a sync or an async face.
 
-The logic (a delivery, a dispatcher's round) is a generator that yields requests for I/O and
+The logic (a Redis store operation, an API key's, a ledger connection's, a delivery, a
+dispatcher's round) is a generator that yields requests for I/O and
 receives the answers: written once, with no I/O of its own (httpx's ``auth_flow`` is the
 model). `drive` answers each request with ``handle(request)``, `adrive` with ``await
 handle(request)``. An exception out of ``handle`` is thrown into the generator at the
