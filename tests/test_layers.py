@@ -38,6 +38,7 @@ LAYER_OF = {
     "tollway.money": "base",
     "tollway.events": "base",
     "tollway.drive": "base",
+    "tollway.clock": "base",
     "tollway.policy": "policy",
     "tollway.engine": "engine",
     "tollway.stores": "stores",
@@ -76,6 +77,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ),
     ("tollway.errors", "tollway.outbound.routing"): (
         "TYPE_CHECKING only: NoProviderAvailable.skipped is annotated with Skip"
+    ),
+    ("tollway.errors", "tollway.outbound.signals"): (
+        "TYPE_CHECKING only: ProviderCallError.signal is annotated with Signal"
     ),
     ("tollway.client", "tollway.outbound.router"): (
         "Tollway.route / AsyncTollway.route: a face convenience constructor that lazily builds "

@@ -83,6 +83,47 @@ def test_all_is_pinned_and_importable() -> None:
         assert hasattr(tollway.outbound, name), name
 
 
+ERRORS = {
+    "CacheError",
+    "ConfigurationError",
+    "EventFormatError",
+    "InvalidArgumentError",
+    "InvalidUsageEventError",
+    "LedgerError",
+    "LedgerSchemaError",
+    "LedgerUnavailableError",
+    "LimitExceeded",
+    "NoProviderAvailable",
+    "PolicyError",
+    "PolicyIssue",
+    "ProviderCallError",
+    "ReentrantCallError",
+    "ReservationError",
+    "StoreError",
+    "StoreUnavailableError",
+    "TollwayError",
+    "UnknownLimitError",
+    "UnknownNameError",
+    "UnknownOperationError",
+    "UnknownPlanError",
+    "UnknownSubjectError",
+    "WebhookVerificationError",
+}
+
+
+def test_every_error_is_defined_in_errors_and_exported_there() -> None:
+    assert set(tollway.errors.__all__) == ERRORS
+    defined = {
+        name
+        for name, obj in inspect.getmembers(tollway.errors, inspect.isclass)
+        if obj.__module__ == "tollway.errors"
+    }
+    assert defined == ERRORS
+    # where they were first defined, they are still importable (the same class)
+    assert tollway.outbound.ProviderCallError is tollway.errors.ProviderCallError
+    assert tollway.outbound.geocode.CacheError is tollway.errors.CacheError
+
+
 def test_every_error_derives_from_tollway_error() -> None:
     errors = [
         obj

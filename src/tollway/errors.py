@@ -8,6 +8,34 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tollway.engine.decision import Decision
     from tollway.outbound.routing import Skip
+    from tollway.outbound.signals import Signal
+
+__all__ = [
+    "CacheError",
+    "ConfigurationError",
+    "EventFormatError",
+    "InvalidArgumentError",
+    "InvalidUsageEventError",
+    "LedgerError",
+    "LedgerSchemaError",
+    "LedgerUnavailableError",
+    "LimitExceeded",
+    "NoProviderAvailable",
+    "PolicyError",
+    "PolicyIssue",
+    "ProviderCallError",
+    "ReentrantCallError",
+    "ReservationError",
+    "StoreError",
+    "StoreUnavailableError",
+    "TollwayError",
+    "UnknownLimitError",
+    "UnknownNameError",
+    "UnknownOperationError",
+    "UnknownPlanError",
+    "UnknownSubjectError",
+    "WebhookVerificationError",
+]
 
 
 class TollwayError(Exception):
@@ -163,3 +191,24 @@ class LedgerUnavailableError(LedgerError):
 
 class LedgerSchemaError(LedgerError):
     """The ledger's schema cannot be used: newer than this tollway, or a migration failed."""
+
+
+class ProviderCallError(TollwayError):
+    """A call to a provider failed; ``signal`` says what that means for the provider's health
+    (the router reads it to cool down, mark exhausted or count an error, then fails over)."""
+
+    def __init__(self, provider: str, signal: Signal, message: str = "") -> None:
+        self.provider = provider
+        self.signal = signal
+        super().__init__(
+            message
+            or f"{provider}: {signal.kind}" + (f" ({signal.detail})" if signal.detail else "")
+        )
+
+
+class ReentrantCallError(TollwayError, RuntimeError):
+    """The function running for a key asked for that same key again (it would wait forever)."""
+
+
+class CacheError(TollwayError):
+    """The cache file cannot be used: not a SQLite database, from a newer version, closed."""

@@ -23,6 +23,7 @@ from decimal import Decimal
 from importlib import resources
 
 from tollway.client import Tollway
+from tollway.clock import US
 from tollway.demo.inbound_script import Call, script, subject_names
 from tollway.engine.decision import Decision, LimitState
 from tollway.errors import ConfigurationError
@@ -46,7 +47,6 @@ DEMO_POLICY = _policy_text()
 
 DAY = datetime(2024, 6, 4, tzinfo=timezone.utc)
 """The simulated day (a Tuesday), midnight to midnight UTC."""
-US = 1_000_000
 HOUR = 3600 * US
 DAY_US = 24 * HOUR
 NEEDED_PLANS = ("free", "pro")

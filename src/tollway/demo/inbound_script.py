@@ -9,11 +9,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from tollway.clock import US
 from tollway.errors import ConfigurationError
 
 __all__ = ["HOUR", "MAX_SUBJECTS", "ROLES", "UPGRADE_AT", "Call", "script", "subject_names"]
 
-US = 1_000_000
 HOUR = 3600 * US
 MS = 1000
 ROLES = ("light", "heavy", "upgrader", "spender")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway.client import Tollway
+from tollway.clock import US
 from tollway.demo.metering_figures import (
     FlushStep,
     MeteringDemo,
@@ -82,7 +83,6 @@ ENRICH_PRICE = Decimal("0.02")
 START = datetime(2026, 6, 10, 9, 0, tzinfo=timezone.utc)
 GRACE_S = 5.0
 """The dispatcher's grace after a minute ends before its bucket is sent (its default)."""
-US = 1_000_000
 
 # Per subject: (sessions in the hour, geocode calls in all). The heavy subject asks for more
 # than its quota holds; the others stay under 50 % of it, so they raise no notice, even while

@@ -12,14 +12,13 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from tollway.clock import US
 from tollway.engine.rules import GATE, RATE, WINDOW, Rule
 from tollway.errors import UnknownLimitError
 from tollway.money import micros_to_decimal
 
 if TYPE_CHECKING:
     from tollway.engine.step import Step
-
-US = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 from tollway.engine.decision import Decision, DegradedDecision
-from tollway.engine.replies import Reply, reply
 from tollway.engine.rules import ALWAYS, Check, Rule, Span
 
 ACQUIRE = 0
@@ -128,10 +127,8 @@ __all__ = [
     "PEEK",
     "PROVIDER_PREFIX",
     "RESERVE",
-    "Reply",  # the stores' protocol names it here too
     "Step",
     "degraded",
     "provider_subject",
-    "reply",
     "system_clock",
 ]

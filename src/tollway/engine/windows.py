@@ -12,9 +12,9 @@ from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from tollway.clock import US
 from tollway.policy.model import Period
 
-US = 1_000_000
 _UTC = timezone.utc
 
 

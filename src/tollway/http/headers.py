@@ -40,6 +40,7 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
+from tollway.clock import US
 from tollway.engine.decision import Decision
 from tollway.engine.rules import GATE, RATE, Rule
 
@@ -54,7 +55,6 @@ __all__ = [
 ]
 
 Mode = Literal["all", "closest", "none"]
-US = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, Union
 
+from tollway.clock import US
 from tollway.metering.delivery import Delivery, S, Send
 from tollway.metering.deliverystate import DeliveryState
 from tollway.metering.hookevents import OutboxMessage, bucket_event, first_delay_us, message_of
@@ -36,7 +37,6 @@ from tollway.policy.model import HookConfig
 __all__ = ["DispatchLogic", "Transact"]
 
 T = TypeVar("T")
-US = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

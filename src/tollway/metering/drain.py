@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tollway.clock import US
 from tollway.errors import LedgerUnavailableError, TollwayError
 from tollway.metering.entries import Notice, decode_entry
 from tollway.metering.ledger.events import UsageEvent
@@ -46,7 +47,6 @@ Commit = Callable[[Sequence[UsageEvent], Sequence[Notice]], object]
 Item = UsageEvent | Notice
 PRUNE_IDLE_MS = 3_600_000
 """A consumer idle this long with nothing pending is a worker gone: its name is removed."""
-_US = 1_000_000
 _REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -171,8 +171,8 @@ class Drain:
         self.batch = batch or (ledger_config.batch if ledger_config is not None else 1000)
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
-        self.refresh_us = int(refresh_s * _US)
-        self.trim_us = int(trim_s * _US)
+        self.refresh_us = int(refresh_s * US)
+        self.trim_us = int(trim_s * US)
         # A cluster read does not block: wait this long when every stream was empty.
         self.idle_s = min(block_ms, 100) / 1000
         self.backoff = backoff or Backoff()
@@ -202,7 +202,7 @@ class Drain:
     def run(self, *, until_idle: bool = False, max_seconds: float | None = None) -> DrainStats:
         """Cycle until ``stop()`` (checked between batches), or the first idle cycle with
         ``until_idle``, or ``max_seconds`` on the clock."""
-        end = None if max_seconds is None else self.clock() + int(max_seconds * _US)
+        end = None if max_seconds is None else self.clock() + int(max_seconds * US)
         while not self.stop():
             handled = self.run_once()
             if until_idle and handled == 0 and self.idle:
@@ -379,7 +379,7 @@ class Drain:
         if isinstance(inserted, int):
             stats.inserted = (stats.inserted or 0) + inserted
         oldest = min((item.occurred_at_us for _, item in items), default=None)
-        stats.lag_s = max(0.0, (now - oldest) / _US) if oldest is not None else 0.0
+        stats.lag_s = max(0.0, (now - oldest) / US) if oldest is not None else 0.0
         stats.max_lag_s = max(stats.max_lag_s, stats.lag_s)
 
     # ------------------------------------------------------------------ hooks

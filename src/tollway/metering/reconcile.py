@@ -27,6 +27,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from tollway.clock import US
 from tollway.engine.decision import LimitState
 from tollway.engine.rules import PROVIDER_OPERATION, TIER_COUNTER
 from tollway.engine.step import PEEK, PROVIDER_PREFIX
@@ -40,14 +41,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Drift", "Report", "ledger_subjects", "reconcile"]
 
-_US = 1_000_000
 # How far back a window of each period can start (a month: 31 days, plus a DST hour).
 _LOOKBACK_US = {
-    "minute": 120 * _US,
-    "hour": 2 * 3600 * _US,
-    "day": 2 * 86_400 * _US,
-    "week": 8 * 86_400 * _US,
-    "month": 32 * 86_400 * _US,
+    "minute": 120 * US,
+    "hour": 2 * 3600 * US,
+    "day": 2 * 86_400 * US,
+    "week": 8 * 86_400 * US,
+    "month": 32 * 86_400 * US,
 }
 
 
@@ -245,7 +245,7 @@ def _compare(
 def _us(moment: datetime | None) -> int:
     if moment is None:  # a quota or budget always has a window; a rate would not
         return 0
-    return int(moment.timestamp()) * _US
+    return int(moment.timestamp()) * US
 
 
 def _all_limits(policy: Policy) -> Iterable[tuple[Limit, ...]]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 
+from tollway.clock import US
 from tollway.engine.template import new_event_id
 from tollway.errors import InvalidArgumentError
 from tollway.metering.ledger.events import AttributeValue, UsageEvent
@@ -24,7 +25,6 @@ from tollway.policy.model import Policy
 
 __all__ = ["MAX_AHEAD_US", "Recorder"]
 
-US = 1_000_000
 MAX_AHEAD_US = 300 * US
 """How far ahead of this process's clock an ``occurred_at`` may be (clock skew)."""
 

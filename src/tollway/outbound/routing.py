@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from tollway.clock import US
 from tollway.engine.core import Engine
 from tollway.engine.decision import Crossing, Decision
 from tollway.engine.health import CLOSE, ERROR, EXTEND, FLOOR, HealthOp
@@ -20,8 +21,7 @@ from tollway.engine.step import provider_subject
 from tollway.engine.windows import window_at
 from tollway.errors import UnknownLimitError, UnknownNameError
 from tollway.outbound.signals import Signal
-from tollway.policy.model import Provider
-from tollway.policy.model import Route as RouteSpec  # the policy's route, not `outbound.Route`
+from tollway.policy.model import Provider, RouteSpec
 
 __all__ = ["Outcome", "RouteCore", "Skip", "ThresholdAlert"]
 
@@ -30,7 +30,6 @@ BREAKER_INDEX = GATES.index("breaker")
 
 logger = logging.getLogger("tollway.outbound")
 
-US = 1_000_000
 MINUTE_US = 60 * US
 DEFAULT_COOLDOWN_S = 1.0
 """A 429 without ``Retry-After`` cools the provider down this long."""

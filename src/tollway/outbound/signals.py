@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-from tollway.errors import TollwayError
+from tollway.errors import ProviderCallError
 
 __all__ = ["SIGNAL_KINDS", "ProviderCallError", "Signal", "SignalKind", "parse_retry_after"]
 
@@ -104,16 +104,3 @@ def parse_retry_after(value: str | bytes | None, now: datetime | None = None) ->
         when = when.replace(tzinfo=timezone.utc)
     now = now or datetime.now(timezone.utc)
     return max(0.0, (when - now).total_seconds())
-
-
-class ProviderCallError(TollwayError):
-    """A call to a provider failed; ``signal`` says what that means for the provider's health
-    (the router reads it to cool down, mark exhausted or count an error, then fails over)."""
-
-    def __init__(self, provider: str, signal: Signal, message: str = "") -> None:
-        self.provider = provider
-        self.signal = signal
-        super().__init__(
-            message
-            or f"{provider}: {signal.kind}" + (f" ({signal.detail})" if signal.detail else "")
-        )

@@ -17,7 +17,7 @@ from tollway.policy.model import (
     Provider,
     Quota,
     Rate,
-    Route,
+    RouteSpec,
     StoreConfig,
 )
 from tollway.policy.schema import policy_schema
@@ -37,5 +37,5 @@ __all__ = [
     "Budget",
     "Grace",
     "Provider",
-    "Route",
+    "RouteSpec",
 ]

@@ -190,7 +190,7 @@ class Provider:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class RouteSpec:
     """An ordered chain of providers for one kind of outbound call."""
 
     name: str
@@ -288,7 +288,7 @@ class Policy:
     operations: Mapping[str, Operation] = field(default_factory=dict)
     plans: Mapping[str, Plan] = field(default_factory=dict)
     providers: Mapping[str, Provider] = field(default_factory=dict)
-    routes: Mapping[str, Route] = field(default_factory=dict)
+    routes: Mapping[str, RouteSpec] = field(default_factory=dict)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     hooks: tuple[HookConfig, ...] = ()
     """The ``[[hooks]]``: where usage events and limit notices are delivered."""

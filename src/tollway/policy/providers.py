@@ -9,7 +9,7 @@ from tollway.money import Money
 from tollway.policy import fields
 from tollway.policy.fields import show, text
 from tollway.policy.limits import parse_limits
-from tollway.policy.model import PriceTier, Provider, ProviderClient, ProviderHealth, Route
+from tollway.policy.model import PriceTier, Provider, ProviderClient, ProviderHealth, RouteSpec
 from tollway.policy.pricing import EXPLICIT
 from tollway.policy.walker import MONEY, NAME, TIMEZONE, Owner, Table, Walker, join
 
@@ -127,9 +127,9 @@ def _provider_client(w: Walker, t: Table, path: str) -> ProviderClient:
     )
 
 
-def parse_routes(w: Walker, doc: Table) -> dict[str, Route]:
+def parse_routes(w: Walker, doc: Table) -> dict[str, RouteSpec]:
     known = w.section_names(doc, "providers")
-    routes: dict[str, Route] = {}
+    routes: dict[str, RouteSpec] = {}
     for name, path, raw in w.named(w.section(doc, "routes"), "routes"):
         t = w.table(raw, path, ROUTE_KEYS)
         if "providers" in t:
@@ -138,5 +138,5 @@ def parse_routes(w: Walker, doc: Table) -> dict[str, Route]:
             w.error(path, 'missing key "providers"; expected a list of provider names')
             chain = ()
         strategy = w.get(t, path, "strategy", STRATEGY, "priority")
-        routes[name] = Route(name=name, providers=chain, strategy=cast(Strategy, strategy))
+        routes[name] = RouteSpec(name=name, providers=chain, strategy=cast(Strategy, strategy))
     return routes

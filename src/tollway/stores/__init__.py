@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from tollway.clock import US
 from tollway.engine.health import HealthOp, HealthReply
-from tollway.engine.step import Reply, Step
+from tollway.engine.replies import Reply
+from tollway.engine.settle import SettleStep
+from tollway.engine.step import Step
 from tollway.errors import ConfigurationError
 from tollway.policy.model import Policy
 from tollway.stores.memory import MemoryStore
-from tollway.stores.settle import SettleStep
 
 
 @runtime_checkable
@@ -110,7 +112,7 @@ def open_store(spec: str | SyncStore | None, policy: Policy, clock: Callable[[],
         return spec
     url = _url(spec, policy)
     if _is_memory(url):
-        return MemoryStore(clock, policy.ledger.dedupe_s * 1_000_000)
+        return MemoryStore(clock, policy.ledger.dedupe_s * US)
     from tollway.stores.redis import RedisStore
 
     return RedisStore(url, policy.store, clock, policy.ledger)
@@ -123,7 +125,7 @@ def open_async_store(
         return spec
     url = _url(spec, policy)
     if _is_memory(url):
-        return AsyncMemoryStore(MemoryStore(clock, policy.ledger.dedupe_s * 1_000_000))
+        return AsyncMemoryStore(MemoryStore(clock, policy.ledger.dedupe_s * US))
     from tollway.stores.redis import AsyncRedisStore
 
     return AsyncRedisStore(url, policy.store, clock, policy.ledger)

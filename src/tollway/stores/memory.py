@@ -15,6 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
+from tollway.clock import US
 from tollway.engine.health import (
     BREAKER,
     CLEAR,
@@ -34,9 +35,9 @@ from tollway.engine.step import ACQUIRE, PEEK, RESERVE, Step
 from tollway.engine.template import new_event_id
 
 # How long a window's counter outlives the window (for late refunds and inspection).
-RETENTION_US = 3600 * 1_000_000
+RETENTION_US = 3600 * US
 # A subject's expiry is pushed out with this much slack, so it moves about once a minute.
-_SLACK_US = 60 * 1_000_000
+_SLACK_US = 60 * US
 
 _new_tuple = tuple.__new__
 
@@ -51,7 +52,7 @@ class MemoryStore:
 
     url = "memory://"
 
-    def __init__(self, clock: Callable[[], int], dedupe_us: int = 86_400 * 1_000_000) -> None:
+    def __init__(self, clock: Callable[[], int], dedupe_us: int = 86_400 * US) -> None:
         self.clock = clock
         self.dedupe_us = dedupe_us
         self.events: deque[dict[str, str]] = deque()

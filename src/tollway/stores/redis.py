@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 from tollway.drive import adrive, drive
 from tollway.engine.health import HealthOp, HealthReply
-from tollway.engine.step import Reply, Step
+from tollway.engine.replies import Reply
+from tollway.engine.settle import SettleStep
+from tollway.engine.step import Step
 from tollway.errors import ConfigurationError, StoreUnavailableError
 from tollway.events import REGISTRY, stream_key, warm_slot_tags
 from tollway.policy.model import LedgerConfig, StoreConfig
@@ -27,7 +29,6 @@ from tollway.stores.journal import Journal, JournalEntry, default_folder
 from tollway.stores.redis_guard import Guard
 from tollway.stores.redis_requests import Command, Flow, Request, ScriptCall
 from tollway.stores.redis_url import split_url
-from tollway.stores.settle import SettleStep
 
 try:
     import redis

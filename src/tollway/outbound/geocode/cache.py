@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tollway.errors import InvalidArgumentError, TollwayError
+from tollway.errors import CacheError, InvalidArgumentError
 from tollway.outbound.geocode.result import GeocodeResult
 
 __all__ = [
@@ -54,10 +54,6 @@ CREATE TABLE IF NOT EXISTS geocode_results (
     PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID
 """
-
-
-class CacheError(TollwayError):
-    """The cache file cannot be used: not a SQLite database, from a newer version, closed."""
 
 
 def normalize_query(query: str) -> str:

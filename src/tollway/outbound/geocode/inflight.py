@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from tollway.errors import TollwayError
+from tollway.errors import ReentrantCallError
 
 __all__ = ["AsyncSingleFlight", "ReentrantCallError", "SingleFlight"]
 
@@ -44,10 +44,6 @@ _FAILED = "failed"
 _ABANDONED = "abandoned"  # the leader was interrupted: waiters re-run
 
 _RETRY: Any = object()  # returned by `_collect` when the waiter must join again
-
-
-class ReentrantCallError(TollwayError, RuntimeError):
-    """The function running for a key asked for that same key again (it would wait forever)."""
 
 
 class _Call(Generic[E]):

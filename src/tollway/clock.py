@@ -1,0 +1,18 @@
+"""Time in tollway: integer microseconds since the epoch, from one source per process.
+
+Every clock tollway takes or keeps (`Tollway(clock=...)`, the memory store, the dispatcher,
+`tollway.testing.FakeClock`) is a `Clock`: a function returning microseconds. `US` turns
+seconds into them; it is defined here once, for every layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["US", "Clock"]
+
+US = 1_000_000
+"""Microseconds in a second."""
+
+Clock = Callable[[], int]
+"""Microseconds since the epoch (the store's, the system's or a test's fake)."""
