@@ -976,7 +976,9 @@ def test_public_names() -> None:
         "Grace",
         "Provider",
         "Route",
+        "RouteSpec",
     }
+    assert tollway.policy.Route is tollway.policy.RouteSpec
     assert all(hasattr(tollway.policy, name) for name in tollway.policy.__all__)
     assert isinstance(load({}), Policy)
 

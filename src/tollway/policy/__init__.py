@@ -22,6 +22,9 @@ from tollway.policy.model import (
 )
 from tollway.policy.schema import policy_schema
 
+Route = RouteSpec
+"""The name `RouteSpec` had before it stopped sharing one with `tollway.outbound.Route`."""
+
 __all__ = [
     "load",
     "loads",
@@ -37,5 +40,6 @@ __all__ = [
     "Budget",
     "Grace",
     "Provider",
+    "Route",
     "RouteSpec",
 ]
