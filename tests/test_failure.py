@@ -10,6 +10,7 @@ for at most 5 s (a cooldown, not a limit's window).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -363,3 +364,33 @@ async def test_async_hung_server_is_bounded_by_the_watchdog(
             await asyncio.sleep(0.02)
         used = (await tw.usage(OPEN)).limit("calls").used
         assert used == 3 + len(stalled) + 1
+
+
+def test_a_step_journaled_while_its_own_journal_is_replayed_does_not_wait_for_ever(
+    tmp_path: Path,
+) -> None:
+    """An asyncio store replays its journal between awaits; a fail-open step of another task
+    journaled meanwhile must not wait on the replay's lock of that same file (it would hang
+    the event loop for ever): it goes to a new file, which the next replay sends."""
+    import threading
+
+    from tollway.stores.journal import Journal, JournalEntry
+
+    def entry(n: int) -> JournalEntry:
+        return JournalEntry(f"e{n}", "acct", n, ("c",), (False,), (1,), (0,), (60_000_000,))
+
+    journal = Journal(tmp_path / "journal")
+    journal.append(entry(1))
+    claims = journal.claim()
+    claim = next(claims)  # the replay holds the file's lock now
+    assert [e.id for e in claim.entries] == ["e1"]
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (journal.append(entry(2)), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(timeout=10), "append waited on its own process's replay"
+    with contextlib.suppress(StopIteration):
+        next(claims)  # the replay ends: the claimed file is emptied
+    sent: list[str] = []
+    assert journal.replay(lambda e: sent.append(e.id)) == 1
+    assert sent == ["e2"]  # nothing lost, nothing sent twice
+    assert journal.replay(lambda e: sent.append(e.id)) == 0

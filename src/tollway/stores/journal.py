@@ -20,6 +20,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+from tollway.errors import StoreError
 
 logger = logging.getLogger("tollway.journal")
 
@@ -88,7 +91,7 @@ class Journal:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
-        self._name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._name = _file_name()
         self._lock = threading.Lock()
         self.pending = self.folder.exists() and any(self._files())
         """Whether entries may be waiting for a replay (checked without touching the disk)."""
@@ -100,19 +103,24 @@ class Journal:
     def append(self, entry: JournalEntry) -> None:
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / self._name
-            with path.open("a+b") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                line = entry.to_line().encode("utf-8")
-                end = handle.seek(0, os.SEEK_END)
-                if end:
-                    handle.seek(end - 1)
-                    if handle.read(1) != b"\n":
-                        line = b"\n" + line  # a torn last line stays apart from this entry
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.pending = True
+            for _ in range(_MAX_FILES_PER_APPEND):
+                with (self.folder / self._name).open("a+b") as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        # A replay holds this file, perhaps this very process's (an asyncio
+                        # store replays between awaits, and a step journaled meanwhile would
+                        # wait on its own lock for ever): write to a new file instead, which
+                        # the next replay finds like any other.
+                        self._name = _file_name()
+                        continue
+                    _write_line(handle, entry.to_line().encode("utf-8"))
+                    self.pending = True
+                    return
+            raise StoreError(
+                f"journal {self.folder}: {_MAX_FILES_PER_APPEND} files in a row were locked by "
+                "replays; the entry was not written"
+            )
 
     def claim(self) -> Iterator[Claim]:
         """Each journal file with entries, locked for replay; skip the ones another process is
@@ -142,6 +150,26 @@ class Journal:
                     apply(entry)
                     sent += 1
         return sent
+
+
+_MAX_FILES_PER_APPEND = 8
+"""New files an append tries before it gives up (each locked one is being replayed)."""
+
+
+def _file_name() -> str:
+    """A journal file of this process's own (a new one whenever its file is being replayed)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+
+
+def _write_line(handle: IO[bytes], line: bytes) -> None:
+    end = handle.seek(0, os.SEEK_END)
+    if end:
+        handle.seek(end - 1)
+        if handle.read(1) != b"\n":
+            line = b"\n" + line  # a torn last line stays apart from this entry
+    handle.write(line)
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 @dataclass(frozen=True, slots=True)
