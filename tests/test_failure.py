@@ -394,3 +394,47 @@ def test_a_step_journaled_while_its_own_journal_is_replayed_does_not_wait_for_ev
     assert journal.replay(lambda e: sent.append(e.id)) == 1
     assert sent == ["e2"]  # nothing lost, nothing sent twice
     assert journal.replay(lambda e: sent.append(e.id)) == 0
+
+
+def test_a_step_late_twice_is_decided_without_the_store_and_counted_once(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    """A step that reaches Redis after its deadline is applied nowhere; late again once the
+    client learnt Redis's clock, it is decided by on_error (not an error out of the engine):
+    fail-open is let through and journaled, fail-closed refused, and the journal counts the
+    let-through step exactly once when steps arrive in time again."""
+    from tollway.stores.redis_codec import state_key
+
+    server = make_redis_server()
+    policy = _policy(server.url, tmp_path / "journal")
+    late = {"on": True, "lag_us": 0}
+
+    def clock() -> int:
+        # A client clock 10 s behind Redis and falling one more second behind at each look:
+        # every deadline computed from it (4/5 of the 50 ms timeout) has passed on arrival.
+        now = time.time_ns() // 1000
+        if not late["on"]:
+            return now
+        late["lag_us"] += 1_000_000
+        return now - 10_000_000 - late["lag_us"]
+
+    tw = Tollway(policy, clock=clock)
+    tw.assign(CLOSED, "strict")
+    opened = tw.acquire(OPEN, "call")
+    closed = tw.acquire(CLOSED, "call")
+    assert opened.allowed and opened.degraded
+    assert not closed.allowed and closed.degraded
+    raw = redis.Redis.from_url(server.url)
+    # The late steps applied nothing; the let-through one is in the journal, replayed once
+    # Redis answered a call (the refused step's, late as it was): counted exactly once.
+    assert raw.hget(state_key(OPEN), "q:calls") == b"1"
+    assert set(raw.hgetall(state_key(CLOSED))) <= {b"plan"}
+    tw.close()
+
+    late["on"] = False
+    again = Tollway(policy)
+    assert again.acquire(OPEN, "call").allowed  # in time: the journal is replayed too
+    assert again.usage(OPEN).limit("calls").used == 2  # the let-through step, once, and this one
+    assert again.usage(CLOSED).limit("guarded").used == 0  # the refused step counted nowhere
+    again.close()
+    raw.close()

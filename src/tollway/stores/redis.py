@@ -155,6 +155,14 @@ class _Common(Guard):
             self._learn(reply.now_us)
             keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
             reply = codec.read_reply((yield ScriptCall(codec.STEP, keys, args)))
+            if reply.code == codec.EXPIRED:
+                # Late again with the clock learnt: Redis is too slow to answer within the
+                # timeout. It applied nothing, so the limits' on_error decides (and a
+                # fail-open step is journaled, counted once when Redis keeps up again).
+                raise StoreUnavailableError(
+                    f"store {self.url} is too slow: the step reached it after its deadline "
+                    f"(timeout {self.timeout * 1000:.0f} ms) twice"
+                )
         return reply
 
     def _settle(self, settle: SettleStep) -> Flow[Reply]:
