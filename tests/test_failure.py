@@ -396,13 +396,13 @@ def test_a_step_journaled_while_its_own_journal_is_replayed_does_not_wait_for_ev
     assert journal.replay(lambda e: sent.append(e.id)) == 0
 
 
-def test_a_step_late_twice_is_decided_without_the_store_and_counted_once(
+def test_a_step_late_every_time_is_decided_without_the_store_and_counted_once(
     make_redis_server: Callable[[], RedisServer], tmp_path: Path
 ) -> None:
-    """A step that reaches Redis after its deadline is applied nowhere; late again once the
-    client learnt Redis's clock, it is decided by on_error (not an error out of the engine):
-    fail-open is let through and journaled, fail-closed refused, and the journal counts the
-    let-through step exactly once when steps arrive in time again."""
+    """A step that reaches Redis after its deadline is applied nowhere and sent again; late
+    every time, even with Redis's clock learnt, it is decided by on_error (not an error out
+    of the engine): fail-open is let through and journaled, fail-closed refused, and the
+    journal counts the let-through step exactly once when steps arrive in time again."""
     from tollway.stores.redis_codec import state_key
 
     server = make_redis_server()

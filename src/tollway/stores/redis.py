@@ -62,6 +62,11 @@ if redis is not None:
     _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, StoreUnavailableError)
 
 
+LATE_SENDS = 4
+"""How many times a step that reaches Redis after its deadline is sent before the store counts
+as too slow (each send applies nothing unless it arrives in time)."""
+
+
 class _Common(Guard):
     """Configuration, journal, streams and every operation's flow, shared by the sync and
     async stores."""
@@ -165,18 +170,21 @@ class _Common(Guard):
         if reply is None:
             keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
             reply = codec.read_reply((yield ScriptCall(codec.STEP, keys, args)))
-        if reply.code == codec.EXPIRED:  # our view of the store's clock was off: learn it
+        for _ in range(LATE_SENDS - 1):
+            if reply.code != codec.EXPIRED:
+                return reply
+            # Late: our view of the store's clock was off, or the step waited behind others.
+            # It applied nothing, so it is sent again with a deadline from the clock learnt.
             self._learn(reply.now_us)
             keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
             reply = codec.read_reply((yield ScriptCall(codec.STEP, keys, args)))
-            if reply.code == codec.EXPIRED:
-                # Late again with the clock learnt: Redis is too slow to answer within the
-                # timeout. It applied nothing, so the limits' on_error decides (and a
-                # fail-open step is journaled, counted once when Redis keeps up again).
-                raise StoreUnavailableError(
-                    f"store {self.url} is too slow: the step reached it after its deadline "
-                    f"(timeout {self.timeout * 1000:.0f} ms) twice"
-                )
+        if reply.code == codec.EXPIRED:
+            # Late every time: Redis is too slow to answer within the timeout. The limits'
+            # on_error decides (a fail-open step is journaled, counted once when Redis keeps up).
+            raise StoreUnavailableError(
+                f"store {self.url} is too slow: the step reached it after its deadline "
+                f"(timeout {self.timeout * 1000:.0f} ms) {LATE_SENDS} times"
+            )
         return reply
 
     def _settle(self, settle: SettleStep) -> Flow[Reply]:
