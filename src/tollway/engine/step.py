@@ -75,7 +75,7 @@ class Step:
         self.hold_ttl_us = 0
         self.event = ""
         """The usage template its event is appended with ('': no events; see
-        `tollway.metering.entries`)."""
+        `tollway.events`)."""
         self.call_id = ""
         """The caller's request id: the event id, and how a retried step is recognized."""
         self.attrs = ""

@@ -1,6 +1,6 @@
 """The usage template of a step: the part of its usage event the client knows before the
 store runs it (the store adds its clock, and the caller's id and attributes). Kept here, light,
-because every step with events builds one; `tollway.metering.entries` documents the format."""
+because every step with events builds one; `tollway.events` documents the format."""
 
 from __future__ import annotations
 

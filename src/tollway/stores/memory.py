@@ -56,7 +56,7 @@ class MemoryStore:
         self.clock = clock
         self.dedupe_us = dedupe_us
         self.events: deque[dict[str, str]] = deque()
-        """Entries the steps appended (the format of `tollway.metering.entries`), oldest first:
+        """Entries the steps appended (the format of `tollway.events`), oldest first:
         the embedded drain takes them under `lock`."""
         self._ids: dict[tuple[str, str], int] = {}
         """(subject, request id) of taken steps, and until when each is remembered."""
@@ -168,7 +168,7 @@ class MemoryStore:
                 return reply(OK, now, after, misfits, None, crossed)
             return _new_tuple(Reply, (OK, now, after, misfits, None, ()))  # reply(), inlined
 
-    # -- events (see tollway.metering.entries) ----------------------------------------------
+    # -- events (see tollway.events) -------------------------------------------------------
 
     def _usage(self, template: str, now: int, call_id: str, attrs: str) -> None:
         entry = {"k": "u", "t": str(now), "d": template, "i": call_id or new_event_id(now)}

@@ -9,7 +9,7 @@
 --                 the step is refused; past it, a probe time > 0 lets this step through and
 --                 sets the field to now + probe (one half-open probe at a time)
 --       2 expected plan ('' for none), 3 hold id (reserve only, else ''), and with events
---       (see tollway.metering.entries) or a request id: 4 the usage template ('' for no
+--       (see tollway.events) or a request id: 4 the usage template ('' for no
 --       events), 5 the caller's request id ('' for none), 6 its attributes (JSON, or ''),
 --       7 how long a request id is remembered (ms)
 -- KEYS: 2 the event stream (with events), in the subject's hash slot
