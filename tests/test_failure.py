@@ -147,6 +147,7 @@ def test_outage_fail_open_fail_closed_journal_and_replay(
     assert first.allowed
     assert all(d.allowed for d in polls)
     degraded_allowed = len(opened) + len(polls)
+    assert tw.store.wait_replayed(10)  # in the background, not in a caller's acquire
     usage = tw.usage(OPEN).limit("calls")
     assert usage.used == 10 + degraded_allowed + 1
     assert tw.usage(CLOSED).limit("guarded").used == 5  # fail-closed let nothing through
@@ -159,6 +160,7 @@ def test_outage_fail_open_fail_closed_journal_and_replay(
         shutil.copy(path, folder / f"again-{path.name}")
     assert _journal_lines(folder) == len(opened)
     with Tollway(policy) as again:
+        assert again.store.wait_replayed(10)
         assert again.usage(OPEN).limit("calls").used == 10 + degraded_allowed + 1
         assert again.acquire(OPEN, "call").allowed
         assert again.usage(OPEN).limit("calls").used == 10 + degraded_allowed + 2
@@ -203,6 +205,7 @@ def test_hung_server_costs_one_timeout_per_cooldown(
     degraded_allowed += len(polls)
     # every allowed call counted exactly once: the journaled ones are replayed, and a step
     # that timed out must not also have been counted by the server
+    assert tw.store.wait_replayed(10)
     used = tw.usage(OPEN).limit("calls").used
     expected = 5 + degraded_allowed + 1
     assert used == expected, f"{used - expected} timed-out step(s) counted twice"
@@ -246,6 +249,7 @@ async def test_async_outage_and_replay(
             polls += 1
             assert time.perf_counter() < deadline
             await asyncio.sleep(0.02)
+        assert await tw.store.wait_replayed_async(10)
         usage = await asyncio.wait_for(tw.usage(OPEN), timeout=5)
         assert usage.limit("calls").used == 4 + len(opened) + polls + 1
         assert (await tw.usage(CLOSED)).limit("guarded").used == 1
@@ -297,6 +301,7 @@ def test_a_torn_journal_line_does_not_break_acquires(
     assert first.allowed
     after = [tw.acquire(OPEN, "call") for _ in range(2)]
     assert all(d.allowed and not d.degraded for d in after)
+    assert tw.store.wait_replayed(10)
     assert tw.usage(OPEN).limit("calls").used == 1 + 3 + len(polls) + 1 + 2
     tw.close()
 
@@ -331,6 +336,7 @@ def test_reservations_during_an_outage_count_the_actual_cost_once(
     time.sleep(0.35)  # the pre-outage hold's ttl (a reservation's expiry, not a window)
     first, polls = _until_recovered(lambda: tw.acquire(OPEN, "call"))
     assert first.allowed
+    assert tw.store.wait_replayed(10)
     used = tw.usage(OPEN).limit("calls").used
     assert used == 2 + 3 + len(polls) + 1, used
     assert _journal_lines(folder) == 0
@@ -362,6 +368,7 @@ async def test_async_hung_server_is_bounded_by_the_watchdog(
             stalled.append(first)
             assert time.perf_counter() < deadline
             await asyncio.sleep(0.02)
+        assert await tw.store.wait_replayed_async(10)
         used = (await tw.usage(OPEN)).limit("calls").used
         assert used == 3 + len(stalled) + 1
 
@@ -388,12 +395,13 @@ def test_a_step_journaled_while_its_own_journal_is_replayed_does_not_wait_for_ev
     worker = threading.Thread(target=lambda: (journal.append(entry(2)), done.set()), daemon=True)
     worker.start()
     assert done.wait(timeout=10), "append waited on its own process's replay"
+    claim.done = 1  # replayed
     with contextlib.suppress(StopIteration):
-        next(claims)  # the replay ends: the claimed file is emptied
+        next(claims)  # the replay ends: what it replayed is cut from the claimed file
     sent: list[str] = []
-    assert journal.replay(lambda e: sent.append(e.id)) == 1
+    assert journal.replay(lambda e: sent.append(e.id) or 0.0) == (1, 0.0)
     assert sent == ["e2"]  # nothing lost, nothing sent twice
-    assert journal.replay(lambda e: sent.append(e.id)) == 0
+    assert journal.replay(lambda e: sent.append(e.id) or 0.0) == (0, 0.0)
 
 
 def test_a_step_late_every_time_is_decided_without_the_store_and_counted_once(
@@ -425,6 +433,7 @@ def test_a_step_late_every_time_is_decided_without_the_store_and_counted_once(
     assert opened.allowed and opened.degraded
     assert not closed.allowed and closed.degraded
     raw = redis.Redis.from_url(server.url)
+    assert tw.store.wait_replayed(10)
     # The late steps applied nothing; the let-through one is in the journal, replayed once
     # Redis answered a call (the refused step's, late as it was): counted exactly once.
     assert raw.hget(state_key(OPEN), "q:calls") == b"1"
@@ -434,6 +443,7 @@ def test_a_step_late_every_time_is_decided_without_the_store_and_counted_once(
     late["on"] = False
     again = Tollway(policy)
     assert again.acquire(OPEN, "call").allowed  # in time: the journal is replayed too
+    assert again.store.wait_replayed(10)
     assert again.usage(OPEN).limit("calls").used == 2  # the let-through step, once, and this one
     assert again.usage(CLOSED).limit("guarded").used == 0  # the refused step counted nowhere
     again.close()

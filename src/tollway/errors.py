@@ -106,10 +106,13 @@ class StoreError(TollwayError):
 class StoreUnavailableError(StoreError):
     """The store cannot be reached (timeout, refused connection, open circuit breaker)."""
 
-    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+    def __init__(self, message: str, retry_after: float = 0.0, *, sent: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         """Seconds until the store will be tried again (the circuit breaker's cooldown)."""
+        self.sent = sent
+        """Whether the command may have reached the store (a timeout, a lost reply) rather
+        than surely not (an open breaker): what it did there is in doubt."""
 
 
 class ReservationError(TollwayError):

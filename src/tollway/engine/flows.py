@@ -60,17 +60,13 @@ def send(
     raise StoreError("the store kept answering that the step was stale; giving up")
 
 
-def without_store(
-    engine: Engine, step: Step, exc: StoreUnavailableError, *, journal: bool
-) -> Flow[Decision]:
-    """Decide without the store (the limits' ``on_error``); with ``journal``, keep what a
-    fail-open acquire let through, to be replayed when the store is back."""
+def without_store(engine: Engine, step: Step, exc: StoreUnavailableError) -> Decision:
+    """Decide without the store (the limits' ``on_error``). What an acquire let through is
+    journaled by the store itself, which alone knows whether its step may have been applied
+    (see `tollway.stores.in_doubt`), by the same rule as `degraded`."""
     if step.plan is None:
         raise exc
-    decision = degraded(step, str(exc), exc.retry_after, engine.clock())
-    if journal and decision.allowed and step.mode == ACQUIRE:
-        yield Journal(step)
-    return decision
+    return degraded(step, str(exc), exc.retry_after, engine.clock())
 
 
 def acquire_step(
@@ -121,7 +117,7 @@ def acquire_rest(
         build = _builder(engine, subject, operation, cost, amount, call_id, attributes)
         step, answer = yield from send(engine, build, step, outcome)
     except StoreUnavailableError as exc:
-        return (yield from without_store(engine, step, exc, journal=True))
+        return without_store(engine, step, exc)
     decision = engine.finish(step, answer)
     assert decision is not None
     return decision
@@ -198,7 +194,7 @@ def hold(
         step = build()
         if not taken:
             step.hold_id = yield NewHoldId()
-        away = yield from without_store(engine, step, exc, journal=False)
+        away = without_store(engine, step, exc)
         return ReservationCore(engine, step, reply(OK, engine.clock(), []), away, taken=taken)
     decision = engine.finish(step, answer)
     assert decision is not None

@@ -111,9 +111,15 @@ def provider_subject(name: str) -> str:
     return PROVIDER_PREFIX + name
 
 
+def closed_limits(step: Step) -> list[str]:
+    """The enforcing limits of ``step`` that fail closed: without the store, any of them
+    denies it (the store journals a step in doubt by the same rule, see `degraded`)."""
+    return [rule.name for rule in step.rules if rule.closed and not rule.shadow]
+
+
 def degraded(step: Step, reason: str, retry_after: float, now_us: int) -> Decision:
     """The decision taken without the store: denied if any enforcing limit fails closed."""
-    closed = [rule.name for rule in step.rules if rule.closed and not rule.shadow]
+    closed = closed_limits(step)
     if closed:
         reason += f"; fail-closed limits deny: {', '.join(closed)}"
     return DegradedDecision(
@@ -128,6 +134,7 @@ __all__ = [
     "PROVIDER_PREFIX",
     "RESERVE",
     "Step",
+    "closed_limits",
     "degraded",
     "provider_subject",
     "system_clock",

@@ -1,10 +1,17 @@
-"""The fail-open journal: what was let through while the store was unreachable.
+"""The journal: what the store could not be told, to tell it when it answers again.
+
+Two kinds of entry. A step let through while the store was unreachable (fail-open) is to be
+counted. A step *in doubt* (sent, but its reply lost: a timeout, a cut connection) carries
+its identity (`tollway.stores.step_ids`): if the caller was let through, it is counted unless
+the store applied it already; if the caller was refused, it is given back if the store did
+apply it. Either way counters, decisions and the ledger agree once it is resolved.
 
 Each process appends to a file of its own in the journal folder, one JSON line per step,
-flushed and fsync'd before the step is answered. When the store answers again, any process
-replays every file of the folder (its own and those of processes that died), each entry once:
-the replay script marks the entry's id in Redis, so a replay repeated after a crash counts
-nothing twice. A file is emptied only after all of its entries were replayed.
+flushed and fsync'd before the step is answered. When the store answers again, a background
+thread of any process (`tollway.stores.replayer`) replays every file of the folder (its own
+and those of processes that died), each entry once: the replay script marks the entry's id in
+Redis, so a replay repeated after a crash counts nothing twice. What was replayed is cut from
+its file as the replay goes, so a crash or an error loses no progress.
 """
 
 from __future__ import annotations
@@ -45,6 +52,15 @@ class JournalEntry:
     attrs: str = ""
     caller_id: bool = False
     """Whether ``event_id`` is the caller's request id (the replay marks it taken)."""
+    process: str = ""
+    seq: int = 0
+    """A step in doubt: the identity it was sent with (`StepIds`); "" and 0 otherwise."""
+    deadline_us: int = 0
+    """A step in doubt: its deadline on the store's clock; the store may still apply it until
+    then (it sat in a buffer), so it is resolved only after."""
+    undo: bool = False
+    """A step in doubt whose caller was refused: give it back if the store applied it (the
+    event is then a correction of it); else: count it unless the store applied it."""
 
     def to_line(self) -> str:
         line = {
@@ -59,6 +75,8 @@ class JournalEntry:
         }
         if self.event or self.caller_id:
             line.update(ev=self.event, ei=self.event_id, ea=self.attrs, ec=self.caller_id)
+        if self.process:
+            line.update(p=self.process, q=self.seq, dl=self.deadline_us, u=self.undo)
         return json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
 
     @classmethod
@@ -77,6 +95,10 @@ class JournalEntry:
             d.get("ei", ""),
             d.get("ea", ""),
             bool(d.get("ec", False)),
+            str(d.get("p", "")),
+            int(d.get("q", 0)),
+            int(d.get("dl", 0)),
+            bool(d.get("u", False)),
         )
 
 
@@ -95,7 +117,7 @@ class Journal:
         self._lock = threading.Lock()
         self.pending = self.folder.exists() and any(self._files())
         """Whether entries may be waiting for a replay (checked without touching the disk)."""
-        self.replaying = False
+        self._replaying = threading.Lock()
 
     def _files(self) -> Iterator[Path]:
         return (p for p in self.folder.glob("*.jsonl") if p.stat().st_size > 0)
@@ -124,32 +146,48 @@ class Journal:
 
     def claim(self) -> Iterator[Claim]:
         """Each journal file with entries, locked for replay; skip the ones another process is
-        replaying. Leave the `Claim` block normally to empty the file, or raise to keep it."""
-        if self.replaying or not self.folder.exists():
+        replaying (and everything while another thread of this one replays). When the `Claim`
+        block is left, however, the entries before ``claim.done`` are cut from the file."""
+        if not self.folder.exists():
             self.pending = False
             return
-        self.replaying = True
+        if not self._replaying.acquire(blocking=False):
+            return
         try:
+            left = False
             for path in sorted(self._files()):
                 with _claim(path) as claim:
                     if claim is not None:
                         yield claim
-            self.pending = False
+                        left = left or claim.done < len(claim.entries)
+            if not left:
+                self.pending = False
         finally:
-            self.replaying = False
+            self._replaying.release()
 
-    def replay(self, apply: Callable[[JournalEntry], object]) -> int:
-        """Send every journaled entry through ``apply``; returns how many were sent.
+    def replay(self, apply: Callable[[JournalEntry], float], limit: int = 0) -> tuple[int, float]:
+        """Send journaled entries through ``apply`` (at most ``limit``, 0 for all); returns
+        how many were sent, and how long to wait before the next try (0: all were sent).
 
-        ``apply`` raising leaves the file as it is, to be replayed again later.
+        ``apply`` answers 0 for an entry done, or how many seconds before it can be (a step in
+        doubt before its deadline): the replay stops there. ``apply`` raising stops it too;
+        either way what was done is cut from its file and the rest stays for the next try.
+        Appends never wait for a replay: a file being replayed is locked, and a writer moves
+        to a new file.
         """
         sent = 0
-        with self._lock:
-            for claim in self.claim():
-                for entry in claim.entries:
-                    apply(entry)
-                    sent += 1
-        return sent
+        for claim in self.claim():
+            for entry in claim.entries[claim.done :]:
+                if limit and sent >= limit:
+                    self.pending = True
+                    return sent, 0.0
+                wait = apply(entry)
+                if wait > 0:
+                    self.pending = True
+                    return sent, wait
+                claim.done += 1
+                sent += 1
+        return sent, 0.0
 
 
 _MAX_FILES_PER_APPEND = 8
@@ -172,10 +210,12 @@ def _write_line(handle: IO[bytes], line: bytes) -> None:
     os.fsync(handle.fileno())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claim:
     path: Path
     entries: list[JournalEntry]
+    done: int = 0
+    """How many of ``entries`` (from the first) were replayed."""
 
 
 @contextlib.contextmanager
@@ -195,10 +235,18 @@ def _claim(path: Path) -> Iterator[Claim | None]:
             except (ValueError, KeyError, TypeError):
                 # A torn line (a crash mid-append, a full disk) is set aside, not retried.
                 _set_aside(path, number, line)
-        yield Claim(path, entries)
-        # Emptied, never unlinked: a writer may hold the file open to append to it.
-        handle.seek(0)
-        handle.truncate()
+        claim = Claim(path, entries)
+        try:
+            yield claim
+        finally:
+            # Cut what was replayed; emptied, never unlinked: a writer may hold it open.
+            rest = "".join(entry.to_line() for entry in entries[claim.done :])
+            handle.seek(0)
+            handle.truncate()
+            if rest:
+                handle.write(rest)
+                handle.flush()
+                os.fsync(handle.fileno())
 
 
 def _set_aside(path: Path, number: int, line: str) -> None:

@@ -19,16 +19,18 @@ from tollway.drive import adrive, drive
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.replies import Reply
 from tollway.engine.settle import SettleStep
-from tollway.engine.step import Step
+from tollway.engine.step import ACQUIRE, Step
 from tollway.errors import ConfigurationError, StoreUnavailableError
 from tollway.events import REGISTRY, stream_key, warm_slot_tags
 from tollway.policy.model import LedgerConfig, StoreConfig
 from tollway.stores import redis_codec as codec
 from tollway.stores.deadline import Deadlines
+from tollway.stores.in_doubt import InDoubt
 from tollway.stores.journal import Journal, JournalEntry, default_folder
 from tollway.stores.redis_guard import Guard
 from tollway.stores.redis_requests import Command, Flow, Request, ScriptCall
 from tollway.stores.redis_url import split_url
+from tollway.stores.replayer import Replayer
 
 try:
     import redis
@@ -82,6 +84,8 @@ class _Common(Guard):
         super().__init__(url, config, clock)
         self._target, self.cluster = split_url(url)
         self.journal = Journal(config.journal or default_folder(url))
+        self.doubt = InDoubt(self.journal)
+        self.replayer = Replayer(self.journal, self._replay_entry, self._target)
         ledger = ledger or LedgerConfig()
         self._partitions = ledger.partitions
         if self.cluster and ledger.url is not None and ledger.events:
@@ -131,7 +135,53 @@ class _Common(Guard):
 
     def journal_step(self, step: Step) -> None:
         """Record what a fail-open step let through, to replay when the store is back."""
-        self.journal.append(codec.journal_entry(step, uuid.uuid4().hex, self.clock()))
+        self.journal.append(codec.journal_entry(step, uuid.uuid4().hex, self._store_now()))
+
+    def _store_now(self) -> int:
+        return self.clock() + self._offset_us
+
+    def _call(self, step: Step, stream: str) -> tuple[int, int, tuple[list[str], list[Any]]]:
+        """A step's sequence number (0: not an acquire), deadline, and script call."""
+        deadline = self._deadline()
+        if step.mode != ACQUIRE:
+            return 0, deadline, codec.step_call(step, deadline, stream, self.dedupe_ms)
+        seq, ident = self.doubt.begin()
+        return seq, deadline, codec.step_call(step, deadline, stream, self.dedupe_ms, ident)
+
+    def _answered(self, seq: int, raw: list[Any]) -> Reply:
+        """The reply of the step sent as ``seq``: settled, and the store's clock learnt."""
+        reply = codec.read_reply(raw)
+        if seq:
+            self.doubt.settle(seq)
+        self._sample_clock(reply.now_us)
+        return reply
+
+    def _lost(self, step: Step, seq: int, deadline: int, exc: StoreUnavailableError) -> None:
+        """No reply to ``step``: journal what must be told to the store when it is back."""
+        if step.mode == ACQUIRE:
+            self.doubt.lost(step, seq, deadline, exc, self._store_now())
+
+    def _replay_entry(self, entry: JournalEntry) -> float:
+        """Resolve one journal entry (in the replayer's thread); 0, or seconds to wait."""
+        code = drive(self._replay_one(entry), self._replay_send)
+        if code < 0:
+            return -int(code) / 1e6
+        self.doubt.resolved(entry)
+        return 0.0
+
+    def _replay_send(self, request: Request) -> Any:
+        client = self._replay_client()
+        if isinstance(request, ScriptCall):
+            return evalsha(client, request.script, request.keys, request.args)
+        return request.send(client)
+
+    def _replay_client(self) -> Any:
+        """A sync client for the replayer's thread."""
+        raise NotImplementedError
+
+    def wait_replayed(self, timeout: float = 10.0) -> bool:
+        """Wait until the journal is replayed (True), or for ``timeout`` seconds (False)."""
+        return self.replayer.wait(timeout)
 
     # -- the logic of every operation, once: generator flows of `Request`s -----------------
 
@@ -168,24 +218,33 @@ class _Common(Guard):
             stream = self.stream_of(step.subject)
         reply = first
         if reply is None:
-            keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-            reply = codec.read_reply((yield ScriptCall(codec.STEP, keys, args)))
+            reply = yield from self._send_step(step, stream)
         for _ in range(LATE_SENDS - 1):
             if reply.code != codec.EXPIRED:
                 return reply
             # Late: our view of the store's clock was off, or the step waited behind others.
             # It applied nothing, so it is sent again with a deadline from the clock learnt.
             self._learn(reply.now_us)
-            keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-            reply = codec.read_reply((yield ScriptCall(codec.STEP, keys, args)))
+            reply = yield from self._send_step(step, stream)
         if reply.code == codec.EXPIRED:
             # Late every time: Redis is too slow to answer within the timeout. The limits'
             # on_error decides (a fail-open step is journaled, counted once when Redis keeps up).
-            raise StoreUnavailableError(
+            exc = StoreUnavailableError(
                 f"store {self.url} is too slow: the step reached it after its deadline "
                 f"(timeout {self.timeout * 1000:.0f} ms) {LATE_SENDS} times"
             )
+            self._lost(step, 0, 0, exc)
+            raise exc
         return reply
+
+    def _send_step(self, step: Step, stream: str) -> Flow[Reply]:
+        seq, deadline, (keys, args) = self._call(step, stream)
+        try:
+            raw = yield ScriptCall(codec.STEP, keys, args)
+        except StoreUnavailableError as exc:
+            self._lost(step, seq, deadline, exc)
+            raise
+        return self._answered(seq, raw)
 
     def _settle(self, settle: SettleStep) -> Flow[Reply]:
         stream = ""
@@ -202,7 +261,7 @@ class _Common(Guard):
         stream = yield from self._stream_for(subject)
         yield Command(lambda client: client.xadd(stream, entry))
 
-    def _replay_one(self, entry: JournalEntry) -> Flow[None]:
+    def _replay_one(self, entry: JournalEntry) -> Flow[int]:
         # Raw calls: a replay runs inside a guarded call, whose breaker it must not touch.
         stream = ""
         if entry.event:
@@ -211,7 +270,7 @@ class _Common(Guard):
                 yield Command(lambda client: client.sadd(REGISTRY, stream), guarded=False)
                 self._registered.add(stream)
         keys, args = codec.replay_call(entry, stream, self.dedupe_ms)
-        yield ScriptCall(codec.REPLAY, keys, args, guarded=False)
+        return int((yield ScriptCall(codec.REPLAY, keys, args, guarded=False)))
 
     def _assign(self, subject: str, plan: str | None) -> Flow[None]:
         keys, args = codec.assign_call(subject, plan)
@@ -245,6 +304,15 @@ class _Common(Guard):
         return out
 
 
+def evalsha(client: Any, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
+    """EVALSHA ``script`` on a sync client, loaded again on NOSCRIPT."""
+    try:
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        client.script_load(script.text)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+
+
 class RedisStore(_Common):
     """Synchronous Redis store: answers the flows' requests with the sync client."""
 
@@ -254,28 +322,25 @@ class RedisStore(_Common):
         return redis.Redis.from_url(self._target, **options)
 
     def _evalsha(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self.client.script_load(script.text)
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        return evalsha(self.client, script, keys, args)
+
+    def _replay_client(self) -> Any:
+        return self.client
 
     def call_script(self, script: codec.Script, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA ``script`` (loaded again on NOSCRIPT) under the breaker; errors mapped to
         `StoreUnavailableError` / `StoreError`."""
         self._blocked()
         try:
+            if not self._timed:
+                self._read_clock(self.client.time())
             result = self._evalsha(script, keys, args)
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from exc
         except ResponseError as exc:
             raise self._error(exc) from exc
         if self.breaker.success() or self.journal.pending:
-            try:
-                self.replay_journal()
-            except Exception:  # the step stands; the journal stays pending for the next call
-                logger.exception("replaying the journal into %s failed; will retry", self.url)
-                self.journal.pending = True
+            self.replayer.kick()  # in the background: no caller waits for a replay
         return result
 
     def guarded(self, fn: Callable[[], Any]) -> Any:
@@ -310,8 +375,13 @@ class RedisStore(_Common):
         stream = self._stream_ready(step)
         if stream is None:
             return self._run(self._execute(step))
-        keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-        reply = codec.read_reply(self.call_script(codec.STEP, keys, args))
+        seq, deadline, (keys, args) = self._call(step, stream)
+        try:
+            raw = self.call_script(codec.STEP, keys, args)
+        except StoreUnavailableError as exc:
+            self._lost(step, seq, deadline, exc)
+            raise
+        reply = self._answered(seq, raw)
         return reply if reply.code != codec.EXPIRED else self._run(self._execute(step, reply))
 
     def held(self, subject: str) -> dict[tuple[str, int], int]:
@@ -330,9 +400,6 @@ class RedisStore(_Common):
     def health(self, op: HealthOp) -> HealthReply:
         return self._run(self._health(op))
 
-    def replay_journal(self) -> int:
-        return self.journal.replay(lambda entry: self._run(self._replay_one(entry)))
-
     def assign(self, subject: str, plan: str | None) -> None:
         self._run(self._assign(subject, plan))
 
@@ -347,6 +414,7 @@ class RedisStore(_Common):
         self.guarded(self.client.ping)
 
     def close(self) -> None:
+        self.replayer.close()
         self.client.close()
 
 
@@ -363,6 +431,7 @@ class AsyncRedisStore(_Common):
         # lock, before the first command.
         self._ready = False
         self._init_lock: asyncio.Lock | None = None
+        self._sync_client: Any = None
         if self.cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(self._target, **options)
         return redis.asyncio.Redis.from_url(self._target, **options)
@@ -376,6 +445,7 @@ class AsyncRedisStore(_Common):
             try:
                 if self.cluster:
                     await self._deadlines.run(self.client.initialize())
+                self._read_clock(await self._deadlines.run(self.client.time()))
                 await self._deadlines.run(self.client.script_load(codec.STEP.text))
             except _UNAVAILABLE as exc:
                 raise self._failed(exc) from exc
@@ -409,11 +479,7 @@ class AsyncRedisStore(_Common):
             raise self._error(exc) from exc
         deadlines.leave(token)
         if self.breaker.success() or self.journal.pending:
-            try:
-                await self.replay_journal()
-            except Exception:  # the step stands; the journal stays pending for the next call
-                logger.exception("replaying the journal into %s failed; will retry", self.url)
-                self.journal.pending = True
+            self.replayer.kick()  # in a thread: the event loop never runs a replay
         return result
 
     async def guarded(self, coro: Any) -> Any:
@@ -452,8 +518,13 @@ class AsyncRedisStore(_Common):
         stream = self._stream_ready(step)  # the hot path of `RedisStore.execute`
         if stream is None:
             return await self._run(self._execute(step))
-        keys, args = codec.step_call(step, self._deadline(), stream, self.dedupe_ms)
-        reply = codec.read_reply(await self.call_script(codec.STEP, keys, args))
+        seq, deadline, (keys, args) = self._call(step, stream)
+        try:
+            raw = await self.call_script(codec.STEP, keys, args)
+        except StoreUnavailableError as exc:
+            self._lost(step, seq, deadline, exc)
+            raise
+        reply = self._answered(seq, raw)
         if reply.code != codec.EXPIRED:
             return reply
         return await self._run(self._execute(step, reply))
@@ -471,13 +542,18 @@ class AsyncRedisStore(_Common):
     async def health(self, op: HealthOp) -> HealthReply:
         return await self._run(self._health(op))
 
-    async def replay_journal(self) -> int:
-        sent = 0
-        for claim in self.journal.claim():
-            for entry in claim.entries:
-                await self._run(self._replay_one(entry))
-                sent += 1
-        return sent
+    def _replay_client(self) -> Any:
+        if self._sync_client is None:  # the replayer's thread has a sync client of its own
+            options = self._client_options()
+            if self.cluster:
+                self._sync_client = redis.cluster.RedisCluster.from_url(self._target, **options)
+            else:
+                self._sync_client = redis.Redis.from_url(self._target, **options)
+        return self._sync_client
+
+    async def wait_replayed_async(self, timeout: float = 10.0) -> bool:
+        """`wait_replayed` without holding the event loop."""
+        return await asyncio.to_thread(self.replayer.wait, timeout)
 
     async def assign(self, subject: str, plan: str | None) -> None:
         await self._run(self._assign(subject, plan))
@@ -492,5 +568,8 @@ class AsyncRedisStore(_Common):
         await self.guarded(self.client.ping())
 
     async def aclose(self) -> None:
+        await asyncio.to_thread(self.replayer.close)
+        if self._sync_client is not None:
+            self._sync_client.close()
         await self._deadlines.close()
         await self.client.aclose()

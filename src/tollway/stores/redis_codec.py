@@ -7,6 +7,7 @@ Cluster and one script can touch them together.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -65,27 +66,29 @@ def subject_of(key: bytes | str) -> str:
 
 
 def step_call(
-    step: Step, deadline_us: int, stream: str = "", dedupe_ms: int = 0
+    step: Step, deadline_us: int, stream: str = "", dedupe_ms: int = 0, ident: str = ""
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the step script: the step's figures and rules in one JSON array (the
-    rules part is cached per check and window), the expected plan, and a hold id; with events
-    or a request id, the event stream, the usage template, the id and attributes."""
+    rules part is cached per check and window), the expected plan, and a hold id (a
+    reservation) or the step's identity (an acquire, see `StepIds.argument`); with events or
+    a request id, the event stream, the usage template, the id and attributes."""
     spec = (
         f"[{step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us}"
         f"{step.packed}]"
     )
+    third = step.hold_id or ident
     if step.event or step.call_id:
         return [state_key(step.subject), stream], [
             spec,
             step.assigned or "",
-            step.hold_id,
+            third,
             step.event,
             step.call_id,
             step.attrs,
             dedupe_ms,
         ]
-    if step.hold_id:
-        return [state_key(step.subject)], [spec, step.assigned or "", step.hold_id]
+    if third:
+        return [state_key(step.subject)], [spec, step.assigned or "", third]
     return [state_key(step.subject)], [spec, step.assigned or ""]
 
 
@@ -110,10 +113,12 @@ def replay_call(
     key = state_key(entry.subject)
     args: list[Any] = [REPLAY_MARK_TTL_MS, RETENTION, entry.at_us]
     args += (entry.event, entry.event_id, entry.attrs, dedupe_ms if entry.caller_id else 0)
+    args.append(len(entry.fields))
     for field, is_rate, amount, start, end in zip(
         entry.fields, entry.rates, entry.amounts, entry.starts, entry.ends, strict=True
     ):
         args += (field, 1 if is_rate else 0, amount, start, end)
+    args += (entry.process, entry.seq, entry.deadline_us, 1 if entry.undo else 0)
     keys = [key, f"{key}:j:{entry.id}"]
     if entry.event:
         keys.append(stream)
@@ -143,8 +148,18 @@ def read_reply(raw: list[Any]) -> Reply:
     return reply(code, raw[1], raw[4:], raw[2])
 
 
-def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
-    """What a fail-open step consumed, to replay into Redis when it answers again."""
+def journal_entry(
+    step: Step,
+    event_id: str,
+    at_us: int,
+    doubt: tuple[str, int, int] | None = None,
+    *,
+    undo: bool = False,
+) -> JournalEntry:
+    """What a fail-open step consumed, to replay into Redis when it answers again; with
+    ``doubt`` (the process, sequence number and deadline it was sent with), a step whose
+    reply was lost: counted unless Redis applied it, or (``undo``: the caller was refused)
+    given back if it did."""
     rates, amounts, starts, ends = [], [], [], []
     for rule, window, cost in zip(step.rules, step.windows, step.costs, strict=True):
         is_rate = rule.kind == RATE
@@ -152,6 +167,9 @@ def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
         amounts.append(0 if rule.kind == GATE else cost * rule.emission_us if is_rate else cost)
         starts.append(0 if window is None else window[0])
         ends.append(0 if window is None else window[1])
+    process, seq, deadline = doubt or ("", 0, 0)
+    # Given back, its event (if Redis applied it) is taken back by a correction.
+    event = negated(step.event) if undo and step.event else step.event
     return JournalEntry(
         event_id,
         step.subject,
@@ -161,11 +179,25 @@ def journal_entry(step: Step, event_id: str, at_us: int) -> JournalEntry:
         tuple(amounts),
         tuple(starts),
         tuple(ends),
-        step.event,
+        event,
         step.call_id or f"jr_{event_id}",
         step.attrs,
         bool(step.call_id) and step.mode == ACQUIRE,
+        process,
+        seq,
+        deadline,
+        undo,
     )
+
+
+def negated(template: str) -> str:
+    """A usage template (see `tollway.events`) for minus its quantity and amount: the
+    correction that takes a usage event back."""
+    fields = json.loads(template)
+    fields[3] = -fields[3]
+    if fields[4] is not None:
+        fields[4] = -fields[4]
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
 def read_held(packed: bytes | str) -> tuple[str, int, int]:

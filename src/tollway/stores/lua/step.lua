@@ -8,7 +8,8 @@
 --         gate:   kind 3, field, probe (us), 0, 0, 0: the field holds a time before which
 --                 the step is refused; past it, a probe time > 0 lets this step through and
 --                 sets the field to now + probe (one half-open probe at a time)
---       2 expected plan ('' for none), 3 hold id (reserve only, else ''), and with events
+--       2 expected plan ('' for none), 3 hold id (reserve), or the step's identity (acquire:
+--       'PROCESS SEQ LOW', see tollway.stores.step_ids; '' for none), and with events
 --       (see tollway.events) or a request id: 4 the usage template ('' for no
 --       events), 5 the caller's request id ('' for none), 6 its attributes (JSON, or ''),
 --       7 how long a request id is remembered (ms)
@@ -38,6 +39,14 @@ for b = 6, #spec, 6 do
     end
     names[#names + 1] = spec[b + 1] .. '@'
   end
+end
+-- An acquire's identity (tollway.stores.step_ids): its process, sequence number, and the
+-- lowest number of that process not yet settled; recorded in field s:PROCESS when applied.
+local ident = nil
+if spec[1] == 0 and (ARGV[3] or '') ~= '' then
+  local process, seq, low = string.match(ARGV[3], '^(%x+) (%d+) (%d+)$')
+  ident = {'s:' .. process, seq, tonumber(low)}
+  names[#names + 1] = ident[1]
 end
 local found = redis.call('HMGET', key, unpack(names))
 local plan = found[1]
@@ -177,6 +186,29 @@ for j = 1, n do
     end
   end
   bit = bit * 2
+end
+if ident then
+  -- Keep what this process has not settled, add this step (with the shadow limits it did not
+  -- fit: they took nothing), so a reply lost on the way can be resolved (see replay.lua).
+  local kept = {}
+  local record = found[#names]
+  if record then
+    for token in string.gmatch(record, '%S+') do
+      if tonumber(string.match(token, '^%d+')) >= ident[3] then
+        kept[#kept + 1] = token
+      end
+    end
+  end
+  if misfits > 0 then
+    kept[#kept + 1] = ident[2] .. '/' .. fmt(misfits)
+  else
+    kept[#kept + 1] = ident[2]
+  end
+  writes[#writes + 1] = ident[1]
+  writes[#writes + 1] = table.concat(kept, ' ')
+  if needed < now then
+    needed = now  -- a step that changed no counter still keeps its record's hash alive
+  end
 end
 if #writes > 0 then
   redis.call('HSET', key, unpack(writes))

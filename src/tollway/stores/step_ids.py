@@ -1,0 +1,48 @@
+"""Every acquire step a process sends carries an identity, so that a step whose reply was lost
+can be told apart from one that never ran.
+
+The identity is this process's id and a sequence number. The step script records, per
+subject and process, the sequence numbers it applied (a field of the subject's hash, see
+``lua/step.lua``), and forgets those below the *low-water mark* the step also carries: the
+lowest number this process has not settled yet. A step settles when its reply arrives, or,
+when its reply was lost, once the journal has resolved it (applied it if the caller was let
+through, given it back if the caller was refused, see ``lua/replay.lua``). So the record keeps
+exactly what is still in doubt, and nothing for long: no key per step, and no guess about how
+long a journal may wait.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+
+
+class StepIds:
+    def __init__(self) -> None:
+        self.process = secrets.token_hex(6)
+        """This process's id among the writers of the store (12 hex digits)."""
+        self._next = itertools.count(1).__next__
+        self._open: dict[int, None] = {}
+        """Sequence numbers sent and not settled, in the order they were taken (a dict is
+        an ordered set: the first key is the lowest)."""
+        self._lock = threading.Lock()
+
+    def begin(self) -> tuple[int, int]:
+        """A new sequence number, and the low-water mark to send with it."""
+        with self._lock:
+            seq = self._next()
+            self._open[seq] = None
+            return seq, next(iter(self._open))
+
+    def settle(self, seq: int) -> None:
+        """``seq``'s outcome is known: its record in the store may be forgotten."""
+        with self._lock:
+            self._open.pop(seq, None)
+
+    def argument(self, seq: int, low: int) -> str:
+        """The step script's identity argument (``lua/step.lua``, ARGV[3] of an acquire)."""
+        return f"{self.process} {seq} {low}"
+
+
+__all__ = ["StepIds"]
