@@ -562,7 +562,8 @@ def test_fail_open_journal_replay_appends_the_events_at_their_time(
             journaled.append((ident, before, _now_us()))
             assert time.monotonic() < deadline, "the store was not used again within 5 s"
             time.sleep(0.02)
-        assert _journal_lines(journal) == 0  # replayed by that call, then emptied
+        assert tw.store.wait_replayed(10)  # in the background, after that call
+        assert _journal_lines(journal) == 0  # replayed, then emptied
         total = 4 + len(journaled) + 1
 
         with redis.Redis.from_url(server.url) as client:

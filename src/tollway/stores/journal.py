@@ -113,7 +113,12 @@ class Journal:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
-        self._name = _file_name()
+        self._pid = os.getpid()
+        self._owner = _owner_token()
+        self._name = _file_name(self._owner)
+        self._alive: IO[bytes] | None = None
+        """Held locked while this process lives: others replay its files only once it died,
+        so a step in doubt is resolved by the process that sent it (see `_owner_alive`)."""
         self._lock = threading.Lock()
         self.pending = self.folder.exists() and any(self._files())
         """Whether entries may be waiting for a replay (checked without touching the disk)."""
@@ -122,9 +127,33 @@ class Journal:
     def _files(self) -> Iterator[Path]:
         return (p for p in self.folder.glob("*.jsonl") if p.stat().st_size > 0)
 
+    def _forked(self) -> None:
+        """A child of a fork writes files of its own (the parent's lock is not its own)."""
+        if os.getpid() != self._pid:
+            self._pid, self._owner, self._alive = os.getpid(), _owner_token(), None
+            self._name = _file_name(self._owner)
+
+    def _hold_alive(self) -> None:
+        if self._alive is None:
+            handle = (self.folder / f"{self._owner}.alive").open("a+b")
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._alive = handle
+
+    def close(self) -> None:
+        """This process is done with the journal: its files are anyone's to replay."""
+        with self._lock:
+            self._forked()
+            if self._alive is not None:
+                with contextlib.suppress(OSError):
+                    (self.folder / f"{self._owner}.alive").unlink()
+                self._alive.close()
+                self._alive = None
+
     def append(self, entry: JournalEntry) -> None:
         with self._lock:
+            self._forked()
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._hold_alive()
             for _ in range(_MAX_FILES_PER_APPEND):
                 with (self.folder / self._name).open("a+b") as handle:
                     try:
@@ -134,7 +163,7 @@ class Journal:
                         # store replays between awaits, and a step journaled meanwhile would
                         # wait on its own lock for ever): write to a new file instead, which
                         # the next replay finds like any other.
-                        self._name = _file_name()
+                        self._name = _file_name(self._owner)
                         continue
                     _write_line(handle, entry.to_line().encode("utf-8"))
                     self.pending = True
@@ -155,7 +184,10 @@ class Journal:
             return
         try:
             left = False
+            self._forked()
             for path in sorted(self._files()):
+                if not self._mine_or_dead(path):
+                    continue  # a live process's: it replays its own
                 with _claim(path) as claim:
                     if claim is not None:
                         yield claim
@@ -164,6 +196,17 @@ class Journal:
                 self.pending = False
         finally:
             self._replaying.release()
+
+    def _mine_or_dead(self, path: Path) -> bool:
+        owner = path.stem.rsplit("-", 1)[0]
+        if owner == self._owner:
+            return True
+        lock = self.folder / f"{owner}.alive"
+        if _owner_alive(lock):
+            return False
+        with contextlib.suppress(OSError):
+            lock.unlink()  # its owner died: the files are anyone's now
+        return True
 
     def replay(self, apply: Callable[[JournalEntry], float], limit: int = 0) -> tuple[int, float]:
         """Send journaled entries through ``apply`` (at most ``limit``, 0 for all); returns
@@ -194,9 +237,26 @@ _MAX_FILES_PER_APPEND = 8
 """New files an append tries before it gives up (each locked one is being replayed)."""
 
 
-def _file_name() -> str:
+def _owner_token() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _file_name(owner: str) -> str:
     """A journal file of this process's own (a new one whenever its file is being replayed)."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+    return f"{owner}-{uuid.uuid4().hex[:8]}.jsonl"
+
+
+def _owner_alive(path: Path) -> bool:
+    """Whether the process whose lock file is ``path`` still runs (it holds the lock)."""
+    try:
+        with path.open("rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+    except FileNotFoundError:
+        return False
+    return False
 
 
 def _write_line(handle: IO[bytes], line: bytes) -> None:

@@ -135,10 +135,7 @@ class _Common(Guard):
 
     def journal_step(self, step: Step) -> None:
         """Record what a fail-open step let through, to replay when the store is back."""
-        self.journal.append(codec.journal_entry(step, uuid.uuid4().hex, self._store_now()))
-
-    def _store_now(self) -> int:
-        return self.clock() + self._offset_us
+        self.journal.append(codec.journal_entry(step, uuid.uuid4().hex, self.clock()))
 
     def _call(self, step: Step, stream: str) -> tuple[int, int, tuple[list[str], list[Any]]]:
         """A step's sequence number (0: not an acquire), deadline, and script call."""
@@ -159,7 +156,7 @@ class _Common(Guard):
     def _lost(self, step: Step, seq: int, deadline: int, exc: StoreUnavailableError) -> None:
         """No reply to ``step``: journal what must be told to the store when it is back."""
         if step.mode == ACQUIRE:
-            self.doubt.lost(step, seq, deadline, exc, self._store_now())
+            self.doubt.lost(step, seq, deadline, exc, self.clock())
 
     def _replay_entry(self, entry: JournalEntry) -> float:
         """Resolve one journal entry (in the replayer's thread); 0, or seconds to wait."""
@@ -415,6 +412,7 @@ class RedisStore(_Common):
 
     def close(self) -> None:
         self.replayer.close()
+        self.journal.close()
         self.client.close()
 
 
@@ -569,6 +567,7 @@ class AsyncRedisStore(_Common):
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.replayer.close)
+        self.journal.close()
         if self._sync_client is not None:
             self._sync_client.close()
         await self._deadlines.close()

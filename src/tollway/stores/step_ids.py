@@ -14,12 +14,19 @@ long a journal may wait.
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import threading
+import weakref
 
 
 class StepIds:
     def __init__(self) -> None:
+        self.renew()
+        _LIVE.add(self)
+
+    def renew(self) -> None:
+        # Also in a child after a fork: two processes never send under one id.
         self.process = secrets.token_hex(6)
         """This process's id among the writers of the store (12 hex digits)."""
         self._next = itertools.count(1).__next__
@@ -44,5 +51,15 @@ class StepIds:
         """The step script's identity argument (``lua/step.lua``, ARGV[3] of an acquire)."""
         return f"{self.process} {seq} {low}"
 
+
+_LIVE: weakref.WeakSet[StepIds] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for ids in list(_LIVE):
+        ids.renew()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 __all__ = ["StepIds"]
