@@ -35,12 +35,22 @@ def chaos_policy(url: str, journal: str, ledger_url: str) -> Policy:
             "plans": {
                 "lenient": {
                     "limits": [
-                        {"name": "calls", "quota": "1000000/day", "timezone": tz, "on_error": "open"}
+                        {
+                            "name": "calls",
+                            "quota": "1000000/day",
+                            "timezone": tz,
+                            "on_error": "open",
+                        }
                     ]
                 },
                 "strict": {
                     "limits": [
-                        {"name": "calls", "quota": "1000000/day", "timezone": tz, "on_error": "closed"}
+                        {
+                            "name": "calls",
+                            "quota": "1000000/day",
+                            "timezone": tz,
+                            "on_error": "closed",
+                        }
                     ]
                 },
             },

@@ -18,14 +18,14 @@ import redis.cluster
 from dropping_proxy import DroppingProxy, Loss
 from model import day_safe_timezone
 from servers import RedisCluster, RedisServer
-from tollway import Tollway
+from tollway import AsyncTollway, Tollway
 from tollway.engine.step import system_clock
 from tollway.metering.entries import decode_entry
 from tollway.metering.ledger import Ledger, open_ledger
 from tollway.metering.ledger.events import UsageEvent
 from tollway.policy import load
 from tollway.policy.model import Policy
-from tollway.stores.redis import RedisStore
+from tollway.stores.redis import AsyncRedisStore, RedisStore
 from tollway.stores.redis_codec import STEP
 
 QUOTA = 6
@@ -164,3 +164,60 @@ def test_cluster(
     finally:
         for proxy in proxies:
             proxy.close()
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+async def test_async_face(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path, ledger: Ledger, on_error: str
+) -> None:
+    """The asyncio store keeps the same books (its replayer runs in a thread of its own)."""
+    server = make_redis_server()
+    with DroppingProxy(server.port) as proxy:
+        policy = _policy(f"redis://127.0.0.1:{proxy.port}", tmp_path / "journal", on_error)
+        async with AsyncTollway(policy) as tw:
+            allowed = degraded = 0
+            for n in range(CALLS):
+                if n in FAULTS:
+                    proxy.arm("reply", STEP.sha.encode())
+                decision = await tw.acquire("acct", "call", id=f"req-{n}" if n % 2 else None)
+                allowed += decision.allowed
+                degraded += decision.degraded
+                proxy.disarm()
+            assert degraded == len(FAULTS)
+            assert await tw.store.wait_replayed_async(10)
+            used = (await tw.usage("acct")).limit("calls").used
+        with redis.Redis(port=server.port) as client:
+            stream = AsyncRedisStore(server.url, policy.store, system_clock, policy.ledger)
+            billed = _ledger_quantity(client, stream.stream_of("acct"), "acct", ledger)
+            await stream.aclose()
+        assert (used, billed) == (allowed, allowed)
+
+
+def test_a_client_clock_ahead_of_redis_keeps_deadlines_on_time(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    """The offset is read from Redis's TIME at connect: with the client's clock 30 s ahead, a
+    step stuck in a stopped server's buffer is refused when it resumes (its deadline passed),
+    and the step in doubt is resolved at once, not 30 s later."""
+    import os
+    import signal
+    import time
+
+    server = make_redis_server()
+    policy = _policy(server.url, tmp_path / "journal", "open")
+    ahead = lambda: time.time_ns() // 1000 + 30_000_000  # noqa: E731
+    with Tollway(policy, clock=ahead) as tw:
+        assert tw.acquire("acct", "call").allowed
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            stuck = tw.acquire("acct", "call")
+            assert stuck.allowed and stuck.degraded
+            time.sleep(0.3)  # past the stuck step's deadline (160 ms), on Redis's clock too
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        started = time.monotonic()
+        assert not tw.acquire("acct", "call").degraded
+        assert tw.store.wait_replayed(10)
+        assert time.monotonic() - started < 5
+        assert tw.usage("acct").limit("calls").used == 3  # each of the three counted once
