@@ -190,22 +190,25 @@ end
 if ident then
   -- Keep what this process has not settled, add this step (with the shadow limits it did not
   -- fit: they took nothing), so a reply lost on the way can be resolved (see replay.lua).
-  local kept = {}
+  local token = ident[2]
+  if misfits > 0 then
+    token = token .. '/' .. fmt(misfits)
+  end
   local record = found[#names]
-  if record then
-    for token in string.gmatch(record, '%S+') do
-      if tonumber(string.match(token, '^%d+')) >= ident[3] then
-        kept[#kept + 1] = token
+  -- Usually the record is one settled step, dropped here without a loop.
+  if record and (string.find(record, ' ', 1, true)
+      or tonumber(string.match(record, '^%d+')) >= ident[3]) then
+    local kept = {}
+    for old in string.gmatch(record, '%S+') do
+      if tonumber(string.match(old, '^%d+')) >= ident[3] then
+        kept[#kept + 1] = old
       end
     end
-  end
-  if misfits > 0 then
-    kept[#kept + 1] = ident[2] .. '/' .. fmt(misfits)
-  else
-    kept[#kept + 1] = ident[2]
+    kept[#kept + 1] = token
+    token = table.concat(kept, ' ')
   end
   writes[#writes + 1] = ident[1]
-  writes[#writes + 1] = table.concat(kept, ' ')
+  writes[#writes + 1] = token
   if needed < now then
     needed = now  -- a step that changed no counter still keeps its record's hash alive
   end
