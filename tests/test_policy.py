@@ -793,8 +793,7 @@ def test_failed_key_attempts_are_limited_by_default_and_set_in_keys() -> None:
     )
     assert load({"keys": {"failed_attempts": False}}).keys.failed_attempts is None
     assert issue_at({"keys": {"failed_attempts": "5/s"}}, "keys.failed_attempts") == (
-        '"5/s" is not a quota; expected N/PERIOD with PERIOD one of minute, hour, day, week, '
-        "month"
+        '"5/s" is not a quota; expected N/PERIOD with PERIOD one of minute, hour, day, week, month'
     )
     assert issue_at({"keys": {"failed_attempts": True}}, "keys.failed_attempts") == (
         'expected a quota such as "20/minute", or false, got true (a boolean)'
