@@ -33,7 +33,10 @@ from the request (even from its body)::
 - The subject is ``subject(request)`` when given (a function, sync or async, returning the
   subject's name), otherwise the client's address as the middleware counts anonymous clients
   (``ip:203.0.113.7``, IPv6 by /64; ``X-Forwarded-For`` is never believed here: pass a
-  ``subject`` built on `tollway.http.clientip.ClientIP` to trust proxies).
+  ``subject`` built on `tollway.http.clientip.ClientIP` to trust proxies). Mind the server:
+  uvicorn's default ``--proxy-headers`` puts the forwarding header's value in the ASGI client
+  for connections from ``--forwarded-allow-ips`` (127.0.0.1); a value that is not an IP
+  address counts as ``ip:unknown``, never as its own text.
 - The cost is the operation's cost from the policy, a fixed ``cost=N``, or ``cost(request)``
   (sync or async). A cost that cannot be computed (the function raises `ValueError`,
   `TypeError`, `LookupError`, or a `TollwayError`) is a 400 problem; nothing is consumed.

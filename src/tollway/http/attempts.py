@@ -40,7 +40,9 @@ __all__ = ["SUBJECT_PREFIX", "Attempt", "KeyAttempts"]
 
 SUBJECT_PREFIX: Final = "@key-failures:"
 """The internal subjects of the counts: ``@key-failures:ip:203.0.113.7``."""
-LIMIT_NAME: Final = "failed_attempts"
+LIMIT_NAME: Final = "@failed_attempts"
+"""Not a name a policy's limit can have (they start with a letter or digit): its counter can
+never be a field a plan's limit counts in, whatever subject the application uses."""
 _OPERATION = "key-attempt"
 _US = 1_000_000
 # Addresses this process saw refused; a full table is cleared (it only saves store calls).
