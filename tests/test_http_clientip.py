@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tollway.errors import ConfigurationError
-from tollway.http.clientip import MAX_FORWARDED, MAX_HOPS, UNKNOWN, ClientIP, subject_for_ip
+from tollway.http.clientip import (
+    MAX_FORWARDED,
+    MAX_HOPS,
+    UNKNOWN,
+    ClientIP,
+    parse_node,
+    subject_for_ip,
+)
 
 CLIENT = "203.0.113.7"
 PROXY = "10.0.0.1"
@@ -427,3 +434,31 @@ def test_only_the_last_max_forwarded_characters_are_read() -> None:
     assert BEHIND_FWD.resolve(PROXY, fwd(f"for={CLIENT}", "for=10.0.0.8" + pad[:100])) == CLIENT
     assert BEHIND_FWD.resolve(PROXY, fwd(f"for={CLIENT}", "for=10.0.0.8" + pad)) == PROXY
     assert BEHIND_FWD.resolve(PROXY, fwd(f"for={CLIENT}", pad, "for=10.0.0.8")) == "10.0.0.8"
+
+
+def _full_walk(resolver: ClientIP, peer: str, lines: list[str]) -> str:
+    """The walk as it was before it was bounded: every entry parsed, then walked from the
+    right. Within the bounds the bounded walk must answer exactly the same."""
+    entries = [parse_node(item) for line in lines for item in line.split(",") if item.strip()]
+    address = ipaddress.ip_address(peer)
+    for entry in reversed(entries):
+        if entry is None:
+            break
+        address = entry
+        if not resolver.is_trusted(address):
+            break
+    return str(address)
+
+
+XFF_ITEMS = st.sampled_from(
+    [
+        *(CLIENT, PROXY, "10.0.0.2", "127.0.0.1", "198.51.100.9", "::1", "2001:db8::1"),
+        *("unknown", "10.0.0.3:80", "[::1]:443", "1.2.3.4:99999", " ", "", "_x", "10.1.1.1:0"),
+    ]
+)
+
+
+@given(lines=st.lists(st.lists(XFF_ITEMS, max_size=8).map(", ".join), max_size=4))
+def test_within_the_bounds_the_walk_is_the_full_walk(lines: list[str]) -> None:
+    assert sum(len(line.split(",")) for line in lines) <= MAX_HOPS
+    assert BEHIND.resolve(PROXY, xff(*lines)) == _full_walk(BEHIND, PROXY, lines)

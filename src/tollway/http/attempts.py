@@ -92,7 +92,7 @@ class KeyAttempts:
             return None
         now_us = self.engine.clock()
         if now_us >= until:
-            del self._blocked[subject]
+            self._blocked.pop(subject, None)  # another thread may have done it already
             return None
         return _seconds(until - now_us)
 
