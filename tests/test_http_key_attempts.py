@@ -293,3 +293,17 @@ def test_a_store_that_cannot_count_skips_the_limit(make_redis_server: Any) -> No
         failure = attempts.failure(KeyAttempts.subject("ip:" + FLOODER))
         assert asyncio.run(decide_attempt(keys, failure)) is None
         assert attempts.refusal(failure, None) is None
+
+
+def test_the_count_on_a_redis_cluster(redis_cluster_client: Any, redis_cluster_url: str) -> None:
+    clear_of_the_hour_edge()
+    with Tollway(POLICY, redis_cluster_url) as tw:
+        gate = Gate(tw.policy, accept_keys=True, key_attempts=KeyAttempts.of(tw.driver.engine))
+        keys = ApiKeys(tw, secret=SECRET)
+        good = keys.create("acct_1").key
+        statuses = [attempt(tw, gate, keys, WRONG, FLOODER) for _ in range(FAILURES + 1)]
+        assert statuses == [401] * FAILURES + [429]
+        # Another process (a gate of its own, no memory of the refusal) asks the store.
+        other = Gate(tw.policy, accept_keys=True, key_attempts=KeyAttempts.of(tw.driver.engine))
+        assert attempt(tw, other, keys, good, FLOODER) == 429
+        assert attempt(tw, other, keys, good, OTHER) == 200
