@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tollway.errors import ConfigurationError
-from tollway.http.clientip import UNKNOWN, ClientIP, subject_for_ip
+from tollway.http.clientip import (
+    MAX_FORWARDED,
+    MAX_HOPS,
+    UNKNOWN,
+    ClientIP,
+    parse_node,
+    subject_for_ip,
+)
 
 CLIENT = "203.0.113.7"
 PROXY = "10.0.0.1"
@@ -120,6 +128,9 @@ def test_starlette_headers_give_every_line() -> None:
         ("203.0.113.7", "203.0.113.7"),
         ("  203.0.113.7\t", "203.0.113.7"),
         ("203.0.113.7:4711", "203.0.113.7"),
+        ("203.0.113.7:1", "203.0.113.7"),
+        ("203.0.113.7:65535", "203.0.113.7"),
+        ("[2001:db8::1]:65535", "2001:db8::1"),
         ("2001:db8::1", "2001:db8::1"),
         ("2001:DB8:0:0::1", "2001:db8::1"),
         ("[2001:db8::1]", "2001:db8::1"),
@@ -168,6 +179,8 @@ def test_forwarded_syntax(value: str, expected: str) -> None:
         'for="[2001:db8::1"',
         "for=not-an-ip",
         'for="1.2.3.4:port"',
+        'for="1.2.3.4:99999"',
+        'for="[2001:db8::1]:65536"',
     ],
 )
 def test_forwarded_unusable_nodes_stop_at_the_proxy(value: str) -> None:
@@ -210,6 +223,18 @@ def test_forwarded_unquoted_brackets_are_accepted() -> None:
         "256.1.1.1",
         "1.2.3.4:port",
         "1.2.3.4:123456",
+        "1.2.3.4:99999",
+        "1.2.3.4:65536",
+        "1.2.3.4:0",
+        "1.2.3.4:080",
+        "1.2.3.4:",
+        "1.2.3.4:-1",
+        "1.2.3.4:+80",
+        "1.2.3.4:80:80",
+        "[2001:db8::1]:99999",
+        "[2001:db8::1]:0",
+        "[2001:db8::1]:",
+        "[2001:db8::1]x",
         "[1.2.3.4]",
         "[2001:db8::1",
         "2001:db8::1:4711:1:1:1:1:1",
@@ -279,8 +304,13 @@ def test_bad_trusted_entries_are_configuration_errors(value: object) -> None:
 def test_peer_forms() -> None:
     assert BEHIND.resolve(None, xff(CLIENT)) == UNKNOWN
     assert BEHIND.resolve("", xff(CLIENT)) == UNKNOWN
-    assert BEHIND.resolve("testclient", xff(CLIENT)) == "testclient"
-    assert BEHIND.resolve("/run/app.sock", xff(CLIENT)) == "/run/app.sock"
+    # A peer that is not an IP address is never its own text (issue 11: a server rewriting the
+    # peer from X-Forwarded-For let a client choose its subject).
+    assert BEHIND.resolve("testclient", xff(CLIENT)) == UNKNOWN
+    assert BEHIND.resolve("/run/app.sock", xff(CLIENT)) == UNKNOWN
+    assert BEHIND.resolve("anything-i-like", []) == UNKNOWN
+    assert ClientIP().resolve("anything-i-like", []) == UNKNOWN
+    assert BEHIND.resolve("1.2.3.4:99999", []) == UNKNOWN
     assert BEHIND.resolve("bad\npeer", xff(CLIENT)) == UNKNOWN
     assert BEHIND.resolve("x" * 300, xff(CLIENT)) == UNKNOWN
     assert BEHIND.resolve("2001:DB8::1", []) == "2001:db8::1"
@@ -314,6 +344,8 @@ def test_subject_for_ip() -> None:
     assert subject_for_ip("2001:db8:1:2:aaaa::1", ipv6_prefix=128) == "ip:2001:db8:1:2:aaaa::1"
     assert subject_for_ip("2001:db8:1:2:aaaa::1", ipv6_prefix=48) == "ip:2001:db8:1::/48"
     assert subject_for_ip(UNKNOWN) == "ip:unknown"
+    assert subject_for_ip("anything-i-like") == "ip:unknown"
+    assert subject_for_ip("/run/app.sock") == "ip:unknown"
     with pytest.raises(ValueError, match="ipv6_prefix"):
         subject_for_ip(CLIENT, ipv6_prefix=129)
 
@@ -352,4 +384,81 @@ def test_random_headers_never_raise(peer: str, lines: list[str], forwarded: bool
 @given(peer=st.text(max_size=300), value=st.text(max_size=100))
 def test_random_peers_never_raise(peer: str, value: str) -> None:
     result = BEHIND.resolve(peer, {"x-forwarded-for": value})
-    assert result in (peer, UNKNOWN) or _valid_ip(result)
+    assert result == UNKNOWN or _valid_ip(result)
+    assert subject_for_ip(result) == "ip:unknown" or _valid_ip(result)
+
+
+# -- bounded work (issue 11) -------------------------------------------------------------------
+
+
+def test_a_huge_header_from_a_trusted_proxy_is_cheap() -> None:
+    # 1 MB of client-written entries, then the proxy's own: read from the right, the first
+    # untrusted entry ends the walk; the rest is never parsed (not even decoded).
+    huge = ", ".join(["198.51.100.1"] * 80_000) + f", {CLIENT}"
+    assert len(huge) > 1_000_000
+    headers = xff(huge)
+    start = time.perf_counter()
+    for _ in range(10):
+        assert BEHIND.resolve(PROXY, headers) == CLIENT
+        assert BEHIND_FWD.resolve(PROXY, fwd(huge.replace(", ", ", for="))) == PROXY
+    assert time.perf_counter() - start < 0.2  # a bound, not a benchmark: 20 resolves
+
+
+def test_at_most_max_hops_entries_are_walked() -> None:
+    # Every entry trusted: without a bound the answer would be the leftmost one, found after
+    # parsing all of them; the walk stops after MAX_HOPS at the last trusted address reached.
+    chain = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]
+    header = ", ".join([CLIENT, *chain])
+    assert BEHIND.resolve(PROXY, xff(header)) == chain[-MAX_HOPS]
+    short = chain[-(MAX_HOPS - 1) :]
+    assert BEHIND.resolve(PROXY, xff(", ".join([CLIENT, *short]))) == CLIENT
+    # Across lines too, empty elements counted: a flood of commas is no way around it.
+    assert BEHIND.resolve(PROXY, xff(CLIENT, "," * 100_000)) == PROXY
+    lines = [f"10.0.0.{i + 1}" for i in range(MAX_HOPS)]
+    assert BEHIND.resolve(PROXY, xff(CLIENT, *lines)) == lines[0]
+    fwd_lines = [f"for=10.0.0.{i + 1}" for i in range(MAX_HOPS)]
+    assert BEHIND_FWD.resolve(PROXY, fwd(f"for={CLIENT}", *fwd_lines)) == "10.0.0.1"
+    assert BEHIND_FWD.resolve(PROXY, fwd(f"for={CLIENT}", *fwd_lines[1:])) == CLIENT
+
+
+def test_only_the_last_max_forwarded_characters_are_read() -> None:
+    # Padding that, read whole, would be skipped as whitespace: past the bound, the entry cut
+    # in two is dropped (never read as an address) and the walk stops at the last trusted hop.
+    pad = " " * MAX_FORWARDED
+    assert BEHIND.resolve(PROXY, xff(f"{CLIENT}{pad[:100]}, 10.0.0.8")) == CLIENT
+    assert BEHIND.resolve(PROXY, xff(f"{CLIENT}{pad}, 10.0.0.8")) == "10.0.0.8"
+    # Lines count together.
+    assert BEHIND.resolve(PROXY, xff(CLIENT, pad[:100], "10.0.0.8")) == CLIENT
+    assert BEHIND.resolve(PROXY, xff(CLIENT, pad, "10.0.0.8")) == "10.0.0.8"
+    # A Forwarded line past the bound is not read at all: its quoting reads from its start.
+    assert BEHIND_FWD.resolve(PROXY, fwd(f"for={CLIENT}", "for=10.0.0.8" + pad[:100])) == CLIENT
+    assert BEHIND_FWD.resolve(PROXY, fwd(f"for={CLIENT}", "for=10.0.0.8" + pad)) == PROXY
+    assert BEHIND_FWD.resolve(PROXY, fwd(f"for={CLIENT}", pad, "for=10.0.0.8")) == "10.0.0.8"
+
+
+def _full_walk(resolver: ClientIP, peer: str, lines: list[str]) -> str:
+    """The walk as it was before it was bounded: every entry parsed, then walked from the
+    right. Within the bounds the bounded walk must answer exactly the same."""
+    entries = [parse_node(item) for line in lines for item in line.split(",") if item.strip()]
+    address = ipaddress.ip_address(peer)
+    for entry in reversed(entries):
+        if entry is None:
+            break
+        address = entry
+        if not resolver.is_trusted(address):
+            break
+    return str(address)
+
+
+XFF_ITEMS = st.sampled_from(
+    [
+        *(CLIENT, PROXY, "10.0.0.2", "127.0.0.1", "198.51.100.9", "::1", "2001:db8::1"),
+        *("unknown", "10.0.0.3:80", "[::1]:443", "1.2.3.4:99999", " ", "", "_x", "10.1.1.1:0"),
+    ]
+)
+
+
+@given(lines=st.lists(st.lists(XFF_ITEMS, max_size=8).map(", ".join), max_size=4))
+def test_within_the_bounds_the_walk_is_the_full_walk(lines: list[str]) -> None:
+    assert sum(len(line.split(",")) for line in lines) <= MAX_HOPS
+    assert BEHIND.resolve(PROXY, xff(*lines)) == _full_walk(BEHIND, PROXY, lines)

@@ -20,7 +20,7 @@ import tollway
 import tollway.policy
 from tollway.errors import PolicyError, PolicyIssue
 from tollway.money import Money
-from tollway.policy import Grace, Policy, Rate, load, loads, policy_schema
+from tollway.policy import Grace, Policy, Quota, Rate, load, loads, policy_schema
 from tollway.policy.fields import parse_quota, parse_rate
 from tollway.policy.model import PERIODS
 
@@ -782,8 +782,28 @@ def test_unknown_section_lists_the_allowed_ones() -> None:
     message = issue_at({"plan": {}}, "plan")
     assert message == (
         'unknown section "plan"; expected one of store, defaults, operations, plans, '
-        'providers, routes, ledger, hooks (did you mean "plans"?)'
+        'providers, routes, ledger, hooks, keys (did you mean "plans"?)'
     )
+
+
+def test_failed_key_attempts_are_limited_by_default_and_set_in_keys() -> None:
+    assert load({}).keys.failed_attempts == Quota(20, "minute", "20/minute")
+    assert load({"keys": {"failed_attempts": "5/hour"}}).keys.failed_attempts == Quota(
+        5, "hour", "5/hour"
+    )
+    assert load({"keys": {"failed_attempts": False}}).keys.failed_attempts is None
+    assert issue_at({"keys": {"failed_attempts": "5/s"}}, "keys.failed_attempts") == (
+        '"5/s" is not a quota; expected N/PERIOD with PERIOD one of minute, hour, day, week, month'
+    )
+    assert issue_at({"keys": {"failed_attempts": True}}, "keys.failed_attempts") == (
+        'expected a quota such as "20/minute", or false, got true (a boolean)'
+    )
+    assert issue_at({"keys": {"failed": 1}}, "keys.failed").startswith('unknown key "failed"')
+    validator = jsonschema.Draft202012Validator(policy_schema())
+    for good in ("5/hour", False):
+        assert not list(validator.iter_errors({"keys": {"failed_attempts": good}}))
+    for bad in ("5/s", True, 5):
+        assert list(validator.iter_errors({"keys": {"failed_attempts": bad}}))
 
 
 def test_typo_in_a_limit_key_suggests_the_right_one() -> None:

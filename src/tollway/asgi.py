@@ -15,7 +15,8 @@ from typing import Any
 from tollway.client import AsyncTollway, Tollway
 from tollway.engine.decision import Decision
 from tollway.errors import StoreError, TollwayError
-from tollway.http.gate import Admission, Gate, KeyCheck, Request, Verdict
+from tollway.http.attempts import Attempt, KeyAttempts
+from tollway.http.gate import Admission, Gate, KeyAttempt, KeyCheck, Request, Verdict
 from tollway.inline import inline_tollway
 from tollway.keys import ApiKeys, AsyncApiKeys
 from tollway.stores.memory import MemoryStore
@@ -32,9 +33,10 @@ class TollwayMiddleware:
     ``app.add_middleware(TollwayMiddleware, limits="5/s; 1000/hour")`` (every request, per
     client address, on the memory store; ``store="redis://..."`` to share the counts: see
     `tollway.inline`). ``api_keys`` (`AsyncApiKeys`, or `ApiKeys`) maps presented keys to
-    their subjects; the other keyword arguments are the `tollway.http.gate.Gate` options
-    (``identify``, ``trusted_proxies``, ``exempt``, ``overrides``, ``costs``, ``headers``,
-    ``legacy_headers``, ``anonymous``)."""
+    their subjects, and failed attempts at them are limited per client address by the keys'
+    policy (``[keys] failed_attempts``, see `tollway.http.attempts`); the other keyword
+    arguments are the `tollway.http.gate.Gate` options (``identify``, ``trusted_proxies``,
+    ``exempt``, ``overrides``, ``costs``, ``headers``, ``legacy_headers``, ``anonymous``)."""
 
     def __init__(
         self,
@@ -49,6 +51,8 @@ class TollwayMiddleware:
         self.app = app
         self.tollway: AsyncTollway | Tollway = inline_tollway(tollway, limits, store, AsyncTollway)
         self.api_keys = api_keys
+        if api_keys is not None:
+            options.setdefault("key_attempts", KeyAttempts.of(api_keys.tollway.driver.engine))
         self.gate = Gate(self.tollway.policy, accept_keys=api_keys is not None, **options)
         # A sync Tollway (or sync API keys) on a networked store would block the event loop:
         # such calls go to a worker thread. The memory store never blocks.
@@ -73,9 +77,14 @@ class TollwayMiddleware:
             client[0] if client else None,
             scope.get("query_string", b""),
         )
-        plan = gate.plan(request, matched)
-        if isinstance(plan, KeyCheck):
-            plan = gate.keyed(plan, await verify_key(self.api_keys, plan.key))
+        planned = gate.plan(request, matched)
+        if isinstance(planned, KeyCheck):
+            keyed = gate.keyed(planned, await verify_key(self.api_keys, planned.key))
+            if isinstance(keyed, KeyAttempt):
+                keyed = gate.attempted(keyed, await decide_attempt(self.api_keys, keyed.attempt))
+            plan: Admission | Verdict = keyed
+        else:
+            plan = planned
         if isinstance(plan, Verdict):
             verdict = plan
         else:
@@ -127,6 +136,21 @@ async def verify_key(keys: AsyncApiKeys | ApiKeys | None, key: str) -> str | Sto
         return exc
 
 
+async def decide_attempt(keys: AsyncApiKeys | ApiKeys | None, attempt: Attempt) -> Decision | None:
+    """The decision of a failed-attempts step (`tollway.http.attempts`) in the keys' store, as
+    `verify_key` runs there; None when the store could not answer (the limit is skipped)."""
+    try:
+        if isinstance(keys, AsyncApiKeys):
+            return await keys.tollway.driver.decide(attempt.build)
+        if keys is None:  # pragma: no cover - asked only where keys are accepted
+            return None
+        if keys.blocking:
+            return await asyncio.to_thread(keys.tollway.driver.decide, attempt.build)
+        return keys.tollway.driver.decide(attempt.build)
+    except TollwayError:
+        return None
+
+
 async def _ready(decision: Decision) -> Decision:
     return decision
 
@@ -152,4 +176,4 @@ async def _respond(verdict: Verdict, send: Send) -> None:
     await send({"type": "http.response.body", "body": verdict.body})
 
 
-__all__ = ["TollwayMiddleware", "verify_key"]
+__all__ = ["TollwayMiddleware", "decide_attempt", "verify_key"]

@@ -33,7 +33,10 @@ from the request (even from its body)::
 - The subject is ``subject(request)`` when given (a function, sync or async, returning the
   subject's name), otherwise the client's address as the middleware counts anonymous clients
   (``ip:203.0.113.7``, IPv6 by /64; ``X-Forwarded-For`` is never believed here: pass a
-  ``subject`` built on `tollway.http.clientip.ClientIP` to trust proxies).
+  ``subject`` built on `tollway.http.clientip.ClientIP` to trust proxies). Mind the server:
+  uvicorn's default ``--proxy-headers`` puts the forwarding header's value in the ASGI client
+  for connections from ``--forwarded-allow-ips`` (127.0.0.1); a value that is not an IP
+  address counts as ``ip:unknown``, never as its own text.
 - The cost is the operation's cost from the policy, a fixed ``cost=N``, or ``cost(request)``
   (sync or async). A cost that cannot be computed (the function raises `ValueError`,
   `TypeError`, `LookupError`, or a `TollwayError`) is a 400 problem; nothing is consumed.
@@ -59,10 +62,11 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from tollway.asgi import verify_key
+from tollway.asgi import decide_attempt, verify_key
 from tollway.client import AsyncTollway, Tollway
 from tollway.engine.decision import Decision
 from tollway.errors import ConfigurationError, StoreError, TollwayError
+from tollway.http.attempts import KeyAttempts
 from tollway.http.clientip import ClientIP, subject_for_ip
 from tollway.http.gate import Request as GateRequest
 from tollway.http.gate import (
@@ -72,6 +76,7 @@ from tollway.http.gate import (
     read_request_id,
     refused_key,
     request_id_header,
+    too_many_attempts,
 )
 from tollway.http.headers import ratelimit_fields
 from tollway.http.problem import PROBLEM_JSON, problem, problem_for
@@ -157,8 +162,10 @@ def limit(
 
     ``api_keys`` (`AsyncApiKeys`, or `ApiKeys`): a request presenting a key (``Authorization:
     Bearer`` or ``X-API-Key``) is counted for the key's owner, as the middleware counts it (a
-    refused key is a 401, a store that cannot check it a 503); ``anonymous=False``: a request
-    without a key is a 401. A ``subject`` function, when given, decides instead.
+    refused key is a 401, a store that cannot check it a 503; failed attempts are limited per
+    client address by the keys' policy, ``[keys] failed_attempts``: past it, a 429);
+    ``anonymous=False``: a request without a key is a 401. A ``subject`` function, when given,
+    decides instead.
     """
     inline = rate is not None or quota is not None or limits is not None
     if inline and operation is not None:
@@ -194,6 +201,7 @@ def limit(
         raise ConfigurationError(f"limit: cost {cost!r}; expected a whole number >= 0")
     id_header = request_id_header(request_id)
     chosen = operation
+    attempts = KeyAttempts.of(api_keys.tollway.driver.engine) if api_keys is not None else None
 
     async def tollway_limit(request: Request, response: Response) -> None:
         tw = own.tollway() if own is not None else _tollway_of(request)
@@ -203,7 +211,7 @@ def limit(
                 + (", ".join(repr(name) for name in tw.policy.operations) or "none")
             )
         try:
-            who = await _subject(request, subject, api_keys, anonymous)
+            who = await _subject(request, subject, api_keys, attempts, anonymous)
             units = await _cost(request, cost)
             ident = None
             if id_header is not None:
@@ -262,12 +270,13 @@ async def _subject(
     request: Request,
     source: SubjectSource | None,
     keys: AsyncApiKeys | ApiKeys | None,
+    attempts: KeyAttempts | None,
     anonymous: bool,
 ) -> str:
     peer = request.client.host if request.client else None
     if source is None:
         if keys is not None:
-            found = await _key_owner(request, peer, keys)
+            found = await _key_owner(request, peer, keys, attempts)
             if found is not None:
                 return found
         if not anonymous:
@@ -280,18 +289,36 @@ async def _subject(
 
 
 async def _key_owner(
-    request: Request, peer: str | None, keys: AsyncApiKeys | ApiKeys
+    request: Request,
+    peer: str | None,
+    keys: AsyncApiKeys | ApiKeys,
+    attempts: KeyAttempts | None,
 ) -> str | None:
-    """The owner of the presented key; None when no key is presented."""
+    """The owner of the presented key; None when no key is presented. The same steps as
+    `tollway.http.gate.Gate` with its `KeyAttempt`: a refused key is counted against its
+    client address, a verified one checked against that count."""
     seen = GateRequest(request.method, request.url.path, request.headers.raw, peer)
     presented = presented_key(seen)
     if isinstance(presented, Verdict):
         raise _refusal(presented)
     if presented is None:
         return None
+    counted = None
+    if attempts is not None:
+        counted = attempts.subject(subject_for_ip(_PEERS.resolve(peer, ())))
+        wait = attempts.blocked_for(counted)
+        if wait is not None:
+            raise _refusal(too_many_attempts(attempts, wait))
     answer = await verify_key(keys, presented)
-    if answer is None or isinstance(answer, StoreError):
+    if isinstance(answer, StoreError):
         raise _refusal(refused_key(answer))
+    if attempts is not None and counted is not None:
+        attempt = attempts.failure(counted) if answer is None else attempts.standing(counted)
+        wait = attempts.refusal(attempt, await decide_attempt(keys, attempt))
+        if wait is not None:
+            raise _refusal(too_many_attempts(attempts, wait))
+    if answer is None:
+        raise _refusal(refused_key(None))
     return answer
 
 

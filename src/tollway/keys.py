@@ -374,6 +374,12 @@ class ApiKeys(_Keys):
             )
         super().__init__(tollway, secret)
         self._storage = key_storage(tollway.store)
+        self._sync = tollway
+
+    @property
+    def tollway(self) -> Tollway:
+        """The `Tollway` whose store holds the keys (and counts failed attempts at them)."""
+        return self._sync
 
     @property
     def blocking(self) -> bool:
@@ -424,6 +430,12 @@ class AsyncApiKeys(_Keys):
             )
         super().__init__(tollway, secret)
         self._storage = async_key_storage(tollway.store)
+        self._async = tollway
+
+    @property
+    def tollway(self) -> AsyncTollway:
+        """The `AsyncTollway` whose store holds the keys (and counts failed attempts)."""
+        return self._async
 
     async def create(
         self, subject: str, *, label: str | None = None, expires_in: float | None = None

@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tollway.client import Tollway
+from tollway.engine.decision import Decision
 from tollway.errors import ConfigurationError, StoreError, TollwayError
-from tollway.http.gate import Gate, KeyCheck, Request, Verdict, reason_phrase
+from tollway.http.attempts import Attempt, KeyAttempts
+from tollway.http.gate import Admission, Gate, KeyAttempt, KeyCheck, Request, Verdict, reason_phrase
 from tollway.inline import inline_tollway
 from tollway.keys import ApiKeys
 
@@ -33,8 +35,9 @@ def _headers(environ: Environ) -> list[tuple[bytes, bytes]]:
 class TollwayWSGIMiddleware:
     """``app.wsgi_app = TollwayWSGIMiddleware(app.wsgi_app, tollway=tw)``, or with inline
     ``limits="5/s; 1000/hour"`` (and ``store=``) instead of ``tollway=`` (see
-    `tollway.inline`); ``api_keys`` (`ApiKeys`) maps presented keys to their subjects; the
-    other keyword arguments are the `tollway.http.gate.Gate` options."""
+    `tollway.inline`); ``api_keys`` (`ApiKeys`) maps presented keys to their subjects, with
+    failed attempts limited per client address (``[keys] failed_attempts``); the other keyword
+    arguments are the `tollway.http.gate.Gate` options."""
 
     def __init__(
         self,
@@ -54,6 +57,8 @@ class TollwayWSGIMiddleware:
         self.app = app
         self.tollway: Tollway = inline_tollway(tollway, limits, store, Tollway)
         self.api_keys = api_keys
+        if api_keys is not None:
+            options.setdefault("key_attempts", KeyAttempts.of(api_keys.tollway.driver.engine))
         self.gate = Gate(self.tollway.policy, accept_keys=api_keys is not None, **options)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -64,9 +69,14 @@ class TollwayWSGIMiddleware:
             client=environ.get("REMOTE_ADDR"),
             query=environ.get("QUERY_STRING", "").encode("latin-1", "replace"),
         )
-        plan = self.gate.plan(request)
-        if isinstance(plan, KeyCheck):
-            plan = self.gate.keyed(plan, self._verify(plan.key))
+        planned = self.gate.plan(request)
+        if isinstance(planned, KeyCheck):
+            keyed = self.gate.keyed(planned, self._verify(planned.key))
+            if isinstance(keyed, KeyAttempt):
+                keyed = self.gate.attempted(keyed, self._decide(keyed.attempt))
+            plan: Admission | Verdict = keyed
+        else:
+            plan = planned
         if isinstance(plan, Verdict):
             verdict = plan
         else:
@@ -100,6 +110,15 @@ class TollwayWSGIMiddleware:
             return self.api_keys.verify(key)
         except StoreError as exc:
             return exc
+
+    def _decide(self, attempt: Attempt) -> Decision | None:
+        """A failed-attempts step in the keys' store; None when it cannot answer."""
+        if self.api_keys is None:  # pragma: no cover - asked only when keys are accepted
+            return None
+        try:
+            return self.api_keys.tollway.driver.decide(attempt.build)
+        except TollwayError:
+            return None
 
 
 __all__ = ["TollwayWSGIMiddleware"]

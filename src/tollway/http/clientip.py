@@ -20,20 +20,32 @@ the client. Rules, all in favour of never trusting what a client could have writ
   not an address, and whatever lies left of it cannot be vouched for. The answer is then the
   last address reached, a trusted proxy (which is conservative: its clients share one subject).
 - Every entry being trusted gives the leftmost one (a request from inside the network).
-- Ports are dropped (``203.0.113.7:4711``, ``"[2001:db8::1]:4711"``), IPv4-mapped IPv6
+- The work is bounded whatever the client sent: only the last `MAX_FORWARDED` characters of
+  the header (all lines together) are read and at most `MAX_HOPS` entries are walked, each
+  parsed only when the walk reaches it. Reaching either bound stops the walk as a malformed
+  entry does (the answer is the last address reached, a trusted proxy): what lies left of it
+  was not read, so it cannot be vouched for. ``X-Forwarded-For`` is cut at the bound (the
+  entry cut in two is dropped); a ``Forwarded`` line, whose quoting can only be read from its
+  start, is read whole or not at all.
+- Ports must be real ports, 1 to 65535 (``203.0.113.7:4711``, ``"[2001:db8::1]:4711"``; an
+  IPv6 address with a port needs its brackets); ``1.2.3.4:99999`` or ``1.2.3.4:`` is malformed.
+  Ports are dropped from the answer, IPv4-mapped IPv6
   (``::ffff:203.0.113.7``) becomes IPv4, an IPv6 zone (``%eth0``) is dropped, and the answer is
   the canonical text of the address (``2001:db8::1``, never ``2001:DB8:0::1``).
 
-`ClientIP.resolve` never raises on request data. A peer that is not an IP address (a Unix
-socket, Starlette's ``"testclient"``) is never trusted and is returned as given when printable
-(at most 255 characters); a missing or unusable peer gives ``"unknown"``.
+`ClientIP.resolve` never raises on request data, and always answers an IP address or
+`UNKNOWN`. A peer that is not an IP address (a Unix socket's path, Starlette's
+``"testclient"``, or whatever text a server that rewrites the peer from a forwarding header
+put there, as uvicorn does with its default ``--proxy-headers``) is never trusted and gives
+`UNKNOWN`: its text is never a subject, so a client cannot pick its own
+(``ip:anything-i-like``); every such request counts as the one subject ``ip:unknown``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final, Literal
 
 from tollway.errors import ConfigurationError
@@ -50,9 +62,14 @@ UNKNOWN: Final = "unknown"
 MAX_PEER: Final = 255
 MAX_NODE: Final = 128
 """Entries longer than this are malformed: no address with a port is that long."""
+MAX_FORWARDED: Final = 8192
+"""Characters of the forwarding header read, from its right end, all lines together."""
+MAX_HOPS: Final = 32
+"""Entries walked from the right (empty list elements included) before the walk stops."""
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-_PORT = r"(?::(?:[0-9]{1,5}|_[A-Za-z0-9._-]+))?"
+# A port is 1 to 65535 without leading zeros (range checked in `_port_ok`), or obfuscated.
+_PORT = r"(?::([1-9][0-9]{0,4}|_[A-Za-z0-9._-]+))?"
 _V4_PORT = re.compile(r"([0-9.]+)" + _PORT, re.ASCII)
 _V6_BRACKETS = re.compile(r"\[([0-9A-Fa-f:.]+(?:%[A-Za-z0-9._~-]+)?)\]" + _PORT, re.ASCII)
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -80,42 +97,88 @@ def _address(text: str) -> IPAddress | None:
         return None
 
 
+def _port_ok(port: str | None) -> bool:
+    return port is None or port.startswith("_") or int(port) <= 65535
+
+
 def parse_node(text: str) -> IPAddress | None:
     """One forwarding entry as an address, or ``None`` when it is not one (then stop).
 
     Accepts ``1.2.3.4``, ``1.2.3.4:80``, ``2001:db8::1``, ``[2001:db8::1]`` and
-    ``[2001:db8::1]:80`` (an obfuscated port ``:_abc`` too); refuses ``unknown``, obfuscated
-    identifiers (``_hidden``) and anything else.
+    ``[2001:db8::1]:80`` (an obfuscated port ``:_abc`` too; a port is 1 to 65535); refuses
+    ``unknown``, obfuscated identifiers (``_hidden``), ``1.2.3.4:99999`` and anything else.
     """
     text = text.strip(" \t")
     if not text or len(text) > MAX_NODE:
         return None
     if text.startswith("["):
         bracketed = _V6_BRACKETS.fullmatch(text)
-        if bracketed is None:
+        if bracketed is None or not _port_ok(bracketed[2]):
             return None
         # Brackets hold IPv6 only ("[::ffff:192.0.2.1]" is one, and becomes IPv4).
         return _address(bracketed[1]) if ":" in bracketed[1] else None
     if text.count(":") <= 1:
         v4 = _V4_PORT.fullmatch(text)
-        if v4 is None:
+        if v4 is None or not _port_ok(v4[2]):
             return None
         address = _address(v4[1])
         return address if isinstance(address, ipaddress.IPv4Address) else None
     return _address(text)  # a bare IPv6 address, as X-Forwarded-For writes it
 
 
-def _xff_entries(line: str) -> list[IPAddress | None]:
-    """The entries of one ``X-Forwarded-For`` line; empty list elements are skipped."""
-    return [parse_node(item) for item in line.split(",") if item.strip(" \t")]
+Raw = str | bytes
 
 
-def _forwarded_entries(line: str) -> list[IPAddress | None]:
-    """The ``for=`` nodes of one RFC 7239 ``Forwarded`` line, ``None`` for each unusable one.
+def _text(value: Raw) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
-    A syntax error ends the line with one ``None``: what follows cannot be told apart.
-    """
-    entries: list[IPAddress | None] = []
+
+def _xff_from_right(values: list[Raw]) -> Iterator[IPAddress | None]:
+    """The entries of ``X-Forwarded-For`` lines from the right, parsed as they are reached;
+    ``None`` for a malformed entry or a bound reached (then the walk stops)."""
+    budget, hops = MAX_FORWARDED, MAX_HOPS
+    for line in reversed(values):
+        cut = len(line) > budget
+        if cut and budget == 0:
+            yield None
+            return
+        # Sliced before decoding: a huge line costs nothing.
+        value = line[-budget:] if cut else line
+        budget -= len(value)
+        items = _text(value).rsplit(",", hops)
+        unread = cut or len(items) > hops  # the leftmost item was cut, or not split at all
+        for item in reversed(items[1:] if unread else items):
+            hops -= 1
+            if item.strip(" \t"):
+                yield parse_node(item)
+        if unread:
+            yield None
+            return
+
+
+def _forwarded_from_right(values: list[Raw]) -> Iterator[IPAddress | None]:
+    """`_xff_from_right` for RFC 7239 ``Forwarded`` lines. A quoted-string may hold commas, so
+    a line can only be read from its start: a line past the bound is not read (``None``)."""
+    budget, hops = MAX_FORWARDED, MAX_HOPS
+    for value in reversed(values):
+        if len(value) > budget:
+            yield None
+            return
+        budget -= len(value)
+        nodes = _forwarded_nodes(_text(value))
+        for node in reversed(nodes):
+            if hops == 0:
+                yield None
+                return
+            hops -= 1
+            yield parse_node(node) if node is not None else None
+
+
+def _forwarded_nodes(line: str) -> list[str | None]:
+    """The ``for=`` values of one RFC 7239 ``Forwarded`` line, ``None`` for an element without
+    one. A syntax error ends the line with one ``None``: what follows cannot be told apart.
+    Nodes are parsed by the walk, only as far as it goes."""
+    entries: list[str | None] = []
     pos, end = 0, len(line)
     while True:
         while pos < end and line[pos] in " \t,":
@@ -145,7 +208,7 @@ def _forwarded_entries(line: str) -> list[IPAddress | None]:
                 entries.append(None)
                 return entries
             break
-        entries.append(parse_node(node) if node is not None else None)
+        entries.append(node)
 
 
 def _network(value: object) -> IPNetwork:
@@ -221,14 +284,11 @@ class ClientIP:
         if address is None:
             address = parse_node(peer) if len(peer) <= MAX_NODE else None
         if address is None:
-            return peer if len(peer) <= MAX_PEER and peer.isprintable() else UNKNOWN
+            return UNKNOWN  # never the peer's own text: it may be a client's words
         if not (self._hosts or self._networks) or not self.is_trusted(address):
             return str(address)
-        parse = _xff_entries if self._header == "x-forwarded-for" else _forwarded_entries
-        entries: list[IPAddress | None] = []
-        for line in _lines(headers, self._header):
-            entries.extend(parse(line))
-        for entry in reversed(entries):
+        walk = _xff_from_right if self._header == "x-forwarded-for" else _forwarded_from_right
+        for entry in walk(_lines(headers, self._header)):
             if entry is None:
                 break  # never trust a malformed value, nor anything left of it
             address = entry
@@ -237,10 +297,11 @@ class ClientIP:
         return str(address)
 
 
-def _lines(headers: object, name: str) -> list[str]:
-    """Every value of header ``name``, in order, from a mapping or ASGI raw headers."""
+def _lines(headers: object, name: str) -> list[Raw]:
+    """Every value of header ``name``, in order, from a mapping or ASGI raw headers (bytes are
+    left undecoded: only the part the walk reads is decoded)."""
     raw = name.encode("latin-1")
-    found: list[str] = []
+    found: list[Raw] = []
     try:
         if isinstance(headers, Mapping):
             items: Iterable[object] = headers.items()
@@ -258,9 +319,7 @@ def _lines(headers: object, name: str) -> list[str]:
                     continue
             elif not isinstance(key, str) or key.lower() != name:
                 continue
-            if isinstance(value, bytes):
-                found.append(value.decode("latin-1"))
-            elif isinstance(value, str):
+            if isinstance(value, (bytes, str)):
                 found.append(value)
     except Exception:  # a broken mapping is no reason to fail the request: use the peer
         return []
@@ -273,13 +332,14 @@ def subject_for_ip(ip: str, *, ipv6_prefix: int = 64) -> str:
     IPv6 addresses are grouped by their /64 by default (``"ip:2001:db8:1:2::/64"``): one host
     or household usually holds a whole /64 and can rotate through it at will, so counting single
     addresses would let one client multiply its limits. ``ipv6_prefix=128`` counts each address.
-    A value that is not an IP address (`UNKNOWN`, a Unix socket) is kept as it is.
+    Anything that is not an IP address (`UNKNOWN`, a peer's text) is ``"ip:unknown"``: a
+    subject is never made of request text.
     """
     if not 0 <= ipv6_prefix <= 128:
         raise ValueError(f"ipv6_prefix: {ipv6_prefix!r} is out of range; expected 0 to 128")
     address = _address(ip) if isinstance(ip, str) else None
     if address is None:
-        return f"ip:{ip}"
+        return f"ip:{UNKNOWN}"
     if isinstance(address, ipaddress.IPv6Address) and ipv6_prefix < 128:
         network = ipaddress.IPv6Network((address, ipv6_prefix), strict=False)
         return f"ip:{network}"

@@ -17,6 +17,7 @@ from typing import Literal, NamedTuple
 
 from tollway.engine.decision import Decision
 from tollway.errors import ConfigurationError, StoreError, TollwayError
+from tollway.http.attempts import Attempt, KeyAttempts
 from tollway.http.clientip import ClientIP, subject_for_ip
 from tollway.http.headers import legacy_fields, ratelimit_fields
 from tollway.http.problem import problem, problem_for
@@ -91,6 +92,17 @@ class KeyCheck(NamedTuple):
     key: str
     request: Request
     matched: Match
+    counted: str | None = None
+    """The subject its failed attempts count under (None: they are not limited)."""
+
+
+class KeyAttempt(NamedTuple):
+    """After `Gate.keyed`: decide ``attempt`` (``keys.tollway.driver.decide(attempt.build)``;
+    None when the store could not answer) and pass the decision to `Gate.attempted`; ``then``
+    is the answer unless the client address is blocked for failed key attempts."""
+
+    attempt: Attempt
+    then: Admission | Verdict
 
 
 _new_admission = tuple.__new__
@@ -117,6 +129,7 @@ class Gate:
         headers: HeaderMode = "all",
         legacy_headers: bool = False,
         request_id: str | None = None,
+        key_attempts: KeyAttempts | None = None,
     ) -> None:
         self.endpoints = EndpointMap.from_policy(policy, overrides=overrides, exempt=exempt)
         self.accept_keys = accept_keys
@@ -132,6 +145,9 @@ class Gate:
         self.request_id = request_id_header(request_id)
         """The header (lower-case bytes) whose value is the request's id: a retried request
         with the same id is counted once (``Idempotency-Key``, ``X-Request-Id``...)."""
+        self.key_attempts = key_attempts
+        """Failed key attempts per client address (the face builds it from the tollway that
+        holds the keys; None: not limited)."""
 
     # -- before the store -------------------------------------------------------------------
 
@@ -162,17 +178,44 @@ class Gate:
         if presented is not None:
             if not self.accept_keys:
                 return _unauthorized("API keys are not accepted here")
-            return KeyCheck(presented, request, matched)
+            attempts = self.key_attempts
+            if attempts is None:
+                return KeyCheck(presented, request, matched)
+            counted = attempts.subject(self._anonymous(request))
+            wait = attempts.blocked_for(counted)
+            if wait is not None:
+                return too_many_attempts(attempts, wait)
+            return KeyCheck(presented, request, matched, counted)
         if not self.anonymous:
             return key_required()
         return self._admission(request, matched, self._anonymous(request))
 
-    def keyed(self, check: KeyCheck, subject: str | StoreError | None) -> Admission | Verdict:
+    def keyed(
+        self, check: KeyCheck, subject: str | StoreError | None
+    ) -> Admission | Verdict | KeyAttempt:
         """After `KeyCheck`: ``subject`` is what verifying the key answered (the key's
-        subject, None for a refused key, or the `StoreError` it raised)."""
-        if subject is None or isinstance(subject, StoreError):
+        subject, None for a refused key, or the `StoreError` it raised). With failed attempts
+        limited, a `KeyAttempt` to decide first: a refused key is counted, a verified one
+        checked against its address's count."""
+        if isinstance(subject, StoreError):
             return refused_key(subject)
-        return self._admission(check.request, check.matched, subject)
+        attempts, counted = self.key_attempts, check.counted
+        if subject is None:
+            if attempts is None or counted is None:
+                return refused_key(None)
+            return KeyAttempt(attempts.failure(counted), refused_key(None))
+        admission = self._admission(check.request, check.matched, subject)
+        if attempts is None or counted is None or isinstance(admission, Verdict):
+            return admission
+        return KeyAttempt(attempts.standing(counted), admission)
+
+    def attempted(self, pending: KeyAttempt, decision: Decision | None) -> Admission | Verdict:
+        """After `KeyAttempt`: a 429 while its address is blocked, else its ``then``."""
+        attempts = self.key_attempts
+        if attempts is None:  # pragma: no cover - a KeyAttempt comes only from key_attempts
+            return pending.then
+        wait = attempts.refusal(pending.attempt, decision)
+        return pending.then if wait is None else too_many_attempts(attempts, wait)
 
     def _admission(self, request: Request, matched: Match, subject: str) -> Admission | Verdict:
         cost_fn = self.costs.get(matched.operation)
@@ -257,6 +300,12 @@ def refused_key(answer: StoreError | None) -> Verdict:
             retry_after=1,
         )
     return _unauthorized("the API key is unknown, revoked or expired")
+
+
+def too_many_attempts(attempts: KeyAttempts, retry_after: int) -> Verdict:
+    """The 429 answering a key attempt from an address with too many failed ones."""
+    status, headers, body = attempts.problem(retry_after)
+    return Verdict(False, status, headers, body)
 
 
 def key_required() -> Verdict:

@@ -241,6 +241,16 @@ class LedgerConfig:
     """Most events written to the ledger in one transaction."""
 
 
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    """How the HTTP faces guard API keys (``[keys]``)."""
+
+    failed_attempts: Quota | None = Quota(20, "minute", "20/minute")
+    """Failed API-key attempts (each a 401) allowed per client address per calendar window;
+    past it, that address's key attempts are answered 429 until the window ends. ``None``
+    (``failed_attempts = false``): not limited."""
+
+
 HookAggregate = Literal["none", "minute", "hour"]
 HookKind = Literal["url", "callable", "stream"]
 
@@ -292,6 +302,7 @@ class Policy:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     hooks: tuple[HookConfig, ...] = ()
     """The ``[[hooks]]``: where usage events and limit notices are delivered."""
+    keys: KeysConfig = field(default_factory=KeysConfig)
     source: str | None = None
     """The file the policy was loaded from, if any."""
     version: str = ""

@@ -23,11 +23,13 @@ from tollway.policy.hooks import parse_hooks
 from tollway.policy.limits import ON_ERROR, parse_limits
 from tollway.policy.model import (
     Defaults,
+    KeysConfig,
     LedgerConfig,
     OnError,
     Operation,
     Plan,
     Policy,
+    Quota,
     StoreConfig,
 )
 from tollway.policy.providers import parse_providers, parse_routes
@@ -35,7 +37,17 @@ from tollway.policy.walker import MAX_COST, MONEY, NAME, TIMEZONE, Owner, Table,
 
 __all__ = ["SECTIONS", "build_policy", "document_version"]
 
-SECTIONS = ("store", "defaults", "operations", "plans", "providers", "routes", "ledger", "hooks")
+SECTIONS = (
+    "store",
+    "defaults",
+    "operations",
+    "plans",
+    "providers",
+    "routes",
+    "ledger",
+    "hooks",
+    "keys",
+)
 LEDGER_KEYS = ("url", "lateness_s", "events", "partitions", "dedupe_s", "flush_ms", "batch")
 STORE_KEYS = (
     "url",
@@ -49,6 +61,7 @@ STORE_KEYS = (
 DEFAULTS_KEYS = ("plan", "timezone")
 OPERATION_KEYS = ("cost", "price", "endpoints")
 PLAN_KEYS = ("limits",)
+KEYS_KEYS = ("failed_attempts",)
 
 
 def build_policy(document: object, *, source: str | None = None) -> Policy:
@@ -99,6 +112,7 @@ def _policy(w: Walker, document: object) -> Policy:
         routes=MappingProxyType(routes),
         ledger=_ledger(w, doc),
         hooks=parse_hooks(w, doc, store),
+        keys=_keys(w, doc),
     )
 
 
@@ -139,6 +153,21 @@ def _ledger(w: Walker, doc: Table) -> LedgerConfig:
         dedupe_s=w.get(t, "ledger", "dedupe_s", fields.integer(1, 30 * 86_400), d.dedupe_s),
         flush_ms=w.get(t, "ledger", "flush_ms", fields.integer(1, 60_000), d.flush_ms),
         batch=w.get(t, "ledger", "batch", fields.integer(1, 100_000), d.batch),
+    )
+
+
+def _failed_attempts(value: object) -> Quota | None:
+    if value is False:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f'expected a quota such as "20/minute", or false, got {fields.got(value)}')
+    return fields.parse_quota(value)
+
+
+def _keys(w: Walker, doc: Table) -> KeysConfig:
+    t, d = w.section(doc, "keys", KEYS_KEYS), KeysConfig()
+    return KeysConfig(
+        failed_attempts=w.get(t, "keys", "failed_attempts", _failed_attempts, d.failed_attempts)
     )
 
 

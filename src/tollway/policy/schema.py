@@ -71,6 +71,17 @@ def policy_schema() -> Schema:
                 ),
                 batch=_int("Most events per ledger transaction. Default: 1000.", 1, 100_000),
             ),
+            "keys": _object(
+                "How the HTTP faces guard API keys.",
+                failed_attempts={
+                    "description": "Failed API-key attempts per client address per calendar "
+                    'window, then 429 until it ends; false: not limited. Default: "20/minute".',
+                    "anyOf": [
+                        _pattern(fields.QUOTA_PATTERN, f"N/PERIOD with PERIOD one of {_PERIODS}."),
+                        {"const": False},
+                    ],
+                },
+            ),
             "hooks": {
                 "type": "array",
                 "description": "Where usage events and limit notices are delivered.",
