@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from model import day_safe_timezone
-from tollway import Tollway
+from tollway import AsyncTollway, Tollway
 from tollway.engine.decision import DuplicateDecision
 from tollway.errors import InvalidArgumentError
 from tollway.events import REGISTRY, slot_of
@@ -343,3 +343,17 @@ def test_a_store_written_with_the_old_layout_still_reads(
         assert tw.usage(old).limit("daily").used == 2
         assert _allowed(tw, old, QUOTA) == QUOTA - 2
     assert set(redis_client.keys("tw:{acct:old*")) == {("tw:{" + old + "}").encode()}
+
+
+async def test_hostile_subjects_on_the_async_face(server: tuple[str, Any], tmp_path: Path) -> None:
+    url, _ = server
+    subjects = ["victim", "victim}:id:X", "}victim", "{", "😀}{"]
+    async with AsyncTollway(policy(tmp_path), url) as tw:
+        for subject in subjects:
+            decisions = [await tw.acquire(subject, "geocode") for _ in range(QUOTA + 2)]
+            assert sum(d.allowed for d in decisions) == QUOTA, subject
+        first = await tw.acquire("victim", "geocode", id="X}")
+        assert not first.allowed  # counted against victim's spent quota, not a duplicate
+        assert not isinstance(first, DuplicateDecision)
+        for subject in subjects:
+            assert (await tw.usage(subject)).limit("daily").used == QUOTA, subject
