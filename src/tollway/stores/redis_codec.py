@@ -73,9 +73,11 @@ def subject_of(key: bytes | str) -> str | None:
 
 
 def request_key_part(operation: str, request_id: str) -> str:
-    """What follows ``KEY:id:`` in the key that marks a request id taken: ``OPERATION:ID``.
+    """The part of a request id's marker key below the subject's hash: ``OPERATION:ID``.
     An operation name holds no ``:`` (the policy's names are ``[A-Za-z0-9_.-]``) and the id
-    is escaped like a subject, so the key holds no brace and names one (operation, id)."""
+    is escaped like a subject, so the key holds no brace and names one (operation, id).
+    Hang it below a prefix of its own (``KEY:rq:``, say): ``KEY:id:`` also marks event ids
+    (settle.lua, replay.lua), and a caller's id ``geocode:abc`` is one of those."""
     return f"{operation}:{key_text(request_id)}"
 
 
