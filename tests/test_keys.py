@@ -27,6 +27,7 @@ from tollway.errors import (
     UnknownNameError,
 )
 from tollway.keys import SECRET_ENV, ApiKeys, AsyncApiKeys, index_key, record_key
+from tollway.keyspace import MAX_SUBJECT
 from tollway.stores import AsyncMemoryStore
 from tollway.stores.memory import MemoryStore
 from tollway.testing import FakeClock
@@ -402,7 +403,7 @@ def test_the_secret_is_required_and_names_the_variable(
     assert SECRET.decode() not in repr(ApiKeys(backend.tw))
 
 
-@pytest.mark.parametrize("subject", ["", "a\nb", "x" * 513, 7])
+@pytest.mark.parametrize("subject", ["", "a\nb", "x" * (MAX_SUBJECT + 1), 7])
 def test_bad_subjects(keys: ApiKeys, subject: Any) -> None:
     with pytest.raises(InvalidArgumentError, match="subject"):
         keys.create(subject)

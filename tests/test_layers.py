@@ -39,6 +39,7 @@ LAYER_OF = {
     "tollway.events": "base",
     "tollway.drive": "base",
     "tollway.clock": "base",
+    "tollway.keyspace": "base",
     "tollway.policy": "policy",
     "tollway.engine": "engine",
     "tollway.stores": "stores",

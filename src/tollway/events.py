@@ -3,7 +3,8 @@
 The policy names event types (a hook's ``events``), the stores write entries (``lua/step.lua``,
 ``lua/settle.lua`` and the memory store), and metering reads them back and delivers them.
 They all import the vocabulary from here, so it is defined once and below all of them: this
-module imports only the standard library.
+module imports only the standard library (and `tollway.keyspace`, as low: how a subject is
+written in a key).
 
 **Event types** (CloudEvents ``type``): `USAGE_RECORDED`, `LIMIT_THRESHOLD`, `LIMIT_EXCEEDED`,
 `PROVIDER_FAILOVER`; `EVENT_TYPES` lists them.
@@ -40,6 +41,8 @@ from __future__ import annotations
 import binascii
 from functools import lru_cache
 from typing import Final
+
+from tollway.keyspace import key_text
 
 __all__ = [
     "EVENT_TYPES",
@@ -93,14 +96,11 @@ _SLOTS = 16384
 
 
 def slot_of(subject: str) -> int:
-    """The Redis Cluster hash slot of the subject's keys (``tw:{SUBJECT}...``), found as Redis
-    does: by the text between the first ``{`` and the next ``}``, so a subject holding a ``}``
-    hashes by its part before it (and by the whole key when that part is empty)."""
-    key = f"tw:{{{subject}}}".encode()
-    end = key.find(b"}", 4)
-    if end > 4:
-        key = key[4:end]
-    return binascii.crc_hqx(key, 0) % _SLOTS
+    """The Redis Cluster hash slot of the subject's keys (``tw:{TAG}...``): their hash tag is
+    the whole escaped subject (`tollway.keyspace.key_text` leaves no brace in it)."""
+    tag = key_text(subject).encode()
+    # An empty tag does not count: Redis hashes the whole key then.
+    return binascii.crc_hqx(tag or b"tw:{}", 0) % _SLOTS
 
 
 @lru_cache(maxsize=1)

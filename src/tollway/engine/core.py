@@ -35,10 +35,10 @@ from tollway.errors import (
     UnknownPlanError,
     UnknownSubjectError,
 )
+from tollway.keyspace import MAX_SUBJECT
 from tollway.money import MAX_MICROS, decimal_to_micros
 from tollway.policy.model import Policy
 
-MAX_SUBJECT = 512
 _UNSEEN: Any = object()
 # Assignments cached per process; a stale entry costs one extra round trip, never a wrong answer.
 _PLAN_CACHE_SIZE = 100_000
@@ -69,7 +69,12 @@ class Engine:
             raise InvalidArgumentError(
                 f"subject: {subject!r} is a {type(subject).__name__}; expected a string"
             )
-        if not subject or len(subject) > MAX_SUBJECT or not _printable(subject):
+        if len(subject) > MAX_SUBJECT:
+            raise InvalidArgumentError(
+                f"subject: {subject[:80]!r}... is {len(subject)} characters long; expected at "
+                f"most {MAX_SUBJECT}"
+            )
+        if not subject or not _printable(subject):
             raise InvalidArgumentError(
                 f"subject: {subject[:80]!r} is not a valid subject; expected 1 to {MAX_SUBJECT} "
                 "printable characters (no control characters, no line breaks)"

@@ -144,7 +144,7 @@ def store_subjects(store: object) -> list[str]:
 
     try:
         keys = client.scan_iter(match=STATE_PATTERN, count=1000)
-        return sorted({subject_of(key) for key in keys})
+        return sorted({subject for key in keys if (subject := subject_of(key)) is not None})
     except Exception as exc:  # redis-py's errors: the store could not be listed
         raise StoreUnavailableError(f"listing the store's subjects failed: {exc}") from exc
 

@@ -14,7 +14,8 @@ Layout, the same names in both stores:
   ``subject``, ``created_at``, and when set ``label``, ``expires_at``, ``revoked_at``,
   ``rotated_to`` (times in microseconds since the epoch; `tollway.keys` reads them).
 - ``tw:{SUBJECT}:keys``: the ids of the subject's keys (Redis: a set; memory: a JSON list),
-  in the subject's hash tag beside its counters.
+  in the subject's hash tag beside its counters (``SUBJECT`` escaped by
+  `tollway.keyspace.key_text`, like every key of a subject: no brace, one slot, no collision).
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from tollway.errors import ConfigurationError
+from tollway.keyspace import key_text
 
 Fields = dict[str, str]
 
 
 def record_key(key_id: str) -> str:
-    """The store key of one API key's record."""
-    return f"tw:key:{{{key_id}}}"
+    """The store key of one API key's record (the id escaped like a subject: `tollway.keys`
+    only reads ids of ``[a-z2-7]``, which are their own text)."""
+    return f"tw:key:{{{key_text(key_id)}}}"
 
 
 def index_key(subject: str) -> str:
     """The store key of a subject's set of key ids (in the subject's hash tag)."""
-    return f"tw:{{{subject}}}:keys"
+    return f"tw:{{{key_text(subject)}}}:keys"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """What the Redis scripts are sent and what they answer, shared by the sync and async stores.
 
-Every key of a subject starts with ``tw:{SUBJECT}:``, so all of them hash to one slot of a Redis
-Cluster and one script can touch them together.
+Every key of a subject is ``tw:{TAG}`` or starts with ``tw:{TAG}:`` (``TAG``: the subject
+escaped by `tollway.keyspace.key_text`, so it holds no brace), so all of them hash to one slot
+of a Redis Cluster and one script can touch them together; no subject can write another's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tollway.engine.replies import PLAN_MISMATCH, Reply, ReplyCode, reply
 from tollway.engine.rules import GATE, RATE
 from tollway.engine.settle import SettleStep
 from tollway.engine.step import ACQUIRE, Step
+from tollway.keyspace import key_text, text_of
 from tollway.stores.journal import JournalEntry
 from tollway.stores.memory import RETENTION_US
 
@@ -52,17 +54,32 @@ EXPIRED = ReplyCode.EXPIRED
 
 def state_key(subject: str) -> str:
     """The subject's hash; its holds and replay marks hang below it in the same slot."""
-    return f"tw:{{{subject}}}"
+    return f"tw:{{{key_text(subject)}}}"
 
 
 STATE_PATTERN = "tw:{*}"
-"""SCAN pattern of the subjects' hashes (what hangs below them ends otherwise)."""
+"""SCAN pattern of the subjects' hashes; it also matches a few other keys (one a request id
+ending in ``}`` marked before ids were escaped): `subject_of` tells them apart."""
 
 
-def subject_of(key: bytes | str) -> str:
-    """The subject whose hash ``key`` (`state_key`) is."""
-    text = key.decode("utf-8") if isinstance(key, bytes) else key
-    return text[len("tw:{") : -1]
+def subject_of(key: bytes | str) -> str | None:
+    """The subject whose hash ``key`` (`state_key`) is; None when ``key`` is not one."""
+    try:
+        text = key.decode("utf-8") if isinstance(key, bytes) else key
+    except UnicodeDecodeError:
+        return None
+    if not (text.startswith("tw:{") and text.endswith("}")) or len(text) < 6:
+        return None
+    return text_of(text[len("tw:{") : -1])
+
+
+def request_key_part(operation: str, request_id: str) -> str:
+    """The part of a request id's marker key below the subject's hash: ``OPERATION:ID``.
+    An operation name holds no ``:`` (the policy's names are ``[A-Za-z0-9_.-]``) and the id
+    is escaped like a subject, so the key holds no brace and names one (operation, id).
+    Hang it below a prefix of its own (``KEY:rq:``, say): ``KEY:id:`` also marks event ids
+    (settle.lua, replay.lua), and a caller's id ``geocode:abc`` is one of those."""
+    return f"{operation}:{key_text(request_id)}"
 
 
 def step_call(

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn, Union
 
 from tollway.errors import InvalidUsageEventError
+from tollway.keyspace import MAX_SUBJECT
 
 __all__ = [
     "ATTRIBUTES_MAX_BYTES",
@@ -35,7 +36,7 @@ ATTRIBUTES_MAX_BYTES = 4096
 ATTRIBUTES_MAX_KEY = 128
 ID_MAX = 255
 NAME_MAX = 255
-SUBJECT_MAX = 512
+SUBJECT_MAX = MAX_SUBJECT  # what the engine accepts
 LIMITS_MAX = 64
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
