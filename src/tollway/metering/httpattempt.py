@@ -74,6 +74,16 @@ class AttemptGuard:
             if self._sock is not None:
                 _shut(self._sock)
 
+    def settle(self) -> bool:
+        """End the watch; False if the deadline or an abort came first (a socket shut down
+        mid-answer can look like a short but well-formed one: it must not count)."""
+        with self._lock:
+            self._sock = None
+            if self.expired or self.aborted:
+                return False
+            self._timer.cancel()
+            return True
+
     def close(self) -> None:
         self._timer.cancel()
         with self._lock:
@@ -138,8 +148,12 @@ def post(
         response = conn.getresponse()
         status = response.status
         if 200 <= status < 300:
+            if not guard.settle():
+                raise TimeoutError("the answer was cut at the deadline")
             return SendResult.delivered(status)
         detail = _read_detail(response, guard, max_body)
+        if not guard.settle():
+            raise TimeoutError("the answer was cut at the deadline")
         error = f"HTTP {status} {response.reason}".rstrip() + (f": {detail}" if detail else "")
         if status == 410:
             return SendResult.gone(error, status=status)
