@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -212,3 +213,47 @@ def test_settle_waits_for_what_is_due_and_not_for_what_is_later(
     (held,) = ledger.hook_messages()
     assert held.status == "pending" and [a.outcome for a in held.attempts] == ["failed"]
     assert 0.35 < held.attempts[0].duration < 0.4 + SLACK
+
+
+# =========================================================================== embedded mode
+
+
+def test_embedded_writes_go_on_while_a_receiver_hangs(
+    tmp_path: Path, receivers: Callable[..., HostileReceiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tollway import Tollway
+
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    hanging, normal = receivers("hang"), receivers("ok")
+    db = tmp_path / "ledger.db"
+    hooks = [
+        {"name": n, "url": r.url, "secret_env": "HOOK_SECRET", "timeout_ms": 1_000,
+         "schedule": [0, 60]}
+        for n, r in (("hanging", hanging), ("normal", normal))
+    ]  # fmt: skip
+    policy = {
+        "store": {"url": "memory://"},
+        "operations": {"geocode": {"cost": 1}},
+        "plans": {"free": {"limits": [{"name": "daily", "quota": "1000/day"}]}},
+        "defaults": {"plan": "free"},
+        "ledger": {"url": f"sqlite:///{db}", "flush_ms": 20},
+        "hooks": hooks,
+    }
+    tw = Tollway(policy)
+    try:
+        with open_ledger(f"sqlite:///{db}") as ledger:
+            for n in range(5):
+                assert tw.acquire("acct_e", "geocode", id=f"e-{n}").allowed
+                # written by the background thread, never behind the hanging attempt
+                wait_for(lambda n=n: ledger.count() == n + 1, f"e-{n} in the ledger", 0.8)
+                wait_for(lambda n=n: len(normal.seen) == n + 1, f"e-{n} delivered", 0.8)
+        assert len(hanging.seen) == 1  # its first attempt is still in flight
+        hanging.mode = "ok"  # the rest get their first attempt answered at close
+    finally:
+        started = time.monotonic()
+        tw.close()
+        assert time.monotonic() - started < 1.0 + 5 * 0.2 + SLACK
+    with open_ledger(f"sqlite:///{db}") as ledger:
+        statuses = Counter((m.hook, m.status) for m in ledger.hook_messages())
+    assert statuses == Counter({("normal", "delivered"): 5, ("hanging", "delivered"): 4,
+                                ("hanging", "pending"): 1})  # fmt: skip
