@@ -8,6 +8,10 @@ a worker killed at any point leaves its entries pending, and the ledger, idempot
 event id, keeps one copy of an entry committed twice. A commit that fails because the ledger
 is down is retried, same entries, after a backoff, until it passes or the worker is stopped.
 Entries that are not events go to `BAD_STREAM` with the reason, then are acknowledged.
+
+The hooks' messages are written by the same commit, into the ledger's outbox; they are
+delivered by a `tollway.metering.hookrunner.HookRunner` in threads of its own, which the drain
+only wakes: the drain never waits for a receiver.
 """
 
 from __future__ import annotations
