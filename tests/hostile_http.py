@@ -9,7 +9,10 @@ the request (or not), then answers in one of these ways (`HostileReceiver.mode`)
 - ``hang``: reads the request, then says nothing until stopped;
 - ``no_read``: accepts and reads nothing (a large request then fills the socket's buffers);
 - ``huge``: a 500 with a body of ``huge_bytes``, written as fast as the client takes it;
-- ``huge_ok``: the same with a 200.
+- ``huge_ok``: the same with a 200;
+- ``no_handshake``: accepts and says nothing (over https: a TLS handshake that never ends).
+
+With ``tls`` (a server `ssl.SSLContext`) each connection is served over TLS.
 
 Every request read is recorded (its webhook-id, when it came), so a test can count them.
 """
@@ -17,6 +20,7 @@ Every request read is recorded (its webhook-id, when it came), so a test can cou
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +39,8 @@ class HostileReceiver:
     interval: float = 0.5
     delay: float = 0.0
     huge_bytes: int = 200 * 1024 * 1024
+    tls: ssl.SSLContext | None = None
+    """Serve TLS with this server context (the URL says https)."""
     seen: list[Seen] = field(default_factory=list)
     written: int = 0
     """Body bytes written by ``huge`` / ``huge_ok`` (what the client took)."""
@@ -45,7 +51,8 @@ class HostileReceiver:
         self._conns: list[socket.socket] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/hook"
+        scheme = "https" if self.tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._server.getsockname()[1]}/hook"
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     def start(self) -> HostileReceiver:
@@ -78,6 +85,11 @@ class HostileReceiver:
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(10)
+            if self.mode == "no_handshake":  # TCP accepted, TLS never answered
+                self._stop.wait(30)
+                return
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             if self.mode == "no_read":
                 self._stop.wait(30)
                 return

@@ -8,6 +8,8 @@ a poll with a deadline.
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -257,3 +259,48 @@ def test_embedded_writes_go_on_while_a_receiver_hangs(
         statuses = Counter((m.hook, m.status) for m in ledger.hook_messages())
     assert statuses == Counter({("normal", "delivered"): 5, ("hanging", "delivered"): 4,
                                 ("hanging", "pending"): 1})  # fmt: skip
+
+
+# =========================================================================== over TLS
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1: (the server's context, a client's)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    return server, client
+
+
+@pytest.mark.parametrize("mode", ["trickle", "hang", "no_handshake"])
+def test_the_deadline_holds_over_tls(
+    receivers: Callable[..., HostileReceiver],
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+    mode: str,
+) -> None:
+    server, client = tls
+    receiver = receivers(mode, interval=0.05, tls=server)
+    sink = WebhookSink(receiver.url, SECRET, ssl_context=client)
+    started = time.monotonic()
+    result = sink.send(message(), timeout=DEADLINE)
+    assert result.error == f"timed out after {DEADLINE:g} s (connect, send and answer in all)"
+    assert time.monotonic() - started < DEADLINE + SLACK
+
+
+def test_a_tls_receiver_that_answers_is_delivered(
+    receivers: Callable[..., HostileReceiver], tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server, client = tls
+    receiver = receivers("ok", tls=server)
+    result = WebhookSink(receiver.url, SECRET, ssl_context=client).send(message(), timeout=5)
+    assert (result.outcome, result.status) == ("delivered", 200)
+    assert len(receiver.seen) == 1
