@@ -304,3 +304,24 @@ def test_a_tls_receiver_that_answers_is_delivered(
     result = WebhookSink(receiver.url, SECRET, ssl_context=client).send(message(), timeout=5)
     assert (result.outcome, result.status) == ("delivered", 200)
     assert len(receiver.seen) == 1
+
+
+def test_embedded_close_delivers_even_when_nothing_ran_before(
+    tmp_path: Path, receivers: Callable[..., HostileReceiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tollway import Tollway
+
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    normal = receivers("ok")
+    db = tmp_path / "ledger.db"
+    policy = {
+        "store": {"url": "memory://"},
+        "operations": {"geocode": {"cost": 1}},
+        "plans": {"free": {"limits": [{"name": "daily", "quota": "1000/day"}]}},
+        "defaults": {"plan": "free"},
+        "ledger": {"url": f"sqlite:///{db}", "flush_ms": 60_000},
+        "hooks": [{"name": "normal", "url": normal.url, "secret_env": "HOOK_SECRET"}],
+    }
+    with Tollway(policy) as tw:
+        assert tw.acquire("acct_c", "geocode", id="c-1").allowed
+    assert len(normal.seen) == 1

@@ -61,6 +61,7 @@ class EmbeddedDrain:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._runner: HookRunner | None = None
+        self._closed = False  # after close: no new runner (close's own write still gets one)
         self.bad: list[tuple[dict[str, str], str]] = []
         """Entries that are not events (never expected), kept with the reason."""
 
@@ -151,7 +152,7 @@ class EmbeddedDrain:
         if not hooks:
             return None
         with self._lock:
-            if self._runner is None and not self._stop.is_set():
+            if self._runner is None and not self._closed:
                 from tollway.metering.hookrunner import HookRunner
 
                 self._runner = HookRunner(self._ledger(), hooks, clock=self.clock).start()
@@ -168,6 +169,8 @@ class EmbeddedDrain:
             if self._runner is not None:
                 self._runner.settle()
         finally:
-            if self._runner is not None:
-                self._runner.stop()
-                self._runner = None
+            with self._lock:
+                self._closed = True
+                runner, self._runner = self._runner, None
+            if runner is not None:
+                runner.stop()
