@@ -69,7 +69,7 @@ batch = 50
         secret_env="BILLING_HOOK_SECRET",
     )
     assert (billing.events, billing.aggregate, billing.timeout_ms, billing.batch) == (
-        ("tollway.usage.recorded",), "none", 15_000, 1,
+        ("tollway.usage.recorded",), "none", 5_000, 1,
     )  # fmt: skip
     assert billing.schedule is None
     assert alerts.kind == "callable" and alerts.callable == "myapp.alerts:on_event"

@@ -148,7 +148,8 @@ def open_drain(
 
 @contextmanager
 def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set ``stop``: the batch in hand is finished and acknowledged."""
+    """SIGTERM and SIGINT set ``stop``: the batch in hand is finished and acknowledged, and the
+    hooks' attempts in flight are cut short and handed back (`Drain.close`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -187,8 +188,7 @@ def worker(args: argparse.Namespace) -> int:
         ledger = _open_ledger(ledger_url, stop, args.quiet)
         if ledger is None:
             return OK
-        with ledger:
-            drain = open_drain(args, policy, ledger, stop)
+        with ledger, open_drain(args, policy, ledger, stop) as drain:
             if not args.quiet:
                 where = _redacted(args.store or policy.store.url)
                 note(f"worker {drain.consumer}: draining {where} into {ledger.url}")
@@ -202,9 +202,12 @@ def worker(args: argparse.Namespace) -> int:
                     print(_line(drain.stats(), now - started), file=sys.stderr, flush=True)
                     report_at = now + args.progress_s
                 if args.until_idle and handled == 0 and drain.idle:
+                    # The hooks' deliveries due now too, unless stopped meanwhile.
+                    drain.settle_hooks(None if end is None else max(0.0, end - now))
                     break
                 if end is not None and now >= end:
                     break
+            # Leaving the block stops the hooks at once: an attempt in flight is handed back.
             if not args.quiet:
                 print(_line(drain.stats(), time.monotonic() - started), file=sys.stderr, flush=True)
     return OK

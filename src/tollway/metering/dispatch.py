@@ -66,14 +66,17 @@ class DispatchLogic(Generic[S]):
         grace_s: float,
         lease_margin_s: float,
         owner: str | None,
+        stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.dialect = dialect
+        self.stop = stop
         self.clock_us = clock
         self.owner = owner or f"dispatcher-{uuid.uuid4().hex[:12]}"
         self.grace_us = round(grace_s * US)
         self.hooks: dict[str, HookConfig] = {}
         self.deliveries: dict[str, Delivery[S]] = {}
         self._lease_us: dict[str, int] = {}
+        self._attempt_us: dict[str, int] = {}
         self._builders: dict[str, BucketBuilder] = {}
         for hook, sink in sinks:
             timeout = hook.timeout_ms / 1000
@@ -84,6 +87,7 @@ class DispatchLogic(Generic[S]):
                 sink, schedule=schedule, timeout=timeout, clock=self._clock_s, rng=rng
             )
             self._lease_us[hook.name] = round((timeout + lease_margin_s) * US)
+            self._attempt_us[hook.name] = round(timeout * US)
             if hook.aggregate != "none":
                 self._builders[hook.name] = bucket_builder(hook)
         self.names = list(self.hooks)
@@ -115,9 +119,24 @@ class DispatchLogic(Generic[S]):
                 limit=max_messages,
             )
         )
-        for message in leased:
+        for index, message in enumerate(leased):
+            if self.stop() or self.clock_us() + self._attempt_us[message.hook] > until_us:
+                # Stopping, or the lease could run out mid-attempt (slow receivers ate the
+                # round): hand the rest back untouched, due as they were.
+                for rest in leased[index:]:
+                    yield self._release(rest)
+                return index
             yield from self._attempt(message)
         return len(leased)
+
+    def _release(self, message: HookMessage) -> Transact[None]:
+        now_us = self.clock_us()
+        return Transact(
+            lambda: save_flow(
+                self.dialect, message, owner=self.owner, status="pending", dead_reason=None,
+                attempts=list(message.attempts), next_at_us=message.next_at_us, now_us=now_us,
+            )
+        )  # fmt: skip
 
     def _attempt(self, message: HookMessage) -> RoundFlow[S, None]:
         delivery = self.deliveries[message.hook]
@@ -133,7 +152,12 @@ class DispatchLogic(Generic[S]):
             next_at=min(message.next_at_us / US, now),
             attempts=list(message.current_attempts),
         )
+        made = len(state.attempts)
         yield from delivery.step_flow(state)
+        if len(state.attempts) > made and state.attempts[-1].outcome == "failed" and self.stop():
+            # Cut short by a stop (not the receiver's doing): not counted, due again at once.
+            yield self._release(message)
+            return
         attempts = [*message.attempts[: message.round_start], *state.attempts]
         saved_at_us = self.clock_us()
         yield Transact(

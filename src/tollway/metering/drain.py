@@ -8,6 +8,10 @@ a worker killed at any point leaves its entries pending, and the ledger, idempot
 event id, keeps one copy of an entry committed twice. A commit that fails because the ledger
 is down is retried, same entries, after a backoff, until it passes or the worker is stopped.
 Entries that are not events go to `BAD_STREAM` with the reason, then are acknowledged.
+
+The hooks' messages are written by the same commit, into the ledger's outbox; they are
+delivered by a `tollway.metering.hookrunner.HookRunner` in threads of its own, which the drain
+only wakes: the drain never waits for a receiver.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tollway.metering.ledger.events import UsageEvent
 from tollway.metering.streams import Entry, Streams, is_nogroup
 
 if TYPE_CHECKING:
+    from tollway.metering.hookrunner import HookRunner
     from tollway.metering.ledger import Ledger
     from tollway.policy.model import Policy
 
@@ -188,7 +193,9 @@ class Drain:
         self._own_due = True
         self._own: dict[str, str] = {}
         self._unacked: dict[str, list[str]] = {}
-        self._hooks = _dispatcher(ledger, policy, clock)
+        self.hooks = _runner(ledger, policy, clock)
+        """Delivers the hooks in threads of their own (None: no hooks): the drain only wakes
+        it after a commit, so no receiver can delay the ledger."""
 
     def stats(self) -> DrainStats:
         """A copy of the counts and lag so far."""
@@ -201,11 +208,14 @@ class Drain:
     # ------------------------------------------------------------------ running
     def run(self, *, until_idle: bool = False, max_seconds: float | None = None) -> DrainStats:
         """Cycle until ``stop()`` (checked between batches), or the first idle cycle with
-        ``until_idle``, or ``max_seconds`` on the clock."""
+        ``until_idle`` (then the hooks' deliveries due now are waited for), or ``max_seconds``
+        on the clock."""
         end = None if max_seconds is None else self.clock() + int(max_seconds * US)
         while not self.stop():
             handled = self.run_once()
             if until_idle and handled == 0 and self.idle:
+                left = None if end is None else max(0.0, (end - self.clock()) / US)
+                self.settle_hooks(left)
                 break
             if end is not None and self.clock() >= end:
                 break
@@ -230,7 +240,10 @@ class Drain:
             self._unacked = {}  # their pending lists went with the group
             return 0
         self.backoff.reset()
-        self._run_hooks()
+        if self.hooks is not None:
+            self.hooks.start()
+            if handled:
+                self.hooks.wake()
         return handled
 
     @property
@@ -383,13 +396,25 @@ class Drain:
         stats.max_lag_s = max(stats.max_lag_s, stats.lag_s)
 
     # ------------------------------------------------------------------ hooks
-    def _run_hooks(self) -> None:
-        if self._hooks is None:
-            return
-        try:
-            self._hooks.run_once()
-        except Exception:  # delivery has its own retries; the drain must go on
-            logger.exception("hook delivery failed; will try again")
+    def settle_hooks(self, timeout: float | None = None) -> bool:
+        """Wait until the hooks have nothing due now (see `HookRunner.settle`; ``stop()`` ends
+        the wait); True at once without hooks."""
+        if self.hooks is None:
+            return True
+        self.hooks.start()
+        return self.hooks.settle(timeout, cancel=self.stop)
+
+    def close(self) -> None:
+        """Stop the hooks' delivery promptly (attempts in flight are handed back, due at once;
+        see `HookRunner.stop`). The drain itself holds nothing to close."""
+        if self.hooks is not None:
+            self.hooks.stop()
+
+    def __enter__(self) -> Drain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def backlog(self) -> int:
         """Entries in the streams not yet committed by the group."""
@@ -404,12 +429,13 @@ class _Inserted:
     inserted: int
 
 
-def _dispatcher(ledger: Ledger | None, policy: Policy | None, clock: Callable[[], int]) -> Any:
-    """The hooks' dispatcher (`tollway.metering.hooks.Dispatcher`) when the policy has hooks
-    and this tollway has the module."""
-    hooks = getattr(policy, "hooks", ()) or ()
+def _runner(
+    ledger: Ledger | None, policy: Policy | None, clock: Callable[[], int]
+) -> HookRunner | None:
+    """The hooks' runner when the policy has hooks (not started yet)."""
+    hooks = policy.hooks if policy is not None else ()
     if not hooks or ledger is None:
         return None
-    from tollway.metering.hooks import Dispatcher
+    from tollway.metering.hookrunner import HookRunner
 
-    return Dispatcher(ledger, hooks, clock=clock)
+    return HookRunner(ledger, hooks, clock=clock)

@@ -1,11 +1,13 @@
 """Embedded mode (the memory store): the process that takes the steps writes their events.
 
 The memory store appends each step's entries to an in-process queue (`MemoryStore.events`, in
-the format of `tollway.metering.entries`). `EmbeddedDrain` takes them in batches, writes them
-to the ledger in one transaction each, and runs the hook dispatcher: from a background thread
-every ``[ledger] flush_ms``, and at once on `Tollway.flush` and `close`. A batch the ledger
-refuses goes back to the head of the queue, so nothing is lost and a retry doubles nothing
-(the ledger is idempotent on the event id).
+the format of `tollway.metering.entries`). `EmbeddedDrain` takes them in batches and writes
+them to the ledger in one transaction each: from a background thread every ``[ledger]
+flush_ms``, and at once on `Tollway.flush` and `close`. The hooks are delivered apart, by a
+`tollway.metering.hookrunner.HookRunner` (a thread per hook), which the writes only wake: no
+receiver can delay the ledger. `flush` and `close` also wait for what is due to be delivered.
+A batch the ledger refuses goes back to the head of the queue, so nothing is lost and a retry
+doubles nothing (the ledger is idempotent on the event id).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tollway.errors import InvalidUsageEventError
 from tollway.metering.entries import Notice, decode_entry
 from tollway.metering.ledger.events import UsageEvent
 
 if TYPE_CHECKING:
+    from tollway.metering.hookrunner import HookRunner
     from tollway.metering.ledger import Ledger
     from tollway.policy.model import Policy
     from tollway.stores.memory import MemoryStore
@@ -57,7 +60,8 @@ class EmbeddedDrain:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._dispatcher: Any = None
+        self._runner: HookRunner | None = None
+        self._closed = False  # after close: no new runner (close's own write still gets one)
         self.bad: list[tuple[dict[str, str], str]] = []
         """Entries that are not events (never expected), kept with the reason."""
 
@@ -70,7 +74,7 @@ class EmbeddedDrain:
         wait, failures = self.interval, 0
         while not self._stop.wait(wait):
             try:
-                self.drain()
+                self.write()
             except Exception:  # kept in the queue; retried after a wait that doubles
                 failures += 1
                 wait = min(_MAX_BACKOFF_S, max(self.interval, wait * 2))
@@ -87,8 +91,18 @@ class EmbeddedDrain:
             wait, failures = self.interval, 0
 
     def drain(self) -> int:
-        """Write every queued entry now; how many events were new. Raises what the ledger
-        raised, with the failed batch back in the queue."""
+        """Write every queued entry now, then wait for the hooks to deliver what is due
+        (`Tollway.flush`: the caller asked for it); how many events were new. Raises what the
+        ledger raised, with the failed batch back in the queue."""
+        inserted = self.write()
+        runner = self._hooks()
+        if runner is not None:
+            runner.settle()
+        return inserted
+
+    def write(self) -> int:
+        """Write every queued entry now and wake the hooks' threads; how many events were new.
+        Never waits for a receiver (the background thread runs this)."""
         inserted = 0
         with self._lock:
             while True:
@@ -100,7 +114,9 @@ class EmbeddedDrain:
                 except BaseException:
                     self._put_back(taken)
                     raise
-            self._dispatch()
+        runner = self._hooks()
+        if runner is not None:
+            runner.wake()
         return inserted
 
     def _take(self) -> list[dict[str, str]]:
@@ -130,19 +146,17 @@ class EmbeddedDrain:
                 notices.append(item)
         return commit_batch(self._ledger(), events, notices, self.policy, now)
 
-    def _dispatch(self) -> None:
+    def _hooks(self) -> HookRunner | None:
+        """The hooks' runner (their own threads, on this ledger), started on first use."""
         hooks = self.policy.hooks
         if not hooks:
-            return
-        if self._dispatcher is None:
-            from tollway.metering.hooks import Dispatcher
+            return None
+        with self._lock:
+            if self._runner is None and not self._closed:
+                from tollway.metering.hookrunner import HookRunner
 
-            self._dispatcher = Dispatcher(self._ledger(), hooks, clock=self.clock)
-        # Until nothing more is due now (each pass takes at most a batch of messages); a
-        # message that fails is due later, so this ends.
-        for _ in range(_MAX_PASSES):
-            if self._dispatcher.run_once(_PASS) < _PASS:
-                break
+                self._runner = HookRunner(self._ledger(), hooks, clock=self.clock).start()
+            return self._runner
 
     def close(self) -> None:
         """Stop the thread, then write what is left (raising if the ledger refuses it)."""
@@ -151,8 +165,12 @@ class EmbeddedDrain:
             self._thread.join()
             self._thread = None
         try:
-            self.drain()
+            self.write()
+            if self._runner is not None:
+                self._runner.settle()
         finally:
-            if self._dispatcher is not None:
-                self._dispatcher.close()
-                self._dispatcher = None
+            with self._lock:
+                self._closed = True
+                runner, self._runner = self._runner, None
+            if runner is not None:
+                runner.stop()

@@ -193,7 +193,8 @@ class Dispatcher(_Faces[Sink]):
 
     ``clock`` (microseconds since the epoch, like every tollway clock; default the system's)
     drives schedules, leases and bucket closing;
-    ``env`` holds the secrets; ``rng`` draws the schedules' jitter (``jitter`` the fraction).
+    ``env`` holds the secrets; ``rng`` draws the schedules' jitter (``jitter`` the fraction);
+    once ``stop()`` is true a round attempts nothing more (see `abort`).
     Raises `ConfigurationError` naming ``hooks[i].KEY`` for a missing secret or a callable that
     cannot be imported."""
 
@@ -210,6 +211,7 @@ class Dispatcher(_Faces[Sink]):
         grace_s: float = 5.0,
         lease_margin_s: float = 30.0,
         owner: str | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         self.ledger = ledger
         sinks: list[tuple[HookConfig, Sink]] = []
@@ -228,7 +230,17 @@ class Dispatcher(_Faces[Sink]):
         self._logic = DispatchLogic(
             ledger.dialect, sinks, clock=clock or system_clock, rng=rng, jitter=jitter,
             grace_s=grace_s, lease_margin_s=lease_margin_s, owner=owner,
+            stop=stop or (lambda: False),
         )  # fmt: skip
+
+    def abort(self) -> None:
+        """End the attempts in flight now, where a sink can (webhooks: `WebhookSink.abort`).
+        With ``stop()`` true, an attempt cut short this way is not counted: its message is
+        handed back, due at once, for the next dispatcher."""
+        for delivery in self._logic.deliveries.values():
+            abort = getattr(delivery.sink, "abort", None)
+            if callable(abort):
+                abort()
 
     def run_once(self, max_messages: int = 100) -> int:
         """Close the buckets that are due, then make one attempt at each of up to

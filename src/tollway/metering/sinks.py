@@ -5,14 +5,13 @@ answers are retried and dead-lettered."""
 
 from __future__ import annotations
 
-import http.client
 import importlib
-import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 from urllib.parse import SplitResult, urlsplit
 
 from tollway.errors import ConfigurationError
@@ -21,13 +20,14 @@ from tollway.metering.cloudevents import (
     decode,
     decode_batch,
 )
+from tollway.metering.httpattempt import AttemptGuard, Target, post
+from tollway.metering.sinkresult import AttemptOutcome, SendResult
 from tollway.metering.webhooks import (
     SecretsLike,
     WebhookSecret,
     headers_for,
     parse_secrets,
 )
-from tollway.outbound.signals import parse_retry_after
 
 __all__ = [
     "AttemptOutcome",
@@ -45,12 +45,8 @@ __all__ = [
 ]
 
 
-AttemptOutcome = Literal["delivered", "failed", "gone"]
-DEFAULT_TIMEOUT = 15.0
-"""Seconds per attempt (Standard Webhooks recommends 15 to 30)."""
-
-_MAX_RESPONSE_BYTES = 64 * 1024
-_DETAIL_CHARS = 200
+DEFAULT_TIMEOUT = 5.0
+"""Seconds per attempt, in all: a receiver should answer at once and work later."""
 
 
 # --------------------------------------------------------------------------- messages, sinks
@@ -72,33 +68,6 @@ class Message:
     def events(self) -> list[dict[str, Any]]:
         """The events, decoded (one for a single event)."""
         return decode_batch(self.body) if self.is_batch else [decode(self.body)]
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """One attempt's answer, from a sink's `Sink.send`."""
-
-    outcome: AttemptOutcome
-    status: int | None = None
-    """The HTTP status, when there was an answer."""
-    error: str | None = None
-    """What went wrong (``"HTTP 500: …"``, ``"timed out after 0.2 s"``, an exception)."""
-    retry_after: float | None = None
-    """Seconds the sink asked to wait (``Retry-After``)."""
-
-    @classmethod
-    def delivered(cls, status: int | None = None) -> SendResult:
-        return cls("delivered", status=status)
-
-    @classmethod
-    def failed(
-        cls, error: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> SendResult:
-        return cls("failed", status=status, error=error, retry_after=retry_after)
-
-    @classmethod
-    def gone(cls, error: str, *, status: int | None = 410) -> SendResult:
-        return cls("gone", status=status, error=error)
 
 
 @runtime_checkable
@@ -168,10 +137,13 @@ class WebhookSink:
     ) -> None:
         self._url = check_sink_url(url)
         split: SplitResult = urlsplit(url)
-        self._https = split.scheme.lower() == "https"
-        self._host = split.hostname or ""
-        self._port = split.port
-        self._path = (split.path or "/") + (f"?{split.query}" if split.query else "")
+        self._target = Target(
+            host=split.hostname or "",
+            port=split.port,
+            path=(split.path or "/") + (f"?{split.query}" if split.query else ""),
+            https=split.scheme.lower() == "https",
+            ssl_context=ssl_context,
+        )
         self._secrets = parse_secrets(secrets)
         extra = dict(headers or {})
         reserved = {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type"}
@@ -186,8 +158,9 @@ class WebhookSink:
 
             user_agent = f"tollway/{__version__} (webhooks)"
         self._user_agent = user_agent
-        self._ssl_context = ssl_context
         self._clock = clock
+        self._lock = threading.Lock()
+        self._inflight: set[AttemptGuard] = set()
         self.disabled = False
         """Set by a 410 Gone answer; messages for a disabled sink are dead-lettered unsent."""
 
@@ -211,6 +184,8 @@ class WebhookSink:
         return f"WebhookSink({self._url!r}, {len(self._secrets)} secret(s))"
 
     def send(self, message: Message, *, timeout: float) -> SendResult:
+        """One POST; ``timeout`` bounds the whole attempt (connect, send, every byte of the
+        answer), whatever the receiver does (`tollway.metering.httpattempt`)."""
         if self.disabled:
             return SendResult.gone("the sink is disabled (it answered 410 Gone)", status=None)
         headers = {
@@ -219,43 +194,24 @@ class WebhookSink:
             "Content-Type": message.content_type,
             **headers_for(message.id, message.body, self._secrets, timestamp=int(self._clock())),
         }
-        deadline = time.monotonic() + timeout
-        conn = self._connection(timeout)
+        guard = AttemptGuard(timeout)
+        with self._lock:
+            self._inflight.add(guard)
         try:
-            conn.connect()
-            _narrow(conn, deadline)
-            conn.request("POST", self._path, body=message.body, headers=headers)
-            _narrow(conn, deadline)
-            response = conn.getresponse()
-            status = response.status
-            if 200 <= status < 300:
-                return SendResult.delivered(status)
-            detail = _read_detail(conn, response, deadline)
-            error = f"HTTP {status} {response.reason}".rstrip() + (f": {detail}" if detail else "")
-            if status == 410:
-                self.disabled = True
-                return SendResult.gone(error, status=status)
-            return SendResult.failed(
-                error,
-                status=status,
-                retry_after=parse_retry_after(response.getheader("Retry-After")),
-            )
-        except TimeoutError:
-            return SendResult.failed(f"timed out after {timeout:g} s")
-        except (OSError, http.client.HTTPException) as exc:
-            return SendResult.failed(f"{type(exc).__name__}: {exc}".rstrip(": "))
+            result = post(self._target, message.body, headers, guard)
         finally:
-            conn.close()
+            with self._lock:
+                self._inflight.discard(guard)
+        if result.outcome == "gone":
+            self.disabled = True
+        return result
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        if self._https:
-            if self._ssl_context is None:
-                self._ssl_context = ssl.create_default_context()
-            context = self._ssl_context
-            return http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=context
-            )
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+    def abort(self) -> None:
+        """End the attempts in flight now (a worker stopping); each returns a failure."""
+        with self._lock:
+            guards = list(self._inflight)
+        for guard in guards:
+            guard.abort()
 
 
 class CallableSink:
@@ -364,31 +320,6 @@ def check_stream(stream: Any, maxlen: Any) -> None:
 def stream_fields(message: Message) -> dict[str, str | bytes]:
     """The fields of a stream sink's XADD: the id consumers dedupe on, the type, the body."""
     return {"id": message.id, "content_type": message.content_type, "body": message.body}
-
-
-def _narrow(conn: http.client.HTTPConnection, deadline: float) -> None:
-    """Shrink the socket's timeout to what is left of the attempt's."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("the attempt's time is up")
-    if conn.sock is not None:
-        conn.sock.settimeout(left)
-
-
-def _read_detail(
-    conn: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float
-) -> str:
-    """The start of a failed answer's body, for the record; "" if it does not come in time."""
-    try:
-        _narrow(conn, deadline)
-        return _snippet(response.read(_MAX_RESPONSE_BYTES))
-    except (OSError, http.client.HTTPException):
-        return ""
-
-
-def _snippet(raw: bytes) -> str:
-    text = re.sub(r"\s+", " ", raw.decode("utf-8", errors="replace")).strip()
-    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
 
 
 def exception_text(exc: BaseException) -> str:

@@ -106,7 +106,7 @@ def _hook(w: Walker, raw: object, path: str, store: StoreConfig) -> HookConfig |
         w.error(join(path, "secret_env"), f"only applies to a url hook; this is a {kind} hook")
     events = _hook_events(w, t, path)
     aggregate = w.get(t, path, "aggregate", AGGREGATE, "none")
-    timeout_ms = w.get(t, path, "timeout_ms", fields.integer(1, 600_000), 15_000)
+    timeout_ms = w.get(t, path, "timeout_ms", fields.integer(1, 600_000), 5_000)
     schedule = _hook_schedule(w, t, path)
     batch = w.get(t, path, "batch", fields.integer(1, MAX_HOOK_BATCH), 1)
     if name is None or kind is None or len(w.issues) > before:

@@ -278,7 +278,8 @@ class HookConfig:
     events: tuple[str, ...] = (USAGE_RECORDED,)
     aggregate: HookAggregate = "none"
     """``minute`` / ``hour``: one usage event per subject and meter per bucket, summed."""
-    timeout_ms: int = 15_000
+    timeout_ms: int = 5_000
+    """One attempt in all (connect, send, the whole answer); past it the attempt failed."""
     schedule: tuple[float, ...] | None = None
     """Delays before each attempt, in seconds; None: the Standard Webhooks schedule."""
     batch: int = 1

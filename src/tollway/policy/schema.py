@@ -177,7 +177,7 @@ def _hook() -> Schema:
             "minute",
             "hour",
         ),
-        timeout_ms=_int("Timeout of one attempt, in ms. Default: 15000.", 1, 600_000),
+        timeout_ms=_int("A whole attempt (connect, send, answer), ms. Default: 5000.", 1, 600_000),
         schedule={
             "type": "array",
             "minItems": 1,
