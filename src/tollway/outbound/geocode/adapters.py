@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +53,17 @@ from geopy.geocoders import (  # type: ignore[import-untyped]
 )
 
 from tollway.errors import ConfigurationError, InvalidArgumentError
+from tollway.outbound.geocode.answers import (
+    MAX_ANSWER_BYTES,
+    BadAnswer,
+    check_answer_cap,
+    check_page,
+    coordinates,
+    decode,
+    parse_json,
+    read_capped,
+    text_or_empty,
+)
 from tollway.outbound.geocode.replies import (
     RateInfo,
     clip,
@@ -108,11 +121,15 @@ class _Exchange:
 
 
 class _RecordingAdapter(URLLibAdapter):  # type: ignore[misc]
-    """geopy's urllib adapter, keeping each call's status, headers and page per thread.
+    """geopy's urllib adapter, keeping each call's status, headers and page per thread, and
+    reading every answer as hostile (`tollway.outbound.geocode.answers`: a size cap, a
+    deadline for the whole body, the charset, JSON nesting and the results' shape).
     (urllib, so neither ``requests`` nor ``aiohttp`` is needed.)"""
 
-    def __init__(self, *, proxies: Any, ssl_context: Any) -> None:
+    def __init__(self, *, proxies: Any, ssl_context: Any, kind: str, max_bytes: int) -> None:
         super().__init__(proxies=proxies, ssl_context=ssl_context)
+        self.kind = kind
+        self.max_bytes = max_bytes
         self._local = threading.local()
         # Wrap the opener geopy built: successful answers' status and headers pass there.
         self._open: Callable[..., Any] = getattr(self, "urlopen")  # noqa: B009 (untyped base)
@@ -136,6 +153,9 @@ class _RecordingAdapter(URLLibAdapter):  # type: ignore[misc]
         return response
 
     def get_text(self, url: str, *, timeout: Any, headers: Any) -> str:
+        # The socket timeout bounds each read; this bounds the whole body.
+        seconds = timeout if isinstance(timeout, (int, float)) and timeout > 0 else 10.0
+        self._local.deadline = time.monotonic() + seconds
         try:
             text: str = super().get_text(url, timeout=timeout, headers=headers)
         except AdapterHTTPError as error:
@@ -148,11 +168,22 @@ class _RecordingAdapter(URLLibAdapter):  # type: ignore[misc]
         return text
 
     def get_json(self, url: str, *, timeout: Any, headers: Any) -> Any:
-        page = super().get_json(url, timeout=timeout, headers=headers)
+        page = parse_json(self.get_text(url, timeout=timeout, headers=headers))
         exchange = self._exchange()
         if exchange is not None:
             exchange.page = page
+        check_page(self.kind, page)
         return page
+
+    def _decode_page(self, page: Any) -> str:
+        """geopy's reading of a body (2xx and error answers alike), bounded; geopy reads an
+        error body's failure as "no body"."""
+        deadline: float = getattr(self._local, "deadline", time.monotonic() + 10.0)
+        try:
+            body = read_capped(page, self.max_bytes, deadline)
+        finally:
+            page.close()  # past the cap: the rest is never read
+        return decode(body, page.headers.get_content_charset())
 
 
 class GeocodeAdapter:
@@ -184,10 +215,13 @@ class GeocodeAdapter:
         try:
             location = self._geocoder.geocode(query, exactly_one=True)
             result = None if location is None else self._normalize(query, location)
+        except BadAnswer as error:
+            raise self._failure(Signal.error(clip(f"bad answer: {error}"))) from error
         except GeopyError as error:
             raise self._failure(self._signal_for(error, exchange)) from error
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
-            # JSON, but not the provider's shape: as unreadable as garbage.
+        except Exception as error:  # whatever an answer makes geopy raise
+            # JSON, but not the provider's shape: as unreadable as garbage. Never a traceback
+            # for what a provider sent (LookupError, RecursionError, TypeError...).
             signal = Signal.error(clip(f"unexpected answer: {error!r}"))
             raise self._failure(signal) from error
         return Answer(result, self._ok_signal(exchange))
@@ -209,14 +243,15 @@ class GeocodeAdapter:
         raw: dict[str, Any] = dict(location.raw)
         confidence = _CONFIDENCE[self.kind](raw)
         accuracy = _ACCURACY[self.kind](raw)
+        lat, lon = coordinates(self.kind, raw)  # the provider's own, checked
         return GeocodeResult(
             query=query,
             provider=self.provider,
-            formatted_address=str(location.address or ""),
-            lat=float(location.latitude),
-            lon=float(location.longitude),
-            confidence=None if confidence is None else float(confidence),
-            accuracy=None if accuracy is None else str(accuracy),
+            formatted_address=text_or_empty(location.address, "address"),
+            lat=lat,
+            lon=lon,
+            confidence=confidence,
+            accuracy=accuracy if isinstance(accuracy, str) else None,
             raw=raw,
         )
 
@@ -270,7 +305,7 @@ def _dig(raw: Mapping[str, Any], *path: str) -> Any:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return float(value) if math.isfinite(value) else None
 
 
 def _first_place_type(raw: Mapping[str, Any]) -> Any:
@@ -313,6 +348,7 @@ def make_adapter(
     timeout: float = 10.0,
     user_agent: str = "tollway",
     stores_results: bool | None = None,
+    max_answer_bytes: int = MAX_ANSWER_BYTES,
 ) -> GeocodeAdapter:
     """A `GeocodeAdapter` for ``kind`` (one of `ADAPTER_KINDS`).
 
@@ -320,7 +356,8 @@ def make_adapter(
     except for nominatim. ``domain``: the host (and port) requests go to, for every kind,
     e.g. a stub's ``127.0.0.1:PORT``; default: the provider's own. ``stores_results``: whether
     results may be cached (default False for mapbox, whose temporary geocoding forbids
-    storing them, True otherwise).
+    storing them, True otherwise). ``max_answer_bytes``: the largest answer read (default
+    4 MiB); a larger one, or one whose body takes longer than ``timeout``, is a failed call.
     """
     if kind not in ADAPTER_KINDS:
         raise ConfigurationError(f"kind: {kind!r}; expected one of {', '.join(ADAPTER_KINDS)}")
@@ -348,6 +385,7 @@ def make_adapter(
     ):
         raise ConfigurationError(f"timeout: {timeout!r}; expected seconds > 0")
     _check_text("user_agent", user_agent, "a non-empty User-Agent string")
+    check_answer_cap(max_answer_bytes)
     if stores_results is None:
         stores_results = kind != "mapbox"
     elif not isinstance(stores_results, bool):
@@ -357,7 +395,9 @@ def make_adapter(
     http_holder: list[_RecordingAdapter] = []
 
     def factory(*, proxies: Any, ssl_context: Any) -> _RecordingAdapter:
-        http = _RecordingAdapter(proxies=proxies, ssl_context=ssl_context)
+        http = _RecordingAdapter(
+            proxies=proxies, ssl_context=ssl_context, kind=kind, max_bytes=max_answer_bytes
+        )
         http_holder.append(http)
         return http
 
