@@ -86,7 +86,7 @@ def failure(adapter: GeocodeAdapter, query: str = QUERY) -> str:
 
 
 def test_the_stubs_hostile_modes_are_the_ones_tested() -> None:
-    assert set(HOSTILE_MODES) == {*REFUSED, "trickle", "formula", "nul"}
+    assert set(HOSTILE_MODES) == {*REFUSED, "trickle", "formula", "nul", "bad_rate", "bad_throttle"}
 
 
 @pytest.mark.parametrize("mode", list(REFUSED))
@@ -124,6 +124,28 @@ def test_formula_and_nul_addresses_are_answers_kept_as_given(
         answer = adapter.lookup(QUERY)
         assert answer.result is not None
         assert answer.result.formatted_address == address
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rate_figures_past_any_float_are_ignored(kind: str, stubs: dict[str, StubServer]) -> None:
+    stubs[kind].hostile("bad_rate")
+    answer = adapter_for(stubs[kind]).lookup(QUERY)
+    assert answer.result is not None
+    assert answer.signal.kind == "ok"
+    assert answer.signal.reset_at is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_hostile_error_answer_is_still_one_provider_failure(
+    kind: str, stubs: dict[str, StubServer]
+) -> None:
+    stubs[kind].hostile("bad_throttle")
+    with pytest.raises(ProviderCallError) as caught:
+        adapter_for(stubs[kind]).lookup(QUERY)
+    signal = caught.value.signal
+    assert signal.kind in ("throttled", "error", "exhausted")
+    assert signal.retry_after is None or 0 <= signal.retry_after < float("inf")
+    assert len(signal.detail) <= 200
 
 
 def test_the_answer_cap_is_configurable(stubs: dict[str, StubServer]) -> None:

