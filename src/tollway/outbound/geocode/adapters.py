@@ -7,7 +7,7 @@
 
 geopy keeps neither the page nor the response headers, which carry what the signal needs
 (OpenCage's ``rate`` block, ``X-RateLimit-*``, ``Retry-After`` on a HERE 429, Google's
-``status``). `_RecordingAdapter`, a geopy ``URLLibAdapter``, records them per thread: a call
+``status``). `RecordingAdapter`, a geopy ``URLLibAdapter``, records them per thread: a call
 runs start to end on one thread (``ageocode`` runs it in a worker thread), so one geocoder can
 serve many threads at once.
 
@@ -29,13 +29,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
-import threading
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from geopy.adapters import AdapterHTTPError, URLLibAdapter  # type: ignore[import-untyped]
 from geopy.exc import (  # type: ignore[import-untyped]
     GeocoderAuthenticationFailure,
     GeocoderInsufficientPrivileges,
@@ -57,13 +54,10 @@ from tollway.outbound.geocode.answers import (
     MAX_ANSWER_BYTES,
     BadAnswer,
     check_answer_cap,
-    check_page,
     coordinates,
-    decode,
-    parse_json,
-    read_capped,
     text_or_empty,
 )
+from tollway.outbound.geocode.recording import Exchange, RecordingAdapter
 from tollway.outbound.geocode.replies import (
     RateInfo,
     clip,
@@ -108,84 +102,6 @@ class Answer:
     signal: Signal
 
 
-@dataclass
-class _Exchange:
-    """What one call received: filled in by `_RecordingAdapter` on the calling thread."""
-
-    status: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    page: Any = None
-    """The parsed JSON of a 2xx answer."""
-    text: str | None = None
-    """The body of an error answer."""
-
-
-class _RecordingAdapter(URLLibAdapter):  # type: ignore[misc]
-    """geopy's urllib adapter, keeping each call's status, headers and page per thread, and
-    reading every answer as hostile (`tollway.outbound.geocode.answers`: a size cap, a
-    deadline for the whole body, the charset, JSON nesting and the results' shape).
-    (urllib, so neither ``requests`` nor ``aiohttp`` is needed.)"""
-
-    def __init__(self, *, proxies: Any, ssl_context: Any, kind: str, max_bytes: int) -> None:
-        super().__init__(proxies=proxies, ssl_context=ssl_context)
-        self.kind = kind
-        self.max_bytes = max_bytes
-        self._local = threading.local()
-        # Wrap the opener geopy built: successful answers' status and headers pass there.
-        self._open: Callable[..., Any] = getattr(self, "urlopen")  # noqa: B009 (untyped base)
-        self.urlopen = self._recording_open
-
-    def begin(self) -> _Exchange:
-        exchange = _Exchange()
-        self._local.exchange = exchange
-        return exchange
-
-    def _exchange(self) -> _Exchange | None:
-        exchange: _Exchange | None = getattr(self._local, "exchange", None)
-        return exchange
-
-    def _recording_open(self, request: Any, timeout: Any = None) -> Any:
-        response = self._open(request, timeout=timeout)  # HTTP errors: recorded in get_text
-        exchange = self._exchange()
-        if exchange is not None:
-            exchange.status = response.getcode()
-            exchange.headers = {name.lower(): value for name, value in response.headers.items()}
-        return response
-
-    def get_text(self, url: str, *, timeout: Any, headers: Any) -> str:
-        # The socket timeout bounds each read; this bounds the whole body.
-        seconds = timeout if isinstance(timeout, (int, float)) and timeout > 0 else 10.0
-        self._local.deadline = time.monotonic() + seconds
-        try:
-            text: str = super().get_text(url, timeout=timeout, headers=headers)
-        except AdapterHTTPError as error:
-            exchange = self._exchange()
-            if exchange is not None:
-                exchange.status = error.status_code
-                exchange.headers = {k.lower(): v for k, v in (error.headers or {}).items()}
-                exchange.text = error.text
-            raise
-        return text
-
-    def get_json(self, url: str, *, timeout: Any, headers: Any) -> Any:
-        page = parse_json(self.get_text(url, timeout=timeout, headers=headers))
-        exchange = self._exchange()
-        if exchange is not None:
-            exchange.page = page
-        check_page(self.kind, page)
-        return page
-
-    def _decode_page(self, page: Any) -> str:
-        """geopy's reading of a body (2xx and error answers alike), bounded; geopy reads an
-        error body's failure as "no body"."""
-        deadline: float = getattr(self._local, "deadline", time.monotonic() + 10.0)
-        try:
-            body = read_capped(page, self.max_bytes, deadline)
-        finally:
-            page.close()  # past the cap: the rest is never read
-        return decode(body, page.headers.get_content_charset())
-
-
 class GeocodeAdapter:
     """One provider behind a geopy geocoder. Build it with `make_adapter`. Thread-safe."""
 
@@ -194,7 +110,7 @@ class GeocodeAdapter:
         kind: str,
         provider: str,
         geocoder: Any,
-        http: _RecordingAdapter,
+        http: RecordingAdapter,
         stores_results: bool,
     ) -> None:
         self.kind = kind
@@ -256,7 +172,7 @@ class GeocodeAdapter:
             raw=raw,
         )
 
-    def _ok_signal(self, exchange: _Exchange) -> Signal:
+    def _ok_signal(self, exchange: Exchange) -> Signal:
         remaining, reset_at = rate_block(exchange.page)
         if remaining is None:
             remaining, reset_at = read_rate_headers(exchange.headers)
@@ -266,7 +182,7 @@ class GeocodeAdapter:
     def _failure(self, signal: Signal) -> ProviderCallError:
         return ProviderCallError(self.provider, signal)
 
-    def _error_signal(self, error: Exception, exchange: _Exchange) -> Signal:
+    def _error_signal(self, error: Exception, exchange: Exchange) -> Signal:
         try:
             return self._signal_for(error, exchange)
         except Exception as unreadable:  # a hostile error answer: its headers, its body
@@ -276,7 +192,7 @@ class GeocodeAdapter:
                 Signal.throttled(None, detail) if exchange.status == 429 else Signal.error(detail)
             )
 
-    def _signal_for(self, error: Exception, exchange: _Exchange) -> Signal:
+    def _signal_for(self, error: Exception, exchange: Exchange) -> Signal:
         if self.kind == "google" and isinstance(exchange.page, dict):
             return google_signal(exchange.page, exchange.headers)
         body = json_or_none(exchange.text)
@@ -403,10 +319,10 @@ def make_adapter(
         raise ConfigurationError(f"stores_results: {stores_results!r}; expected True or False")
 
     host = domain or _DEFAULT_DOMAINS[kind]
-    http_holder: list[_RecordingAdapter] = []
+    http_holder: list[RecordingAdapter] = []
 
-    def factory(*, proxies: Any, ssl_context: Any) -> _RecordingAdapter:
-        http = _RecordingAdapter(
+    def factory(*, proxies: Any, ssl_context: Any) -> RecordingAdapter:
+        http = RecordingAdapter(
             proxies=proxies, ssl_context=ssl_context, kind=kind, max_bytes=max_answer_bytes
         )
         http_holder.append(http)
