@@ -85,7 +85,8 @@ class RecordingAdapter(URLLibAdapter):  # type: ignore[misc]
 
     def _decode_page(self, page: Any) -> str:
         """geopy's reading of a body (2xx and error answers alike), bounded; geopy reads an
-        error body's failure as "no body"."""
+        error body's failure as "no body". (geopy's URLLibAdapter reads every body through
+        this method; tests/test_geocode_hostile.py's huge answers hold it to that.)"""
         deadline: float = getattr(self._local, "deadline", time.monotonic() + 10.0)
         try:
             body = read_capped(page, self.max_bytes, deadline)
