@@ -386,6 +386,23 @@ def test_hostile_csv_and_answers_every_row_reported_and_output_escaped(
     assert len(stubs["opencage"].queries) == 5  # all from the cache
 
 
+def test_a_runaway_field_names_its_line(
+    stubs: dict[str, StubServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text('address\n1 Main St\n"2 Main St\n' + "x" * 70_000 + "\n", encoding="utf-8")
+    config = write_policy(tmp_path, three(stubs))
+    code, out, err = run_cli("geocode", source, "-o", tmp_path / "o.csv", "--config", config,
+                             capsys=capsys)  # fmt: skip
+    assert code == 2
+    assert (
+        "not a readable CSV: field larger than field limit (65536), in the row starting on "
+        "line 3; expected fields of at most 65,536 characters (an unclosed quote?)"
+    ) in err
+    assert "Traceback" not in err and out == ""
+    assert stubs["opencage"].calls == 0
+
+
 def test_a_bad_max_answer_bytes_is_a_usage_error(
     stubs: dict[str, StubServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

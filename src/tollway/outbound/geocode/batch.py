@@ -115,6 +115,7 @@ def read_addresses(
     `ConfigurationError` naming the file and what is wrong when it cannot be read as one
     (empty, no such column, not UTF-8, a runaway field)."""
     where = str(path)
+    start = 1  # the line the row being read starts on
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             sample = handle.read(MAX_FIELD)
@@ -144,7 +145,12 @@ def read_addresses(
             f"{where}: not UTF-8 text (byte {exc.start}); expected a UTF-8 CSV"
         ) from None
     except csv.Error as exc:
-        raise ConfigurationError(f"{where}: not a readable CSV: {exc}") from None
+        expected = ""
+        if "field limit" in str(exc):
+            expected = f"; expected fields of at most {MAX_FIELD:,} characters (an unclosed quote?)"
+        raise ConfigurationError(
+            f"{where}: not a readable CSV: {exc}, in the row starting on line {start}{expected}"
+        ) from None
     return header, rows, lines
 
 
