@@ -16,15 +16,23 @@ from tollway.errors import ConfigurationError
 if TYPE_CHECKING:
     from tollway.outbound.geocode.batch import BatchReport, ProviderSpend
 
-__all__ = ["geocode", "register", "spend_report", "summary"]
+__all__ = ["geocode", "printable", "register", "spend_report", "summary"]
 
 EXITS = """\
 exit status:
-  0  the batch ran: OUTPUT is written; rows not geocoded (failed, interrupted, invalid) are
-     listed on stderr and in OUTPUT's status column, and do not change the status
+  0  the batch ran: OUTPUT is written, one row per row of INPUT; rows not geocoded (failed,
+     interrupted, invalid) are listed on stderr and in OUTPUT's status and error columns, and
+     do not change the status (a provider's bad answer, too big, in an unknown charset,
+     nested too deep or of the wrong shape, is a failed call: the next provider is tried)
   2  usage error; invalid policy or setting; provider keys not set (every one named at once);
      INPUT unreadable or without the column; OUTPUT (or --cache) is INPUT itself
   3  the store could not be reached, or refused a command
+INPUT's hostile cells: an address holding a NUL byte or longer than 1,024 characters is an
+invalid row (never sent); a field longer than 65,536 characters (an unclosed quote, usually)
+makes INPUT unreadable (status 2). OUTPUT's cells that
+a spreadsheet would run as a formula (starting with = + - @, a tab or a carriage return, from
+INPUT or from a provider) are written with a leading ' (unless --raw-cells); NUL bytes are
+always stripped from OUTPUT.
 A run that fails writes no OUTPUT and removes the cache file it created, unless that file
 holds answers it paid for (running again resumes from them).
 
@@ -74,6 +82,20 @@ def register(sub: Any, add: Any) -> None:
         "(they may have been billed once already)",
     )
     command.add_argument(
+        "--raw-cells",
+        action="store_true",
+        help="write cells as they are, without the leading ' that keeps a spreadsheet from "
+        "running a cell that starts with = + - @, a tab or a carriage return as a formula",
+    )
+    command.add_argument(
+        "--max-answer-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the largest provider answer read, in bytes (default: 4 MiB); a larger one is a "
+        "failed call",
+    )
+    command.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
         default="auto",
@@ -83,6 +105,7 @@ def register(sub: Any, add: Any) -> None:
 
 def geocode(args: argparse.Namespace) -> int:
     try:  # geopy is the optional "geocode" extra
+        from tollway.outbound.geocode.answers import MAX_ANSWER_BYTES, check_answer_cap
         from tollway.outbound.geocode.batch import check_paths, geocode_csv
         from tollway.outbound.geocode.geocoder import Geocoder
     except ImportError as exc:
@@ -90,6 +113,8 @@ def geocode(args: argparse.Namespace) -> int:
             f"tollway geocode needs geopy ({exc}); pip install 'tollway[geocode]'"
         ) from None
     check_paths(args.input, args.output)
+    if args.max_answer_bytes is not None:
+        check_answer_cap(args.max_answer_bytes, "--max-answer-bytes")
     cache = Path(args.cache) if args.cache else Path(f"{args.output}.tollway.sqlite")
     if args.cache:
         check_paths(args.input, cache)
@@ -99,7 +124,11 @@ def geocode(args: argparse.Namespace) -> int:
         with (
             open_tollway(args) as tw,
             Geocoder(
-                tw, args.route, cache=cache, retry_interrupted=args.retry_interrupted
+                tw,
+                args.route,
+                cache=cache,
+                retry_interrupted=args.retry_interrupted,
+                max_answer_bytes=args.max_answer_bytes or MAX_ANSWER_BYTES,
             ) as geocoder,
         ):
             show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
@@ -110,6 +139,7 @@ def geocode(args: argparse.Namespace) -> int:
                 column=args.column,
                 workers=max(1, args.workers),
                 progress=_bar(sys.stderr) if show else None,
+                raw_cells=args.raw_cells,
             )
     except BaseException:
         if not existed:
@@ -120,10 +150,18 @@ def geocode(args: argparse.Namespace) -> int:
     for line in spend_report(report, args.output):
         print(line)
     for line_no, why in report.bad_rows[:20]:
-        note(f"{args.input}:{line_no}: {why}")
+        note(f"{args.input}:{line_no}: {printable(why)}")
     if len(report.bad_rows) > 20:
         note(f"... and {len(report.bad_rows) - 20} more rows not geocoded (see {args.output})")
     return OK
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped: a row's error may quote a provider's
+    words, and a terminal must not run an escape sequence it holds."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _files_of(cache: Path) -> list[Path]:

@@ -7,7 +7,7 @@
 
 geopy keeps neither the page nor the response headers, which carry what the signal needs
 (OpenCage's ``rate`` block, ``X-RateLimit-*``, ``Retry-After`` on a HERE 429, Google's
-``status``). `_RecordingAdapter`, a geopy ``URLLibAdapter``, records them per thread: a call
+``status``). `RecordingAdapter`, a geopy ``URLLibAdapter``, records them per thread: a call
 runs start to end on one thread (``ageocode`` runs it in a worker thread), so one geocoder can
 serve many threads at once.
 
@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import threading
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from geopy.adapters import AdapterHTTPError, URLLibAdapter  # type: ignore[import-untyped]
 from geopy.exc import (  # type: ignore[import-untyped]
     GeocoderAuthenticationFailure,
     GeocoderInsufficientPrivileges,
@@ -51,6 +50,14 @@ from geopy.geocoders import (  # type: ignore[import-untyped]
 )
 
 from tollway.errors import ConfigurationError, InvalidArgumentError
+from tollway.outbound.geocode.answers import (
+    MAX_ANSWER_BYTES,
+    BadAnswer,
+    check_answer_cap,
+    coordinates,
+    text_or_empty,
+)
+from tollway.outbound.geocode.recording import Exchange, RecordingAdapter
 from tollway.outbound.geocode.replies import (
     RateInfo,
     clip,
@@ -95,66 +102,6 @@ class Answer:
     signal: Signal
 
 
-@dataclass
-class _Exchange:
-    """What one call received: filled in by `_RecordingAdapter` on the calling thread."""
-
-    status: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    page: Any = None
-    """The parsed JSON of a 2xx answer."""
-    text: str | None = None
-    """The body of an error answer."""
-
-
-class _RecordingAdapter(URLLibAdapter):  # type: ignore[misc]
-    """geopy's urllib adapter, keeping each call's status, headers and page per thread.
-    (urllib, so neither ``requests`` nor ``aiohttp`` is needed.)"""
-
-    def __init__(self, *, proxies: Any, ssl_context: Any) -> None:
-        super().__init__(proxies=proxies, ssl_context=ssl_context)
-        self._local = threading.local()
-        # Wrap the opener geopy built: successful answers' status and headers pass there.
-        self._open: Callable[..., Any] = getattr(self, "urlopen")  # noqa: B009 (untyped base)
-        self.urlopen = self._recording_open
-
-    def begin(self) -> _Exchange:
-        exchange = _Exchange()
-        self._local.exchange = exchange
-        return exchange
-
-    def _exchange(self) -> _Exchange | None:
-        exchange: _Exchange | None = getattr(self._local, "exchange", None)
-        return exchange
-
-    def _recording_open(self, request: Any, timeout: Any = None) -> Any:
-        response = self._open(request, timeout=timeout)  # HTTP errors: recorded in get_text
-        exchange = self._exchange()
-        if exchange is not None:
-            exchange.status = response.getcode()
-            exchange.headers = {name.lower(): value for name, value in response.headers.items()}
-        return response
-
-    def get_text(self, url: str, *, timeout: Any, headers: Any) -> str:
-        try:
-            text: str = super().get_text(url, timeout=timeout, headers=headers)
-        except AdapterHTTPError as error:
-            exchange = self._exchange()
-            if exchange is not None:
-                exchange.status = error.status_code
-                exchange.headers = {k.lower(): v for k, v in (error.headers or {}).items()}
-                exchange.text = error.text
-            raise
-        return text
-
-    def get_json(self, url: str, *, timeout: Any, headers: Any) -> Any:
-        page = super().get_json(url, timeout=timeout, headers=headers)
-        exchange = self._exchange()
-        if exchange is not None:
-            exchange.page = page
-        return page
-
-
 class GeocodeAdapter:
     """One provider behind a geopy geocoder. Build it with `make_adapter`. Thread-safe."""
 
@@ -163,7 +110,7 @@ class GeocodeAdapter:
         kind: str,
         provider: str,
         geocoder: Any,
-        http: _RecordingAdapter,
+        http: RecordingAdapter,
         stores_results: bool,
     ) -> None:
         self.kind = kind
@@ -184,13 +131,17 @@ class GeocodeAdapter:
         try:
             location = self._geocoder.geocode(query, exactly_one=True)
             result = None if location is None else self._normalize(query, location)
+            signal = self._ok_signal(exchange)
+        except BadAnswer as error:
+            raise self._failure(Signal.error(clip(f"bad answer: {error}"))) from error
         except GeopyError as error:
-            raise self._failure(self._signal_for(error, exchange)) from error
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
-            # JSON, but not the provider's shape: as unreadable as garbage.
+            raise self._failure(self._error_signal(error, exchange)) from error
+        except Exception as error:  # whatever an answer makes geopy raise
+            # JSON, but not the provider's shape: as unreadable as garbage. Never a traceback
+            # for what a provider sent (LookupError, RecursionError, TypeError...).
             signal = Signal.error(clip(f"unexpected answer: {error!r}"))
             raise self._failure(signal) from error
-        return Answer(result, self._ok_signal(exchange))
+        return Answer(result, signal)
 
     async def alookup(self, query: str) -> Answer:
         """`lookup` in a worker thread."""
@@ -209,18 +160,19 @@ class GeocodeAdapter:
         raw: dict[str, Any] = dict(location.raw)
         confidence = _CONFIDENCE[self.kind](raw)
         accuracy = _ACCURACY[self.kind](raw)
+        lat, lon = coordinates(self.kind, raw)  # the provider's own, checked
         return GeocodeResult(
             query=query,
             provider=self.provider,
-            formatted_address=str(location.address or ""),
-            lat=float(location.latitude),
-            lon=float(location.longitude),
-            confidence=None if confidence is None else float(confidence),
-            accuracy=None if accuracy is None else str(accuracy),
+            formatted_address=text_or_empty(location.address, "address"),
+            lat=lat,
+            lon=lon,
+            confidence=confidence,
+            accuracy=accuracy if isinstance(accuracy, str) else None,
             raw=raw,
         )
 
-    def _ok_signal(self, exchange: _Exchange) -> Signal:
+    def _ok_signal(self, exchange: Exchange) -> Signal:
         remaining, reset_at = rate_block(exchange.page)
         if remaining is None:
             remaining, reset_at = read_rate_headers(exchange.headers)
@@ -230,7 +182,17 @@ class GeocodeAdapter:
     def _failure(self, signal: Signal) -> ProviderCallError:
         return ProviderCallError(self.provider, signal)
 
-    def _signal_for(self, error: Exception, exchange: _Exchange) -> Signal:
+    def _error_signal(self, error: Exception, exchange: Exchange) -> Signal:
+        try:
+            return self._signal_for(error, exchange)
+        except Exception as unreadable:  # a hostile error answer: its headers, its body
+            detail = clip(f"HTTP {exchange.status}: unreadable: {unreadable!r}")
+            # "Too fast" still, with a Retry-After past reading: the router's own cooldown.
+            return (
+                Signal.throttled(None, detail) if exchange.status == 429 else Signal.error(detail)
+            )
+
+    def _signal_for(self, error: Exception, exchange: Exchange) -> Signal:
         if self.kind == "google" and isinstance(exchange.page, dict):
             return google_signal(exchange.page, exchange.headers)
         body = json_or_none(exchange.text)
@@ -270,7 +232,7 @@ def _dig(raw: Mapping[str, Any], *path: str) -> Any:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return float(value) if math.isfinite(value) else None
 
 
 def _first_place_type(raw: Mapping[str, Any]) -> Any:
@@ -313,6 +275,7 @@ def make_adapter(
     timeout: float = 10.0,
     user_agent: str = "tollway",
     stores_results: bool | None = None,
+    max_answer_bytes: int = MAX_ANSWER_BYTES,
 ) -> GeocodeAdapter:
     """A `GeocodeAdapter` for ``kind`` (one of `ADAPTER_KINDS`).
 
@@ -320,7 +283,8 @@ def make_adapter(
     except for nominatim. ``domain``: the host (and port) requests go to, for every kind,
     e.g. a stub's ``127.0.0.1:PORT``; default: the provider's own. ``stores_results``: whether
     results may be cached (default False for mapbox, whose temporary geocoding forbids
-    storing them, True otherwise).
+    storing them, True otherwise). ``max_answer_bytes``: the largest answer read (default
+    4 MiB); a larger one, or one whose body takes longer than ``timeout``, is a failed call.
     """
     if kind not in ADAPTER_KINDS:
         raise ConfigurationError(f"kind: {kind!r}; expected one of {', '.join(ADAPTER_KINDS)}")
@@ -348,16 +312,19 @@ def make_adapter(
     ):
         raise ConfigurationError(f"timeout: {timeout!r}; expected seconds > 0")
     _check_text("user_agent", user_agent, "a non-empty User-Agent string")
+    check_answer_cap(max_answer_bytes)
     if stores_results is None:
         stores_results = kind != "mapbox"
     elif not isinstance(stores_results, bool):
         raise ConfigurationError(f"stores_results: {stores_results!r}; expected True or False")
 
     host = domain or _DEFAULT_DOMAINS[kind]
-    http_holder: list[_RecordingAdapter] = []
+    http_holder: list[RecordingAdapter] = []
 
-    def factory(*, proxies: Any, ssl_context: Any) -> _RecordingAdapter:
-        http = _RecordingAdapter(proxies=proxies, ssl_context=ssl_context)
+    def factory(*, proxies: Any, ssl_context: Any) -> RecordingAdapter:
+        http = RecordingAdapter(
+            proxies=proxies, ssl_context=ssl_context, kind=kind, max_bytes=max_answer_bytes
+        )
         http_holder.append(http)
         return http
 

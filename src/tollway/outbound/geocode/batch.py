@@ -5,7 +5,8 @@ Resuming needs no state of its own: every answer bought is in the result cache (
 geocoder's SQLite file), so a second run over the same input calls nobody for the rows
 already done, and an address in flight when a run was killed is reported, not paid again.
 The output file is written whole at the end (to a temporary file, then renamed), so it is
-never half-written.
+never half-written. Cells are escaped against CSV injection and NUL bytes stripped
+(`tollway.outbound.geocode.cells`); a row with a hostile address is reported, never fatal.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from pathlib import Path
 
 from tollway.errors import ConfigurationError
 from tollway.money import micros_to_decimal
+from tollway.outbound.geocode.cells import MAX_FIELD, escape_cell
 from tollway.outbound.geocode.geocoder import GeocodeOutcome, Geocoder
 
 __all__ = [
+    "MAX_FIELD",
     "OUTPUT_COLUMNS",
     "BatchReport",
     "ProviderSpend",
@@ -45,7 +48,6 @@ OUTPUT_COLUMNS = (
     "status",
     "error",
 )
-MAX_FIELD = 64 * 1024  # characters in one CSV field; longer is a bad file, not an address
 
 
 @dataclass
@@ -113,6 +115,7 @@ def read_addresses(
     `ConfigurationError` naming the file and what is wrong when it cannot be read as one
     (empty, no such column, not UTF-8, a runaway field)."""
     where = str(path)
+    start = 1  # the line the row being read starts on
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             sample = handle.read(MAX_FIELD)
@@ -142,7 +145,12 @@ def read_addresses(
             f"{where}: not UTF-8 text (byte {exc.start}); expected a UTF-8 CSV"
         ) from None
     except csv.Error as exc:
-        raise ConfigurationError(f"{where}: not a readable CSV: {exc}") from None
+        expected = ""
+        if "field limit" in str(exc):
+            expected = f"; expected fields of at most {MAX_FIELD:,} characters (an unclosed quote?)"
+        raise ConfigurationError(
+            f"{where}: not a readable CSV: {exc}, in the row starting on line {start}{expected}"
+        ) from None
     return header, rows, lines
 
 
@@ -157,10 +165,12 @@ def geocode_csv(
     column: str = "address",
     workers: int = 4,
     progress: Progress | None = None,
+    raw_cells: bool = False,
 ) -> BatchReport:
     """Geocode every row's ``column`` into ``output`` (the input's columns, then
     `OUTPUT_COLUMNS`), ``workers`` addresses at a time. `ConfigurationError` before anything
-    is called when ``output`` is ``source`` itself."""
+    is called when ``output`` is ``source`` itself. Cells that a spreadsheet would run as a
+    formula are written with a leading ``'`` unless ``raw_cells``."""
     check_paths(source, output)
     header, rows, lines = read_addresses(source, column)
     report = BatchReport(rows=len(rows))
@@ -183,7 +193,7 @@ def geocode_csv(
     for line, outcome in zip(lines, outcomes, strict=True):
         if outcome.status not in ("ok", "no_match"):
             report.bad_rows.append((line, f"{outcome.status}: {outcome.error}"))
-    _write(output, header, rows, outcomes)
+    _write(output, header, rows, outcomes, raw_cells)
     _left(geocoder, report)
     return report
 
@@ -228,6 +238,7 @@ def _write(
     header: list[str],
     rows: list[dict[str, str]],
     outcomes: list[GeocodeOutcome],
+    raw: bool,
 ) -> None:
     target = Path(output)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -235,10 +246,11 @@ def _write(
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=names, extrasaction="ignore")
-            writer.writeheader()
+            writer = csv.writer(handle)
+            writer.writerow([escape_cell(name, raw=raw) for name in names])
             for row, outcome in zip(rows, outcomes, strict=True):
-                writer.writerow({**row, **_cells(outcome)})
+                cells = {**row, **_cells(outcome)}
+                writer.writerow([escape_cell(cells.get(name, ""), raw=raw) for name in names])
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from tollway.errors import ConfigurationError
 from tollway.outbound.geocode.adapters import ADAPTER_KINDS, GeocodeAdapter, make_adapter
+from tollway.outbound.geocode.answers import MAX_ANSWER_BYTES
 from tollway.policy.model import Policy
 
 __all__ = ["STUBS_HINT", "adapters_from_policy"]
@@ -71,10 +72,12 @@ def adapters_from_policy(
     env: Mapping[str, str] | None = None,
     domains: Mapping[str, str] | None = None,
     scheme: str | None = None,
+    max_answer_bytes: int = MAX_ANSWER_BYTES,
 ) -> dict[str, GeocodeAdapter]:
     """An adapter per provider from its ``kind``, ``api_key_env``, ``domain``, ``scheme``,
     ``timeout_ms`` and ``stores_results`` (``domains`` / ``scheme`` override, for stubs).
-    ``env`` holds the keys (default: the process environment)."""
+    ``env`` holds the keys (default: the process environment); ``max_answer_bytes``: the
+    largest answer each adapter reads."""
     env = os.environ if env is None else env
     problems = [p for name in providers if (p := _key_problem(policy, name, env)) is not None]
     if problems:
@@ -91,5 +94,6 @@ def adapters_from_policy(
             scheme=scheme or client.scheme,
             timeout=client.timeout_ms / 1000,
             stores_results=client.stores_results,
+            max_answer_bytes=max_answer_bytes,
         )
     return out

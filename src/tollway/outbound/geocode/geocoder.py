@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Literal
 
 from tollway.errors import ConfigurationError, NoProviderAvailable, TollwayError
 from tollway.outbound.geocode.adapters import Answer, GeocodeAdapter
+from tollway.outbound.geocode.answers import MAX_ANSWER_BYTES
 from tollway.outbound.geocode.cache import ResultCache
+from tollway.outbound.geocode.cells import query_problem
 from tollway.outbound.geocode.from_policy import adapters_from_policy
 from tollway.outbound.geocode.inflight import SingleFlight
 from tollway.outbound.geocode.pending import PendingCalls
@@ -56,7 +58,9 @@ class GeocodeOutcome:
 
 
 class Geocoder:
-    """Geocode through ``tw.route(route)``; thread-safe (share one across worker threads)."""
+    """Geocode through ``tw.route(route)``; thread-safe (share one across worker threads).
+    ``max_answer_bytes``: the largest provider answer read, for the adapters built from the
+    policy (when ``adapters`` is not given)."""
 
     def __init__(
         self,
@@ -67,13 +71,14 @@ class Geocoder:
         cache: ResultCache | str | os.PathLike[str] = ":memory:",
         on_threshold: AlertSink | None = None,
         retry_interrupted: bool = False,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.route = tollway.route(route, on_threshold=on_threshold)
         providers = self.route.providers
         self.adapters = (
             dict(adapters)
             if adapters is not None
-            else adapters_from_policy(tollway.policy, providers)
+            else adapters_from_policy(tollway.policy, providers, max_answer_bytes=max_answer_bytes)
         )
         missing = [p for p in providers if p not in self.adapters]
         if missing:
@@ -89,7 +94,11 @@ class Geocoder:
         self._flight = SingleFlight()
 
     def geocode(self, query: str) -> GeocodeOutcome:
-        """One address. Never raises for what the providers do; bad input is ``invalid``."""
+        """One address. Never raises for what the providers do; bad input is ``invalid``
+        (an address with a NUL byte, or too long, is never sent)."""
+        problem = query_problem(query) if isinstance(query, str) else None
+        if problem is not None:
+            return GeocodeOutcome(query, "invalid", error=problem)
         try:
             key = self.cache.key(query)
         except TollwayError as exc:

@@ -4,12 +4,12 @@ here: plain pages and headers in, numbers and signals out."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from tollway.outbound.geocode.answers import BadAnswer, parse_json
 from tollway.outbound.signals import Signal, parse_retry_after
 
 __all__ = [
@@ -99,10 +99,22 @@ def rate_block(page: Any) -> RateInfo:
     if not isinstance(rate, dict):
         return RateInfo(None, None)
     remaining, reset = rate.get("remaining"), rate.get("reset")
-    return RateInfo(
-        max(0, remaining) if isinstance(remaining, int) else None,
-        float(reset) if isinstance(reset, (int, float)) else None,
+    remaining = (
+        remaining if isinstance(remaining, int) and not isinstance(remaining, bool) else None
     )
+    if not isinstance(reset, (int, float)) or isinstance(reset, bool) or not _finite(reset):
+        reset = None
+    return RateInfo(
+        None if remaining is None else max(0, remaining),
+        None if reset is None else float(reset),
+    )
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer past any float
+        return False
 
 
 def message_of(body: Any) -> str:
@@ -122,11 +134,12 @@ def message_of(body: Any) -> str:
 
 
 def json_or_none(text: str | None) -> Any:
+    """The JSON of an error body, or None (also when it is hostile: see `parse_json`)."""
     if not text:
         return None
     try:
-        return json.loads(text)
-    except ValueError:
+        return parse_json(text)
+    except BadAnswer:
         return None
 
 

@@ -53,6 +53,15 @@ class Reply:
     body: bytes
     content_type: str = _JSON
     headers: Mapping[str, str] = field(default_factory=dict)
+    filler: bytes = b""
+    """Sent ``repeat`` times after ``body``: a huge answer that is never held in memory."""
+    repeat: int = 0
+    trickle: float = 0.0
+    """Seconds between one byte of the body and the next (0: all at once)."""
+
+    @property
+    def length(self) -> int:
+        return len(self.body) + len(self.filler) * self.repeat
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,10 @@ Each request is decided under one lock, in this order (first match wins):
 2. ``block()``: the provider's forbidden form, for every call;
 3. ``fail(n)``, then ``garbage(n)``, then ``throttle(n)``: the next n calls each;
 4. the provider's own refusals: a missing query or key, OpenCage's 402/403 test keys;
-5. ``quota(n)`` used up: the provider's quota form;
-6. a normal answer (``EMPTY_QUERY`` has no results), counted in ``served``.
+5. ``hostile(mode, n)``: the next n calls that would be answered get a hostile answer
+   (`tollway.outbound.geocode.stubs.hostile`), not counted in ``served``;
+6. ``quota(n)`` used up: the provider's quota form;
+7. a normal answer (``EMPTY_QUERY`` has no results), counted in ``served``.
 
 ``slow(seconds, n)`` delays the next n answers, whatever they are; the delay is taken after
 the decision, outside the lock, so a slow answer holds up nobody else.
@@ -28,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from tollway.errors import InvalidArgumentError
 from tollway.outbound.geocode.stubs.dialects import DIALECTS, Reply, Request, Window, text_reply
+from tollway.outbound.geocode.stubs.hostile import HOSTILE_MODES, HUGE_BYTES, hostile_reply
 
 __all__ = [
     "KINDS",
@@ -63,6 +66,9 @@ class _Program:
     garbage_left: int = 0
     slow_left: int = 0
     slow_seconds: float = 0.0
+    hostile_left: int = 0
+    hostile_mode: str = ""
+    huge_bytes: int = HUGE_BYTES
 
 
 class StubServer:
@@ -184,6 +190,20 @@ class StubServer:
         with self._lock:
             self._program.garbage_left = n
 
+    def hostile(self, mode: str, n: int = 1, *, huge_bytes: int = HUGE_BYTES) -> None:
+        """The next n calls the provider would answer get the ``mode`` answer (one of
+        `HOSTILE_MODES`); ``huge_bytes``: the size of a ``huge`` answer."""
+        if mode not in HOSTILE_MODES:
+            raise InvalidArgumentError(
+                f"mode: {mode!r}; expected one of {', '.join(HOSTILE_MODES)}"
+            )
+        _check_count("n", n)
+        _check_count("huge_bytes", huge_bytes)
+        with self._lock:
+            self._program.hostile_left = n
+            self._program.hostile_mode = mode
+            self._program.huge_bytes = huge_bytes
+
     def slow(self, seconds: float, n: int = 1) -> None:
         """Delay the next n answers by ``seconds`` (for client timeouts)."""
         _check_count("n", n)
@@ -273,6 +293,10 @@ class StubServer:
         refused = dialect.check(parsed)
         if refused is not None:
             return refused
+        if program.hostile_left > 0:
+            program.hostile_left -= 1
+            window = self._window(program)
+            return hostile_reply(dialect, program.hostile_mode, parsed, window, program.huge_bytes)
         if program.quota is not None and self._served >= program.quota:
             return dialect.exhausted(self._window(program))
         self._served += 1
@@ -329,11 +353,19 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
+            self.send_header("Content-Length", str(reply.length))
             for name, value in reply.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(reply.body)
+            if reply.trickle:
+                for i in range(len(reply.body)):
+                    self.wfile.write(reply.body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(reply.trickle)
+            else:
+                self.wfile.write(reply.body)
+            for _ in range(reply.repeat):  # until the client hangs up, at most all of it
+                self.wfile.write(reply.filler)
         except ConnectionError:
             pass  # the client has gone (it timed out)
 
