@@ -28,7 +28,17 @@ from tollway.engine.health import (
     HealthOp,
     HealthReply,
 )
-from tollway.engine.replies import DENIED, DUPLICATE, OK, PLAN_MISMATCH, STALE_WINDOW, Reply, reply
+from tollway.engine.replies import (
+    CONFLICT,
+    DENIED,
+    DUPLICATE,
+    OK,
+    PLAN_MISMATCH,
+    REPEATS,
+    STALE_WINDOW,
+    Reply,
+    reply,
+)
 from tollway.engine.rules import GATE, RATE, WINDOW
 from tollway.engine.settle import Hold, SettleStep, hold_of
 from tollway.engine.step import ACQUIRE, PEEK, RESERVE, Step
@@ -59,8 +69,13 @@ class MemoryStore:
         """Entries the steps appended (the format of `tollway.events`), oldest first:
         the embedded drain takes them under `lock`."""
         self._ids: dict[tuple[str, str], int] = {}
-        """(subject, request id) of taken steps, and until when each is remembered."""
+        """(subject, event id) of the caller's ids used as event ids, and until when each is
+        remembered (``KEY:id:ID`` in Redis)."""
+        self._repeats: dict[tuple[str, str, str], list[int | str]] = {}
+        """(subject, scope, request id) of taken acquires: [fingerprint, repeats so far,
+        remembered until] (``KEY:rq:...`` in Redis; see lua/step.lua)."""
         self._id_expiry: deque[tuple[int, tuple[str, str]]] = deque()
+        self._repeat_expiry: deque[tuple[int, tuple[str, str, str]]] = deque()
         self._lock = threading.Lock()
         self.lock = self._lock
         self._states: dict[str, State] = {}
@@ -85,6 +100,25 @@ class MemoryStore:
                 return reply(PLAN_MISMATCH, now, [], 0, plan)
             if self._expiry and self._expiry[0][0] <= now:
                 self._sweep(now)
+            call = step.call_id
+            seen: tuple[str, str, str] | None = None
+            repeat = False
+            refused = 0
+            if call and step.mode == ACQUIRE:
+                # A request id is scoped to (subject, operation); a repeat must match the
+                # cost and amount it was taken at, and may come `max_repeats` times.
+                if self._repeat_expiry and self._repeat_expiry[0][0] <= now:
+                    self._forget_repeats(now)
+                if self._id_expiry and self._id_expiry[0][0] <= now:
+                    self._forget_ids(now)
+                seen = (subject, step.scope, call)
+                record = self._repeats.get(seen)
+                if record is not None:
+                    if record[0] != step.fingerprint:
+                        refused = CONFLICT
+                    elif int(record[1]) >= step.max_repeats:
+                        refused = REPEATS
+                    repeat = True
             # Reading must not create state: a subject only read or denied leaves nothing.
             state = self._states.get(subject) or _EMPTY
             windows = step.windows
@@ -108,8 +142,12 @@ class MemoryStore:
                     if state.get(rule.start_field) != windows[i][0]:  # type: ignore[index]
                         value = 0
                         fresh |= bit
-                    new = value + costs[i]
-                    fit = new <= rule.hard
+                    if repeat:  # counted once, by the step that took the id
+                        new, fit = value, True
+                        fresh &= ~bit
+                    else:
+                        new = value + costs[i]
+                        fit = new <= rule.hard
                 values.append(value)
                 if fit:
                     after.append(new)
@@ -123,15 +161,14 @@ class MemoryStore:
             mode = step.mode
             if mode == PEEK:
                 return reply(OK, now, values, misfits)
-            call = step.call_id
-            if call and mode == ACQUIRE:
-                if self._id_expiry and self._id_expiry[0][0] <= now:
-                    self._forget_ids(now)
-                if (subject, call) in self._ids:
-                    return reply(DUPLICATE, now, values)
-                if not denied:
-                    self._ids[subject, call] = now + self.dedupe_us
-                    self._id_expiry.append((now + self.dedupe_us, (subject, call)))
+            if refused:  # refused for its id alone: nothing written, values as found
+                return reply(refused, now, values)
+            event_id = call
+            if seen is not None and not denied:
+                if repeat:
+                    self._repeats[seen][1] = int(self._repeats[seen][1]) + 1
+                else:
+                    event_id = self._take_id(seen, step.fingerprint, now)
             if denied:
                 if step.event:
                     self._exceeded(step, state, now, values, misfits)
@@ -159,10 +196,12 @@ class MemoryStore:
                 i += 1
             if needed > state.get("exp", 0):
                 self._keep_until(subject, state, needed)
+            if repeat:
+                return reply(DUPLICATE, now, after, misfits)
             if mode == RESERVE:
                 self._hold(step, state, now, misfits)
             elif step.event:
-                self._usage(step.event, now, call, step.attrs)
+                self._usage(step.event, now, event_id, step.attrs)
             if step.check is not None and step.check.marks:
                 crossed = self._crossings(step, state, values, after, misfits, now)
                 return reply(OK, now, after, misfits, None, crossed)
@@ -222,12 +261,35 @@ class MemoryStore:
         with self._lock:
             self.events.append(entry)
 
+    def _take_id(self, seen: tuple[str, str, str], fingerprint: str, now: int) -> str:
+        """Record a request id taken on its scope; the event id it gets (as step.lua): the
+        caller's id, or ``ID~SCOPE`` when another scope (or a reservation) has the plain id,
+        or a fresh one when even that is taken: one event per (subject, scope, id)."""
+        until = now + self.dedupe_us
+        self._repeats[seen] = [fingerprint, 0, until]
+        self._repeat_expiry.append((until, seen))
+        subject, scope, call = seen
+        for event_id in (call, f"{call}~{scope}"):
+            if (subject, event_id) not in self._ids:
+                self._ids[subject, event_id] = until
+                self._id_expiry.append((until, (subject, event_id)))
+                return event_id
+        return ""
+
     def _forget_ids(self, now: int) -> None:
         expiry, ids = self._id_expiry, self._ids
         while expiry and expiry[0][0] <= now:
             _, key = expiry.popleft()
             if ids.get(key, now + 1) <= now:
                 del ids[key]
+
+    def _forget_repeats(self, now: int) -> None:
+        expiry, repeats = self._repeat_expiry, self._repeats
+        while expiry and expiry[0][0] <= now:
+            _, key = expiry.popleft()
+            record = repeats.get(key)
+            if record is not None and int(record[2]) <= now:
+                del repeats[key]
 
     def _crossings(
         self, step: Step, state: State, values: list[int], after: list[int], misfits: int, now: int

@@ -74,7 +74,20 @@ def step_call(
         f"[{step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us}"
         f"{step.packed}]"
     )
-    if step.event or step.call_id:
+    if step.call_id:  # its scope, fingerprint and repeats (step.lua's request-id record)
+        return [state_key(step.subject), stream], [
+            spec,
+            step.assigned or "",
+            step.hold_id,
+            step.event,
+            step.call_id,
+            step.attrs,
+            dedupe_ms,
+            step.scope,
+            step.fingerprint,
+            step.max_repeats,
+        ]
+    if step.event:
         return [state_key(step.subject), stream], [
             spec,
             step.assigned or "",

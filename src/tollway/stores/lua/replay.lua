@@ -23,6 +23,17 @@ end
 if ARGV[7] ~= '0' then
   -- The caller's request id was taken while the store was away: a retry of it is a duplicate.
   redis.call('SET', KEYS[1] .. ':id:' .. ARGV[5], '1', 'PX', ARGV[7])
+  if ARGV[4] ~= '' then
+    -- And its scoped record (step.lua), from the template: its operation, cost and amount.
+    local d = cjson.decode(ARGV[4])
+    local fp = fmt(d[4]) .. '/'
+    if type(d[5]) == 'number' then
+      fp = fp .. fmt(d[5])
+    end
+    local rq = KEYS[1] .. ':rq:' .. string.len(d[2]) .. ':' .. d[2] .. ':' .. ARGV[5]
+    redis.call('HSET', rq, 'f', fp, 'n', 0)
+    redis.call('PEXPIRE', rq, ARGV[7])
+  end
 end
 if ARGV[4] ~= '' then
   -- The usage event of a step let through while the store was away, at when it happened.
