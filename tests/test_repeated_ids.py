@@ -343,3 +343,18 @@ def test_a_replayed_request_id_is_repeated_not_counted_again(
         assert tw.usage(subject).limit("calls").used == expected
     finally:
         tw.close()
+
+
+def test_a_repeat_passes_a_quota_lowered_below_its_count(
+    redis_backend: Backend, tmp_path: Path
+) -> None:
+    """A repeat needs no room in a quota: after the plan's quota is lowered below the
+    window's count, a repeat is still a repeat (as in the memory store), a new id is denied."""
+    subject = unique("acct")
+    before = redis_backend.tollway(policy(tmp_path, [quota("daily", 10)]))
+    assert all(before.acquire(subject, "geocode", id=f"n{i}").allowed for i in range(5))
+    after = redis_backend.tollway(policy(tmp_path, [quota("daily", 3)]))
+    repeat = after.acquire(subject, "geocode", id="n0")
+    assert repeat.allowed and repeat.duplicate
+    assert not after.acquire(subject, "geocode", id="new").allowed
+    assert after.usage(subject).limit("daily").used == 5

@@ -110,7 +110,7 @@ for j = 1, n do
     else
       new = v + micros
     end
-    if new > spec[b + 2] then
+    if new > spec[b + 2] and not repeat_of then
       new = nil
     end
   end
