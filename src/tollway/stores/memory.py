@@ -28,21 +28,12 @@ from tollway.engine.health import (
     HealthOp,
     HealthReply,
 )
-from tollway.engine.replies import (
-    CONFLICT,
-    DENIED,
-    DUPLICATE,
-    OK,
-    PLAN_MISMATCH,
-    REPEATS,
-    STALE_WINDOW,
-    Reply,
-    reply,
-)
+from tollway.engine.replies import DENIED, DUPLICATE, OK, PLAN_MISMATCH, STALE_WINDOW, Reply, reply
 from tollway.engine.rules import GATE, RATE, WINDOW
 from tollway.engine.settle import Hold, SettleStep, hold_of
 from tollway.engine.step import ACQUIRE, PEEK, RESERVE, Step
 from tollway.engine.template import new_event_id
+from tollway.stores.request_ids import RequestIds, Scoped
 
 # How long a window's counter outlives the window (for late refunds and inspection).
 RETENTION_US = 3600 * US
@@ -68,14 +59,7 @@ class MemoryStore:
         self.events: deque[dict[str, str]] = deque()
         """Entries the steps appended (the format of `tollway.events`), oldest first:
         the embedded drain takes them under `lock`."""
-        self._ids: dict[tuple[str, str], int] = {}
-        """(subject, event id) of the caller's ids used as event ids, and until when each is
-        remembered (``KEY:id:ID`` in Redis)."""
-        self._repeats: dict[tuple[str, str, str], list[int | str]] = {}
-        """(subject, scope, request id) of taken acquires: [fingerprint, repeats so far,
-        remembered until] (``KEY:rq:...`` in Redis; see lua/step.lua)."""
-        self._id_expiry: deque[tuple[int, tuple[str, str]]] = deque()
-        self._repeat_expiry: deque[tuple[int, tuple[str, str, str]]] = deque()
+        self._ids = RequestIds(dedupe_us)
         self._lock = threading.Lock()
         self.lock = self._lock
         self._states: dict[str, State] = {}
@@ -101,24 +85,13 @@ class MemoryStore:
             if self._expiry and self._expiry[0][0] <= now:
                 self._sweep(now)
             call = step.call_id
-            seen: tuple[str, str, str] | None = None
-            repeat = False
-            refused = 0
+            seen: Scoped | None = None
+            repeat, refused = False, 0
             if call and step.mode == ACQUIRE:
                 # A request id is scoped to (subject, operation); a repeat must match the
                 # cost and amount it was taken at, and may come `max_repeats` times.
-                if self._repeat_expiry and self._repeat_expiry[0][0] <= now:
-                    self._forget_repeats(now)
-                if self._id_expiry and self._id_expiry[0][0] <= now:
-                    self._forget_ids(now)
                 seen = (subject, step.scope, call)
-                record = self._repeats.get(seen)
-                if record is not None:
-                    if record[0] != step.fingerprint:
-                        refused = CONFLICT
-                    elif int(record[1]) >= step.max_repeats:
-                        refused = REPEATS
-                    repeat = True
+                repeat, refused = self._ids.check(seen, step.fingerprint, step.max_repeats, now)
             # Reading must not create state: a subject only read or denied leaves nothing.
             state = self._states.get(subject) or _EMPTY
             windows = step.windows
@@ -166,9 +139,9 @@ class MemoryStore:
             event_id = call
             if seen is not None and not denied:
                 if repeat:
-                    self._repeats[seen][1] = int(self._repeats[seen][1]) + 1
+                    self._ids.repeated(seen)
                 else:
-                    event_id = self._take_id(seen, step.fingerprint, now)
+                    event_id = self._ids.take(seen, step.fingerprint, now)
             if denied:
                 if step.event:
                     self._exceeded(step, state, now, values, misfits)
@@ -260,36 +233,6 @@ class MemoryStore:
         """Queue an entry that no step wrote (a route's failover notice)."""
         with self._lock:
             self.events.append(entry)
-
-    def _take_id(self, seen: tuple[str, str, str], fingerprint: str, now: int) -> str:
-        """Record a request id taken on its scope; the event id it gets (as step.lua): the
-        caller's id, or ``ID~SCOPE`` when another scope (or a reservation) has the plain id,
-        or a fresh one when even that is taken: one event per (subject, scope, id)."""
-        until = now + self.dedupe_us
-        self._repeats[seen] = [fingerprint, 0, until]
-        self._repeat_expiry.append((until, seen))
-        subject, scope, call = seen
-        for event_id in (call, f"{call}~{scope}"):
-            if (subject, event_id) not in self._ids:
-                self._ids[subject, event_id] = until
-                self._id_expiry.append((until, (subject, event_id)))
-                return event_id
-        return ""
-
-    def _forget_ids(self, now: int) -> None:
-        expiry, ids = self._id_expiry, self._ids
-        while expiry and expiry[0][0] <= now:
-            _, key = expiry.popleft()
-            if ids.get(key, now + 1) <= now:
-                del ids[key]
-
-    def _forget_repeats(self, now: int) -> None:
-        expiry, repeats = self._repeat_expiry, self._repeats
-        while expiry and expiry[0][0] <= now:
-            _, key = expiry.popleft()
-            record = repeats.get(key)
-            if record is not None and int(record[2]) <= now:
-                del repeats[key]
 
     def _crossings(
         self, step: Step, state: State, values: list[int], after: list[int], misfits: int, now: int
@@ -423,15 +366,9 @@ class MemoryStore:
                 self._states.pop(settle.hold.subject, None)
             if settle.event:
                 event_id = settle.event_id
-                if settle.caller_id:  # as settle.lua: a caller's id taken already gets its own
-                    key = (settle.hold.subject, event_id)
-                    if self._id_expiry and self._id_expiry[0][0] <= now:
-                        self._forget_ids(now)
-                    if key in self._ids:
-                        event_id = f"{event_id}~{settle.hold.id}"
-                    else:
-                        self._ids[key] = now + self.dedupe_us
-                        self._id_expiry.append((now + self.dedupe_us, key))
+                # As settle.lua: a caller's id taken already gets an id of its own.
+                if settle.caller_id and not self._ids.claim(settle.hold.subject, event_id, now):
+                    event_id = f"{event_id}~{settle.hold.id}"
                 self._usage(settle.event, now, event_id, settle.attrs)
             return reply(OK if live else DENIED, now, values)
 
