@@ -176,6 +176,7 @@ def test_racing_steps_append_one_event_per_allowed_step(server: Server, tmp_path
 
 def test_racing_retries_of_the_same_ids_are_taken_once(server: Server, tmp_path: Path) -> None:
     policy = _policy(tmp_path, 1000)
+    policy["ledger"]["max_repeats"] = PROCESSES - 1  # every process's try may pass
     subject = f"acct-{uuid.uuid4().hex[:8]}"
     ids = [f"req-{n:03d}" for n in range(100)]
     tallies = race(server.url, policy, subject, ids=ids)
@@ -190,3 +191,18 @@ def test_racing_retries_of_the_same_ids_are_taken_once(server: Server, tmp_path:
     assert len(usage) == 100
     assert sorted(e.id for e in usage) == ids
     assert [e for e in entries if isinstance(e, Notice)] == []  # 10% of the quota: no notice
+
+
+def test_racing_repeats_stop_at_max_repeats(server: Server, tmp_path: Path) -> None:
+    """Issue 11: 8 processes repeating each id; the default ``max_repeats`` (2) holds across
+    them: each id passes 3 times, counted once."""
+    policy = _policy(tmp_path, 1000)
+    subject = f"acct-{uuid.uuid4().hex[:8]}"
+    ids = [f"req-{n:03d}" for n in range(50)]
+    tallies = race(server.url, policy, subject, ids=ids)
+    assert sum(t.allowed for t in tallies) == 3 * 50
+    assert sum(t.duplicates for t in tallies) == 2 * 50
+    with Tollway(policy, server.url) as tw:
+        assert tw.usage(subject).limit("daily").used == 50
+        usage = [e for e in server.entries(tw, subject) if isinstance(e, UsageEvent)]
+    assert sorted(e.id for e in usage) == ids

@@ -283,9 +283,11 @@ class Tollway(_Face[SyncStore, Driver]):
     ) -> Decision:
         """Take ``cost`` units (default: the operation's cost) under every limit, or none.
 
-        ``id``: the caller's request id. It is the usage event's id, and a step retried with
-        an id already taken (within ``[ledger] dedupe_s``) consumes nothing again: the decision
-        is allowed, with ``duplicate`` set. ``attributes`` travel with the usage event."""
+        ``id``: the caller's request id, scoped to (subject, operation). It is the usage
+        event's id; a repeat (same cost and amount, within ``[ledger] dedupe_s``) is not
+        counted again against quotas or budgets but takes rate capacity (``duplicate`` set),
+        at most ``[ledger] max_repeats`` times (then ``refused == "repeats"``); another cost
+        or amount is refused (``"conflict"``). ``attributes`` travel with the usage event."""
         # The common case makes no generator: one store call, then the decision (see
         # `flows.acquire_step`); anything else is the shared flow's.
         engine, store = self._engine, self._store

@@ -74,12 +74,13 @@ from tollway.http.gate import (
     key_required,
     presented_key,
     read_request_id,
+    refusal,
     refused_key,
     request_id_header,
     too_many_attempts,
 )
 from tollway.http.headers import ratelimit_fields
-from tollway.http.problem import PROBLEM_JSON, problem, problem_for
+from tollway.http.problem import PROBLEM_JSON, problem
 from tollway.inline import inline_policy
 from tollway.keys import ApiKeys, AsyncApiKeys
 from tollway.policy.model import Policy
@@ -227,7 +228,7 @@ def limit(
             raise TollwayHTTPException(status, headers, body) from None
         fields = ratelimit_fields(decision)
         if not decision.allowed:
-            status, headers, body = problem_for(decision)
+            status, headers, body = refusal(decision)
             raise TollwayHTTPException(status, headers + fields, body, decision)
         for field_name, value in fields:
             response.headers.append(field_name, value)

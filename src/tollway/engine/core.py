@@ -14,8 +14,17 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from tollway.engine.decision import Decision, DuplicateDecision
-from tollway.engine.replies import DENIED, DUPLICATE, OK, PLAN_MISMATCH, STALE_WINDOW, Reply
+from tollway.engine.decision import Decision, DuplicateDecision, RefusedRepeatDecision
+from tollway.engine.replies import (
+    CONFLICT,
+    DENIED,
+    DUPLICATE,
+    OK,
+    PLAN_MISMATCH,
+    REPEATS,
+    STALE_WINDOW,
+    Reply,
+)
 from tollway.engine.rules import ALWAYS, Check, Compiled, compile_policy
 from tollway.engine.step import (
     ACQUIRE,
@@ -61,6 +70,7 @@ class Engine:
         """Recent default-cost acquire steps per subject and operation, reused while valid."""
         self.events = policy.ledger.url is not None and policy.ledger.events
         """Whether steps append usage events (a ledger is configured and events are on)."""
+        self.max_repeats = policy.ledger.max_repeats
 
     # -- building steps ---------------------------------------------------------------------
 
@@ -158,6 +168,7 @@ class Engine:
         span = step.span = check.windows(self.clock() + self.offset_us)
         step.windows = span[2]
         step.packed = span[3]
+        step.max_repeats = self.max_repeats
         if self.events:
             step.event = usage_template(step, self.policy.version)
         if mode == RESERVE:
@@ -226,6 +237,7 @@ class Engine:
         span = step.span = check.windows(self.clock() + self.offset_us)
         step.windows = span[2]
         step.packed = span[3]
+        step.max_repeats = self.max_repeats
         if self.events:
             step.event = usage_template(step, self.policy.version)
         if mode == RESERVE:
@@ -264,7 +276,9 @@ class Engine:
                 code == OK, step, reply.now_us, reply.values, reply.misfits, reply.crossings
             )
         if code == DUPLICATE:
-            return DuplicateDecision(True, step, reply.now_us, reply.values, 0)
+            return DuplicateDecision(True, step, reply.now_us, reply.values, reply.misfits)
+        if code in (REPEATS, CONFLICT):
+            return RefusedRepeatDecision(step, reply.now_us, reply.values, code == CONFLICT)
         if code == PLAN_MISMATCH:
             self.remember(step.subject, reply.plan)
         elif code == STALE_WINDOW:

@@ -199,9 +199,15 @@ class Decision:
     degraded: bool = False
     """True when the store could not be asked and the limits' ``on_error`` decided."""
     duplicate: bool = False
-    """Allowed earlier under the same request id (``id=``): nothing was consumed again."""
+    """A repeat of a step allowed earlier under the same request id (``id=``), on the same
+    operation at the same cost: quotas and budgets were not counted again; rate limits were
+    (a repeat runs the handler again)."""
+    refused: str | None = None
+    """Why a repeated request id was refused without looking at the limits: ``"repeats"``
+    (repeated more often than ``[ledger] max_repeats`` allows) or ``"conflict"`` (taken
+    before at another cost or amount); None otherwise."""
     reason: str | None = None
-    """Why the decision is degraded."""
+    """Why the decision is degraded, or why a repeated request id was refused."""
     fixed_retry: float | None = None
     # A degraded denial has no limit figures: its wait is the circuit breaker's cooldown.
 
@@ -385,6 +391,48 @@ class DuplicateDecision(Decision):
 
     __slots__ = ()
     duplicate = True
+
+
+class RefusedRepeatDecision(Decision):
+    """A step refused for its request id alone (nothing consumed; the limits' figures are as
+    found, each of them may well admit the cost): the id
+    was repeated too often (`refused` is ``"repeats"``), or taken before at another cost or
+    amount (``"conflict"``). A client must send a new id; retrying this one cannot pass."""
+
+    __slots__ = ("reason", "refused")
+
+    def __init__(self, step: Step, now_us: int, values: Sequence[int], conflict: bool) -> None:
+        super().__init__(False, step, now_us, values, 0)
+        ident = step.call_id[:80]
+        if conflict:
+            self.refused = "conflict"
+            self.reason = (
+                f"request id {ident!r} was already used for {step.scope!r} at another cost or "
+                "amount; expected the same cost and amount as the first request, or a new id"
+            )
+        else:
+            self.refused = "repeats"
+            self.reason = (
+                f"request id {ident!r} was already repeated {step.max_repeats} times for "
+                f"{step.scope!r}, the most allowed; expected a new id"
+            )
+
+    @property
+    def violated(self) -> tuple[str, ...]:
+        """``("repeats",)`` or ``("conflict",)``: what refused the id."""
+        assert self.refused is not None
+        return (self.refused,)
+
+    @property
+    def retry_after(self) -> float | None:
+        """None: this id never passes again within the dedupe window."""
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["refused"] = self.refused
+        out["reason"] = self.reason
+        return out
 
 
 class DegradedDecision(Decision):

@@ -25,7 +25,13 @@ class ReplyCode(IntEnum):
     EXPIRED = 4
     """Reached the store after its deadline and was not taken (the Redis store resends)."""
     DUPLICATE = 5
-    """Already taken under the caller's request id: nothing was consumed again."""
+    """A repeat of a step taken under the caller's request id (same subject, operation, cost
+    and amount): quotas and budgets were not counted again, rate limits were."""
+    REPEATS = 6
+    """Not taken: the request id was already repeated as often as ``[ledger] max_repeats``
+    allows within ``dedupe_s``."""
+    CONFLICT = 7
+    """Not taken: the request id was taken by a step of another cost or amount."""
 
     @property
     def placeholder(self) -> str:
@@ -40,11 +46,13 @@ PLAN_MISMATCH = ReplyCode.PLAN_MISMATCH
 STALE_WINDOW = ReplyCode.STALE_WINDOW
 EXPIRED = ReplyCode.EXPIRED
 DUPLICATE = ReplyCode.DUPLICATE
+REPEATS = ReplyCode.REPEATS
+CONFLICT = ReplyCode.CONFLICT
 
 
 def is_stale(code: int) -> bool:
     """Whether a step's reply says it was built on stale knowledge and must be rebuilt."""
-    return code > DENIED and code != DUPLICATE
+    return PLAN_MISMATCH <= code <= EXPIRED
 
 
 class Reply(NamedTuple):
@@ -78,11 +86,13 @@ def reply(
 
 
 __all__ = [
+    "CONFLICT",
     "DENIED",
     "DUPLICATE",
     "EXPIRED",
     "OK",
     "PLAN_MISMATCH",
+    "REPEATS",
     "STALE_WINDOW",
     "Reply",
     "ReplyCode",

@@ -31,6 +31,7 @@ class Step:
         "event",
         "hold_id",
         "hold_ttl_us",
+        "max_repeats",
         "mode",
         "packed",
         "plan",
@@ -80,6 +81,8 @@ class Step:
         """The caller's request id: the event id, and how a retried step is recognized."""
         self.attrs = ""
         """The caller's attributes for the event, as JSON ('' for none)."""
+        self.max_repeats = 2
+        """How often an acquire's request id may be repeated (``[ledger] max_repeats``)."""
 
     def for_call(self, call_id: str, attrs: str) -> Step:
         """A copy carrying one call's request id and attributes (a cached step is shared)."""
@@ -92,6 +95,22 @@ class Step:
     @property
     def operation(self) -> str:
         return self.check.operation if self.check is not None else ""
+
+    @property
+    def scope(self) -> str:
+        """What a request id is scoped to besides the subject: the operation (as the usage
+        template names it), so an id taken on one operation is new on another."""
+        return self.operation or self.plan or ""
+
+    @property
+    def fingerprint(self) -> str:
+        """What a repeat of a request id must match: its cost and, when a currency applies,
+        its amount (as the usage template records them, so a replayed journal entry can
+        rebuild it from its template); another cost or amount under the id is a conflict."""
+        check = self.check
+        if check is not None and check.currency is not None and self.amount is not None:
+            return f"{self.cost}/{self.amount}"
+        return f"{self.cost}/"
 
     @property
     def marks(self) -> bool:

@@ -253,13 +253,33 @@ class Gate:
             headers += legacy_fields(decision)
         if decision.allowed:
             return Verdict(True, 200, headers, b"", decision)
-        status, problem_headers, body = problem_for(decision)
+        status, problem_headers, body = refusal(decision)
         return Verdict(False, status, problem_headers + headers, body, decision)
 
     @staticmethod
     def failure(exc: TollwayError) -> Verdict:
         """A request the engine refused (bad input): a 400, never a 500, nothing consumed."""
         return _answer(400, "Bad request", str(exc))
+
+
+def refusal(decision: Decision) -> tuple[int, HeaderList, bytes]:
+    """The problem response for a denied decision: `problem_for`'s 429 (or 503), except for a
+    request id refused on its own (`Decision.refused`): retrying it cannot pass, so no 429
+    that invites a retry. Reused too often is a 409 Conflict (the id's state forbids it: send
+    a new id); reused at another cost or amount is a 422, as the IETF Idempotency-Key draft
+    answers a key reused with another payload."""
+    refused = decision.refused
+    if refused is None:
+        return problem_for(decision)
+    status, title = (
+        (409, "Request id reused too often")
+        if refused == "repeats"
+        else (
+            422,
+            "Request id reused for another request",
+        )
+    )
+    return problem(status, title, decision.reason, refused=refused)
 
 
 def presented_key(request: Request) -> str | Verdict | None:

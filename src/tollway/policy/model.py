@@ -235,6 +235,10 @@ class LedgerConfig:
     dedupe_s: int = 86_400
     """How long the store remembers a caller's request id, so a retried step is not counted
     again."""
+    max_repeats: int = 2
+    """How many times a request id taken by an acquire may be repeated within ``dedupe_s``
+    (each repeat is not counted against quotas or budgets, but takes rate-limit capacity);
+    the next repeat is refused (``Decision.refused == "repeats"``)."""
     flush_ms: int = 200
     """Embedded (memory store): how often the background thread writes queued events."""
     batch: int = 1000

@@ -48,7 +48,16 @@ SECTIONS = (
     "hooks",
     "keys",
 )
-LEDGER_KEYS = ("url", "lateness_s", "events", "partitions", "dedupe_s", "flush_ms", "batch")
+LEDGER_KEYS = (
+    "url",
+    "lateness_s",
+    "events",
+    "partitions",
+    "dedupe_s",
+    "max_repeats",
+    "flush_ms",
+    "batch",
+)
 STORE_KEYS = (
     "url",
     "timeout_ms",
@@ -151,6 +160,7 @@ def _ledger(w: Walker, doc: Table) -> LedgerConfig:
         events=w.get(t, "ledger", "events", fields.boolean, d.events),
         partitions=w.get(t, "ledger", "partitions", fields.integer(1, 1024), d.partitions),
         dedupe_s=w.get(t, "ledger", "dedupe_s", fields.integer(1, 30 * 86_400), d.dedupe_s),
+        max_repeats=w.get(t, "ledger", "max_repeats", fields.integer(0, 1000), d.max_repeats),
         flush_ms=w.get(t, "ledger", "flush_ms", fields.integer(1, 60_000), d.flush_ms),
         batch=w.get(t, "ledger", "batch", fields.integer(1, 100_000), d.batch),
     )

@@ -64,6 +64,11 @@ def policy_schema() -> Schema:
                     1,
                     30 * 86_400,
                 ),
+                max_repeats=_int(
+                    "How often an acquire's request id may repeat within dedupe_s. Default: 2.",
+                    0,
+                    1000,
+                ),
                 flush_ms=_int(
                     "Embedded: how often queued events are written, in ms. Default: 200.",
                     1,

@@ -33,6 +33,7 @@ from tollway.engine.rules import GATE, RATE, WINDOW
 from tollway.engine.settle import Hold, SettleStep, hold_of
 from tollway.engine.step import ACQUIRE, PEEK, RESERVE, Step
 from tollway.engine.template import new_event_id
+from tollway.stores.request_ids import RequestIds, Scoped
 
 # How long a window's counter outlives the window (for late refunds and inspection).
 RETENTION_US = 3600 * US
@@ -58,9 +59,7 @@ class MemoryStore:
         self.events: deque[dict[str, str]] = deque()
         """Entries the steps appended (the format of `tollway.events`), oldest first:
         the embedded drain takes them under `lock`."""
-        self._ids: dict[tuple[str, str], int] = {}
-        """(subject, request id) of taken steps, and until when each is remembered."""
-        self._id_expiry: deque[tuple[int, tuple[str, str]]] = deque()
+        self._ids = RequestIds(dedupe_us)
         self._lock = threading.Lock()
         self.lock = self._lock
         self._states: dict[str, State] = {}
@@ -85,6 +84,14 @@ class MemoryStore:
                 return reply(PLAN_MISMATCH, now, [], 0, plan)
             if self._expiry and self._expiry[0][0] <= now:
                 self._sweep(now)
+            call = step.call_id
+            seen: Scoped | None = None
+            repeat, refused = False, 0
+            if call and step.mode == ACQUIRE:
+                # A request id is scoped to (subject, operation); a repeat must match the
+                # cost and amount it was taken at, and may come `max_repeats` times.
+                seen = (subject, step.scope, call)
+                repeat, refused = self._ids.check(seen, step.fingerprint, step.max_repeats, now)
             # Reading must not create state: a subject only read or denied leaves nothing.
             state = self._states.get(subject) or _EMPTY
             windows = step.windows
@@ -108,8 +115,12 @@ class MemoryStore:
                     if state.get(rule.start_field) != windows[i][0]:  # type: ignore[index]
                         value = 0
                         fresh |= bit
-                    new = value + costs[i]
-                    fit = new <= rule.hard
+                    if repeat:  # counted once, by the step that took the id
+                        new, fit = value, True
+                        fresh &= ~bit
+                    else:
+                        new = value + costs[i]
+                        fit = new <= rule.hard
                 values.append(value)
                 if fit:
                     after.append(new)
@@ -123,15 +134,14 @@ class MemoryStore:
             mode = step.mode
             if mode == PEEK:
                 return reply(OK, now, values, misfits)
-            call = step.call_id
-            if call and mode == ACQUIRE:
-                if self._id_expiry and self._id_expiry[0][0] <= now:
-                    self._forget_ids(now)
-                if (subject, call) in self._ids:
-                    return reply(DUPLICATE, now, values)
-                if not denied:
-                    self._ids[subject, call] = now + self.dedupe_us
-                    self._id_expiry.append((now + self.dedupe_us, (subject, call)))
+            if refused:  # refused for its id alone: nothing written, values as found
+                return reply(refused, now, values)
+            event_id = call
+            if seen is not None and not denied:
+                if repeat:
+                    self._ids.repeated(seen)
+                else:
+                    event_id = self._ids.take(seen, step.fingerprint, now)
             if denied:
                 if step.event:
                     self._exceeded(step, state, now, values, misfits)
@@ -159,10 +169,12 @@ class MemoryStore:
                 i += 1
             if needed > state.get("exp", 0):
                 self._keep_until(subject, state, needed)
+            if repeat:
+                return reply(DUPLICATE, now, after, misfits)
             if mode == RESERVE:
                 self._hold(step, state, now, misfits)
             elif step.event:
-                self._usage(step.event, now, call, step.attrs)
+                self._usage(step.event, now, event_id, step.attrs)
             if step.check is not None and step.check.marks:
                 crossed = self._crossings(step, state, values, after, misfits, now)
                 return reply(OK, now, after, misfits, None, crossed)
@@ -221,13 +233,6 @@ class MemoryStore:
         """Queue an entry that no step wrote (a route's failover notice)."""
         with self._lock:
             self.events.append(entry)
-
-    def _forget_ids(self, now: int) -> None:
-        expiry, ids = self._id_expiry, self._ids
-        while expiry and expiry[0][0] <= now:
-            _, key = expiry.popleft()
-            if ids.get(key, now + 1) <= now:
-                del ids[key]
 
     def _crossings(
         self, step: Step, state: State, values: list[int], after: list[int], misfits: int, now: int
@@ -361,15 +366,9 @@ class MemoryStore:
                 self._states.pop(settle.hold.subject, None)
             if settle.event:
                 event_id = settle.event_id
-                if settle.caller_id:  # as settle.lua: a caller's id taken already gets its own
-                    key = (settle.hold.subject, event_id)
-                    if self._id_expiry and self._id_expiry[0][0] <= now:
-                        self._forget_ids(now)
-                    if key in self._ids:
-                        event_id = f"{event_id}~{settle.hold.id}"
-                    else:
-                        self._ids[key] = now + self.dedupe_us
-                        self._id_expiry.append((now + self.dedupe_us, key))
+                # As settle.lua: a caller's id taken already gets an id of its own.
+                if settle.caller_id and not self._ids.claim(settle.hold.subject, event_id, now):
+                    event_id = f"{event_id}~{settle.hold.id}"
                 self._usage(settle.event, now, event_id, settle.attrs)
             return reply(OK if live else DENIED, now, values)
 

@@ -94,7 +94,20 @@ def step_call(
         f"{step.packed}]"
     )
     third = step.hold_id or ident
-    if step.event or step.call_id:
+    if step.call_id:  # its scope, fingerprint and repeats (step.lua's request-id record)
+        return [state_key(step.subject), stream], [
+            spec,
+            step.assigned or "",
+            third,
+            step.event,
+            step.call_id,
+            step.attrs,
+            dedupe_ms,
+            step.scope,
+            step.fingerprint,
+            step.max_repeats,
+        ]
+    if step.event:
         return [state_key(step.subject), stream], [
             spec,
             step.assigned or "",

@@ -12,6 +12,7 @@ local RETENTION = __RETENTION__
 -- Reply codes (tollway.engine.replies.ReplyCode), substituted at load time like RETENTION.
 local OK, DENIED, PLAN_MISMATCH = __OK__, __DENIED__, __PLAN_MISMATCH__
 local STALE_WINDOW, EXPIRED, DUPLICATE = __STALE_WINDOW__, __EXPIRED__, __DUPLICATE__
+local REPEATS, CONFLICT = __REPEATS__, __CONFLICT__
 
 local function fmt(n)
   return string.format('%.0f', n)

@@ -51,6 +51,15 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 if applied ~= undo then
   return 0
 end
+-- The caller's scoped record (step.lua), named from the template: its operation.
+local rq, d = nil, nil
+if ARGV[7] ~= '0' and ARGV[4] ~= '' then
+  d = cjson.decode(ARGV[4])
+  rq = KEYS[1] .. ':rq:' .. string.len(d[2]) .. ':' .. d[2] .. ':' .. ARGV[5]
+  if not undo and redis.call('EXISTS', rq) == 1 then
+    return 0  -- a repeat of a request taken already: not counted again
+  end
+end
 local sign, bit = 1, 1
 if undo then
   sign = -1
@@ -67,11 +76,22 @@ for j = 1, count do
 end
 if ARGV[7] ~= '0' then
   if undo then
-    -- Refused after all: the caller's request id was not taken.
-    redis.call('DEL', KEYS[1] .. ':id:' .. ARGV[5])
+    -- Refused after all: a retry of the caller's request id is a new request. (Its event id
+    -- mark stays: the retry's event takes an id of its own, apart from the one taken back.)
+    if rq then
+      redis.call('DEL', rq)
+    end
   else
-    -- Taken while the store was away: a retry of the caller's request id is a duplicate.
+    -- Taken while the store was away: a retry of the caller's request id is a repeat.
     redis.call('SET', KEYS[1] .. ':id:' .. ARGV[5], '1', 'PX', ARGV[7])
+    if rq then
+      local fp = fmt(d[4]) .. '/'
+      if type(d[5]) == 'number' then
+        fp = fp .. fmt(d[5])
+      end
+      redis.call('HSET', rq, 'f', fp, 'n', 0)
+      redis.call('PEXPIRE', rq, ARGV[7])
+    end
   end
 end
 if ARGV[4] ~= '' then

@@ -12,11 +12,13 @@
 --       'PROCESS SEQ LOW', see tollway.stores.step_ids; '' for none), and with events
 --       (see tollway.events) or a request id: 4 the usage template ('' for no
 --       events), 5 the caller's request id ('' for none), 6 its attributes (JSON, or ''),
---       7 how long a request id is remembered (ms)
+--       7 how long a request id is remembered (ms), and with a request id: 8 its scope (the
+--       operation), 9 its fingerprint (cost/amount), 10 how often it may be repeated
 -- KEYS: 2 the event stream (with events), in the subject's hash slot
 -- Reply: {code, now, misfits, crossings, crossing..., value...}; code (tollway.engine.replies)
---        OK taken, DENIED denied, DUPLICATE already taken under this request id (nothing
---        consumed again; values as found), PLAN_MISMATCH (+ plan), STALE_WINDOW, EXPIRED
+--        OK taken, DENIED denied, DUPLICATE a repeat of a request id taken on this scope
+--        (only rates counted again), REPEATS the id was repeated too often, CONFLICT it was
+--        taken at another cost or amount, PLAN_MISMATCH (+ plan), STALE_WINDOW, EXPIRED
 --        past its deadline (the client has given
 --        up on this step, and may let it through unrecorded and journal it: so it must not
 --        count here). Values are after the step when taken, as
@@ -59,9 +61,20 @@ if found[2] and tonumber(found[2]) <= now then
   found = redis.call('HMGET', key, unpack(names))
 end
 local template, call_id = ARGV[4] or '', ARGV[5] or ''
-local seen = nil
+-- A request id is scoped to (subject, operation): KEY:rq:LEN:OP:ID (the length keeps it
+-- injective) holds the fingerprint it was taken at (f) and how often it was repeated (n).
+local seen, repeat_of, refused = nil, false, nil
 if call_id ~= '' and spec[1] == 0 then
-  seen = key .. ':id:' .. call_id
+  seen = key .. ':rq:' .. string.len(ARGV[8]) .. ':' .. ARGV[8] .. ':' .. call_id
+  local rec = redis.call('HMGET', seen, 'f', 'n')
+  if rec[1] then
+    if rec[1] ~= ARGV[9] then
+      refused = CONFLICT
+    elseif tonumber(rec[2]) >= tonumber(ARGV[10]) then
+      refused = REPEATS
+    end
+    repeat_of = true
+  end
 end
 local units, micros = spec[2], spec[3]
 local values, after = {}, {}
@@ -93,15 +106,20 @@ for j = 1, n do
   else
     if tonumber(found[pos]) ~= spec[b + 3] then
       v = 0
-      fresh = fresh + bit
+      if not repeat_of then
+        fresh = fresh + bit
+      end
     end
     pos = pos + 1
-    if kind == 1 then
+    if repeat_of then
+      -- A repeat is counted once, by the step that took the id: rates only.
+      new = v
+    elseif kind == 1 then
       new = v + units
     else
       new = v + micros
     end
-    if new > spec[b + 2] then
+    if new > spec[b + 2] and not repeat_of then
       new = nil
     end
   end
@@ -121,8 +139,9 @@ local mode = spec[1]
 if mode == 2 then
   return {OK, now, misfits, 0, unpack(values)}
 end
-if seen and redis.call('EXISTS', seen) == 1 then
-  return {DUPLICATE, now, 0, 0, unpack(values)}
+if refused then
+  -- Refused for its id alone, whatever the limits say: nothing written, values as found.
+  return {refused, now, 0, 0, unpack(values)}
 end
 if denied then
   if template ~= '' then
@@ -145,16 +164,29 @@ if denied then
   end
   return {DENIED, now, misfits, 0, unpack(values)}
 end
-if seen then
-  redis.call('SET', seen, '1', 'PX', ARGV[7])
+local event_id = call_id
+if repeat_of then
+  redis.call('HINCRBY', seen, 'n', 1)
+  template = ''
+elseif seen then
+  redis.call('HSET', seen, 'f', ARGV[9], 'n', 0)
+  redis.call('PEXPIRE', seen, ARGV[7])
+  -- The event id: the caller's id, or ID~OP when another operation (or a reservation) has
+  -- it, or one of the stream's own when even that is taken: one event per scope and id.
+  if not redis.call('SET', key .. ':id:' .. call_id, '1', 'NX', 'PX', ARGV[7]) then
+    event_id = call_id .. '~' .. ARGV[8]
+    if not redis.call('SET', key .. ':id:' .. event_id, '1', 'NX', 'PX', ARGV[7]) then
+      event_id = ''
+    end
+  end
 end
 if template ~= '' and mode == 0 then
-  if call_id ~= '' then
+  if event_id ~= '' then
     if ARGV[6] ~= '' then
-      redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template, 'i', call_id,
+      redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template, 'i', event_id,
         'a', ARGV[6])
     else
-      redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template, 'i', call_id)
+      redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template, 'i', event_id)
     end
   elseif ARGV[6] ~= '' then
     redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template, 'a', ARGV[6])
@@ -260,6 +292,9 @@ if mode == 1 then
   keep_until(key, expires + retention, plan, redis.call('HGET', key, 'exp'))
 end
 local reply = {OK, now, misfits, 0}
+if repeat_of then
+  reply[1] = DUPLICATE
+end
 bit = 1
 for j = 1, n do
   local b = j * 6
