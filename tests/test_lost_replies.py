@@ -221,3 +221,28 @@ def test_a_client_clock_ahead_of_redis_keeps_deadlines_on_time(
         assert tw.store.wait_replayed(10)
         assert time.monotonic() - started < 5
         assert tw.usage("acct").limit("calls").used == 3  # each of the three counted once
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_a_retry_of_a_lost_step_under_its_request_id(
+    make_redis_server: Callable[[], RedisServer], tmp_path: Path, ledger: Ledger, on_error: str
+) -> None:
+    """The caller retries with the same id after the lost reply. Let through, the step was
+    taken: the retry is a repeat, not counted again. Refused, it was given back: the retry is
+    a new request, counted once, and its event is not mistaken for the one taken back."""
+    server = make_redis_server()
+    with DroppingProxy(server.port) as proxy:
+        policy = _policy(f"redis://127.0.0.1:{proxy.port}", tmp_path / "journal", on_error)
+        with Tollway(policy) as tw:
+            proxy.arm("reply", STEP.sha.encode())
+            lost = tw.acquire("acct", "call", id="order-1")
+            assert lost.degraded and lost.allowed == (on_error == "open")
+            assert not tw.acquire("acct", "call", id="other").degraded  # the store is back
+            assert tw.store.wait_replayed(10)
+            retry = tw.acquire("acct", "call", id="order-1")
+            assert retry.allowed and not retry.degraded
+            assert retry.duplicate == (on_error == "open")
+            used = tw.usage("acct").limit("calls").used
+            with redis.Redis(port=server.port) as client:
+                billed = _ledger_quantity(client, tw.store.stream_of("acct"), "acct", ledger)
+        assert (used, billed) == (2, 2)  # order-1 once, other once
