@@ -303,3 +303,12 @@ def test_an_explicit_price_without_an_amount_is_refused_and_consumes_nothing(
     assert tw.usage("a").limit("spend").used == Decimal("0")
     assert tw.acquire("a", "geocode", amount=Decimal("0.75")).allowed
     assert not tw.acquire("a", "geocode", amount=Decimal("0.30")).allowed
+
+
+def test_the_subjects_of_failed_key_attempts_are_reserved() -> None:
+    from tollway import Tollway
+    from tollway.errors import InvalidArgumentError
+
+    tw = Tollway({"defaults": {"plan": "p"}, "plans": {"p": {"limits": []}}})
+    with pytest.raises(InvalidArgumentError, match="reserved for the counts of failed API-key"):
+        tw.acquire("@key-failures:ip:203.0.113.7", "x")

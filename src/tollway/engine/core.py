@@ -30,8 +30,8 @@ from tollway.engine.step import (
     ACQUIRE,
     MAX_COST,
     PEEK,
-    PROVIDER_PREFIX,
     RESERVE,
+    RESERVED_PREFIXES,
     Step,
     provider_subject,
     system_clock,
@@ -95,11 +95,12 @@ class Engine:
             raise InvalidArgumentError(
                 f"subject: {subject[:80]!r} is not valid Unicode text ({exc.reason})"
             ) from None
-        if subject.startswith(PROVIDER_PREFIX):
-            raise InvalidArgumentError(
-                f"subject: {subject[:80]!r} starts with {PROVIDER_PREFIX!r}, which is reserved "
-                "for the providers of the policy; expected another subject"
-            )
+        for prefix, owner in RESERVED_PREFIXES:
+            if subject.startswith(prefix):
+                raise InvalidArgumentError(
+                    f"subject: {subject[:80]!r} starts with {prefix!r}, which is reserved for "
+                    f"{owner}; expected another subject"
+                )
         return subject
 
     def assigned(self, subject: str) -> str | None:

@@ -126,6 +126,15 @@ PROVIDER_PREFIX = "@provider:"
 """Providers count under subjects of their own; no subject of an application starts so."""
 
 
+KEY_FAILURES_PREFIX = "@key-failures:"
+"""The internal subjects counting failed API-key attempts per client address
+(`tollway.http.attempts`); reserved like `PROVIDER_PREFIX`."""
+RESERVED_PREFIXES = (
+    (PROVIDER_PREFIX, "the providers of the policy"),
+    (KEY_FAILURES_PREFIX, "the counts of failed API-key attempts"),
+)
+
+
 def provider_subject(name: str) -> str:
     return PROVIDER_PREFIX + name
 
@@ -150,7 +159,9 @@ __all__ = [
     "ACQUIRE",
     "MAX_COST",
     "PEEK",
+    "KEY_FAILURES_PREFIX",
     "PROVIDER_PREFIX",
+    "RESERVED_PREFIXES",
     "RESERVE",
     "Step",
     "closed_limits",

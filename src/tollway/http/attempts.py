@@ -32,13 +32,13 @@ from typing import Final, NamedTuple
 from tollway.engine.core import Engine
 from tollway.engine.decision import Decision
 from tollway.engine.rules import Check, Rule
-from tollway.engine.step import ACQUIRE, PEEK, Step
+from tollway.engine.step import ACQUIRE, KEY_FAILURES_PREFIX, PEEK, Step
 from tollway.http.problem import Problem, problem
 from tollway.policy.model import Limit, Quota
 
 __all__ = ["SUBJECT_PREFIX", "Attempt", "KeyAttempts"]
 
-SUBJECT_PREFIX: Final = "@key-failures:"
+SUBJECT_PREFIX: Final = KEY_FAILURES_PREFIX
 """The internal subjects of the counts: ``@key-failures:ip:203.0.113.7``."""
 LIMIT_NAME: Final = "@failed_attempts"
 """Not a name a policy's limit can have (they start with a letter or digit): its counter can
