@@ -31,10 +31,11 @@ class InDoubt:
         self.journal = journal
         self.ids = StepIds()
 
-    def begin(self) -> tuple[int, str]:
-        """A sequence number for an acquire about to be sent, and its identity argument."""
+    def begin(self) -> tuple[int, tuple[str, int, int]]:
+        """A sequence number for an acquire about to be sent, and its identity: this process,
+        the number, and the low-water mark."""
         seq, low = self.ids.begin()
-        return seq, self.ids.argument(seq, low)
+        return seq, (self.ids.process, seq, low)
 
     def settle(self, seq: int) -> None:
         self.ids.settle(seq)

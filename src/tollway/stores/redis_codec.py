@@ -83,17 +83,23 @@ def request_key_part(operation: str, request_id: str) -> str:
 
 
 def step_call(
-    step: Step, deadline_us: int, stream: str = "", dedupe_ms: int = 0, ident: str = ""
+    step: Step,
+    deadline_us: int,
+    stream: str = "",
+    dedupe_ms: int = 0,
+    ident: tuple[str, int, int] | None = None,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the step script: the step's figures and rules in one JSON array (the
     rules part is cached per check and window), the expected plan, and a hold id (a
-    reservation) or the step's identity (an acquire, see `StepIds.argument`); with events or
+    reservation) or the step's identity (an acquire: its process, sequence number and
+    low-water mark, see `StepIds`); with events or
     a request id, the event stream, the usage template, the id and attributes."""
+    process, seq, low = ident or ("", 0, 0)
     spec = (
-        f"[{step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us}"
-        f"{step.packed}]"
+        f"[{step.mode},{step.cost},{step.amount or 0},{step.hold_ttl_us},{deadline_us},{seq},"
+        f"{low}{step.packed}]"
     )
-    third = step.hold_id or ident
+    third = step.hold_id or process
     if step.call_id:  # its scope, fingerprint and repeats (step.lua's request-id record)
         return [state_key(step.subject), stream], [
             spec,

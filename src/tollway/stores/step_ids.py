@@ -47,10 +47,6 @@ class StepIds:
         with self._lock:
             self._open.pop(seq, None)
 
-    def argument(self, seq: int, low: int) -> str:
-        """The step script's identity argument (``lua/step.lua``, ARGV[3] of an acquire)."""
-        return f"{self.process} {seq} {low}"
-
 
 _LIVE: weakref.WeakSet[StepIds] = weakref.WeakSet()
 

@@ -1,15 +1,17 @@
 -- The atomic step: check every rule, then consume all or nothing.
 -- KEYS: 1 the subject's hash
 -- ARGV: 1 a JSON array: mode (0 acquire, 1 reserve, 2 peek), units, micro-units of money,
---         hold ttl (us), deadline (us, 0 for none), then 6 items per rule:
+--         hold ttl (us), deadline (us, 0 for none), an acquire's sequence number and its
+--         process's low-water mark (0 and 0 for none; see tollway.stores.step_ids), then 6
+--         items per rule:
 --         rate:   kind 0 (+8 shadow), field, emission (us), capacity (us), 0, 0
 --         window: kind 1 units / 2 money (+8 shadow), field, hard limit, start, end (us),
 --                 threshold marks (an array) or 0
 --         gate:   kind 3, field, probe (us), 0, 0, 0: the field holds a time before which
 --                 the step is refused; past it, a probe time > 0 lets this step through and
 --                 sets the field to now + probe (one half-open probe at a time)
---       2 expected plan ('' for none), 3 hold id (reserve), or the step's identity (acquire:
---       'PROCESS SEQ LOW', see tollway.stores.step_ids; '' for none), and with events
+--       2 expected plan ('' for none), 3 hold id (reserve), or the id of the acquire's
+--       process (with a sequence number; '' for none), and with events
 --       (see tollway.events) or a request id: 4 the usage template ('' for no
 --       events), 5 the caller's request id ('' for none), 6 its attributes (JSON, or ''),
 --       7 how long a request id is remembered (ms), and with a request id: 8 its scope (the
@@ -30,9 +32,9 @@ local spec = cjson.decode(ARGV[1])
 if spec[5] > 0 and now > spec[5] then
   return {EXPIRED, now, 0, 0}
 end
-local n = (#spec - 5) / 6
+local n = (#spec - 7) / 6
 local names = {'plan', 'hx', 'exp'}
-for b = 6, #spec, 6 do
+for b = 8, #spec, 6 do
   names[#names + 1] = spec[b + 1]
   local kind = spec[b] % 8
   if kind == 1 or kind == 2 then
@@ -43,11 +45,11 @@ for b = 6, #spec, 6 do
   end
 end
 -- An acquire's identity (tollway.stores.step_ids): its process, sequence number, and the
--- lowest number of that process not yet settled; recorded in field s:PROCESS when applied.
+-- lowest number of that process not yet settled (numbers in the JSON array: reading them
+-- there costs a tenth of parsing a string); recorded in field s:PROCESS when applied.
 local ident = nil
-if spec[1] == 0 and (ARGV[3] or '') ~= '' then
-  local process, seq, low = string.match(ARGV[3], '^(%x+) (%d+) (%d+)$')
-  ident = {'s:' .. process, seq, tonumber(low)}
+if spec[1] == 0 and spec[6] > 0 then
+  ident = {'s:' .. ARGV[3], tostring(spec[6]), spec[7]}  -- below 2^53: written whole
   names[#names + 1] = ident[1]
 end
 local found = redis.call('HMGET', key, unpack(names))
@@ -81,7 +83,7 @@ local values, after = {}, {}
 local fresh, misfits, bit, denied = 0, 0, 1, false
 local pos = 4
 for j = 1, n do
-  local b = j * 6
+  local b = j * 6 + 2
   local kind = spec[b] % 8
   local v = tonumber(found[pos]) or 0
   local new
@@ -148,7 +150,7 @@ if denied then
     -- A limit exceeded: reported by the first refused step of its window.
     bit = 1
     for j = 1, n do
-      local b = j * 6
+      local b = j * 6 + 2
       local kind = spec[b] % 8
       if spec[b] < 8 and (kind == 1 or kind == 2) and math.floor(misfits / bit) % 2 == 1 then
         local flag = spec[b + 1] .. '#x'
@@ -197,7 +199,7 @@ end
 local writes, needed = {}, 0
 bit = 1
 for j = 1, n do
-  local b = j * 6
+  local b = j * 6 + 2
   local renew = math.floor(fresh / bit) % 2 == 1
   if after[j] ~= values[j] or renew then
     writes[#writes + 1] = spec[b + 1]
@@ -228,8 +230,8 @@ if ident then
   end
   local record = found[#names]
   -- Usually the record is one settled step, dropped here without a loop.
-  if record and (string.find(record, ' ', 1, true)
-      or tonumber(string.match(record, '^%d+')) >= ident[3]) then
+  local settled = tonumber(record)
+  if record and not (settled and settled < ident[3]) then
     local kept = {}
     for old in string.gmatch(record, '%S+') do
       if tonumber(string.match(old, '^%d+')) >= ident[3] then
@@ -255,7 +257,7 @@ if mode == 1 then
   local entries = {}
   bit = 1
   for j = 1, n do
-    local b = j * 6
+    local b = j * 6 + 2
     local kind = spec[b] % 8
     local held, tag, start, ends = 0, 'w', spec[b + 3], spec[b + 4]
     if math.floor(misfits / bit) % 2 == 0 and kind ~= 3 then
@@ -297,7 +299,7 @@ if repeat_of then
 end
 bit = 1
 for j = 1, n do
-  local b = j * 6
+  local b = j * 6 + 2
   local marks = spec[b + 5]
   if marks ~= 0 and math.floor(misfits / bit) % 2 == 0 then
     for k, mark in ipairs(marks) do
