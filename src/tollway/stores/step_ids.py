@@ -37,15 +37,21 @@ class StepIds:
 
     def begin(self) -> tuple[int, int]:
         """A new sequence number, and the low-water mark to send with it."""
+        # Taken and stored under one lock, so the dict's order is the numbers' order and its
+        # first key the lowest open one; a settle's pop needs none (atomic).
         with self._lock:
             seq = self._next()
-            self._open[seq] = None
-            return seq, next(iter(self._open))
+            opened = self._open
+            opened[seq] = None
+            while True:
+                try:
+                    return seq, next(iter(opened))
+                except RuntimeError:  # a settle popped meanwhile: read the first key again
+                    continue
 
     def settle(self, seq: int) -> None:
         """``seq``'s outcome is known: its record in the store may be forgotten."""
-        with self._lock:
-            self._open.pop(seq, None)
+        self._open.pop(seq, None)
 
 
 _LIVE: weakref.WeakSet[StepIds] = weakref.WeakSet()
