@@ -100,29 +100,11 @@ def step_call(
         f"{low}{step.packed}]"
     )
     third = step.hold_id or process
-    if step.call_id:  # its scope, fingerprint and repeats (step.lua's request-id record)
-        return [state_key(step.subject), stream], [
-            spec,
-            step.assigned or "",
-            third,
-            step.event,
-            step.call_id,
-            step.attrs,
-            dedupe_ms,
-            step.scope,
-            step.fingerprint,
-            step.max_repeats,
-        ]
-    if step.event:
-        return [state_key(step.subject), stream], [
-            spec,
-            step.assigned or "",
-            third,
-            step.event,
-            step.call_id,
-            step.attrs,
-            dedupe_ms,
-        ]
+    if step.event or step.call_id:
+        args = [spec, step.assigned or "", third, step.event, step.call_id, step.attrs, dedupe_ms]
+        if step.call_id:  # its scope, fingerprint and repeats (step.lua's request-id record)
+            args += (step.scope, step.fingerprint, step.max_repeats)
+        return [state_key(step.subject), stream], args
     if third:
         return [state_key(step.subject)], [spec, step.assigned or "", third]
     return [state_key(step.subject)], [spec, step.assigned or ""]
