@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import tollway
+import tollway.billing
 import tollway.errors
 import tollway.outbound
 import tollway.outbound.geocode
@@ -76,8 +77,6 @@ def test_all_is_pinned_and_importable() -> None:
         assert hasattr(tollway, name), name
     assert tollway.testing.__all__ == ["FakeClock"]
     assert set(tollway.outbound.__all__) == OUTBOUND
-    import tollway.billing
-
     assert tollway.billing.__all__ == ["AGGREGATIONS", "MODELS", "Charge", "Tier"]
     assert set(tollway.outbound.geocode.__all__) == GEOCODE
     for name in tollway.outbound.geocode.__all__:
