@@ -176,3 +176,25 @@ def test_bad_charges_name_the_key_path(spec: dict[str, Any], path: str, says: st
     assert any(issue.path == path and says in issue.message for issue in caught.value.issues), str(
         caught.value
     )
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "line"),
+    [
+        ("1.005", "USD", "1.00"),  # half to even
+        ("1.015", "USD", "1.02"),
+        ("1.5000", "usd", "1.50"),
+        ("1234.5", "JPY", "1234"),
+        ("1235.5", "JPY", "1236"),
+        ("0.0005", "KWD", "0.000"),
+        ("0.0015", "KWD", "0.002"),
+        ("-9.995", "EUR", "-10.00"),
+    ],
+)
+def test_lines_round_half_even_to_the_currency_minor_unit(
+    amount: str, currency: str, line: str
+) -> None:
+    from tollway.billing import round_line
+
+    rounded = round_line(D(amount), currency)
+    assert rounded == D(line) and str(rounded) == line

@@ -77,7 +77,14 @@ def test_all_is_pinned_and_importable() -> None:
         assert hasattr(tollway, name), name
     assert tollway.testing.__all__ == ["FakeClock"]
     assert set(tollway.outbound.__all__) == OUTBOUND
-    assert tollway.billing.__all__ == ["AGGREGATIONS", "MODELS", "Charge", "Tier"]
+    assert tollway.billing.__all__ == [
+        "AGGREGATIONS",
+        "MODELS",
+        "Charge",
+        "Tier",
+        "minor_unit",
+        "round_line",
+    ]
     assert set(tollway.outbound.geocode.__all__) == GEOCODE
     for name in tollway.outbound.geocode.__all__:
         assert hasattr(tollway.outbound.geocode, name), name
