@@ -87,7 +87,8 @@ def webhook(url: str, **kw: Any) -> HookConfig:
         "path": "hooks[0]",
         "url": url,
         "secret_env": "HOOK_SECRET",
-        "timeout_ms": 200,
+        # The whole attempt: room for a loaded machine (the hang tests set 200 ms).
+        "timeout_ms": 1000,
         "schedule": (0.0, 5.0, 60.0, 300.0, 3600.0),
     }
     values.update(kw)
@@ -160,7 +161,7 @@ def test_a_receiver_that_fails_then_recovers_gets_each_message_once(
     ledger: Ledger, http: Receiver
 ) -> None:
     clock = Clock()
-    hook = webhook(http.url)
+    hook = webhook(http.url, timeout_ms=200)
     result = ledger.commit([ev(i) for i in range(4)], hooks=[hook], now_us=T0)
     assert (result.inserted, result.enqueued) == (4, 4)
     # 500, a hang past the 0.2 s timeout, a 503 with Retry-After, a slow 200, then 200s.

@@ -106,7 +106,7 @@ async def test_the_async_dispatcher_retries_then_delivers_each_message_once(
     ledger: AsyncLedger, http: Receiver
 ) -> None:
     clock = Clock()
-    hook = webhook(http.url)
+    hook = webhook(http.url, timeout_ms=200)
     result = await ledger.commit([ev(i) for i in range(4)], hooks=[hook], now_us=T0)
     assert (result.inserted, result.enqueued) == (4, 4)
     # 500, a hang past the 0.2 s timeout, a 503 with Retry-After, then 200s.
