@@ -123,6 +123,9 @@ class Journal:
         self.pending = self.folder.exists() and any(self._files())
         """Whether entries may be waiting for a replay (checked without touching the disk)."""
         self._replaying = threading.Lock()
+        self.appended = 0
+        """Entries this process appended: a replay that ends with it changed has not seen
+        them all (they may be in a file it had passed)."""
 
     def _files(self) -> Iterator[Path]:
         return (p for p in self.folder.glob("*.jsonl") if p.stat().st_size > 0)
@@ -166,6 +169,7 @@ class Journal:
                         self._name = _file_name(self._owner)
                         continue
                     _write_line(handle, entry.to_line().encode("utf-8"))
+                    self.appended += 1
                     self.pending = True
                     return
             raise StoreError(
@@ -183,17 +187,18 @@ class Journal:
         if not self._replaying.acquire(blocking=False):
             return
         try:
-            left = False
+            left, seen = False, self.appended
             self._forked()
             for path in sorted(self._files()):
                 if not self._mine_or_dead(path):
                     continue  # a live process's: it replays its own
                 with _claim(path) as claim:
-                    if claim is not None:
-                        yield claim
-                        left = left or claim.done < len(claim.entries)
-            if not left:
-                self.pending = False
+                    if claim is None:
+                        left = True  # locked (an append, or a replay): try again later
+                        continue
+                    yield claim
+                    left = left or claim.done < len(claim.entries)
+            self.pending = left or self.appended != seen
         finally:
             self._replaying.release()
 

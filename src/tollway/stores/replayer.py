@@ -58,9 +58,16 @@ class Replayer:
 
     def wait(self, timeout: float) -> bool:
         """Wait until nothing is left to replay (True), or ``timeout`` seconds (False)."""
-        if self.journal.pending:
-            self.kick()
-        return self._idle.wait(timeout) and not self.journal.pending
+        deadline = time.monotonic() + timeout
+        while self.journal.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.kick()  # (again, when a kick met a thread that was just ending)
+            self._idle.wait(left)
+            if self.journal.pending:
+                time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+        return True
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop replaying (what is left stays in the journal for the next process)."""
@@ -92,8 +99,10 @@ class Replayer:
                     self._pause(wait)
                 elif not self.journal.pending:
                     return
-                else:
+                elif sent:
                     time.sleep(0)  # a slice done: let the callers' threads run
+                else:
+                    self._pause(PAUSE_S[0])  # a file was locked (an append): look again
         finally:
             with self._lock:
                 self._idle.set()
