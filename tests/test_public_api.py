@@ -93,7 +93,12 @@ def test_all_is_pinned_and_importable() -> None:
 
 
 ERRORS = {
+    "BillingError",
     "CacheError",
+    "CouponError",
+    "GrantConflictError",
+    "InvoiceError",
+    "TrialUsedError",
     "ConfigurationError",
     "EventFormatError",
     "InvalidArgumentError",

@@ -11,10 +11,14 @@ if TYPE_CHECKING:
     from tollway.outbound.signals import Signal
 
 __all__ = [
+    "BillingError",
     "CacheError",
+    "CouponError",
     "ConfigurationError",
     "EventFormatError",
+    "GrantConflictError",
     "InvalidArgumentError",
+    "InvoiceError",
     "InvalidUsageEventError",
     "LedgerError",
     "LedgerSchemaError",
@@ -29,6 +33,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TollwayError",
+    "TrialUsedError",
     "UnknownLimitError",
     "UnknownNameError",
     "UnknownOperationError",
@@ -215,3 +220,23 @@ class ReentrantCallError(TollwayError, RuntimeError):
 
 class CacheError(TollwayError):
     """The cache file cannot be used: not a SQLite database, from a newer version, closed."""
+
+
+class BillingError(TollwayError):
+    """A billing operation cannot be done as asked (`tollway.billing`); nothing was written."""
+
+
+class GrantConflictError(BillingError, ValueError):
+    """A prepaid grant id already used for another subject, currency, amount or expiry."""
+
+
+class TrialUsedError(BillingError):
+    """A second trial for a subject or an identity that already had one."""
+
+
+class CouponError(BillingError, ValueError):
+    """A coupon that cannot be redeemed: unknown, redeemed already, used up, or expired."""
+
+
+class InvoiceError(BillingError):
+    """An invoice or credit note that does not exist or cannot take the change asked."""

@@ -7,7 +7,8 @@ module imports only the standard library (and `tollway.keyspace`, as low: how a 
 written in a key).
 
 **Event types** (CloudEvents ``type``): `USAGE_RECORDED`, `LIMIT_THRESHOLD`, `LIMIT_EXCEEDED`,
-`PROVIDER_FAILOVER`; `EVENT_TYPES` lists them.
+`PROVIDER_FAILOVER`, and billing's `SUBSCRIPTION_UPDATED`, `INVOICE_FINALIZED`,
+`INVOICE_REFUNDED`; `EVENT_TYPES` lists them.
 
 **Stream entries.** The step appends one entry per allowed consumption, and one per threshold
 first reached or limit first exceeded in a window (and the router one per failover). An entry
@@ -46,6 +47,8 @@ from tollway.keyspace import key_text
 
 __all__ = [
     "EVENT_TYPES",
+    "INVOICE_FINALIZED",
+    "INVOICE_REFUNDED",
     "KIND_EXCEEDED",
     "KIND_FAILOVER",
     "KIND_THRESHOLD",
@@ -55,6 +58,7 @@ __all__ = [
     "LIMIT_THRESHOLD",
     "PROVIDER_FAILOVER",
     "REGISTRY",
+    "SUBSCRIPTION_UPDATED",
     "USAGE_RECORDED",
     "slot_of",
     "stream_key",
@@ -71,7 +75,22 @@ LIMIT_EXCEEDED: Final = "tollway.limit.exceeded"
 """A step was denied by a limit."""
 PROVIDER_FAILOVER: Final = "tollway.provider.failover"
 """A route skipped a provider (throttled, exhausted, blocked, failing) for the next one."""
-EVENT_TYPES: tuple[str, ...] = (USAGE_RECORDED, LIMIT_THRESHOLD, LIMIT_EXCEEDED, PROVIDER_FAILOVER)
+SUBSCRIPTION_UPDATED: Final = "tollway.subscription.updated"
+"""A subject's plan changed (assigned, trial started or ended, cancelled, scheduled change
+applied): written by `tollway.billing` with the plan history, delivered by the hooks."""
+INVOICE_FINALIZED: Final = "tollway.invoice.finalized"
+"""A period's invoice was finalized: numbered, immutable (``data`` is the invoice)."""
+INVOICE_REFUNDED: Final = "tollway.invoice.refunded"
+"""A credit note refunds part or all of an invoice (for the payment platform to pay out)."""
+EVENT_TYPES: tuple[str, ...] = (
+    USAGE_RECORDED,
+    LIMIT_THRESHOLD,
+    LIMIT_EXCEEDED,
+    PROVIDER_FAILOVER,
+    SUBSCRIPTION_UPDATED,
+    INVOICE_FINALIZED,
+    INVOICE_REFUNDED,
+)
 
 # --------------------------------------------------------------------------- entry kinds
 

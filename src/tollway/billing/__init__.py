@@ -3,7 +3,7 @@ a charge model, exact in `Decimal` (`Charge`), and the rounding of an invoice li
 (`round_line`). Subscriptions, invoices, credits and credit
 notes build on it."""
 
-from tollway.billing.charges import AGGREGATIONS, MODELS, Charge, Tier
 from tollway.billing.rounding import minor_unit, round_line
+from tollway.policy.charges import AGGREGATIONS, MODELS, Charge, Tier
 
 __all__ = ["AGGREGATIONS", "MODELS", "Charge", "Tier", "minor_unit", "round_line"]

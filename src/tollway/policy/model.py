@@ -13,9 +13,10 @@ from typing import Literal
 
 from tollway.events import USAGE_RECORDED
 from tollway.money import Money
+from tollway.policy.charges import Charge
 
 Period = Literal["minute", "hour", "day", "week", "month"]
-LimitKind = Literal["rate", "quota", "budget"]
+LimitKind = Literal["rate", "quota", "budget", "credits"]
 OnError = Literal["open", "closed"]
 Per = Literal["subject", "operation"]
 
@@ -72,7 +73,8 @@ class Grace:
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """One rule on one counter: exactly one of ``rate``, ``quota``, ``budget`` is set."""
+    """One rule on one counter: exactly one of ``rate``, ``quota``, ``budget``, ``credits``
+    is set."""
 
     name: str
     kind: LimitKind
@@ -94,6 +96,12 @@ class Limit:
     operations: tuple[str, ...] | None = None
     """The operations the limit applies to; ``None`` means all of them."""
     per: Per = "subject"
+    credits: str | None = None
+    """A prepaid balance in this currency (``{ credits = "USD" }``): each step draws its price
+    from the subject's grants (`tollway.billing`), denied when they cannot cover it."""
+    overage: bool = False
+    """``credits`` only: when the balance cannot cover a step, allow it and bill it on the
+    invoice instead of denying it (nothing is drawn for it)."""
 
     @property
     def period(self) -> Period | None:
@@ -105,7 +113,9 @@ class Limit:
 
     @property
     def currency(self) -> str | None:
-        return self.budget.amount.currency if self.budget is not None else None
+        if self.budget is not None:
+            return self.budget.amount.currency
+        return self.credits
 
     def applies_to(self, operation: str) -> bool:
         return self.operations is None or operation in self.operations
@@ -124,10 +134,79 @@ class Operation:
     at acquire, reserve or commit), so a budget may count it."""
 
 
+FeeTiming = Literal["advance", "arrears"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fee:
+    """A plan's recurring fee per billing period, prorated to the second on changes."""
+
+    amount: Money
+    timing: FeeTiming = "arrears"
+    """``advance``: billed for the period ahead; ``arrears``: for the period just ended."""
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     limits: tuple[Limit, ...]
+    fee: Fee | None = None
+    trial_days: int = 0
+    """Days of a trial (``assign(..., trial=True)``): the plan's limits, no fee."""
+    trial_then: str | None = None
+    """The plan a trial continues on when it ends (None: this plan)."""
+    charges: tuple[Charge, ...] = ()
+    """What its meters cost (each `Charge` names its ``meter``); a meter without a charge is
+    free on this plan."""
+    path: str = ""
+    """Where the plan was declared, e.g. ``plans.pro``."""
+
+
+CouponDuration = Literal["once", "forever"] | int
+"""``once``: the first period; N: N periods from the redemption; ``forever``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Coupon:
+    """One ``[coupons.CODE]``: a discount a subject may redeem (`tollway.billing`)."""
+
+    code: str
+    percent: Decimal | None = None
+    """A percentage (0 < p <= 100) off the lines it applies to; or ``amount``."""
+    amount: Money | None = None
+    """A fixed amount off per period, never taking a line below zero."""
+    duration: CouponDuration = "once"
+    applies_to: tuple[str, ...] = ("fee", "charges")
+    """``fee`` (plan fees), ``charges`` (every usage charge), or meter names."""
+    max_redemptions: int | None = None
+    """How many subjects may redeem it in all (None: no cap)."""
+    path: str = ""
+
+
+BillingPeriod = Literal["day", "week", "month"]
+BillingAnchor = Literal["calendar", "subscription"]
+
+
+@dataclass(frozen=True, slots=True)
+class BillingConfig:
+    """``[billing]``: how periods are cut, invoiced and numbered."""
+
+    currency: str = "USD"
+    period: BillingPeriod = "month"
+    anchor: BillingAnchor = "calendar"
+    """``calendar``: periods in ``timezone``; ``subscription``: from each subject's first
+    assignment to a plan with a fee (its day of the month, 31 clamping)."""
+    timezone: str = "UTC"
+    """The timezone periods are cut in (``[defaults] timezone`` unless given)."""
+    invoice_grace_s: int = 3600
+    """How long after its end a period's draft stays open for late events."""
+    numbering: str = "INV-{year}-{seq:06d}"
+    """Invoice numbers, gapless per issuer: ``{year}`` and ``{seq}`` (``{seq:06d}``)."""
+    credit_note_numbering: str = "CN-{year}-{seq:06d}"
+    issuer: str = ""
+    """The issuer's name on invoices (and the scope of the numbering)."""
+    meters: tuple[str, ...] = ()
+    """Meters recorded with `Tollway.record` that charges may price, besides operations."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +387,9 @@ class Policy:
     hooks: tuple[HookConfig, ...] = ()
     """The ``[[hooks]]``: where usage events and limit notices are delivered."""
     keys: KeysConfig = field(default_factory=KeysConfig)
+    billing: BillingConfig | None = None
+    """``[billing]``; None when the policy has no such section (no invoicing)."""
+    coupons: Mapping[str, Coupon] = field(default_factory=dict)
     source: str | None = None
     """The file the policy was loaded from, if any."""
     version: str = ""
