@@ -8,11 +8,20 @@ seconds into them; it is defined here once, for every layer.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 
-__all__ = ["US", "Clock"]
+__all__ = ["US", "Clock", "utc"]
 
 US = 1_000_000
 """Microseconds in a second."""
 
 Clock = Callable[[], int]
 """Microseconds since the epoch (the store's, the system's or a test's fake)."""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def utc(us: int) -> datetime:
+    """An aware UTC datetime of microseconds since the epoch (exact: no float)."""
+    return _EPOCH + timedelta(microseconds=us)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal
+
+from tollway.clock import utc
 
 ChangeKind = Literal["assign", "trial", "trial_end", "cancel", "scheduled"]
 """``assign``: a plan given; ``trial``: a trial started (its end in ``trial_end_us``);
@@ -122,11 +124,3 @@ class Line:
     @property
     def period_end(self) -> datetime:
         return utc(self.period_end_us)
-
-
-def utc(us: int) -> datetime:
-    """An aware UTC datetime of microseconds since the epoch (exact: no float)."""
-    return EPOCH + timedelta(microseconds=us)
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -15,9 +15,9 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from tollway.clock import utc
 from tollway.events import USAGE_RECORDED
 from tollway.metering.cloudevents import (
     BATCH_CONTENT_TYPE,
@@ -50,7 +50,6 @@ SOURCE = "tollway"
 """The CloudEvents ``source`` of every event tollway sends."""
 AGGREGATE_US = {"minute": 60_000_000, "hour": 3_600_000_000}
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MESSAGE_ID = re.compile(r"^[!-\-/-~]{1,256}$")  # a webhook-id: printable ASCII, no space, no "."
 
 
@@ -92,8 +91,7 @@ class BucketAdd:
     window (a late event after it was sent) gets another message id."""
 
 
-def _time(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+_time = utc
 
 
 def event_id(raw: str) -> str:
