@@ -59,7 +59,8 @@ class Allocation:
     """Per grant id: what it holds at the window's end (0 once expired)."""
     uncovered: int = 0
     """Draws in the window that no grant could cover (the store never lets that happen;
-    kept so a total always reconciles)."""
+    kept so a total always reconciles). It counts as the newest draw: a refund gives it
+    back first."""
 
     @property
     def total(self) -> int:
@@ -111,18 +112,24 @@ def allocate(
                     stack.append([g.id, take])
                     if inside:
                         drawn[g.id] = drawn.get(g.id, 0) + take
-            if inside:
-                uncovered += need
+            if need > 0:
+                stack.append([None, need])  # uncovered: the newest part, refunded first
+                if inside:
+                    uncovered += need
         else:
             back = -micros
             while back > 0 and stack:
                 gid, took = stack[-1]
-                assert isinstance(gid, str) and isinstance(took, int)
+                assert isinstance(took, int)
                 give = min(back, took)
-                left[gid] += give
                 back -= give
-                if inside:
-                    drawn[gid] = drawn.get(gid, 0) - give
+                if gid is None:
+                    uncovered -= give if inside else 0
+                else:
+                    assert isinstance(gid, str)
+                    left[gid] += give
+                    if inside:
+                        drawn[gid] = drawn.get(gid, 0) - give
                 if give == took:
                     stack.pop()
                 else:
