@@ -5,8 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-
 from tests.billing_support import us
+
 from tollway.billing.discounts import active, discount_lines
 from tollway.billing.records import Line, LineKind, Redemption
 from tollway.money import Money

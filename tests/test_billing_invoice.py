@@ -7,8 +7,8 @@ from dataclasses import replace
 from decimal import Decimal, localcontext
 
 import pytest
-
 from tests.billing_support import change, credits_limit, fee, plan, policy, us
+
 from tollway.billing import Charge
 from tollway.billing.adjustments import adjust, favours_customer
 from tollway.billing.invoice import (

@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from tests.billing_support import us
+
 from tollway.billing.periods import next_period, period_at, periods_between, previous_period
 from tollway.policy.model import BillingConfig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from tests.billing_support import change, fee, plan, policy, us
+
 from tollway.billing.invoice import InvoiceInputs, build_invoice
 from tollway.billing.proration import fee_lines
 from tollway.billing.records import Line
