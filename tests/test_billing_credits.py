@@ -107,3 +107,30 @@ def test_interval_sums_allocate_as_the_draws_one_by_one(raw_grants, draws, refun
     assert one.expired == summed.expired
     assert one.uncovered == summed.uncovered
     assert one.total + one.uncovered == sum(m for _, m in events)
+
+
+def test_credits_lines_sum_to_the_rounded_draw() -> None:
+    from decimal import Decimal
+
+    from tollway.billing.rating import credits_lines
+
+    grants = [
+        grant("a", 1_004_000, priority=2),
+        grant("b", 1_004_000, priority=1),
+        grant("c", 10_000_000),
+    ]
+    allocation = allocate(grants, [(1, 3_012_000)])
+    lines = credits_lines(
+        allocation=allocation, currency="USD", drawn_micros=3_012_000, period=(0, 10)
+    )
+    assert [(x.grant, x.amount) for x in lines] == [
+        ("a", Decimal("-1.00")),
+        ("b", Decimal("-1.00")),
+        ("c", Decimal("-1.01")),
+    ]
+    assert sum(x.amount for x in lines) == Decimal("-3.01")
+    # What the allocation does not account for is a line of its own.
+    rest = credits_lines(
+        allocation=allocate([], []), currency="USD", drawn_micros=500_000, period=(0, 10)
+    )
+    assert [(x.grant, x.amount) for x in rest] == [(None, Decimal("-0.50"))]

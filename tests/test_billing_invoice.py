@@ -255,3 +255,28 @@ def test_a_backdated_plan_change_adjusts_the_fee() -> None:
         ("fee", "max", D("99.00")),
         ("fee", "pro", D("-49.00")),
     ]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"type": "nope"},
+        {"type": "invoice"},
+        {
+            "type": "invoice",
+            "status": "draft",
+            "subject": "a",
+            "currency": "USD",
+            "period_start_us": "x",
+            "period_end_us": 1,
+            "as_of_us": 1,
+            "lines": [],
+        },
+        ["invoice"],
+    ],
+)
+def test_from_dict_refuses_what_is_not_an_invoice(data: object) -> None:
+    with pytest.raises(InvoiceError):
+        Invoice.from_dict(data)  # type: ignore[arg-type]
+    with pytest.raises(InvoiceError):
+        CreditNote.from_dict(data)  # type: ignore[arg-type]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
@@ -101,6 +102,17 @@ def line_from_dict(data: Mapping[str, Any]) -> Line:
     )
 
 
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Turn a malformed stored document's KeyError/ValueError into an `InvoiceError`."""
+    try:
+        yield
+    except KeyError as exc:
+        raise InvoiceError(f"{what}: the field {exc} is missing") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise InvoiceError(f"{what}: a field has the wrong form ({exc})") from None
+
+
 def _canonical(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -177,8 +189,15 @@ class Invoice:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Invoice:
-        if data.get("type") != "invoice":
-            raise InvoiceError(f"type: {data.get('type')!r} is not an invoice; expected 'invoice'")
+        """The invoice of `to_dict`'s output; `InvoiceError` when it is not one."""
+        if not isinstance(data, Mapping) or data.get("type") != "invoice":
+            got = data.get("type") if isinstance(data, Mapping) else data
+            raise InvoiceError(f"type: {got!r} is not an invoice; expected 'invoice'")
+        with _reading("invoice"):
+            return cls._read(data)
+
+    @classmethod
+    def _read(cls, data: Mapping[str, Any]) -> Invoice:
         return cls(
             number=data.get("number"),
             status=cast(Status, data["status"]),
@@ -233,10 +252,15 @@ class CreditNote:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CreditNote:
-        if data.get("type") != "credit_note":
-            raise InvoiceError(
-                f"type: {data.get('type')!r} is not a credit note; expected 'credit_note'"
-            )
+        """The credit note of `to_dict`'s output; `InvoiceError` when it is not one."""
+        if not isinstance(data, Mapping) or data.get("type") != "credit_note":
+            got = data.get("type") if isinstance(data, Mapping) else data
+            raise InvoiceError(f"type: {got!r} is not a credit note; expected 'credit_note'")
+        with _reading("credit note"):
+            return cls._read(data)
+
+    @classmethod
+    def _read(cls, data: Mapping[str, Any]) -> CreditNote:
         return cls(
             number=str(data["number"]),
             invoice_number=str(data["invoice_number"]),
