@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 
+from hypothesis import given
+from hypothesis import strategies as st
 from tests.billing_support import change, fee, plan, policy, us
 
 from tollway.billing.invoice import InvoiceInputs, build_invoice
@@ -165,3 +168,19 @@ def test_build_invoice_fee_total_is_the_sum_of_rounded_lines() -> None:
         )
     )
     assert inv.total == D("154.84") == sum(x.amount for x in inv.lines)
+
+
+@given(st.lists(st.integers(JAN[0] // 1_000_000 + 1, JAN[1] // 1_000_000 - 1), max_size=6))
+def test_arrears_shares_of_one_fee_add_up_to_the_fee(changes_s: list[int]) -> None:
+    # Plans a and b cost the same: however often the subject switches, the shares of the
+    # period add up to one fee.
+    pol = policy(plan("a", fee_=fee("100")), plan("b", fee_=fee("100")))
+    history = [change("a", us(2025, 1, 1), 0)]
+    history += [
+        change("ab"[n % 2 - 1], t * 1_000_000, n + 1) for n, t in enumerate(sorted(changes_s))
+    ]
+    lines = lines_of(pol, history)
+    # A share is a division (exact to 28 digits); the rounded lines are within half a cent each.
+    assert abs(sum(x.exact for x in lines) - D(100)) < D("1e-20")
+    assert abs(sum(x.amount for x in lines) - D(100)) <= D("0.005") * len(lines)
+    assert all(b.period_start_us == a.period_end_us for a, b in itertools.pairwise(lines))
