@@ -82,3 +82,11 @@ def test_period_holds_the_instant_and_chains(t: int, kind: str) -> None:
     assert start <= t < end
     assert next_period(config, (start, end))[0] == end
     assert previous_period(config, (start, end))[1] == start
+
+
+def test_anchored_across_dst_starts_at_local_midnight() -> None:
+    config = BillingConfig(anchor="subscription", timezone="America/New_York")
+    anchor = us(2026, 2, 20, 15, tz=NY)
+    start, end = period_at(config, us(2026, 3, 10, tz=NY), anchor)
+    assert (start, end) == (us(2026, 2, 20, tz=NY), us(2026, 3, 20, tz=NY))
+    assert end - start == (28 * 24 - 1) * 3600 * 1_000_000  # the clocks went forward on Mar 8
