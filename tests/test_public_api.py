@@ -80,11 +80,32 @@ def test_all_is_pinned_and_importable() -> None:
     assert tollway.billing.__all__ == [
         "AGGREGATIONS",
         "MODELS",
+        "Allocation",
         "Charge",
+        "CreditNote",
+        "Invoice",
+        "InvoiceInputs",
+        "Segment",
         "Tier",
+        "adjust",
+        "allocate",
+        "build_credit_note",
+        "build_invoice",
+        "change_points",
+        "favours_customer",
+        "finalize",
         "minor_unit",
+        "next_period",
+        "period_at",
+        "previous_period",
         "round_line",
+        "segments",
+        "to_csv",
+        "to_html",
+        "to_json",
     ]
+    for name in tollway.billing.__all__:
+        assert hasattr(tollway.billing, name), name
     assert set(tollway.outbound.geocode.__all__) == GEOCODE
     for name in tollway.outbound.geocode.__all__:
         assert hasattr(tollway.outbound.geocode, name), name
