@@ -602,11 +602,12 @@ def test_a_newer_schema_is_refused(ledger_url: str) -> None:
 
 
 def test_pending_lists_what_is_missing() -> None:
-    assert [m.version for m in pending([], where="x")] == [1, 2]
-    assert [m.version for m in pending([1], where="x")] == [2]
-    assert pending([1, 2], where="x") == []
+    assert [m.version for m in pending([], where="x")] == [1, 2, 3]
+    assert [m.version for m in pending([1], where="x")] == [2, 3]
+    assert [m.version for m in pending([1, 2], where="x")] == [3]
+    assert pending([1, 2, 3], where="x") == []
     with pytest.raises(LedgerSchemaError, match="unknown: 5, 6"):
-        pending([1, 2, 5, 6], where="x")
+        pending([1, 2, 3, 5, 6], where="x")
 
 
 @pytest.mark.postgres

@@ -193,6 +193,84 @@ ALTER TABLE usage_events
     + _HOOK_TABLES
 )
 
+# Migration 3: billing (`tollway.billing.storage`). The same text for both dialects (BIGINT,
+# TEXT and BOOLEAN mean the same to each): plan history one row per change (seq gapless per
+# subject); one trial per identity; prepaid grants; coupon redemptions; gapless document
+# numbers per (scope, year), taken in the transaction that stores the document; finalized
+# invoices and credit notes with their canonical JSON body and its sha256.
+_BILLING_TABLES = """
+CREATE TABLE billing_plan_changes (
+    subject         TEXT    NOT NULL,
+    seq             BIGINT  NOT NULL,
+    plan            TEXT,
+    effective_at_us BIGINT  NOT NULL,
+    recorded_at_us  BIGINT  NOT NULL,
+    kind            TEXT    NOT NULL,
+    proration       TEXT    NOT NULL,
+    trial_end_us    BIGINT,
+    identity        TEXT,
+    PRIMARY KEY (subject, seq)
+);
+CREATE INDEX billing_plan_changes_effective
+    ON billing_plan_changes (subject, effective_at_us);
+CREATE TABLE billing_trials (
+    identity        TEXT    NOT NULL PRIMARY KEY,
+    subject         TEXT    NOT NULL,
+    started_at_us   BIGINT  NOT NULL
+);
+CREATE TABLE billing_grants (
+    subject         TEXT    NOT NULL,
+    currency        TEXT    NOT NULL,
+    id              TEXT    NOT NULL,
+    amount_micros   BIGINT  NOT NULL CHECK (amount_micros > 0),
+    priority        INTEGER NOT NULL,
+    expires_at_us   BIGINT,
+    granted_at_us   BIGINT  NOT NULL,
+    source          TEXT    NOT NULL,
+    note            TEXT    NOT NULL,
+    PRIMARY KEY (subject, currency, id)
+);
+CREATE TABLE billing_redemptions (
+    subject         TEXT    NOT NULL,
+    coupon          TEXT    NOT NULL,
+    redeemed_at_us  BIGINT  NOT NULL,
+    PRIMARY KEY (subject, coupon)
+);
+CREATE INDEX billing_redemptions_coupon ON billing_redemptions (coupon);
+CREATE TABLE billing_numbers (
+    scope           TEXT    NOT NULL,
+    year            INTEGER NOT NULL,
+    last_seq        BIGINT  NOT NULL,
+    PRIMARY KEY (scope, year)
+);
+CREATE TABLE billing_invoices (
+    number          TEXT    NOT NULL PRIMARY KEY,
+    subject         TEXT    NOT NULL,
+    period_start_us BIGINT  NOT NULL,
+    period_end_us   BIGINT  NOT NULL,
+    currency        TEXT    NOT NULL,
+    total_micros    BIGINT  NOT NULL,
+    status          TEXT    NOT NULL DEFAULT 'finalized' CHECK (status IN ('finalized')),
+    finalized_at_us BIGINT  NOT NULL,
+    as_of_us        BIGINT  NOT NULL,
+    body            TEXT    NOT NULL,
+    content_hash    TEXT    NOT NULL,
+    UNIQUE (subject, period_start_us)
+);
+CREATE TABLE billing_credit_notes (
+    number          TEXT    NOT NULL PRIMARY KEY,
+    invoice_number  TEXT    NOT NULL REFERENCES billing_invoices (number),
+    subject         TEXT    NOT NULL,
+    amount_micros   BIGINT  NOT NULL CHECK (amount_micros > 0),
+    reason          TEXT    NOT NULL,
+    refund          BOOLEAN NOT NULL,
+    created_at_us   BIGINT  NOT NULL,
+    body            TEXT    NOT NULL,
+    content_hash    TEXT    NOT NULL
+);
+CREATE INDEX billing_credit_notes_invoice ON billing_credit_notes (invoice_number)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage_events, unique on id, indexed by subject and time", _SQLITE_1, _POSTGRES_1),
     Migration(
@@ -200,6 +278,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "negative usage (corrections); notices, hook_messages and hook_buckets for hooks",
         _SQLITE_2,
         _POSTGRES_2,
+    ),
+    Migration(
+        3,
+        "billing: plan history, trials, grants, redemptions, numbers, invoices, credit notes",
+        _BILLING_TABLES,
+        _BILLING_TABLES,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
