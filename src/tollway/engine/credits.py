@@ -20,12 +20,17 @@ and the tests hold both to the same answers. A grant's order key ends with its s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tollway.errors import GrantConflictError, InvalidArgumentError
+from tollway.errors import BillingError, GrantConflictError, InvalidArgumentError
 
 __all__ = [
+    "BALANCE",
     "BALANCE_PREFIX",
+    "GRANT",
+    "REVOKE",
+    "CreditsOp",
+    "CreditsReply",
     "GRANT_ID_MAX",
     "MAX_GRANTS",
     "NEVER",
@@ -34,6 +39,8 @@ __all__ = [
     "balance_field",
     "check_grant",
     "conflict",
+    "grant_op",
+    "granted",
     "draw_order",
     "expiry_field",
 ]
@@ -44,6 +51,41 @@ GRANT_ID_MAX = 128
 MAX_GRANTS = 1000
 """Live grants per subject and currency: the allocation walks them all."""
 BALANCE_PREFIX = "c:"
+
+
+GRANT, BALANCE, REVOKE = "grant", "balance", "revoke"
+"""The store operations on credits (`CreditsOp.op`)."""
+ADDED, THERE, CONFLICT, TOO_MANY, PAST = 1, 0, 2, 3, 4
+"""`CreditsReply.code` of a grant: added, already there (the same terms), there with other
+terms (``old`` holds them), too many live grants, expiry not after the store's now."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsOp:
+    """One store operation on a subject's credits in ``currency`` (checked by the caller:
+    build it with `grant_op`, or `CreditsOp(BALANCE|REVOKE, ...)`)."""
+
+    op: str
+    subject: str
+    currency: str
+    grant_id: str = ""
+    micros: int = 0
+    priority: int = 0
+    expires_us: int = NEVER
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsReply:
+    """What the store answered: its now, the live balance after, and for a grant its code
+    (and the terms found, on a conflict), for a revoke the micro-units removed."""
+
+    now_us: int
+    balance: int
+    code: int = THERE
+    old: tuple[int, int, int] = (0, 0, 0)
+    revoked: int = 0
+    grants: tuple[Grant, ...] = field(default=())
+    """`BALANCE`: the live grants in draw order."""
 
 
 def balance_field(currency: str) -> str:
@@ -155,3 +197,37 @@ def conflict(grant_id: str, old: tuple[int, int, int], new: tuple[int, int, int]
             f"grant {grant_id!r} exists with {show(old)}; this grant gives {show(new)}; "
             "expected the same terms (a grant id is idempotent) or a new id"
         )
+
+
+def grant_op(
+    subject: str,
+    currency: str,
+    grant_id: object,
+    micros: object,
+    priority: object = 0,
+    expires_us: object = None,
+) -> CreditsOp:
+    """A checked `GRANT` (an error names the argument)."""
+    if not isinstance(currency, str) or len(currency) != 3 or not currency.isupper():
+        raise InvalidArgumentError(
+            f'currency: {currency!r} is not a currency; expected a 3-letter code such as "USD"'
+        )
+    gid, amount, prio, expires = check_grant(grant_id, micros, priority, expires_us)
+    return CreditsOp(GRANT, subject, currency, gid, amount, prio, expires)
+
+
+def granted(op: CreditsOp, reply: CreditsReply) -> bool:
+    """A grant's answer: True added, False already there; raises on a conflict or a bound."""
+    if reply.code == CONFLICT:
+        conflict(op.grant_id, reply.old, (op.micros, op.priority, op.expires_us))
+    if reply.code == TOO_MANY:
+        raise BillingError(
+            f"grant {op.grant_id!r}: {op.subject!r} has {MAX_GRANTS} live {op.currency} grants "
+            f"already; expected at most {MAX_GRANTS} (revoke some or let them expire first)"
+        )
+    if reply.code == PAST:
+        raise BillingError(
+            f"grant {op.grant_id!r}: expires_us={op.expires_us} is not after the store's time "
+            f"{reply.now_us}; expected an expiry in the future"
+        )
+    return reply.code == ADDED

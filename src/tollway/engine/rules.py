@@ -111,7 +111,7 @@ class Rule:
         elif self.kind == CREDITS:
             # Overage never denies: in the store it is a non-enforcing rule, like a shadow.
             soft = 8 if self.shadow or self.overage else 0
-            self.fragment = f'{4 + soft},"{self.field}",0,0,0,0'
+            self.fragment = f'{4 + soft},"{self.field}","{limit.name}",0,0,0'
             self._marks = ""
         else:
             kind = (2 if self.money else 1) + shadow

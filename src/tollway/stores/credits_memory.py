@@ -13,22 +13,29 @@ import threading
 from collections.abc import Callable
 
 from tollway.engine.credits import (
+    ADDED,
+    BALANCE,
+    CONFLICT,
+    GRANT,
     MAX_GRANTS,
     NEVER,
+    PAST,
+    REVOKE,
+    THERE,
+    TOO_MANY,
+    CreditsOp,
+    CreditsReply,
     Grant,
     allocate,
     balance_field,
-    check_grant,
-    conflict,
     draw_order,
 )
-from tollway.errors import BillingError
 
 __all__ = ["MemoryCredits"]
 
 
 class MemoryCredits:
-    """Grants, balance and revocation for one `tollway.stores.memory.MemoryStore`."""
+    """Grants, balance and revocation (`run`) for one `tollway.stores.memory.MemoryStore`."""
 
     def __init__(
         self,
@@ -59,76 +66,45 @@ class MemoryCredits:
             state.pop(field + "^", None)
         return total
 
-    def grant(
-        self,
-        subject: str,
-        currency: str,
-        grant_id: str,
-        micros: int,
-        priority: int = 0,
-        expires_us: int | None = None,
-    ) -> bool:
-        """Add a grant; False when this very grant is there already (idempotent on its id);
-        `GrantConflictError` when the id is there with other terms."""
-        grant_id, micros, priority, expires = check_grant(grant_id, micros, priority, expires_us)
-        field = balance_field(currency)
+    def run(self, op: CreditsOp) -> CreditsReply:
+        """One `CreditsOp` (``lua/credits.lua``, line for line)."""
+        field = balance_field(op.currency)
         with self._lock:
             now = self._clock()
-            self.allocate(subject, field, now)
-            grants = self._grants.setdefault((subject, field), {})
-            old = grants.get(grant_id)
+            if op.op != GRANT and op.subject not in self._states:
+                return CreditsReply(now, 0)
+            total = self.allocate(op.subject, field, now)
+            grants = self._grants.setdefault((op.subject, field), {})
+            state = self._states[op.subject]
+            if op.op == BALANCE:
+                live = tuple(
+                    Grant(g.id, g.micros, g.priority, g.expires_us, g.seq, g.remaining)
+                    for g in draw_order(list(grants.values()))
+                )
+                return CreditsReply(now, total, grants=live)
+            if op.op == REVOKE:
+                gone = grants.pop(op.grant_id, None)
+                if gone is None:
+                    return CreditsReply(now, total)
+                state[field] -= gone.remaining
+                return CreditsReply(
+                    now, self.allocate(op.subject, field, now), revoked=gone.remaining
+                )
+            old = grants.get(op.grant_id)
             if old is not None:
-                conflict(
-                    grant_id,
-                    (old.micros, old.priority, old.expires_us),
-                    (micros, priority, expires),
-                )
-                return False
-            if expires <= now:
-                raise BillingError(
-                    f"grant {grant_id!r}: expires_us={expires} is not after the store's time "
-                    f"{now}; expected an expiry in the future"
-                )
+                terms = (old.micros, old.priority, old.expires_us)
+                same = terms == (op.micros, op.priority, op.expires_us)
+                return CreditsReply(now, total, THERE if same else CONFLICT, terms)
+            if op.expires_us <= now:
+                return CreditsReply(now, total, PAST)
             if len(grants) >= MAX_GRANTS:
-                raise BillingError(
-                    f"grant {grant_id!r}: {subject!r} has {len(grants)} live {currency} grants; "
-                    f"expected at most {MAX_GRANTS} (revoke or let some expire first)"
-                )
+                return CreditsReply(now, total, TOO_MANY)
             self._seq += 1
-            grants[grant_id] = Grant(grant_id, micros, priority, expires, self._seq, micros)
-            state = self._states[subject]
-            state[field] = state.get(field, 0) + micros
-            if expires < state.get(field + "^", NEVER):
-                state[field + "^"] = expires
+            grants[op.grant_id] = Grant(
+                op.grant_id, op.micros, op.priority, op.expires_us, self._seq, op.micros
+            )
+            state[field] = total + op.micros
+            if op.expires_us < state.get(field + "^", NEVER):
+                state[field + "^"] = op.expires_us
             state["exp"] = NEVER  # never dropped by the store's expiry
-            return True
-
-    def balance(self, subject: str, currency: str) -> tuple[int, list[Grant]]:
-        """The live balance (micro-units) at the store's now, and the live grants in draw
-        order, each with what is left of it."""
-        field = balance_field(currency)
-        with self._lock:
-            if subject not in self._states:
-                return 0, []
-            total = self.allocate(subject, field, self._clock())
-            grants = self._grants.get((subject, field), {})
-            return total, [
-                Grant(g.id, g.micros, g.priority, g.expires_us, g.seq, g.remaining)
-                for g in draw_order(list(grants.values()))
-            ]
-
-    def revoke(self, subject: str, currency: str, grant_id: str) -> int:
-        """Remove what is left of a grant; the micro-units removed (0: no such live grant)."""
-        field = balance_field(currency)
-        with self._lock:
-            if subject not in self._states:
-                return 0
-            self.allocate(subject, field, self._clock())
-            grants = self._grants.get((subject, field), {})
-            gone = grants.pop(grant_id, None)
-            if gone is None:
-                return 0
-            state = self._states[subject]
-            state[field] -= gone.remaining
-            self.allocate(subject, field, self._clock())
-            return gone.remaining
+            return CreditsReply(now, total + op.micros, ADDED)

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from tollway.clock import US
-from tollway.engine.credits import NEVER
+from tollway.engine.credits import NEVER, CreditsOp, CreditsReply
 from tollway.engine.health import (
     BREAKER,
     CLEAR,
@@ -71,8 +71,7 @@ class MemoryStore:
         """Small records kept beside the counters (API keys); callers hold `lock` to change them."""
         # (when, subject, "") for a subject's state; (when, "", hold id) for a hold.
         self._expiry: list[tuple[int, str, str]] = []
-        self.credits = MemoryCredits(self._states, self._lock, clock)
-        """Prepaid grants (`tollway.stores.credits_memory`): grant, balance, revoke."""
+        self._credits = MemoryCredits(self._states, self._lock, clock)
 
     # -- the atomic step --------------------------------------------------------------------
 
@@ -117,7 +116,7 @@ class MemoryStore:
                     new = now + rule.probe_us if fit and value and rule.probe_us else value
                 elif rule.kind == CREDITS:
                     if now >= state.get(rule.field + "^", NEVER):
-                        value = self.credits.allocate(subject, rule.field, now)
+                        value = self._credits.allocate(subject, rule.field, now)
                     if repeat:  # drawn once, by the step that took the id
                         new, fit = value, True
                     else:
@@ -330,9 +329,10 @@ class MemoryStore:
         now: int,
     ) -> int:
         if field.startswith("c:"):
-            # A prepaid balance: given back, or drawn as far as it goes (never below 0; the
-            # next allocation puts a give-back on the grants last drawn).
-            value = max(0, state.get(field, 0) + delta)
+            # A prepaid balance counts down: a delta (what is consumed) is drawn as far as it
+            # goes (never below 0), a negative one given back (the next allocation puts it on
+            # the grants last drawn).
+            value = max(0, state.get(field, 0) - delta)
             state[field] = value
             return value
         if is_rate:
@@ -452,6 +452,10 @@ class MemoryStore:
         return HealthReply(now, until)
 
     # -- administration ---------------------------------------------------------------------
+
+    def credits(self, op: CreditsOp) -> CreditsReply:
+        """Grant, read or revoke prepaid credits (`tollway.stores.credits_memory`)."""
+        return self._credits.run(op)
 
     def assign(self, subject: str, plan: str | None) -> None:
         with self._lock:
