@@ -315,3 +315,26 @@ async def test_the_async_face_draws_and_grants_alike(url: str | None) -> None:
         assert balance == CENT and grants[0].id == "g"
         assert await atw.driver.revoke("as", "USD", "g") == CENT
         assert not (await atw.acquire("as", "call")).allowed
+
+
+def test_a_balance_outlives_plan_changes_and_the_subject_s_expiry(url: str | None) -> None:
+    with make(url) as tw:
+        tw.driver.grant("p", "USD", "g", 3 * CENT)
+        tw.assign("p", "pre")
+        assert tw.acquire("p", "call").drawn == CENT
+        tw.assign("p", None)  # back on the default plan: its state may expire, not its balance
+        store: Any = tw.store
+        if url is None:
+            store.clock.advance(40 * 86_400)
+        else:
+            import redis
+
+            client: Any = (
+                redis.cluster.RedisCluster.from_url(url.replace("+cluster", ""))
+                if "cluster" in url
+                else redis.Redis.from_url(url)
+            )
+            assert client.ttl("tw:{p}") == -1  # never expires
+            client.close()
+        assert tw.driver.balance("p", "USD")[0] == 2 * CENT
+        assert tw.acquire("p", "call").drawn == CENT
