@@ -191,7 +191,7 @@ def test_policy_check_lists_every_problem_with_its_key_path(run: Any, tmp_path: 
         f"{bad}: operations.geocode.cost: expected an integer from 1 to 1000000000000000, got 0",
         f'{bad}: plans.free.limits[0].quota: "1000/hr" is not a quota; expected N/PERIOD with '
         "PERIOD one of minute, hour, day, week, month",
-        f"{bad}: plans.free.limits[1]: expected exactly one of rate, quota, budget; "
+        f"{bad}: plans.free.limits[1]: expected exactly one of rate, quota, budget, credits; "
         "got rate and quota",
         f'{bad}: defaults.plan: "gold" names no plan; expected one of "free"',
     ]

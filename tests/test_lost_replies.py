@@ -246,3 +246,42 @@ def test_a_retry_of_a_lost_step_under_its_request_id(
             with redis.Redis(port=server.port) as client:
                 billed = _ledger_quantity(client, tw.store.stream_of("acct"), "acct", ledger)
         assert (used, billed) == (2, 2)  # order-1 once, other once
+
+
+@pytest.mark.parametrize("loss", ["reply", "request"])
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_a_credits_step_in_doubt_draws_once_or_gives_back(
+    make_redis_server: Callable[[], RedisServer],
+    tmp_path: Path,
+    ledger: Ledger,
+    loss: Loss,
+    on_error: str,
+) -> None:
+    """Credits drawn by lost steps: once the journal is resolved, the balance is the grant less
+    one price per allowed call, and the ledger bills exactly those calls."""
+    server = make_redis_server()
+    cent = 10_000
+    with DroppingProxy(server.port) as proxy:
+        doc = {
+            "store": {
+                "url": f"redis://127.0.0.1:{proxy.port}",
+                "timeout_ms": 200,
+                "breaker_failures": 100,
+                "breaker_cooldown_ms": 50,
+                "journal": str(tmp_path / "journal"),
+            },
+            "ledger": {"url": f"sqlite:///{tmp_path / 'unused.db'}", "events": True},
+            "defaults": {"plan": "p"},
+            "operations": {"call": {"cost": 1, "price": "0.01 USD"}},
+            "plans": {"p": {"limits": [{"credits": "USD", "on_error": on_error}]}},
+        }
+        with Tollway(load(doc)) as tw:
+            assert tw.driver.grant("acct", "USD", "g", 100 * cent)
+            allowed = _run(tw, [proxy], loss, False, "acct")
+            assert proxy.lost == [loss] * len(FAULTS)
+            assert allowed == (CALLS if on_error == "open" else CALLS - len(FAULTS))
+            assert tw.store.wait_replayed(10)
+            assert tw.driver.balance("acct", "USD")[0] == (100 - allowed) * cent
+            with redis.Redis(port=server.port) as client:
+                billed = _ledger_quantity(client, tw.store.stream_of("acct"), "acct", ledger)
+            assert billed == allowed

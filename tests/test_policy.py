@@ -288,13 +288,13 @@ ERROR_CASES = [
     pytest.param(
         plan({"name": "x"}),
         "plans.p.limits[0]",
-        ["expected exactly one of rate, quota, budget; got none"],
+        ["expected exactly one of rate, quota, budget, credits; got none"],
         id="no-kind",
     ),
     pytest.param(
         plan({"quota": "1/day", "budget": "1 USD/day"}),
         "plans.p.limits[0]",
-        ["expected exactly one of rate, quota, budget; got quota and budget"],
+        ["expected exactly one of rate, quota, budget, credits; got quota and budget"],
         id="two-kinds",
     ),
     pytest.param(

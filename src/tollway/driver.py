@@ -8,6 +8,14 @@ error is thrown into the flow, which decides what it means (fail open, journal, 
 features (outbound, metering, billing next) build on instead of the client's internals: the
 engine, the policy, the store, `run` for a flow of their own, and the few operations they
 share.
+
+Prepaid credits (for `tollway.billing`): ``grant(subject, currency, grant_id, micros,
+priority=0, expires_us=None)`` adds a grant, idempotent on its id (True added, False already
+there; `GrantConflictError` when the id is there with other terms); ``balance(subject,
+currency)`` answers the live balance in micro-units at the store's now and the live grants in
+draw order (`tollway.engine.credits.Grant`, ``remaining`` what is left of each); ``revoke``
+removes what is left of a grant (the micro-units removed). All three run `tollway.engine.flows`'
+credits flows, so the sync and async faces share them.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from tollway.engine.requests import (
     Append,
     Assign,
     Assigned,
+    Credits,
     Delete,
     Flow,
     Health,
@@ -32,6 +41,7 @@ from tollway.engine.step import Step
 
 if TYPE_CHECKING:
     from tollway.engine.core import Engine
+    from tollway.engine.credits import Grant
     from tollway.engine.decision import Decision
     from tollway.engine.health import HealthOp, HealthReply
     from tollway.engine.reservation import ReservationCore
@@ -52,6 +62,7 @@ _SYNC: dict[type, Callable[[Any, Any], Any]] = {
     Settle: lambda store, r: store.settle(r.settle),
     Append: lambda store, r: store.append(r.subject, r.entry),
     Health: lambda store, r: store.health(r.op),
+    Credits: lambda store, r: store.credits(r.op),
     NewHoldId: lambda store, r: store.new_hold_id(),
     Journal: _journal,
     Assign: lambda store, r: store.assign(r.subject, r.plan),
@@ -158,6 +169,26 @@ class Driver(_Base):
         """Write a provider's health gates."""
         return self.store.health(op)
 
+    def grant(
+        self,
+        subject: str,
+        currency: str,
+        grant_id: str,
+        micros: int,
+        priority: int = 0,
+        expires_us: int | None = None,
+    ) -> bool:
+        """Add a prepaid grant (see the module docstring)."""
+        return self.run(flows.grant(subject, currency, grant_id, micros, priority, expires_us))
+
+    def balance(self, subject: str, currency: str) -> tuple[int, tuple[Grant, ...]]:
+        """The live balance (micro-units) and the live grants in draw order."""
+        return self.run(flows.balance(subject, currency))
+
+    def revoke(self, subject: str, currency: str, grant_id: str) -> int:
+        """Remove what is left of a grant; the micro-units removed."""
+        return self.run(flows.revoke(subject, currency, grant_id))
+
 
 class AsyncDriver(_Base):
     """`Driver`, for an `AsyncTollway` (``tw.driver``)."""
@@ -183,6 +214,25 @@ class AsyncDriver(_Base):
 
     async def append(self, subject: str, entry: dict[str, str]) -> None:
         await self.store.append(subject, entry)
+
+    async def grant(
+        self,
+        subject: str,
+        currency: str,
+        grant_id: str,
+        micros: int,
+        priority: int = 0,
+        expires_us: int | None = None,
+    ) -> bool:
+        return await self.run(
+            flows.grant(subject, currency, grant_id, micros, priority, expires_us)
+        )
+
+    async def balance(self, subject: str, currency: str) -> tuple[int, tuple[Grant, ...]]:
+        return await self.run(flows.balance(subject, currency))
+
+    async def revoke(self, subject: str, currency: str, grant_id: str) -> int:
+        return await self.run(flows.revoke(subject, currency, grant_id))
 
     async def health(self, op: HealthOp) -> HealthReply:
         return await self.store.health(op)

@@ -24,6 +24,9 @@ is a flat map of short string fields:
 ``i`` usage only, optional: the caller's request id (the event id); absent, the id is
       derived from the stream and entry id, which a redelivery keeps
 ``a`` usage only, optional: the caller's attributes, a JSON object
+``o`` usage only, optional: the name of a credits limit (``overage = true``) the step passed
+      without drawing from the balance; the event's ``limits`` leave it out (overage, billed
+      on the invoice), so an event naming a credits limit is one that credits paid
 ``f`` threshold / exceeded: the counter's field (``q:NAME[:OP]``, ``b:NAME[:OP]``)
 ``n`` threshold: which of the limit's thresholds (0-based)
 ``s``, ``e`` threshold / exceeded: the window's start and end (us)

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from tollway.clock import US
-from tollway.engine.rules import GATE, RATE, WINDOW, Rule
+from tollway.engine.rules import CREDITS, GATE, RATE, WINDOW, Rule
 from tollway.errors import UnknownLimitError
 from tollway.money import micros_to_decimal
 
@@ -92,6 +92,9 @@ def figures(
             need = cost * rule.emission_us
             retry = None if need > rule.capacity_us else tat + need - rule.capacity_us - now_us
         return rule.burst, left, tat - now_us, retry
+    if rule.kind == CREDITS:
+        # The balance after the step (as found when it did not fit): waiting never helps.
+        return value, max(0, value), 0, 0 if admitted else None
     if rule.kind == GATE:
         # Open (0 left) until its time; a refused step may pass once that time has come.
         wait = max(0, value - now_us)
@@ -116,6 +119,21 @@ def limit_state(
     """The public view of one rule from its stored value (TAT or count)."""
     limit, left, reset_us, retry_us = figures(rule, value, cost, now_us, window, admitted)
     retry = None if retry_us is None else retry_us / US
+    if rule.kind == CREDITS:
+        balance = micros_to_decimal(left)
+        return LimitState(
+            name=rule.name,
+            kind=rule.kind_name,
+            limit=balance,
+            used=micros_to_decimal(0),
+            remaining=balance,
+            reset_after=0.0,
+            retry_after=retry,
+            allowed=admitted,
+            shadow=rule.shadow,
+            operation=rule.operation,
+            currency=rule.currency,
+        )
     if rule.kind != WINDOW:
         return LimitState(
             name=rule.name,
@@ -271,6 +289,15 @@ class Decision:
         return self._step.amount
 
     @property
+    def drawn(self) -> int:
+        """Micro-units this step drew from prepaid credits (0: none applied, denied, or
+        passed by overage)."""
+        check = self._step.check
+        if check is None or check.credits < 0 or not self.allowed:
+            return 0
+        return 0 if (self._misfits >> check.credits) & 1 else self._step.costs[check.credits]
+
+    @property
     def limits(self) -> tuple[LimitState, ...]:
         """Every limit that applied, in policy order (shadow limits included, marked)."""
         if self._limits is None:
@@ -306,7 +333,7 @@ class Decision:
             return ()
         misfits = self._misfits  # from the raw bits: no limit states built
         return tuple(
-            rule.name for i, rule in enumerate(self.rules) if (misfits >> i) & 1 and not rule.shadow
+            rule.name for i, rule in enumerate(self.rules) if (misfits >> i) & 1 and rule.enforcing
         )
 
     @property
@@ -325,7 +352,7 @@ class Decision:
         now, misfits, step = self.now_us, self._misfits, self._step
         longest = 0
         for i, rule in enumerate(self.rules):
-            if not (misfits >> i) & 1 or rule.shadow:
+            if not (misfits >> i) & 1 or not rule.enforcing:
                 continue
             wait = figures(rule, self._values[i], step.costs[i], now, step.windows[i], False)[3]
             if wait is None:

@@ -11,9 +11,10 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 
 from tollway.engine.core import Engine
+from tollway.engine.credits import BALANCE, REVOKE, CreditsOp, Grant, grant_op, granted
 from tollway.engine.decision import Decision
 from tollway.engine.replies import OK, Reply, is_stale, reply
-from tollway.engine.requests import Flow, Journal, NewHoldId, Settle
+from tollway.engine.requests import Credits, Flow, Journal, NewHoldId, Settle
 from tollway.engine.reservation import ReservationCore
 from tollway.engine.step import ACQUIRE, RESERVE, Step, degraded
 from tollway.engine.template import call_extras
@@ -236,7 +237,35 @@ def release(core: ReservationCore) -> Flow[None]:
         return
 
 
+def grant(
+    subject: str,
+    currency: str,
+    grant_id: object,
+    micros: object,
+    priority: object = 0,
+    expires_us: object = None,
+) -> Flow[bool]:
+    """Add a prepaid grant: True added, False the same grant was there already."""
+    op = grant_op(subject, currency, grant_id, micros, priority, expires_us)
+    return granted(op, (yield Credits(op)))
+
+
+def balance(subject: str, currency: str) -> Flow[tuple[int, tuple[Grant, ...]]]:
+    """The live balance (micro-units) at the store's now, and the live grants in draw order."""
+    answer = yield Credits(CreditsOp(BALANCE, subject, currency))
+    return answer.balance, answer.grants
+
+
+def revoke(subject: str, currency: str, grant_id: str) -> Flow[int]:
+    """Remove what is left of a grant: the micro-units removed (0: no such live grant)."""
+    answer = yield Credits(CreditsOp(REVOKE, subject, currency, grant_id))
+    return int(answer.revoked)
+
+
 __all__ = [
+    "balance",
+    "grant",
+    "revoke",
     "MAX_TRIES",
     "acquire",
     "commit",

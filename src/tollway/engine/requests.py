@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tollway.engine.credits import CreditsOp
 from tollway.engine.health import HealthOp
 from tollway.engine.settle import SettleStep
 from tollway.engine.step import Step
@@ -43,6 +44,13 @@ class Health:
     """Write a provider's health gates; answered with a `HealthReply`."""
 
     op: HealthOp
+
+
+@dataclass(frozen=True, slots=True)
+class Credits:
+    """Grant, read or revoke prepaid credits; answered with a `CreditsReply`."""
+
+    op: CreditsOp
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +99,17 @@ class Invoke:
 
 
 Request = (
-    Step | Settle | Append | Health | NewHoldId | Journal | Assign | Assigned | Delete | Invoke
+    Step
+    | Settle
+    | Append
+    | Health
+    | Credits
+    | NewHoldId
+    | Journal
+    | Assign
+    | Assigned
+    | Delete
+    | Invoke
 )
 Flow = Generator[Request, Any, T]
 """The logic of one operation: yields `Request`s, is sent their answers, returns a ``T``."""
@@ -100,6 +118,7 @@ __all__ = [
     "Append",
     "Assign",
     "Assigned",
+    "Credits",
     "Delete",
     "Flow",
     "Health",

@@ -21,6 +21,10 @@ GATE = 2
 """A health gate of a provider: its value is a time (us) before which the step is refused.
 It never consumes; a gate with a probe time lets one step through once its time has passed
 and holds the others back for the probe time (a circuit breaker's half-open probe)."""
+CREDITS = 3
+"""A prepaid balance (``{ credits = "USD" }``): the field ``c:CUR`` holds the subject's live
+balance in micro-units, shared by every credits rule of that currency; a step draws its money
+from it, and does not fit when the balance cannot cover it (see `tollway.engine.credits`)."""
 
 
 class Rule:
@@ -43,6 +47,7 @@ class Rule:
         "money",
         "name",
         "operation",
+        "overage",
         "period",
         "probe_us",
         "reads",
@@ -62,9 +67,15 @@ class Rule:
         self.operation = operation
         self.shadow = limit.shadow
         self.closed = limit.on_error == "closed"
-        self.money = limit.budget is not None
-        letter = {"rate": "r", "quota": "q", "budget": "b"}[limit.kind]
-        self.field = f"{letter}:{limit.name}" + (f":{operation}" if operation else "")
+        self.money = limit.budget is not None or limit.credits is not None
+        self.overage = limit.overage
+        """A credits rule that lets a step it cannot cover pass (nothing drawn)."""
+        if limit.credits is not None:
+            # One balance per subject and currency, whatever the limit's name.
+            self.field = f"c:{limit.credits}"
+        else:
+            letter = {"rate": "r", "quota": "q", "budget": "b"}[limit.kind]
+            self.field = f"{letter}:{limit.name}" + (f":{operation}" if operation else "")
         """The rule's field in the subject's state."""
         self.start_field = self.field + "@"
         """Where a window rule keeps the start of the window its count belongs to."""
@@ -75,7 +86,9 @@ class Rule:
         self.thresholds: tuple[int, ...] = ()
         # One tuple, replaced whole, so a thread never reads a start and an end of two windows.
         self._window: tuple[int, int, str] = (0, 0, "")
-        if limit.rate is not None:
+        if limit.credits is not None:
+            self.kind = CREDITS
+        elif limit.rate is not None:
             self.kind = RATE
             self.emission_us = limit.rate.emission_us
             self.capacity_us = (limit.burst or limit.rate.count) * self.emission_us
@@ -95,12 +108,21 @@ class Rule:
         if self.kind == RATE:
             self.fragment = f'{shadow},"{self.field}",{self.emission_us},{self.capacity_us},0,0'
             self._marks = ""
+        elif self.kind == CREDITS:
+            # Overage never denies: in the store it is a non-enforcing rule, like a shadow.
+            soft = 8 if self.shadow or self.overage else 0
+            self.fragment = f'{4 + soft},"{self.field}","{limit.name}",0,0,0'
+            self._marks = ""
         else:
             kind = (2 if self.money else 1) + shadow
             self.fragment = f'{kind},"{self.field}",{self.hard}'
             self._marks = f"[{','.join(map(str, self.thresholds))}]" if self.thresholds else "0"
         self.reads: tuple[str, ...] = (
-            (self.field,) if self.kind == RATE else (self.field, self.field + "@")
+            (self.field,)
+            if self.kind == RATE
+            else (self.field, self.field + "^")
+            if self.kind == CREDITS
+            else (self.field, self.field + "@")
         )
         """The hash fields the step script reads for this rule."""
 
@@ -113,7 +135,7 @@ class Rule:
         rule.currency = None
         rule.name = name
         rule.operation = None
-        rule.shadow = rule.closed = rule.money = False
+        rule.shadow = rule.closed = rule.money = rule.overage = False
         rule.kind = GATE
         rule.field = f"g:{name}"
         rule.start_field = rule.field + "@"
@@ -128,6 +150,11 @@ class Rule:
         rule.fragment = f'3,"{rule.field}",{probe_us},0,0,0'
         rule.reads = (rule.field,)
         return rule
+
+    @property
+    def enforcing(self) -> bool:
+        """Whether a step it does not fit is denied (not a shadow, not a credits overage)."""
+        return not (self.shadow or self.overage)
 
     @property
     def burst(self) -> int:
@@ -165,6 +192,7 @@ class Check:
 
     __slots__ = (
         "_windows",
+        "credits",
         "currency",
         "default_cost",
         "default_costs",
@@ -199,6 +227,8 @@ class Check:
         self.currency = currency or next((r.currency for r in rules if r.currency), None)
         """The currency of its price or budgets (what its usage events' amounts are in)."""
         self.has_window = any(rule.kind == WINDOW for rule in rules)
+        self.credits = next((i for i, r in enumerate(rules) if r.kind == CREDITS), -1)
+        """The index of its credits rule (-1: none); a plan has at most one."""
         self.marks = any(rule.thresholds for rule in rules)
         """Whether any rule has thresholds to report."""
         self.default_micros: int | None = (

@@ -71,7 +71,7 @@ def settle_step(step: Step, hold: Hold, actual_costs: list[int] | None) -> Settl
         give_back = [-entry[2] for entry in hold.entries]
         return SettleStep(hold, give_back, give_back if hold.keep else [0] * len(hold.entries))
     actual = [
-        0 if (entry[2] == 0 and rule.shadow) or rule.kind == GATE else _amount(rule, cost)
+        0 if (entry[2] == 0 and not rule.enforcing) or rule.kind == GATE else _amount(rule, cost)
         for rule, cost, entry in zip(step.rules, actual_costs, hold.entries, strict=True)
     ]
     deltas = [a - entry[2] for a, entry in zip(actual, hold.entries, strict=True)]

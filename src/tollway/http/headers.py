@@ -42,7 +42,7 @@ from typing import Literal
 
 from tollway.clock import US
 from tollway.engine.decision import Decision
-from tollway.engine.rules import GATE, RATE, Rule
+from tollway.engine.rules import CREDITS, GATE, RATE, Rule
 
 __all__ = [
     "Mode",
@@ -128,7 +128,12 @@ class _Layout:
     __slots__ = ("last_policy", "members")
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
-        shown = [i for i, rule in enumerate(rules) if not rule.shadow and rule.kind != GATE]
+        # A prepaid balance has no window or reset: the RateLimit fields do not describe it.
+        shown = [
+            i
+            for i, rule in enumerate(rules)
+            if not rule.shadow and rule.kind not in (GATE, CREDITS)
+        ]
         self.members = tuple(_Member(i, rules[i]) for i in shown)
         self.last_policy: tuple[object, str] = (None, "")
 

@@ -135,7 +135,8 @@ def decode_entry(
             currency=currency,
             plan=plan,
             policy_version=version,
-            limits=tuple(limits),
+            # A credits limit the step passed by overage (nothing drawn) is not named.
+            limits=tuple(n for n in limits if n != got["o"]) if "o" in got else tuple(limits),
             occurred_at_us=at,
             recorded_at_us=recorded_at_us,
             attributes=attributes,

@@ -1,12 +1,16 @@
 """The ``limits`` list of a plan or a provider: one `Limit` per item, each checked whole.
 
-A limit has exactly one of ``rate``, ``quota``, ``budget``; keys that mean nothing for its kind
-are reported, as are repeated names and a budget whose currency differs from the prices it
-counts.
+A limit has exactly one of ``rate``, ``quota``, ``budget``, ``credits``; keys that mean nothing
+for its kind are reported, as are repeated names and a budget whose currency differs from the
+prices it counts. ``credits = "USD"`` (plans only) draws each step's money from the subject's
+prepaid balance in that currency; ``overage = true`` lets a step the balance cannot cover pass
+(nothing drawn: it is billed on the invoice). A plan has at most one credits limit: they would
+share one balance.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import cast
@@ -18,8 +22,9 @@ from tollway.policy.walker import NAME, TIMEZONE, Owner, Table, Walker, join
 
 __all__ = ["KINDS", "LIMIT_KEYS", "ON_ERROR", "parse_limits"]
 
-KINDS: tuple[LimitKind, ...] = ("rate", "quota", "budget")
+KINDS: tuple[LimitKind, ...] = ("rate", "quota", "budget", "credits")
 PLAN_ONLY_LIMIT_KEYS = ("operations", "per")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
 LIMIT_KEYS = (
     "name",
     *KINDS,
@@ -30,8 +35,11 @@ LIMIT_KEYS = (
     "thresholds",
     "on_error",
     "shadow",
+    "overage",
     *PLAN_ONLY_LIMIT_KEYS,
 )
+CREDITS_KEYS = ("name", "credits", "on_error", "shadow", "overage", "operations")
+"""The keys a credits limit takes: it has no window, burst, grace or thresholds."""
 ON_ERROR = fields.one_of("open", "closed")
 PER = fields.one_of("subject", "operation")
 
@@ -42,11 +50,21 @@ def parse_limits(w: Walker, table: Table, owner: Owner) -> tuple[Limit, ...]:
     path = join(owner.path, "limits")
     limits: list[Limit] = []
     used: dict[str, str] = {}
+    credits: str | None = None
     for i, raw in enumerate(w.items(table["limits"], path)):
         item_path = f"{path}[{i}]"
         limit = _limit(w, raw, item_path, owner)
         if limit is None:
             continue
+        if limit.kind == "credits":
+            if credits is not None:
+                w.error(
+                    join(item_path, "credits"),
+                    f"a second credits limit; {credits} is one already, and both would draw "
+                    f"from one balance; expected one credits limit in {owner.path}",
+                )
+                continue
+            credits = item_path
         if limit.name not in used:
             used[limit.name] = item_path
             limits.append(limit)
@@ -74,7 +92,15 @@ def _limit(w: Walker, raw: object, path: str, owner: Owner) -> Limit | None:
     kind = kinds[0] if len(kinds) == 1 else None
     if kind is None:
         given = " and ".join(kinds) if kinds else "none"
-        w.error(path, f"expected exactly one of rate, quota, budget; got {given}")
+        w.error(path, f"expected exactly one of rate, quota, budget, credits; got {given}")
+    if kind == "credits":
+        return _credits(w, t, path, owner)
+    if "overage" in t:
+        w.error(
+            join(path, "overage"),
+            f"overage = {show(t['overage'])} only applies to a credits limit; "
+            + (f"this limit is a {kind} ({show(t[kind])})" if kind else "this limit is not one"),
+        )
     rate = w.get(t, path, "rate", text(fields.parse_rate, "5/s"), None)
     quota = w.get(t, path, "quota", text(fields.parse_quota, "1000/hour"), None)
     budget = w.get(t, path, "budget", text(fields.parse_budget, "50.00 USD/day"), None)
@@ -127,6 +153,55 @@ def _limit(w: Walker, raw: object, path: str, owner: Owner) -> Limit | None:
     )
 
 
+def _credits(w: Walker, t: Table, path: str, owner: Owner) -> Limit | None:
+    """A prepaid balance: a currency, no window; keys of other kinds are reported."""
+    before = len(w.issues)
+    if owner.is_provider:
+        w.error(
+            join(path, "credits"),
+            f"credits = {show(t['credits'])} is not allowed in a provider limit; expected "
+            "credits in a plan's limits: a prepaid balance belongs to a customer",
+        )
+    for key in t:
+        if key not in CREDITS_KEYS:
+            w.error(
+                join(path, key),
+                f"{key} = {show(t[key])} does not apply to a credits limit (a prepaid balance "
+                f"has no window); expected only {', '.join(CREDITS_KEYS)}",
+            )
+    currency = w.get(t, path, "credits", _currency_code, None)
+    operations = None
+    if "operations" in t and not owner.is_provider:
+        operations = w.references(
+            t["operations"], join(path, "operations"), w.operation_names, "operation"
+        )
+    name = w.get(t, path, "name", NAME, "credits")
+    on_error = w.get(t, path, "on_error", ON_ERROR, w.on_error)
+    shadow = w.get(t, path, "shadow", fields.boolean, False)
+    overage = w.get(t, path, "overage", fields.boolean, False)
+    if currency is None or len(w.issues) > before:
+        return None
+    _currency(w, currency, f'credits = "{currency}"', path, owner, operations, "credits")
+    if len(w.issues) > before:
+        return None
+    return Limit(
+        name=name,
+        kind="credits",
+        path=path,
+        on_error=cast(OnError, on_error),
+        shadow=shadow,
+        operations=operations,
+        credits=currency,
+        overage=overage,
+    )
+
+
+def _currency_code(value: object) -> str:
+    if not isinstance(value, str) or not _CURRENCY.match(value):
+        raise ValueError(f'{show(value)} is not a currency; expected a 3-letter code such as "USD"')
+    return value
+
+
 def _applicable(w: Walker, t: Table, path: str, kind: str, period: str | None) -> None:
     """Report keys that mean nothing for this kind of limit."""
     this = f"this limit is a {kind} ({show(t[kind])})"
@@ -171,9 +246,11 @@ def _currency(
     path: str,
     owner: Owner,
     operations: tuple[str, ...] | None,
+    key: str = "budget",
 ) -> None:
-    """A budget counts units times a price, so every price it may use is in its currency."""
-    budget_path = join(path, "budget")
+    """A budget (or credits) counts units times a price, so every price it may use is in its
+    currency."""
+    budget_path = join(path, key)
     if owner.price is not None:
         if owner.price.currency != currency:
             w.error(

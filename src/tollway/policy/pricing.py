@@ -10,6 +10,9 @@ issue per budget and operation:
   (its callers give every amount);
 - an ``"explicit"`` operation a budget counts has no ``endpoints``: the HTTP gate gives no
   amount, so each of its requests would be refused.
+
+A credits limit (a prepaid balance drawn by the step) prices what it draws the same way, so the
+same rules hold for it (its currency is checked in `tollway.policy.limits`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def check_budgets(
 ) -> None:
     for plan in plans.values():
         for limit in plan.limits:
-            if limit.kind == "budget":
+            if limit.kind in ("budget", "credits"):
                 _plan_budget(w, limit, operations)
     for provider in providers.values():
         for limit in provider.limits:
@@ -49,13 +52,14 @@ def check_budgets(
 
 def _plan_budget(w: Walker, limit: Limit, operations: Mapping[str, Operation]) -> None:
     counted = limit.operations if limit.operations is not None else tuple(operations)
+    key = limit.kind
     for name in counted:
         operation = operations.get(name)
         if operation is None or operation.price is not None:
             continue
         if not operation.explicit_amount:
             w.error(
-                join(limit.path, "budget"),
+                join(limit.path, key),
                 f"{_text(limit)} counts operation {show(name)}, which has no price; expected "
                 f'a price on it ({join(join("operations", name), "price")} = "0.001 USD"), '
                 f'price = "{EXPLICIT}" there if every call gives its amount=, or '
@@ -63,7 +67,7 @@ def _plan_budget(w: Walker, limit: Limit, operations: Mapping[str, Operation]) -
             )
         elif operation.endpoints:
             w.error(
-                join(limit.path, "budget"),
+                join(limit.path, key),
                 f"{_text(limit)} counts operation {show(name)}, whose price is "
                 f'"{EXPLICIT}" (every call gives its amount=), but it has endpoints, and a '
                 "request through the HTTP gate gives no amount; expected a price on it, or "
@@ -72,5 +76,7 @@ def _plan_budget(w: Walker, limit: Limit, operations: Mapping[str, Operation]) -
 
 
 def _text(limit: Limit) -> str:
+    if limit.credits is not None:
+        return f"credits {show(limit.credits)}"
     assert limit.budget is not None
     return f"budget {show(limit.budget.text)}"

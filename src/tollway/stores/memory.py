@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from tollway.clock import US
+from tollway.engine.credits import NEVER, CreditsOp, CreditsReply
 from tollway.engine.health import (
     BREAKER,
     CLEAR,
@@ -29,10 +30,11 @@ from tollway.engine.health import (
     HealthReply,
 )
 from tollway.engine.replies import DENIED, DUPLICATE, OK, PLAN_MISMATCH, STALE_WINDOW, Reply, reply
-from tollway.engine.rules import GATE, RATE, WINDOW
+from tollway.engine.rules import CREDITS, GATE, RATE, WINDOW
 from tollway.engine.settle import Hold, SettleStep, hold_of
 from tollway.engine.step import ACQUIRE, PEEK, RESERVE, Step
 from tollway.engine.template import new_event_id
+from tollway.stores.credits_memory import MemoryCredits
 from tollway.stores.request_ids import RequestIds, Scoped
 
 # How long a window's counter outlives the window (for late refunds and inspection).
@@ -69,6 +71,7 @@ class MemoryStore:
         """Small records kept beside the counters (API keys); callers hold `lock` to change them."""
         # (when, subject, "") for a subject's state; (when, "", hold id) for a hold.
         self._expiry: list[tuple[int, str, str]] = []
+        self._credits = MemoryCredits(self._states, self._lock, clock)
 
     # -- the atomic step --------------------------------------------------------------------
 
@@ -111,6 +114,14 @@ class MemoryStore:
                 elif rule.kind == GATE:
                     fit = value <= now
                     new = now + rule.probe_us if fit and value and rule.probe_us else value
+                elif rule.kind == CREDITS:
+                    if now >= state.get(rule.field + "^", NEVER):
+                        value = self._credits.allocate(subject, rule.field, now)
+                    if repeat:  # drawn once, by the step that took the id
+                        new, fit = value, True
+                    else:
+                        new = value - costs[i]
+                        fit = new >= 0
                 else:
                     if state.get(rule.start_field) != windows[i][0]:  # type: ignore[index]
                         value = 0
@@ -127,7 +138,7 @@ class MemoryStore:
                 else:
                     after.append(value)
                     misfits |= bit
-                    if not rule.shadow:
+                    if not rule.shadow and not rule.overage:
                         denied = True
                 bit <<= 1
                 i += 1
@@ -155,7 +166,9 @@ class MemoryStore:
                 new = after[i]
                 if new != values[i] or fresh & bit:
                     state[rule.field] = new
-                    if rule.kind != WINDOW:
+                    if rule.kind == CREDITS:
+                        pass  # a balance, not a time: the grant keeps the state alive
+                    elif rule.kind != WINDOW:
                         if new > needed:
                             needed = new
                     else:
@@ -174,7 +187,7 @@ class MemoryStore:
             if mode == RESERVE:
                 self._hold(step, state, now, misfits)
             elif step.event:
-                self._usage(step.event, now, event_id, step.attrs)
+                self._usage(step.event, now, event_id, step.attrs, _overage(step, misfits))
             if step.check is not None and step.check.marks:
                 crossed = self._crossings(step, state, values, after, misfits, now)
                 return reply(OK, now, after, misfits, None, crossed)
@@ -182,10 +195,12 @@ class MemoryStore:
 
     # -- events (see tollway.events) -------------------------------------------------------
 
-    def _usage(self, template: str, now: int, call_id: str, attrs: str) -> None:
+    def _usage(self, template: str, now: int, call_id: str, attrs: str, overage: str = "") -> None:
         entry = {"k": "u", "t": str(now), "d": template, "i": call_id or new_event_id(now)}
         if attrs:
             entry["a"] = attrs
+        if overage:
+            entry["o"] = overage
         self.events.append(entry)
 
     def _exceeded(
@@ -313,6 +328,13 @@ class MemoryStore:
         base: int,
         now: int,
     ) -> int:
+        if field.startswith("c:"):
+            # A prepaid balance counts down: a delta (what is consumed) is drawn as far as it
+            # goes (never below 0), a negative one given back (the next allocation puts it on
+            # the grants last drawn).
+            value = max(0, state.get(field, 0) - delta)
+            state[field] = value
+            return value
         if is_rate:
             if field not in state and delta <= 0:
                 return 0
@@ -358,7 +380,7 @@ class MemoryStore:
                             settle.hold.subject, state, field, is_rate, delta, start, ends, now, now
                         )
                     )
-                elif is_rate or state.get(field + "@") == start:
+                elif is_rate or state.get(field + "@") == start or field.startswith("c:"):
                     values.append(state.get(field, 0))
                 else:
                     values.append(0)
@@ -431,6 +453,10 @@ class MemoryStore:
 
     # -- administration ---------------------------------------------------------------------
 
+    def credits(self, op: CreditsOp) -> CreditsReply:
+        """Grant, read or revoke prepaid credits (`tollway.stores.credits_memory`)."""
+        return self._credits.run(op)
+
     def assign(self, subject: str, plan: str | None) -> None:
         with self._lock:
             if plan is not None:
@@ -438,7 +464,7 @@ class MemoryStore:
                 return
             if self._plans.pop(subject, None) is not None:
                 state = self._states.get(subject)
-                if state is not None:
+                if state is not None and state.get("exp") != NEVER:
                     state.pop("exp", None)  # unassigned again: the next step sets an expiry
 
     def assigned(self, subject: str) -> str | None:
@@ -471,3 +497,11 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+def _overage(step: Step, misfits: int) -> str:
+    """The credits limit a step passed without drawing (its event must not name it), or ''."""
+    check = step.check
+    if check is None or check.credits < 0 or not (misfits >> check.credits) & 1:
+        return ""
+    return step.rules[check.credits].name

@@ -16,6 +16,7 @@ from operator import methodcaller
 from typing import Any, TypeVar
 
 from tollway.drive import adrive, drive
+from tollway.engine.credits import CreditsOp, CreditsReply
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.replies import Reply
 from tollway.engine.settle import SettleStep
@@ -254,6 +255,10 @@ class _Common(Guard):
         keys, args = codec.health_call(op)
         return codec.read_health((yield ScriptCall(codec.HEALTH, keys, args)))
 
+    def _credits(self, op: CreditsOp) -> Flow[CreditsReply]:
+        keys, args = codec.credits_call(op)
+        return codec.read_credits((yield ScriptCall(codec.CREDITS, keys, args)))
+
     def _append(self, subject: str, entry: dict[str, str]) -> Flow[None]:
         stream = yield from self._stream_for(subject)
         yield Command(lambda client: client.xadd(stream, entry))
@@ -397,6 +402,9 @@ class RedisStore(_Common):
     def health(self, op: HealthOp) -> HealthReply:
         return self._run(self._health(op))
 
+    def credits(self, op: CreditsOp) -> CreditsReply:
+        return self._run(self._credits(op))
+
     def assign(self, subject: str, plan: str | None) -> None:
         self._run(self._assign(subject, plan))
 
@@ -539,6 +547,9 @@ class AsyncRedisStore(_Common):
 
     async def health(self, op: HealthOp) -> HealthReply:
         return await self._run(self._health(op))
+
+    async def credits(self, op: CreditsOp) -> CreditsReply:
+        return await self._run(self._credits(op))
 
     def _replay_client(self) -> Any:
         if self._sync_client is None:  # the replayer's thread has a sync client of its own

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from tollway.engine.credits import MAX_GRANTS, CreditsOp, CreditsReply, Grant
 from tollway.engine.health import HealthOp, HealthReply
 from tollway.engine.replies import PLAN_MISMATCH, Reply, ReplyCode, reply
 from tollway.engine.rules import GATE, RATE
@@ -47,6 +48,7 @@ SETTLE = _script("settle")
 REPLAY = _script("replay")
 ASSIGN = _script("assign")
 HEALTH = _script("health")
+CREDITS = _script("credits")
 RETENTION = str(RETENTION_US)
 EXPIRED = ReplyCode.EXPIRED
 """The step reached the store after its deadline and was not taken (the store resends)."""
@@ -149,6 +151,24 @@ def health_call(op: HealthOp) -> tuple[list[str], list[Any]]:
 
 def read_health(raw: list[Any]) -> HealthReply:
     return HealthReply(int(raw[0]), int(raw[1]), int(raw[2]))
+
+
+def credits_call(op: CreditsOp) -> tuple[list[str], list[Any]]:
+    args = [op.op, op.currency, op.grant_id, op.micros, op.priority, op.expires_us, MAX_GRANTS]
+    return [state_key(op.subject)], [str(a) for a in args]
+
+
+def read_credits(raw: list[Any]) -> CreditsReply:
+    now, balance, code = int(raw[0]), int(raw[1]), int(raw[2])
+    old = (int(raw[3]), int(raw[4]), int(raw[5]))
+    grants = tuple(
+        Grant(
+            raw[i].decode("utf-8") if isinstance(raw[i], bytes) else str(raw[i]),
+            *(int(v) for v in raw[i + 1 : i + 6]),
+        )
+        for i in range(7, len(raw), 6)
+    )
+    return CreditsReply(now, balance, code, old, int(raw[6]), grants)
 
 
 def assign_call(subject: str, plan: str | None) -> tuple[list[str], list[Any]]:

@@ -36,7 +36,7 @@ for j = 1, count do
   else
     local got = redis.call('HMGET', key, field, field .. '@')
     values[j] = 0
-    if is_rate or tonumber(got[2]) == start then
+    if is_rate or tonumber(got[2]) == start or string.sub(field, 1, 2) == 'c:' then
       values[j] = tonumber(got[1]) or 0
     end
   end

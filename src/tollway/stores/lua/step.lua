@@ -10,6 +10,9 @@
 --         gate:   kind 3, field, probe (us), 0, 0, 0: the field holds a time before which
 --                 the step is refused; past it, a probe time > 0 lets this step through and
 --                 sets the field to now + probe (one half-open probe at a time)
+--         credits: kind 4 (+8 overage or shadow: does not deny), field (c:CUR), the limit's
+--                 name, 0, 0, 0: draws the money from the balance, does not fit when it cannot
+--                 cover it; past the earliest grant expiry (field^) it allocates first
 --       2 expected plan ('' for none), 3 hold id (reserve), or the id of the acquire's
 --       process (with a sequence number; '' for none), and with events
 --       (see tollway.events) or a request id: 4 the usage template ('' for no
@@ -42,6 +45,8 @@ for b = 8, #spec, 6 do
       return {STALE_WINDOW, now, 0, 0}
     end
     names[#names + 1] = spec[b + 1] .. '@'
+  elseif kind == 4 then
+    names[#names + 1] = spec[b + 1] .. '^'
   end
 end
 -- An acquire's identity (tollway.stores.step_ids): its process, sequence number, and the
@@ -81,6 +86,7 @@ end
 local units, micros = spec[2], spec[3]
 local values, after = {}, {}
 local fresh, misfits, bit, denied = 0, 0, 1, false
+local overage = ''  -- the name of a credits limit the step passes without drawing
 local pos = 4
 for j = 1, n do
   local b = j * 6 + 2
@@ -104,6 +110,21 @@ for j = 1, n do
       new = now + spec[b + 2]
     else
       new = v
+    end
+  elseif kind == 4 then
+    local soonest = tonumber(found[pos])
+    pos = pos + 1
+    if soonest and now >= soonest then
+      v = credits_allocate(key, spec[b + 1], now)
+    end
+    if repeat_of then
+      new = v  -- drawn once, by the step that took the id
+    else
+      new = v - micros
+      if new < 0 then
+        new = nil
+        overage = spec[b + 2]
+      end
     end
   else
     if tonumber(found[pos]) ~= spec[b + 3] then
@@ -182,7 +203,19 @@ elseif seen then
     end
   end
 end
-if template ~= '' and mode == 0 then
+if template ~= '' and mode == 0 and overage ~= '' then
+  -- Passed by a credits overage: the entry says so, and its event will not name the limit.
+  local entry = {'k', 'u', 't', fmt(now), 'd', template, 'o', overage}
+  if event_id ~= '' then
+    entry[#entry + 1] = 'i'
+    entry[#entry + 1] = event_id
+  end
+  if ARGV[6] ~= '' then
+    entry[#entry + 1] = 'a'
+    entry[#entry + 1] = ARGV[6]
+  end
+  redis.call('XADD', KEYS[2], '*', unpack(entry))
+elseif template ~= '' and mode == 0 then
   if event_id ~= '' then
     if ARGV[6] ~= '' then
       redis.call('XADD', KEYS[2], '*', 'k', 'u', 't', fmt(now), 'd', template, 'i', event_id,
@@ -209,7 +242,7 @@ for j = 1, n do
       if after[j] > needed then
         needed = after[j]
       end
-    else
+    elseif kind ~= 4 then  -- a balance is no time: its grants keep the hash alive
       if renew then
         writes[#writes + 1] = spec[b + 1] .. '@'
         writes[#writes + 1] = spec[b + 3]
