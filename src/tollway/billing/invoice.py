@@ -33,9 +33,9 @@ from tollway.billing.records import (
     PlanChange,
     Redemption,
     UsageTotal,
-    utc,
 )
 from tollway.billing.rounding import round_line
+from tollway.clock import utc
 from tollway.errors import BillingError, InvoiceError
 from tollway.policy.model import BillingConfig, Policy
 
