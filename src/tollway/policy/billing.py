@@ -33,7 +33,14 @@ from tollway.policy.model import (
 )
 from tollway.policy.walker import MONEY, NAME, TIMEZONE, Table, Walker, join
 
-__all__ = ["BILLING_KEYS", "COUPON_KEYS", "parse_billing", "parse_coupons", "plan_billing"]
+__all__ = [
+    "BILLING_KEYS",
+    "COUPON_KEYS",
+    "PLAN_BILLING_KEYS",
+    "parse_billing",
+    "parse_coupons",
+    "plan_billing",
+]
 
 BILLING_KEYS = (
     "currency",
@@ -146,17 +153,16 @@ def plan_billing(
     path = plan.path
     fee = None
     if "fee" in t:
-        ft = w.table(t["fee"], join(path, "fee"), FEE_KEYS)
-        if "amount" not in ft and ft:
-            w.error(join(path, "fee.amount"), 'missing; expected an amount like "49.00 USD"')
+        fee_path = join(path, "fee")
+        ft = w.table(t["fee"], fee_path, FEE_KEYS)
+        if "amount" not in ft:
+            w.error(join(fee_path, "amount"), 'missing; expected an amount like "49.00 USD"')
         amount = (
-            _money_in(w, ft["amount"], join(path, "fee.amount"), billing)
+            _money_in(w, ft["amount"], join(fee_path, "amount"), billing)
             if "amount" in ft
             else None
         )
-        timing = w.get(
-            ft, join(path, "fee"), "timing", fields.one_of("advance", "arrears"), "arrears"
-        )
+        timing = w.get(ft, fee_path, "timing", fields.one_of("advance", "arrears"), "arrears")
         if amount is not None:
             fee = Fee(amount=cast(Money, amount), timing=cast(FeeTiming, timing))
     trial_days = w.get(t, path, "trial_days", fields.integer(0, 365), 0)

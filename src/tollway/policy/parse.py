@@ -18,10 +18,12 @@ from typing import cast
 
 from tollway.errors import PolicyError
 from tollway.policy import fields, pricing
+from tollway.policy.billing import PLAN_BILLING_KEYS, parse_billing, parse_coupons, plan_billing
 from tollway.policy.fields import quoted, show, text
 from tollway.policy.hooks import parse_hooks
 from tollway.policy.limits import ON_ERROR, parse_limits
 from tollway.policy.model import (
+    BillingConfig,
     Defaults,
     KeysConfig,
     LedgerConfig,
@@ -47,6 +49,8 @@ SECTIONS = (
     "ledger",
     "hooks",
     "keys",
+    "billing",
+    "coupons",
 )
 LEDGER_KEYS = (
     "url",
@@ -69,7 +73,7 @@ STORE_KEYS = (
 )
 DEFAULTS_KEYS = ("plan", "timezone")
 OPERATION_KEYS = ("cost", "price", "endpoints")
-PLAN_KEYS = ("limits",)
+PLAN_KEYS = ("limits", *PLAN_BILLING_KEYS)
 KEYS_KEYS = ("failed_attempts",)
 
 
@@ -103,7 +107,8 @@ def _policy(w: Walker, document: object) -> Policy:
     w.on_error, w.timezone = store.on_error, defaults.timezone
     w.operation_names = w.section_names(doc, "operations")
     w.operations = _operations(w, doc)
-    plans = _plans(w, doc)
+    billing = parse_billing(w, doc)
+    plans = _plans(w, doc, billing)
     providers = parse_providers(w, doc)
     routes = parse_routes(w, doc)
     pricing.check_budgets(w, w.operations, plans, providers)
@@ -122,6 +127,8 @@ def _policy(w: Walker, document: object) -> Policy:
         ledger=_ledger(w, doc),
         hooks=parse_hooks(w, doc, store),
         keys=_keys(w, doc),
+        billing=billing,
+        coupons=MappingProxyType(parse_coupons(w, doc, billing)),
     )
 
 
@@ -196,10 +203,12 @@ def _operations(w: Walker, doc: Table) -> dict[str, Operation]:
     return operations
 
 
-def _plans(w: Walker, doc: Table) -> dict[str, Plan]:
+def _plans(w: Walker, doc: Table, billing: BillingConfig | None) -> dict[str, Plan]:
     plans: dict[str, Plan] = {}
+    names = w.section_names(doc, "plans")
     for name, path, raw in w.named(w.section(doc, "plans"), "plans"):
         t = w.table(raw, path, PLAN_KEYS)
         owner = Owner(path=path, is_provider=False, timezone=w.timezone)
-        plans[name] = Plan(name=name, limits=parse_limits(w, t, owner))
+        plan = Plan(name=name, limits=parse_limits(w, t, owner), path=path)
+        plans[name] = plan_billing(w, t, plan, names, billing)
     return plans

@@ -92,6 +92,8 @@ def policy_schema() -> Schema:
                 "description": "Where usage events and limit notices are delivered.",
                 "items": _hook(),
             },
+            "billing": _billing(),
+            "coupons": _named("coupon", "Discount codes subjects may redeem, by code."),
         },
         "$defs": _defs(),
     }
@@ -220,9 +222,27 @@ def _defs() -> Schema:
             },
         ),
         "plan": _object(
-            "A named set of limits.",
+            "A named set of limits, and what it costs when [billing] is set.",
             limits={"type": "array", "items": {"$ref": "#/$defs/limit"}},
+            fee=_object(
+                "The plan's recurring fee per billing period, prorated on changes.",
+                ("amount",),
+                amount={"$ref": "#/$defs/money"},
+                timing=_enum(
+                    "Billed at the period's start or end. Default: arrears.", "advance", "arrears"
+                ),
+            ),
+            trial_days=_int("Days of a trial: the plan's limits, no fee. Default: 0.", 0, 365),
+            trial_then=_ref("name", "The plan a trial continues on. Default: this plan."),
+            charges={
+                "type": "array",
+                "maxItems": 100,
+                "description": "What each meter's usage costs on this plan.",
+                "items": {"$ref": "#/$defs/charge"},
+            },
         ),
+        "charge": _charge(),
+        "coupon": _coupon(),
         "provider": _object(
             "A paid API the service itself calls.",
             price={
@@ -310,7 +330,16 @@ def _limit(*, in_plan: bool) -> Schema:
         "on_error": _ref("on_error", "Failure mode. Default: the store's on_error."),
         "shadow": {"type": "boolean", "description": "Evaluate and record, never block."},
     }
+    kinds = ["rate", "quota", "budget"]
     if in_plan:
+        kinds.append("credits")
+        properties["credits"] = _pattern(
+            "^[A-Z]{3}$", "Draw the price from the subject's prepaid balance in CURRENCY."
+        )
+        properties["overage"] = {
+            "type": "boolean",
+            "description": "Credits: allow past the balance and bill it. Default: false.",
+        }
         properties["operations"] = {
             "type": "array",
             "minItems": 1,
@@ -322,10 +351,109 @@ def _limit(*, in_plan: bool) -> Schema:
     not_rate = {"not": {"required": ["rate"]}}
     return {
         "type": "object",
-        "description": "One rule on one counter: exactly one of rate, quota, budget.",
+        "description": f"One rule on one counter: exactly one of {', '.join(kinds)}.",
         "additionalProperties": False,
         "properties": properties,
-        "oneOf": [{"required": [kind]} for kind in ("rate", "quota", "budget")],
-        "dependentRequired": {"burst": ["rate"]},
+        "oneOf": [{"required": [kind]} for kind in kinds],
+        "dependentRequired": {"burst": ["rate"], "overage": ["credits"]}
+        if in_plan
+        else {"burst": ["rate"]},
         "dependentSchemas": {"grace": not_rate, "thresholds": not_rate, "anchor": not_rate},
+    }
+
+
+def _decimal(description: str) -> Schema:
+    # Money in a charge is a decimal text or an integer, never a float (not exact).
+    return {
+        "description": description,
+        "anyOf": [
+            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+            {"type": "integer", "minimum": 0},
+        ],
+    }
+
+
+def _billing() -> Schema:
+    return _object(
+        "How usage is priced, invoiced and numbered.",
+        currency=_pattern("^[A-Z]{3}$", "The currency of fees, charges and invoices."),
+        period=_enum("The billing period. Default: month.", "day", "week", "month"),
+        anchor=_enum(
+            "Periods start on calendar boundaries or on each subscription's start.",
+            "calendar",
+            "subscription",
+        ),
+        timezone=_ref("timezone", "Timezone of periods. Default: [defaults].timezone."),
+        invoice_grace=_pattern(
+            "^[0-9]{1,6}(s|m|h|d)$", 'How long a period stays open for late events: "1h".'
+        ),
+        numbering={
+            "type": "string",
+            "maxLength": 64,
+            "description": 'Invoice numbers, gapless: "INV-{year}-{seq:06d}".',
+        },
+        credit_note_numbering={
+            "type": "string",
+            "maxLength": 64,
+            "description": 'Credit note numbers, gapless: "CN-{year}-{seq:06d}".',
+        },
+        issuer={"type": "string", "description": "Who issues the invoices (numbered apart)."},
+        meters={
+            "type": "array",
+            "items": {"$ref": "#/$defs/name"},
+            "description": "Meters charged besides the operations (names recorded events use).",
+        },
+    )
+
+
+def _charge() -> Schema:
+    tier = _object(
+        "One tier; the last has no up_to.",
+        up_to={"type": "integer", "minimum": 1, "description": "Last unit (or block) of it."},
+        unit=_decimal("The price of one unit (or block) in it."),
+        flat=_decimal("A flat amount due once the tier is reached."),
+    )
+    return _object(
+        "The price of one meter's usage in a period.",
+        ("meter", "model"),
+        meter=_ref("name", "An operation or a [billing] meters name."),
+        model=_enum("The charge model.", "unit", "package", "graduated", "volume"),
+        unit=_decimal("unit: the price of one unit."),
+        size={"type": "integer", "minimum": 1, "description": "package: units per package."},
+        amount=_decimal("package: the price of one package."),
+        free={"type": "integer", "minimum": 0, "description": "package: free units first."},
+        block={"type": "integer", "minimum": 1, "description": "Tiers count blocks of N."},
+        tiers={"type": "array", "minItems": 1, "maxItems": 100, "items": tier},
+        flat_at_zero={"type": "boolean", "description": "First flat due at 0. Default: no."},
+        minimum=_decimal("A floor on the period's amount."),
+        maximum=_decimal("A cap on the period's amount."),
+        aggregation=_enum("How a period's events count. Default: sum.", "sum", "count", "unique"),
+        attribute={"type": "string", "description": "unique: the attribute counted."},
+    )
+
+
+def _coupon() -> Schema:
+    return {
+        **_object(
+            "A discount: a percentage or an amount, for some periods.",
+            percent={
+                "description": "Percent off, above 0 and at most 100.",
+                "anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, _decimal("")],
+            },
+            amount={"$ref": "#/$defs/money"},
+            duration={
+                "description": 'How long it applies: "once", "forever" or N periods.',
+                "anyOf": [
+                    {"enum": ["once", "forever"]},
+                    {"type": "integer", "minimum": 1, "maximum": 1200},
+                ],
+            },
+            applies_to={
+                "type": "array",
+                "items": {"type": "string"},
+                "description": 'What it discounts: "fee", "charges" or meter names.',
+            },
+            max_redemptions={"type": "integer", "minimum": 1},
+        ),
+        "oneOf": [{"required": ["percent"]}, {"required": ["amount"]}],
     }
