@@ -91,6 +91,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     ),
     ("tollway.client", "tollway.metering.ledger"): "Tollway.ledger opens the policy's ledger",
     ("tollway.client", "tollway.metering.recorder"): "Tollway.record builds a Recorder",
+    ("tollway.client", "tollway.billing.facade"): (
+        "Tollway.billing / AsyncTollway.billing: lazily built, and assign goes through it "
+        "when the policy has [billing]"
+    ),
+    ("tollway.client", "tollway.billing.records"): (
+        "TYPE_CHECKING only: assign's proration is annotated with Proration"
+    ),
 }
 
 

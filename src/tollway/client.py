@@ -11,19 +11,19 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from tollway.driver import AsyncDriver, Driver, drive, drive_async
 from tollway.engine import flows
 from tollway.engine.core import Engine
 from tollway.engine.decision import Decision
 from tollway.engine.replies import Reply
-from tollway.engine.requests import Assign, Assigned, Delete, Flow
+from tollway.engine.requests import Delete, Flow
 from tollway.errors import (
+    BillingError,
     ConfigurationError,
     StoreUnavailableError,
     UnknownLimitError,
-    UnknownPlanError,
 )
 from tollway.policy import load
 from tollway.policy.model import Policy
@@ -34,6 +34,8 @@ from tollway.usage import Usage
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from tollway.billing.facade import AsyncBilling, Billing
+    from tollway.billing.records import Proration
     from tollway.metering.embedded import EmbeddedDrain
     from tollway.metering.ledger import Ledger, UsageEvent
     from tollway.metering.recorder import Recorder
@@ -71,6 +73,7 @@ class _Face(Generic[S, D]):
         self._ledger: Ledger | None = None
         self._ledger_lock = threading.Lock()
         self._drain: EmbeddedDrain | None = None
+        self._billing: Any = None
         self._store: S = self._open(store)
         self._driver: D = self._driven(self._store)
         self._start_drain(self._store)
@@ -203,12 +206,32 @@ class _Face(Generic[S, D]):
         return self._engine
 
 
-def _check_plan(policy: Policy, plan: str | None) -> None:
-    if plan is not None and plan not in policy.plans:
-        raise UnknownPlanError(
-            f"plan: {plan!r} is not declared in the policy; known plans: "
-            f"{', '.join(sorted(policy.plans)) or 'none'}"
+def _billed(
+    policy: Policy,
+    proration: str | None,
+    trial: bool,
+    identity: str | None,
+    effective: object,
+) -> bool:
+    """Whether an assignment goes through billing: always with ``[billing]``; its options
+    without one are a clear error."""
+    if policy.billing is not None:
+        return True
+    given = [
+        name
+        for name, value in (
+            ("proration", proration),
+            ("trial", trial or None),
+            ("identity", identity),
+            ("effective", effective),
         )
+        if value is not None
+    ]
+    if given:
+        raise BillingError(
+            f"{', '.join(given)}: billing options need a [billing] section in the policy"
+        )
+    return False
 
 
 def _usage(engine: Engine, subject: str) -> Flow[Usage]:
@@ -240,20 +263,6 @@ def _reset(engine: Engine, subject: str, limit: str | None) -> Flow[int]:
     ]
     deleted: int = yield Delete(subject, fields)
     return deleted
-
-
-def _assign(engine: Engine, subject: str, plan: str | None) -> Flow[None]:
-    engine.check_subject(subject)
-    _check_plan(engine.policy, plan)
-    yield Assign(subject, plan)
-    engine.remember(subject, plan)
-
-
-def _plan_of(engine: Engine, subject: str) -> Flow[str | None]:
-    engine.check_subject(subject)
-    assigned: str | None = yield Assigned(subject)
-    engine.remember(subject, assigned)
-    return engine.plan_of(subject, assigned)
 
 
 class Tollway(_Face[SyncStore, Driver]):
@@ -336,13 +345,43 @@ class Tollway(_Face[SyncStore, Driver]):
         """Clear the subject's counters (of one limit, if named); returns how many existed."""
         return drive(_reset(self._engine, subject, limit), self._store)
 
-    def assign(self, subject: str, plan: str | None) -> None:
-        """Put the subject on ``plan`` (``None``: back to the default), everywhere at once."""
-        drive(_assign(self._engine, subject, plan), self._store)
+    @property
+    def billing(self) -> Billing:
+        """Billing on the policy's ``[billing]`` and ledger (`tollway.billing.facade`)."""
+        if self._billing is None:
+            from tollway.billing.facade import Billing
+
+            self._billing = Billing(self._engine, self._store, lambda: self.ledger)
+        return cast("Billing", self._billing)
+
+    def assign(
+        self,
+        subject: str,
+        plan: str | None,
+        *,
+        proration: Proration | None = None,
+        trial: bool = False,
+        identity: str | None = None,
+        effective: datetime | None = None,
+    ) -> None:
+        """Put the subject on ``plan`` (``None``: back to the default), everywhere at once.
+        With ``[billing]`` the change is recorded in the plan history (see `Billing.assign`
+        for ``proration``, ``trial``, ``identity`` and ``effective``)."""
+        if _billed(self.policy, proration, trial, identity, effective):
+            self.billing.assign(
+                subject,
+                plan,
+                proration=proration or "prorate",
+                trial=trial,
+                identity=identity,
+                effective=effective,
+            )
+        else:
+            drive(flows.assign(self._engine, subject, plan), self._store)
 
     def plan_of(self, subject: str) -> str | None:
         """The plan in force for the subject, read from the store."""
-        return drive(_plan_of(self._engine, subject), self._store)
+        return drive(flows.plan_of(self._engine, subject), self._store)
 
     def ping(self) -> None:
         """Raise `StoreUnavailableError` unless the store answers (for health checks)."""
@@ -431,11 +470,40 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
     async def reset(self, subject: str, limit: str | None = None) -> int:
         return await drive_async(_reset(self._engine, subject, limit), self._store)
 
-    async def assign(self, subject: str, plan: str | None) -> None:
-        await drive_async(_assign(self._engine, subject, plan), self._store)
+    @property
+    def billing(self) -> AsyncBilling:
+        """Billing, asyncio face (see `Tollway.billing`)."""
+        if self._billing is None:
+            from tollway.billing.facade import AsyncBilling
+
+            self._billing = AsyncBilling(self._engine, self._store, lambda: self.ledger)
+        return cast("AsyncBilling", self._billing)
+
+    async def assign(
+        self,
+        subject: str,
+        plan: str | None,
+        *,
+        proration: Proration | None = None,
+        trial: bool = False,
+        identity: str | None = None,
+        effective: datetime | None = None,
+    ) -> None:
+        """See `Tollway.assign`."""
+        if _billed(self.policy, proration, trial, identity, effective):
+            await self.billing.assign(
+                subject,
+                plan,
+                proration=proration or "prorate",
+                trial=trial,
+                identity=identity,
+                effective=effective,
+            )
+        else:
+            await drive_async(flows.assign(self._engine, subject, plan), self._store)
 
     async def plan_of(self, subject: str) -> str | None:
-        return await drive_async(_plan_of(self._engine, subject), self._store)
+        return await drive_async(flows.plan_of(self._engine, subject), self._store)
 
     async def ping(self) -> None:
         """Raise `StoreUnavailableError` unless the store answers (for health checks)."""

@@ -14,11 +14,12 @@ from tollway.engine.core import Engine
 from tollway.engine.credits import BALANCE, REVOKE, CreditsOp, Grant, grant_op, granted
 from tollway.engine.decision import Decision
 from tollway.engine.replies import OK, Reply, is_stale, reply
-from tollway.engine.requests import Credits, Flow, Journal, NewHoldId, Settle
+from tollway.engine.requests import Assign, Assigned, Credits, Flow, Journal, NewHoldId, Settle
 from tollway.engine.reservation import ReservationCore
 from tollway.engine.step import ACQUIRE, RESERVE, Step, degraded
 from tollway.engine.template import call_extras
-from tollway.errors import StoreError, StoreUnavailableError
+from tollway.errors import StoreError, StoreUnavailableError, UnknownPlanError
+from tollway.policy.model import Policy
 
 # A step is rebuilt when the store says it was built on stale knowledge (a plan changed, a
 # window ended); more rebuilds than this means something is flapping, not just stale.
@@ -262,7 +263,34 @@ def revoke(subject: str, currency: str, grant_id: str) -> Flow[int]:
     return int(answer.revoked)
 
 
+def check_plan(policy: Policy, plan: str | None) -> None:
+    if plan is not None and plan not in policy.plans:
+        raise UnknownPlanError(
+            f"plan: {plan!r} is not declared in the policy; known plans: "
+            f"{', '.join(sorted(policy.plans)) or 'none'}"
+        )
+
+
+def assign(engine: Engine, subject: str, plan: str | None) -> Flow[None]:
+    """Put the subject on ``plan`` (None: back to the default) in the store."""
+    engine.check_subject(subject)
+    check_plan(engine.policy, plan)
+    yield Assign(subject, plan)
+    engine.remember(subject, plan)
+
+
+def plan_of(engine: Engine, subject: str) -> Flow[str | None]:
+    """The plan in force for the subject, read from the store."""
+    engine.check_subject(subject)
+    assigned: str | None = yield Assigned(subject)
+    engine.remember(subject, assigned)
+    return engine.plan_of(subject, assigned)
+
+
 __all__ = [
+    "assign",
+    "check_plan",
+    "plan_of",
     "balance",
     "grant",
     "revoke",

@@ -10,6 +10,7 @@ Each function takes the ledger's dialect first and returns a flow
 
 from __future__ import annotations
 
+from tollway.billing.storage.activity import changed_since, first_activity
 from tollway.billing.storage.documents import (
     CreditNoteDraft,
     InvoiceDraft,
@@ -40,9 +41,11 @@ __all__ = [
     "StoredInvoice",
     "add_grant",
     "append_change",
+    "changed_since",
     "changes",
     "credit_notes",
     "draw_sums",
+    "first_activity",
     "grants",
     "invoice",
     "invoices",
