@@ -167,6 +167,9 @@ def _close_subject(
 ) -> Op[tuple[list[Invoice], list[CreditNote]]]:
     config, d = ctx.config, ctx.dialect
     grace = config.invoice_grace_s * US
+    # The cut is just before now: what is recorded at now, during this close or after it,
+    # is after the cut and reaches the next re-rating (nothing falls between two cuts).
+    cut = now - 1
     stored = yield from in_ledger(lambda: invoices(d, subject, 1000))
     done = [parse_invoice(s) for s in stored]  # newest first
     history = yield from in_ledger(lambda: changes(d, subject, until_us=now))
@@ -180,7 +183,7 @@ def _close_subject(
     for _ in range(MAX_PERIODS):
         if period[1] + grace > now:
             break
-        adjustments, due = yield from _rerate(ctx, subject, done, now)
+        adjustments, due = yield from _rerate(ctx, subject, done, cut)
         for corrected, lines in due:
             note = yield from issue_credit_note(
                 ctx,
@@ -194,7 +197,7 @@ def _close_subject(
         previous = done[0] if done and done[0].period_end_us == period[0] else None
         inputs = yield from in_ledger(
             lambda p=period, prev=previous, adj=adjustments: period_inputs(  # type: ignore[misc]
-                ctx, subject, p, now, Known(previous=prev, adjustments=tuple(adj))
+                ctx, subject, p, cut, Known(previous=prev, adjustments=tuple(adj))
             )
         )
         draft = build_invoice(inputs)
@@ -270,7 +273,7 @@ def _told(invoice: Invoice, content_hash: str) -> dict[str, Any]:
 
 
 def _rerate(
-    ctx: Ctx, subject: str, done: Sequence[Invoice], now: int
+    ctx: Ctx, subject: str, done: Sequence[Invoice], cut: int
 ) -> Op[tuple[list[Line], list[tuple[Invoice, list[Line]]]]]:
     """Adjustment lines for the next invoice, and (invoice, lines) to credit, from the
     finalized invoices a late event or a backdated change reached since they were rated."""
@@ -284,7 +287,7 @@ def _rerate(
         if invoice.period_end_us <= horizon:
             continue
         lines, notes = yield from in_ledger(
-            lambda i=invoice: _rerated(ctx, i, done, now)  # type: ignore[misc]
+            lambda i=invoice: _rerated(ctx, i, done, cut)  # type: ignore[misc]
         )
         if not lines:
             continue
@@ -297,7 +300,7 @@ def _rerate(
 
 
 def _rerated(
-    ctx: Ctx, invoice: Invoice, done: Sequence[Invoice], now: int
+    ctx: Ctx, invoice: Invoice, done: Sequence[Invoice], cut: int
 ) -> Flow[tuple[list[Line], list[CreditNote]]]:
     """The adjustments that take what was billed for ``invoice``'s period (the invoice, and
     the adjustments of it since) to what its records say now ([] when nothing reached it),
@@ -307,7 +310,7 @@ def _rerated(
     notes = [CreditNote.from_dict(json.loads(s.body)) for s in stored_notes]
     billed_as_of = _billed_as_of(invoice, done, notes)
     period = (invoice.period_start_us, invoice.period_end_us)
-    changed = yield from changed_since(ctx.dialect, invoice.subject, *period, billed_as_of, now)
+    changed = yield from changed_since(ctx.dialect, invoice.subject, *period, billed_as_of, cut)
     if not changed:
         return [], notes
     known = Known(
@@ -320,7 +323,7 @@ def _rerated(
         baseline = replace(
             build_invoice(again), number=invoice.number, status="finalized", as_of_us=billed_as_of
         )
-    rerated = build_invoice((yield from period_inputs(ctx, invoice.subject, period, now, known)))
+    rerated = build_invoice((yield from period_inputs(ctx, invoice.subject, period, cut, known)))
     return adjust(baseline, rerated), notes
 
 

@@ -15,14 +15,23 @@ from dataclasses import dataclass
 from tollway.billing.credits import change_points
 from tollway.billing.invoice import Invoice, InvoiceInputs
 from tollway.billing.ops import Ctx, anchor_of
-from tollway.billing.records import Line
+from tollway.billing.records import Line, PlanChange
 from tollway.billing.storage import changes, draw_sums, grants, redemptions, usage_totals
 from tollway.billing.storage.documents import StoredInvoice
 from tollway.billing.storage.usage import BOUNDARIES_MAX
+from tollway.billing.subscriptions import segments
 from tollway.metering.ledger.flows import Flow
 from tollway.policy.model import Policy
 
-__all__ = ["Bounds", "credit_limits", "parse_invoice", "period_inputs", "unique_attributes"]
+__all__ = [
+    "Bounds",
+    "Known",
+    "credit_limits",
+    "parse_invoice",
+    "period_inputs",
+    "plan_segments",
+    "unique_attributes",
+]
 
 Bounds = tuple[int, int]
 
@@ -45,6 +54,17 @@ def unique_attributes(policy: Policy) -> dict[str, str]:
             if charge.aggregation == "unique" and charge.attribute and charge.meter:
                 out.setdefault(charge.meter, charge.attribute)
     return out
+
+
+def plan_segments(
+    policy: Policy, history: Sequence[PlanChange], period: Bounds
+) -> list[tuple[int, str | None]]:
+    """(start_us, plan) of the plans in force over ``period``: an event recorded without a
+    plan (``tw.record``) is rated under the plan in force when it occurred."""
+    if not history:
+        return []
+    found = segments(history, *period, policy.defaults.plan, policy.plans)
+    return [(seg.start_us, seg.plan) for seg in found]
 
 
 def parse_invoice(stored: StoredInvoice) -> Invoice:
@@ -75,6 +95,7 @@ def period_inputs(
         currency=config.currency,
         unique_attributes=unique_attributes(policy),
         credit_limits=limits,
+        plan_segments=plan_segments(policy, history, period),
     )
     kept = [g for g in (yield from grants(d, subject, config.currency)) if g.granted_us <= as_of_us]
     draws: list[tuple[int, int]] = []

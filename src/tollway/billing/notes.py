@@ -10,15 +10,22 @@ note's number (in the ledger in the same transaction, then in the store).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
-from tollway.billing.inputs import parse_invoice
+from tollway.billing.inputs import parse_invoice, plan_segments
 from tollway.billing.invoice import CreditNote, Invoice, build_credit_note, rfc3339
 from tollway.billing.notify import notice_flow
 from tollway.billing.ops import Ctx, Op, in_ledger, in_store, scope, year_of
 from tollway.billing.records import GrantRecord, Line
-from tollway.billing.storage import add_grant, credit_notes, invoice, invoices, store_credit_note
+from tollway.billing.storage import (
+    add_grant,
+    changes,
+    credit_notes,
+    invoice,
+    invoices,
+    store_credit_note,
+)
 from tollway.billing.storage import trace as trace_flow
 from tollway.billing.storage.documents import CreditNoteDraft
 from tollway.engine import flows
@@ -177,23 +184,34 @@ def trace(
     meter = info.get("meter") or of.meter
     if of.kind not in ("usage", "adjustment") or not isinstance(meter, str):
         return []
-    start = info.get("start_us", of.period_start_us)
-    end = info.get("end_us", of.period_end_us)
-    as_of = info.get("as_of_us", found.as_of_us)
+    start, end = _int(info, "start_us", of.period_start_us), _int(info, "end_us", of.period_end_us)
+    as_of = _int(info, "as_of_us", found.as_of_us)
     after = info.get("after_us")
     plan = info.get("plan", of.plan)
-    events: list[UsageEvent] = yield from in_ledger(
-        lambda: trace_flow(
+
+    def read() -> Flow[list[UsageEvent]]:
+        history = yield from changes(ctx.dialect, found.subject, until_us=as_of)
+        events = yield from trace_flow(
             ctx.dialect,
             found.subject,
             meter,
             plan if isinstance(plan, str) else None,
-            int(start),  # type: ignore[call-overload]
-            int(end),  # type: ignore[call-overload]
-            int(as_of),  # type: ignore[call-overload]
-            after_us=int(after) if isinstance(after, int) else None,
+            start,
+            end,
+            as_of,
+            after_us=after if isinstance(after, int) else None,
             cursor=cursor,
             limit=limit,
+            plan_segments=plan_segments(ctx.policy, history, (start, end)),
         )
-    )
+        return events
+
+    events: list[UsageEvent] = yield from in_ledger(read)
     return events
+
+
+def _int(info: Mapping[str, object], key: str, default: int) -> int:
+    value = info.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvoiceError(f"line trace: {key} is {value!r:.40}; expected microseconds")
+    return value

@@ -10,6 +10,7 @@ currency; it was drawn from prepaid credits when its ``limits`` name its plan's 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = ["draw_sums", "trace", "usage_totals", "usage_totals_all"]
 BOUNDARIES_MAX = 1000
 TRACE_MAX = 10_000
 UNIQUES_MAX = 32
+SEGMENTS_MAX = 1000
 
 
 class _Builder:
@@ -49,6 +51,25 @@ class _Builder:
                 has = f"EXISTS (SELECT 1 FROM json_each(limits) WHERE value = {self.bind(limit)})"
             terms.append(f"({on_plan} AND {has})")
         return " OR ".join(terms) if terms else "FALSE"
+
+    def plan(self, segments: Sequence[tuple[int, str | None]] | None) -> str:
+        """The event's plan; an event recorded without one (``tw.record``) takes the plan in
+        force at its time, from ``segments``: (start_us, plan) in time order."""
+        if not segments:
+            return "plan"
+        if len(segments) > SEGMENTS_MAX:
+            raise BillingError(f"plan_segments: {len(segments)}; at most {SEGMENTS_MAX}")
+        cases = [
+            f"WHEN occurred_at_us < {self.bind(int(start))} THEN {self._name(before)}"
+            for (_, before), (start, _) in itertools.pairwise(segments)
+        ]
+        last = self._name(segments[-1][1])
+        if not cases:
+            return f"COALESCE(plan, {last})"
+        return f"COALESCE(plan, CASE {' '.join(cases)} ELSE {last} END)"
+
+    def _name(self, plan: str | None) -> str:
+        return "NULL" if plan is None else self.bind(plan)
 
     def attribute(self, name: str) -> str:
         if self.dialect == "postgres":
@@ -89,12 +110,13 @@ def _aggregate_sql(
     currency: str,
     unique_attributes: Mapping[str, str],
     credit_limits: Mapping[str | None, str],
+    plan_sql: str = "plan",
 ) -> tuple[str, list[tuple[str, str]]]:
     if len(unique_attributes) > UNIQUES_MAX:
         raise BillingError(f"unique_attributes: {len(unique_attributes)}; at most {UNIQUES_MAX}")
     uniques = sorted(unique_attributes.items())
     cols = [
-        "plan",
+        plan_sql,
         "meter",
         "SUM(quantity)",
         "COUNT(*)",
@@ -143,22 +165,24 @@ def usage_totals(
     after_us: int | None = None,
     unique_attributes: Mapping[str, str] | None = None,
     credit_limits: Mapping[str | None, str] | None = None,
+    plan_segments: Sequence[tuple[int, str | None]] | None = None,
 ) -> Flow[list[UsageTotal]]:
     """``subject``'s usage of a period per (plan, meter), sorted by plan then meter.
     ``unique_attributes`` maps a meter to the attribute whose distinct values it counts;
-    ``credit_limits`` a plan to the name of its credits limit."""
+    ``credit_limits`` a plan to the name of its credits limit; ``plan_segments`` (start_us,
+    plan) the plans in force over the period, for events recorded without a plan."""
     b = _Builder(dialect)
+    plan_sql = b.plan(plan_segments)  # bound first: it is the first column
     cols, uniques = _aggregate_sql(
         b,
         by_subject=False,
         currency=currency,
         unique_attributes=unique_attributes or {},
         credit_limits=credit_limits or {},
+        plan_sql=plan_sql,
     )
     where = f"subject = {b.bind(subject)} AND " + b.where(start_us, end_us, as_of_us, after_us)
-    rows = yield Query(
-        f"SELECT {cols} FROM usage_events WHERE {where} GROUP BY plan, meter", b.params
-    )
+    rows = yield Query(f"SELECT {cols} FROM usage_events WHERE {where} GROUP BY 1, 2", b.params)
     return sorted((_total(row, uniques) for row in rows), key=_order)
 
 
@@ -244,16 +268,18 @@ def trace(
     after_us: int | None = None,
     cursor: str | None = None,
     limit: int = 100,
+    plan_segments: Sequence[tuple[int, str | None]] | None = None,
 ) -> Flow[list[UsageEvent]]:
     """The events behind one line, in id order: at most ``limit``, from the id after
     ``cursor`` on (the last id of the page before)."""
     if not isinstance(limit, int) or not 1 <= limit <= TRACE_MAX:
         raise BillingError(f"limit: {limit!r}; expected 1..{TRACE_MAX}")
     b = _Builder(dialect)
+    plan_sql = b.plan(plan_segments)
     where = (
-        f"subject = {b.bind(subject)} AND meter = {b.bind(meter)} AND "
-        + ("plan IS NULL" if plan is None else f"plan = {b.bind(plan)}")
-        + " AND "
+        f"{plan_sql} "
+        + ("IS NULL" if plan is None else f"= {b.bind(plan)}")
+        + f" AND subject = {b.bind(subject)} AND meter = {b.bind(meter)} AND "
         + b.where(start_us, end_us, as_of_us, after_us)
     )
     if cursor is not None:
