@@ -390,7 +390,8 @@ def test_a_late_event_goes_on_the_next_invoice_naming_its_period(ledger_url: str
         tw.flush()
         clock.set(at(2026, 2, 1, 2))
         (january,) = tw.billing.close().invoices
-        late = tw.record(  # at the very microsecond of the close: after its cut"a", "geocode", 500, id="late-1", occurred_at=at(2026, 1, 31, 23))
+        # Recorded at the very microsecond of the close: after its cut, so not lost.
+        late = tw.record("a", "geocode", 500, id="late-1", occurred_at=at(2026, 1, 31, 23))
         tw.flush()
         clock.set(at(2026, 3, 1, 2))
         (february,) = tw.billing.close().invoices
