@@ -93,9 +93,10 @@ def policy(ledger_url: str, **billing: Any) -> dict[str, Any]:
     }
 
 
-def make(
-    ledger_url: str, start: datetime = at(2026, 1, 1), **billing: Any
-) -> tuple[Tollway, FakeClock]:
+JAN_1 = at(2026, 1, 1)
+
+
+def make(ledger_url: str, start: datetime = JAN_1, **billing: Any) -> tuple[Tollway, FakeClock]:
     clock = FakeClock(start)
     return Tollway(policy(ledger_url, **billing), clock=clock), clock
 
@@ -172,7 +173,7 @@ def test_every_change_is_a_subscription_event_in_the_same_transaction(ledger_url
 
 
 def test_a_backdated_change_is_bounded_by_the_lateness_window(ledger_url: str) -> None:
-    tw, clock = make(ledger_url, start=at(2026, 1, 20))
+    tw, _ = make(ledger_url, start=at(2026, 1, 20))
     with tw:
         with pytest.raises(BillingError, match="older than \\[ledger\\] lateness_s"):
             tw.assign("a", "pro", effective=at(2026, 1, 1))
