@@ -180,7 +180,7 @@ def test_a_backdated_change_is_bounded_by_the_lateness_window(ledger_url: str) -
         with pytest.raises(BillingError, match="in the future"):
             tw.assign("a", "pro", effective=at(2026, 1, 21))
         with pytest.raises(BillingError, match="aware datetime"):
-            tw.assign("a", "pro", effective=datetime(2026, 1, 19))  # noqa: DTZ001
+            tw.assign("a", "pro", effective=datetime(2026, 1, 19))
         with pytest.raises(UnknownPlanError):
             tw.assign("a", "gold")
         with pytest.raises(BillingError, match="proration"):
