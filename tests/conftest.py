@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -183,3 +184,18 @@ def make_postgres_server() -> Iterator[Callable[[], PostgresServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+# =========================================================================== billing ledgers
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def billing_ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty ledger: a SQLite file, then a schema of its own in the session PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    from stream_support import pg_schema
+
+    with pg_schema(str(request.getfixturevalue("postgres_url"))) as url:
+        yield url

@@ -6,17 +6,13 @@ writes nothing."""
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from test_billing_storage import _with_search_path
 from tollway import AsyncTollway, Tollway
 from tollway.billing import render
 from tollway.errors import (
@@ -39,28 +35,11 @@ def at(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
 
 
-@pytest.fixture
-def pg_url(postgres_url: str) -> Iterator[str]:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield _with_search_path(postgres_url, schema)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
-def policy(ledger_url: str, **billing: Any) -> dict[str, Any]:
+def policy(billing_ledger_url: str, **billing: Any) -> dict[str, Any]:
     return {
         "defaults": {"plan": "free"},
         "store": {"url": "memory://"},
-        "ledger": {"url": ledger_url, "flush_ms": 60_000, "lateness_s": 10 * 86_400},
+        "ledger": {"url": billing_ledger_url, "flush_ms": 60_000, "lateness_s": 10 * 86_400},
         "operations": {"lookup": {"price": "0.01 USD"}, "geocode": {}, "search": {}},
         "billing": {"currency": "USD", "period": "month", "invoice_grace": "1h", **billing},
         "plans": {
@@ -96,9 +75,11 @@ def policy(ledger_url: str, **billing: Any) -> dict[str, Any]:
 JAN_1 = at(2026, 1, 1)
 
 
-def make(ledger_url: str, start: datetime = JAN_1, **billing: Any) -> tuple[Tollway, FakeClock]:
+def make(
+    billing_ledger_url: str, start: datetime = JAN_1, **billing: Any
+) -> tuple[Tollway, FakeClock]:
     clock = FakeClock(start)
-    return Tollway(policy(ledger_url, **billing), clock=clock), clock
+    return Tollway(policy(billing_ledger_url, **billing), clock=clock), clock
 
 
 def rows(tw: Tollway, sql: str) -> list[tuple[Any, ...]]:
@@ -116,8 +97,8 @@ def amounts(invoice: Any) -> list[tuple[str, str | None, Decimal]]:
 # -- subscriptions and proration --------------------------------------------------------------
 
 
-def test_an_upgrade_on_the_15th_prorates_to_the_second(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_an_upgrade_on_the_15th_prorates_to_the_second(billing_ledger_url: str) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("a", "basic")
         clock.set(at(2026, 1, 15))
@@ -133,8 +114,8 @@ def test_an_upgrade_on_the_15th_prorates_to_the_second(ledger_url: str) -> None:
     assert invoice.period_start == at(2026, 1, 1) and invoice.period_end == at(2026, 2, 1)
 
 
-def test_none_keeps_the_old_fee_and_next_period_waits_for_the_end(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_none_keeps_the_old_fee_and_next_period_waits_for_the_end(billing_ledger_url: str) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("a", "basic")
         tw.assign("b", "basic")
@@ -154,8 +135,10 @@ def test_none_keeps_the_old_fee_and_next_period_waits_for_the_end(ledger_url: st
     assert amounts(later["b"]) == [("fee", "pro", D("200.00"))]
 
 
-def test_every_change_is_a_subscription_event_in_the_same_transaction(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_every_change_is_a_subscription_event_in_the_same_transaction(
+    billing_ledger_url: str,
+) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("a", "basic")
         clock.advance(3600)
@@ -172,8 +155,8 @@ def test_every_change_is_a_subscription_event_in_the_same_transaction(ledger_url
     assert history == [(1, "basic", "assign"), (2, "pro", "trial")]
 
 
-def test_a_backdated_change_is_bounded_by_the_lateness_window(ledger_url: str) -> None:
-    tw, _ = make(ledger_url, start=at(2026, 1, 20))
+def test_a_backdated_change_is_bounded_by_the_lateness_window(billing_ledger_url: str) -> None:
+    tw, _ = make(billing_ledger_url, start=at(2026, 1, 20))
     with tw:
         with pytest.raises(BillingError, match="older than \\[ledger\\] lateness_s"):
             tw.assign("a", "pro", effective=at(2026, 1, 1))
@@ -193,8 +176,8 @@ def test_a_backdated_change_is_bounded_by_the_lateness_window(ledger_url: str) -
 # -- trials ------------------------------------------------------------------------------------
 
 
-def test_a_trial_bills_no_fee_then_continues_on_trial_then(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_a_trial_bills_no_fee_then_continues_on_trial_then(billing_ledger_url: str) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("t", "team", trial=True, identity="card-7")
         assert tw.plan_of("t") == "team"
@@ -218,8 +201,8 @@ def test_a_trial_bills_no_fee_then_continues_on_trial_then(ledger_url: str) -> N
 # -- prepaid credits ---------------------------------------------------------------------------
 
 
-def test_grants_are_idempotent_drawn_in_the_step_and_expire(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_grants_are_idempotent_drawn_in_the_step_and_expire(billing_ledger_url: str) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("p", "pro")
         first = tw.billing.grant("p", D("0.02"), id="g1", expires=at(2026, 1, 2))
@@ -253,8 +236,8 @@ def test_grants_are_idempotent_drawn_in_the_step_and_expire(ledger_url: str) -> 
         (D("0.0000001"), "6 decimal places"),
     ],
 )
-def test_bad_grants_write_nothing(ledger_url: str, amount: Any, words: str) -> None:
-    tw, _ = make(ledger_url)
+def test_bad_grants_write_nothing(billing_ledger_url: str, amount: Any, words: str) -> None:
+    tw, _ = make(billing_ledger_url)
     with tw:
         with pytest.raises((BillingError, InvalidArgumentError), match=words):
             tw.billing.grant("p", amount, id="bad")
@@ -269,8 +252,8 @@ def test_bad_grants_write_nothing(ledger_url: str, amount: Any, words: str) -> N
 # -- coupons -----------------------------------------------------------------------------------
 
 
-def test_a_coupon_is_redeemed_once_and_discounts_its_targets(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_a_coupon_is_redeemed_once_and_discounts_its_targets(billing_ledger_url: str) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("c", "pro")
         tw.billing.redeem("c", "HALF")
@@ -297,8 +280,8 @@ def test_a_coupon_is_redeemed_once_and_discounts_its_targets(ledger_url: str) ->
 # -- closing, numbering, immutability ----------------------------------------------------------
 
 
-def test_close_numbers_gaplessly_once_and_tells_the_hooks(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_close_numbers_gaplessly_once_and_tells_the_hooks(billing_ledger_url: str) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         for name in ("a", "b", "c"):
             tw.assign(name, "basic")
@@ -321,8 +304,8 @@ def test_close_numbers_gaplessly_once_and_tells_the_hooks(ledger_url: str) -> No
     assert [i.period_start for i in again.values()] == [at(2026, 2, 1), at(2026, 1, 1)]
 
 
-def test_preview_is_the_open_periods_draft_and_writes_nothing(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_preview_is_the_open_periods_draft_and_writes_nothing(billing_ledger_url: str) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("a", "team")  # advance: this period from now, and the next in full
         clock.set(at(2026, 1, 16, 12))
@@ -350,8 +333,8 @@ def test_a_policy_without_billing_refuses_clearly(tmp_path: Path) -> None:
 # -- credit notes ------------------------------------------------------------------------------
 
 
-def test_credit_notes_are_capped_refunded_or_given_back(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_credit_notes_are_capped_refunded_or_given_back(billing_ledger_url: str) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("a", "basic")
         clock.set(at(2026, 2, 1, 2))
@@ -382,8 +365,8 @@ def test_credit_notes_are_capped_refunded_or_given_back(ledger_url: str) -> None
 # -- re-rating ---------------------------------------------------------------------------------
 
 
-def test_a_late_event_goes_on_the_next_invoice_naming_its_period(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_a_late_event_goes_on_the_next_invoice_naming_its_period(billing_ledger_url: str) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("a", "pro")
         for _ in range(100):
@@ -413,8 +396,10 @@ def test_a_late_event_goes_on_the_next_invoice_naming_its_period(ledger_url: str
     assert february.total == D("202.00")
 
 
-def test_a_backdated_downgrade_in_the_customers_favour_is_a_credit_note(ledger_url: str) -> None:
-    tw, clock = make(ledger_url)
+def test_a_backdated_downgrade_in_the_customers_favour_is_a_credit_note(
+    billing_ledger_url: str,
+) -> None:
+    tw, clock = make(billing_ledger_url)
     with tw:
         tw.assign("a", "pro")
         clock.set(at(2026, 2, 1, 2))
@@ -436,9 +421,9 @@ def test_a_backdated_downgrade_in_the_customers_favour_is_a_credit_note(ledger_u
 # -- the async face ----------------------------------------------------------------------------
 
 
-async def test_the_async_face_bills_the_same(ledger_url: str) -> None:
+async def test_the_async_face_bills_the_same(billing_ledger_url: str) -> None:
     clock = FakeClock(at(2026, 1, 1))
-    async with AsyncTollway(policy(ledger_url), clock=clock) as tw:
+    async with AsyncTollway(policy(billing_ledger_url), clock=clock) as tw:
         await tw.assign("a", "basic")
         clock.set(at(2026, 1, 15))
         await tw.assign("a", "pro")
