@@ -6,7 +6,8 @@ writes nothing."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import time
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -437,3 +438,63 @@ async def test_the_async_face_bills_the_same(billing_ledger_url: str) -> None:
         note = await tw.billing.credit_note(invoice.number, amount=D("1.00"), refund=True)
     assert [line.amount for line in invoice.lines][:2] == [D("45.16"), D("109.68")]
     assert invoice.discounts == D("-77.42") and note.amount == D("1.00")
+
+
+# -- hook events reach a real webhook receiver ------------------------------------------------
+
+
+def test_billing_events_reach_a_signed_webhook(
+    billing_ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import standardwebhooks
+
+    from test_webhooks import Receiver
+    from tollway.metering.hooks import Dispatcher
+    from tollway.metering.webhooks import generate_secret
+
+    secret = generate_secret()
+    monkeypatch.setenv("BILLING_HOOK_SECRET", secret)
+    receiver = Receiver().start()
+    document = policy(billing_ledger_url, period="day", invoice_grace="1s")
+    document["hooks"] = [
+        {
+            "name": "billing",
+            "url": receiver.url,
+            "secret_env": "BILLING_HOOK_SECRET",
+            "events": [
+                "tollway.subscription.updated",
+                "tollway.invoice.finalized",
+                "tollway.invoice.refunded",
+            ],
+        }
+    ]
+    # Webhook timestamps are checked against real time: the day billed is yesterday, closed now.
+    now = datetime.now(UTC)
+    clock = FakeClock(now - timedelta(hours=26))
+    try:
+        with Tollway(document, clock=clock) as tw:
+            tw.assign("hooked", "basic")
+            clock.set(now)
+            invoices = tw.billing.close().invoices
+            number = invoices[0].number
+            assert number is not None
+            tw.billing.credit_note(number, amount=D("1.00"), reason="outage", refund=True)
+            with Dispatcher(tw.ledger, tw.policy.hooks) as dispatcher:
+                deadline = time.monotonic() + 20
+                while len(receiver.requests) < 2 + len(invoices) and time.monotonic() < deadline:
+                    dispatcher.run_once()
+                    time.sleep(0.05)  # polls the receiver, with a deadline
+    finally:
+        receiver.stop()
+    payloads = [
+        standardwebhooks.Webhook(secret).verify(r.body, r.headers) for r in receiver.requests
+    ]
+    types = sorted(p["type"] for p in payloads)
+    assert types == sorted(
+        ["tollway.subscription.updated", "tollway.invoice.refunded"]
+        + ["tollway.invoice.finalized"] * len(invoices)
+    )
+    finalized = [p for p in payloads if p["type"] == "tollway.invoice.finalized"]
+    assert {p["data"]["number"] for p in finalized} == {i.number for i in invoices}
+    refunded = next(p for p in payloads if p["type"] == "tollway.invoice.refunded")
+    assert refunded["data"]["invoice"] == number and refunded["data"]["amount"] == "1.00"
