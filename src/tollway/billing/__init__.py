@@ -1,7 +1,10 @@
-"""Billing on top of the ledger (issue 12): pure, deterministic rating and invoicing.
+"""Billing on top of the ledger: prices, subscriptions, invoices, prepaid credits, discounts,
+credit notes and re-rating.
 
-Everything here is a pure function of records (`tollway.billing.records`) and the `Policy`:
-no ledger, no store. The facade fetches the records, calls these, and stores the results:
+`Billing` and `AsyncBilling` are ``tw.billing`` (`tollway.billing.facade`): they read the
+records from the ledger, call the pure functions below, store what they give, and tell the
+hooks. `Closed` is what `Billing.close` did. The rest is a pure function of records
+(`PlanChange`, `GrantRecord`, `Redemption`, `Line`) and the `Policy`: no ledger, no store.
 
 - `period_at(config, t_us, anchor_us=None)` (and `next_period`, `previous_period`): the
   billing period holding an instant, ``(start_us, end_us)``.
@@ -22,7 +25,9 @@ docs/billing.md and in each module's docstring.
 """
 
 from tollway.billing.adjustments import adjust, favours_customer
+from tollway.billing.closing import Closed
 from tollway.billing.credits import Allocation, allocate, change_points
+from tollway.billing.facade import AsyncBilling, Billing
 from tollway.billing.invoice import (
     CreditNote,
     Invoice,
@@ -32,6 +37,7 @@ from tollway.billing.invoice import (
     finalize,
 )
 from tollway.billing.periods import next_period, period_at, previous_period
+from tollway.billing.records import GrantRecord, Line, PlanChange, Redemption
 from tollway.billing.render import to_csv, to_html, to_json
 from tollway.billing.rounding import minor_unit, round_line
 from tollway.billing.subscriptions import Segment, segments
@@ -40,11 +46,18 @@ from tollway.policy.charges import AGGREGATIONS, MODELS, Charge, Tier
 __all__ = [
     "AGGREGATIONS",
     "MODELS",
+    "AsyncBilling",
+    "Billing",
+    "Closed",
     "Allocation",
     "Charge",
     "CreditNote",
+    "GrantRecord",
     "Invoice",
     "InvoiceInputs",
+    "Line",
+    "PlanChange",
+    "Redemption",
     "Segment",
     "Tier",
     "adjust",
