@@ -13,7 +13,13 @@ import pytest
 
 from tollway import AsyncTollway, Tollway
 from tollway.engine.credits import NEVER, Grant, allocate
-from tollway.errors import BillingError, GrantConflictError, InvalidArgumentError, PolicyError
+from tollway.errors import (
+    BillingError,
+    GrantConflictError,
+    InvalidArgumentError,
+    PolicyError,
+    UnknownLimitError,
+)
 from tollway.metering.entries import decode_entry
 from tollway.testing import FakeClock
 
@@ -349,3 +355,17 @@ def test_a_balance_outlives_plan_changes_and_the_subject_s_expiry(url: str | Non
             client.close()
         assert tw.driver.balance("p", "USD")[0] == 2 * CENT
         assert tw.acquire("p", "call").drawn == CENT
+
+
+def test_a_reset_clears_the_counters_never_the_balance(url: str | None) -> None:
+    with make(url) as tw:
+        tw.driver.grant("z", "USD", "g", 3 * CENT)
+        assert tw.acquire("z", "call").allowed
+        names = {state.name: state.kind for state in tw.usage("z").limits}
+        wallet = next(name for name, kind in names.items() if kind == "credits")
+        assert tw.reset("z") == 1  # the daily quota's counter only
+        assert tw.driver.balance("z", "USD")[0] == 2 * CENT
+        with pytest.raises(UnknownLimitError, match="prepaid balance"):
+            tw.reset("z", wallet)
+        assert tw.driver.balance("z", "USD")[0] == 2 * CENT
+        assert tw.usage("z").limit("daily").remaining == 5

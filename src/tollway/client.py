@@ -256,10 +256,17 @@ def _reset(engine: Engine, subject: str, limit: str | None) -> Flow[int]:
             f"limit: {limit!r} does not apply to {usage.subject!r} (plan {usage.plan!r}); "
             f"its limits: {', '.join(sorted(names)) or 'none'}"
         )
+    kinds = {state.name: state.kind for state in usage.limits}
+    if limit is not None and kinds[limit] == "credits":
+        raise UnknownLimitError(
+            f"limit: {limit!r} is a prepaid balance, not a counter: it is not reset "
+            "(revoke or grant credits instead)"
+        )
+    # A credits limit's field is the subject's balance: money, never cleared by a reset.
     fields = [
         field
         for field, state in zip(usage.fields, usage.limits, strict=True)
-        if limit is None or state.name == limit
+        if (limit is None or state.name == limit) and state.kind != "credits"
     ]
     deleted: int = yield Delete(subject, fields)
     return deleted
