@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from processes import run_together
 from test_billing_facade import amounts, at, make, policy, rows
 from tollway import Tollway
 from tollway.billing import render
@@ -181,3 +182,32 @@ def test_credits_drawn_on_redis_reach_the_invoice_grant_by_grant(
     usage = [(x.meter, x.quantity, x.amount) for x in invoice.lines if x.kind == "usage"]
     assert usage == [("lookup", D(15), D("0.15"))]
     assert invoice.total == invoice.subtotal - D("0.15")
+
+
+def _closer(url: str, barrier: Any, results: Any) -> None:
+    try:
+        clock = FakeClock(at(2026, 2, 1, 2))
+        with Tollway(policy(url), clock=clock) as tw:
+            assert tw.ledger is not None  # opened (and migrated) before the race
+            barrier.wait()
+            closed = tw.billing.close()
+        results.put(sorted(str(i.number) for i in closed.invoices))
+    except BaseException as exc:
+        results.put(exc)
+
+
+def test_racing_closers_finalize_each_period_once_with_gapless_numbers(
+    billing_ledger_url: str,
+) -> None:
+    tw, _ = make(billing_ledger_url)
+    with tw:
+        for n in range(12):
+            tw.assign(f"r{n:02d}", "basic")
+    made = run_together(_closer, [(billing_ledger_url,)] * 4)
+    numbers = sorted(number for one in made for number in one)
+    assert numbers == [f"INV-2026-{n:06d}" for n in range(1, 13)]
+    with make(billing_ledger_url)[0] as tw:
+        subjects = rows(tw, "SELECT subject, COUNT(*) FROM billing_invoices GROUP BY subject")
+        taken = rows(tw, "SELECT last_seq FROM billing_numbers")
+    assert sorted(subjects) == [(f"r{n:02d}", 1) for n in range(12)]
+    assert taken == [(12,)]
