@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from tollway.billing.adjustments import adjust, favours_customer, net
@@ -100,7 +101,7 @@ def preview(ctx: Ctx, subject: str) -> Op[Invoice]:
 
 
 def close(ctx: Ctx) -> Op[Closed]:
-    ctx.config  # noqa: B018 (no [billing]: a clear error before anything is read)
+    ctx.require_billing()
     now = ctx.now()
     applied = yield from apply_due(ctx, now)
     firsts: dict[str, int] = yield from in_ledger(lambda: first_activity(ctx.dialect))
@@ -122,9 +123,7 @@ def apply_due(ctx: Ctx, now: int) -> Op[int]:
     subjects = yield from in_ledger(lambda: subjects_with_history(ctx.dialect))
     moved = 0
     for subject in subjects:
-        history: list[PlanChange] = yield from in_ledger(
-            lambda s=subject: _end_trials(ctx, s, now)  # type: ignore[misc]
-        )
+        history: list[PlanChange] = yield from in_ledger(partial(_end_trials, ctx, subject, now))
         want = plan_at(history, now, policy.defaults.plan, policy.plans)[0]
         if want is not None and want not in policy.plans:
             continue  # a plan the policy no longer has: left as it is
@@ -196,14 +195,12 @@ def _close_subject(
             notes.append(note)
         previous = done[0] if done and done[0].period_end_us == period[0] else None
         inputs = yield from in_ledger(
-            lambda p=period, prev=previous, adj=adjustments: period_inputs(  # type: ignore[misc]
-                ctx, subject, p, cut, Known(previous=prev, adjustments=tuple(adj))
-            )
+            partial(period_inputs, ctx, subject, period, cut, Known(previous, tuple(adjustments)))
         )
         draft = build_invoice(inputs)
         if draft.lines:
             try:
-                invoice = yield from in_ledger(lambda dr=draft: _finalize(ctx, dr, now))  # type: ignore[misc]
+                invoice = yield from in_ledger(partial(_finalize, ctx, draft, now))
             except InvoiceError:
                 break  # another closer finalized it first: the rest is theirs too
             made.append(invoice)
@@ -286,9 +283,7 @@ def _rerate(
     for invoice in reversed(done[:RERATE_MAX]):  # oldest first
         if invoice.period_end_us <= horizon:
             continue
-        lines, notes = yield from in_ledger(
-            lambda i=invoice: _rerated(ctx, i, done, cut)  # type: ignore[misc]
-        )
+        lines, notes = yield from in_ledger(partial(_rerated, ctx, invoice, done, cut))
         if not lines:
             continue
         room = invoice.total - sum((n.amount for n in notes), net([]))

@@ -107,6 +107,10 @@ class Ctx:
             )
         return billing
 
+    def require_billing(self) -> None:
+        """Refuse a policy without ``[billing]`` before anything is read or written."""
+        _ = self.config
+
     def now(self) -> int:
         return int(self.engine.clock())
 
@@ -196,7 +200,7 @@ def assign(
 ) -> Op[PlanChange]:
     """Record the change in the plan history (with its hook event), then put it in force in
     the store when it is effective now (a ``next_period`` change waits for `close`)."""
-    ctx.config  # noqa: B018 (refuses a policy without [billing] before anything is written)
+    ctx.require_billing()
     ctx.engine.check_subject(subject)
     trial_us = _check_assign(ctx, plan, proration, trial, identity)
     now = ctx.now()
@@ -343,7 +347,7 @@ def balance(ctx: Ctx, subject: str, currency: str | None = None) -> Op[Decimal]:
 
 def redeem_coupon(ctx: Ctx, subject: str, code: str) -> Op[Redemption]:
     coupons: Mapping[str, Any] = ctx.policy.coupons
-    ctx.config  # noqa: B018
+    ctx.require_billing()
     ctx.engine.check_subject(subject)
     coupon = coupons.get(code) if isinstance(code, str) else None
     if coupon is None:
