@@ -20,7 +20,7 @@ from typing import Any
 
 from tollway.billing import render
 from tollway.cli import billing_output as out
-from tollway.cli.commands import FAILED, OK, config_path, open_tollway, positive
+from tollway.cli.commands import FAILED, OK, config_path, positive
 from tollway.cli.output import note
 from tollway.client import Tollway
 from tollway.errors import ConfigurationError
@@ -79,13 +79,19 @@ def _events(text: str) -> int:
 
 def _open(args: argparse.Namespace, *, writes: bool = False) -> Tollway:
     """The policy's Tollway, refused before any I/O when it has no [billing]. ``writes``:
-    warn that a memory:// store keeps what the command writes for this process only."""
-    tw = open_tollway(args) if writes else Tollway.from_file(config_path(args), store=args.store)
+    warn that a memory:// store keeps what the command writes there for this process only."""
+    tw = Tollway.from_file(config_path(args), store=args.store)
     if tw.policy.billing is None:
         tw.close()
         raise ConfigurationError(
             f"billing: the policy {config_path(args)} has no [billing] section; add one with at "
             'least currency = "USD" (see docs/billing.md)'
+        )
+    if writes and tw.store.url.startswith("memory:"):
+        note(
+            "the store is memory://: the ledger keeps the record, but the balance and plans "
+            "in the store live in this process only; pass --store redis://HOST:PORT/DB (or "
+            "set [store] url) to act on shared ones"
         )
     return tw
 
