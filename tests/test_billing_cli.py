@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from servers import find_free_port
 from tollway import Tollway
 from tollway.billing import render
+from tollway.cli import billing as billing_cli
 from tollway.cli.main import main
 from tollway.policy import load
 from tollway.testing import FakeClock
@@ -199,6 +201,19 @@ def test_show_lines_pages_and_caps_the_events(
     bad = prepared.run(capsys, "show", prepared.number, "--lines", "--events", "0")
     assert bad.code == 2
     assert "--events" in bad.err
+
+
+def test_show_lines_reads_every_page(
+    prepared: Prepared, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(billing_cli, "PAGE", 2)  # 5 events: pages of 2, 2 and 1
+    run = prepared.run(capsys, "show", prepared.number, "--lines")
+    decoder = json.JSONDecoder()
+    _, end = decoder.raw_decode(run.out)
+    events, _ = decoder.raw_decode(run.out[end:].lstrip())
+    geocode = next(x for x in events["lines"] if x["description"].startswith("geocode"))
+    assert [e["id"] for e in geocode["events"]] == prepared.geocode_events
+    assert geocode["complete"] is True
 
 
 def test_show_lines_csv_and_html(prepared: Prepared, capsys: pytest.CaptureFixture[str]) -> None:
@@ -495,6 +510,52 @@ def test_a_policy_without_billing_exits_2(
     assert err.startswith("tollway: error: billing: the policy ")
     assert "has no [billing] section" in err
     assert not db.exists()  # refused before the ledger is opened
+
+
+def test_a_policy_without_a_ledger_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "noledger.toml"
+    text = POLICY.format(db="x", billing=BILLING).replace('url = "sqlite:///x"\n', "")
+    config.write_text(text, encoding="utf-8")
+    code = main(["billing", "invoices", "a", "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err == (
+        "tollway: error: ledger: the policy has no [ledger] url; expected e.g. "
+        'url = "sqlite:///tollway.db" or "postgresql://user@host/db"\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["preview", "a\nb"], "subject: 'a\\nb' is not a valid subject"),
+        (["invoices", "x" * 5000], "subject: "),
+        (["invoices", "a", "--limit", "0"], "argument --limit"),
+        (["invoices", "a", "--limit", "10001"], "'10001' is more than 10000"),
+        (["preview", "a", "--format", "xml"], "argument --format"),
+        (["show", "X", "--format", "pdf"], "argument --format"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_clear_line(
+    prepared: Prepared, capsys: pytest.CaptureFixture[str], argv: list[str], words: str
+) -> None:
+    run = prepared.run(capsys, *argv)
+    assert (run.code, run.out) == (2, "")
+    assert words in run.err
+    assert "Traceback" not in run.err
+
+
+def test_an_unreachable_store_exits_3(
+    prepared: Prepared, capsys: pytest.CaptureFixture[str]
+) -> None:
+    down = f"redis://127.0.0.1:{find_free_port()}/0"
+    run = prepared.run(capsys, "grant", "c", "1.00", "--id", "g-down", "--store", down)
+    assert (run.code, run.out) == (3, "")
+    assert run.err.startswith("tollway: error: ")
+    # the ledger has the grant (written first); the same command completes it once the store is up
+    assert prepared.rows("SELECT id FROM billing_grants WHERE subject = 'c'") == [("g-down",)]
 
 
 def test_help_lists_the_commands_and_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:

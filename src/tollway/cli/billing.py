@@ -19,20 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from tollway.billing import render
+from tollway.billing.records import Line
 from tollway.cli import billing_output as out
 from tollway.cli.commands import FAILED, OK, config_path, positive
 from tollway.cli.output import note
 from tollway.client import Tollway
 from tollway.errors import ConfigurationError
+from tollway.metering.ledger import UsageEvent
 
 __all__ = ["register"]
 
 BILLING_EXITS = """\
 exit status:
   0  success
-  2  usage error; a bad amount (not plain decimal text such as 12.50), time or format; an
-     unknown subject or invoice; a credit note over what the invoice has left; a policy
-     without [billing] or [ledger]
+  2  usage error; a bad amount (not plain decimal text such as 12.50), time or format;
+     an invalid subject; an unknown invoice; a credit note over what the invoice has
+     left; a policy without [billing] or [ledger]
   3  the store could not be reached, or refused a command
 """
 
@@ -70,11 +72,14 @@ def instant(text: str) -> datetime:
     return when.astimezone(timezone.utc)
 
 
-def _events(text: str) -> int:
-    value = positive(text)
-    if value > EVENTS_MAX:
-        raise argparse.ArgumentTypeError(f"{text!r} is more than {EVENTS_MAX}")
-    return value
+def _at_most(most: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = positive(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"{text!r} is more than {most}")
+        return value
+
+    return parse
 
 
 def _open(args: argparse.Namespace, *, writes: bool = False) -> Tollway:
@@ -128,25 +133,25 @@ def invoices(args: argparse.Namespace) -> int:
     return OK
 
 
-def _trace(tw: Tollway, number: str, index: int, most: int) -> out.Traced:
-    """The first ``most`` events of line ``index``, page by page (at most one page past)."""
-    inv = tw.billing.invoice(number)
-    events: list[Any] = []
+def _trace(tw: Tollway, number: str, index: int, line: Line, most: int) -> out.Traced:
+    """The first ``most`` events of line ``index``, page by page (at most one event past)."""
+    events: list[UsageEvent] = []
     cursor: str | None = None
+    size = min(PAGE, most + 1)
     while len(events) <= most:
-        page = tw.billing.trace(number, index, cursor=cursor, limit=min(PAGE, most + 1))
+        page = tw.billing.trace(number, index, cursor=cursor, limit=size)
         events += page
-        if len(page) < min(PAGE, most + 1):
+        if len(page) < size:
             break
         cursor = page[-1].id
-    return out.Traced(index, inv.lines[index], tuple(events[:most]), len(events) <= most)
+    return out.Traced(index, line, tuple(events[:most]), len(events) <= most)
 
 
 def show(args: argparse.Namespace) -> int:
     with _open(args) as tw:
         inv = tw.billing.invoice(args.number)
         traced = (
-            [_trace(tw, args.number, i, args.events) for i in range(len(inv.lines))]
+            [_trace(tw, args.number, i, line, args.events) for i, line in enumerate(inv.lines)]
             if args.lines
             else []
         )
@@ -250,7 +255,7 @@ def register(sub: Any, add: Any) -> None:
     p.add_argument("subject", metavar="SUBJECT")
     p.add_argument(
         "--limit",
-        type=positive,
+        type=_at_most(LIST_MAX),
         default=100,
         metavar="N",
         help="at most N invoices (default: 100)",
@@ -270,7 +275,7 @@ def register(sub: Any, add: Any) -> None:
     p.add_argument("--lines", action="store_true", help="also print every line's ledger events")
     p.add_argument(
         "--events",
-        type=_events,
+        type=_at_most(EVENTS_MAX),
         default=EVENTS_DEFAULT,
         metavar="N",
         help=f"with --lines: at most N events per line (default: {EVENTS_DEFAULT})",
