@@ -4,6 +4,9 @@ a subprocess) on a policy file with a SQLite ledger, prepared in the past with a
 
 from __future__ import annotations
 
+import csv
+import html
+import io
 import json
 import sqlite3
 import subprocess
@@ -19,8 +22,11 @@ import pytest
 from servers import find_free_port
 from tollway import Tollway
 from tollway.billing import render
+from tollway.billing.records import Line
 from tollway.cli import billing as billing_cli
+from tollway.cli import billing_output
 from tollway.cli.main import main
+from tollway.metering.ledger import UsageEvent
 from tollway.policy import load
 from tollway.testing import FakeClock
 
@@ -584,3 +590,51 @@ def test_python_dash_m_tollway_billing_show_in_a_subprocess(
     assert done.returncode == 0, done.stderr
     assert done.stdout == prepared.run(capsys, "show", prepared.number).out
     assert canonical(done.stdout) == stored_body(prepared, prepared.number)
+
+
+# -- escaping of what the ledger holds -------------------------------------------------------
+
+HOSTILE_ID = '=HYPERLINK("http://x")<img src=x onerror=alert(1)>'
+
+
+def hostile_trace() -> list[billing_output.Traced]:
+    """A line whose event id came from `tw.record` (a caller's id): a formula and markup."""
+    event = UsageEvent(
+        id=HOSTILE_ID,
+        subject="h",
+        operation="geocode",
+        meter="geocode",
+        quantity=3,
+        occurred_at_us=1_788_220_800_000_000,
+        recorded_at_us=1_788_220_800_000_000,
+    )
+    line = Line(
+        kind="usage",
+        description="geocode <b>",
+        amount=Decimal("0.01"),
+        exact=Decimal("0.012"),
+        period_start_us=1_788_220_800_000_000,
+        period_end_us=1_790_812_800_000_000,
+        meter="geocode",
+        quantity=Decimal(3),
+    )
+    return [billing_output.Traced(1, line, (event,), True)]
+
+
+def test_events_csv_keeps_a_formula_from_running() -> None:
+    text = billing_output.events_csv(hostile_trace())
+    rows = list(csv.reader(io.StringIO(text.lstrip("\n"))))
+    assert rows[0] == list(billing_output.EVENT_COLUMNS)
+    assert rows[1] == ["1", "'" + HOSTILE_ID, "2026-09-01T00:00:00Z", "3", ""]
+
+
+def test_events_html_escapes_ids_and_descriptions() -> None:
+    text = billing_output.events_html(hostile_trace())
+    assert "<img" not in text and "<b>" not in text
+    assert html.escape(HOSTILE_ID) in text
+    assert "geocode &lt;b&gt;" in text
+
+
+def test_safe_shows_control_and_format_characters_as_escapes() -> None:
+    assert billing_output.safe("plain text, é ü 日本") == "plain text, é ü 日本"
+    assert billing_output.safe("a\x1b[2Jb\r\n\u202e\u00a0c") == "a\\x1b[2Jb\\r\\n\\u202e c"

@@ -34,7 +34,6 @@ __all__ = [
     "events_csv",
     "events_html",
     "events_json",
-    "events_table",
     "grant_text",
     "invoice_table",
     "invoices_table",
@@ -198,19 +197,6 @@ def _cells(index: int, event: UsageEvent) -> list[str]:
     ]
 
 
-def events_table(traced: Sequence[Traced]) -> list[str]:
-    """Per traced line: a title, then one row per event (id, occurred_at, quantity, amount)."""
-    out: list[str] = []
-    for t in traced:
-        more = "" if t.complete else " (more not shown: raise --events)"
-        out += ["", f"line {t.index}: {t.line.kind} {safe(t.line.description)}: "]
-        out[-1] += plural(len(t.events), "event") + more
-        if t.events:
-            rows = [[safe(c) for c in _cells(t.index, e)][1:] for e in t.events]
-            out += table(["event", "occurred_at", "quantity", "amount"], rows, {2}, indent="  ")
-    return out
-
-
 def events_json(number: str, traced: Sequence[Traced]) -> str:
     """A second JSON document after the invoice's (a stream `jq` reads as two)."""
     document = {
@@ -260,6 +246,8 @@ def events_html(traced: Sequence[Traced]) -> str:
         more = "" if t.complete else " (more not shown)"
         title = f"Line {t.index}: {t.line.description} ({plural(len(t.events), 'event')}{more})"
         parts.append(f"<h3>{html.escape(title)}</h3>")
+        if not t.events:
+            continue
         parts.append("<table><tr><th>event</th><th>occurred_at</th><th>quantity</th>")
         parts[-1] += "<th>amount</th></tr>"
         for event in t.events:
