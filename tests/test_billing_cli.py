@@ -361,6 +361,22 @@ def test_grant_refuses_what_is_not_plain_decimal_text_and_writes_nothing(
 
 
 @pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("0", "amount: 0 is not positive"),
+        ("999999999999999", "amount: 999999999999999 is too large"),
+    ],
+)
+def test_grant_refuses_a_zero_or_huge_amount_and_writes_nothing(
+    prepared: Prepared, capsys: pytest.CaptureFixture[str], text: str, words: str
+) -> None:
+    run = prepared.run(capsys, "grant", "b", text)
+    assert run.code == 2
+    assert run.err.splitlines()[-1].startswith(f"tollway: error: {words}")
+    assert prepared.rows("SELECT count(*) FROM billing_grants WHERE subject = 'b'") == [(0,)]
+
+
+@pytest.mark.parametrize(
     ("option", "value", "words"),
     [
         ("--expires", "2027-01-01T00:00:00", "with an offset"),
@@ -369,6 +385,7 @@ def test_grant_refuses_what_is_not_plain_decimal_text_and_writes_nothing(
         ("--currency", "usd", "currency"),
         ("--priority", "high", "--priority"),
         ("--id", "x" * 1000, "id"),
+        ("--note", "n" * 501, "note: expected a str of at most 500 characters"),
     ],
 )
 def test_grant_bad_options_exit_2_and_write_nothing(
