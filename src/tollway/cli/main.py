@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
 from tollway import __version__
+from tollway.cli import billing as billing_cli
 from tollway.cli import commands, keys
 from tollway.cli import demo as demo_cli
 from tollway.cli import geocode as geocode_cli
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cli.register(sub, add)
     reconcile_cli.register(sub, add)
     hooks_cli.register(sub, add)
+    billing_cli.register(sub, add)
     return parser
 
 
