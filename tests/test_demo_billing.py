@@ -262,7 +262,7 @@ def test_the_report_shows_the_story_the_table_and_the_lines(demo: BillingDemo) -
     assert "acct_growth upgrades to team" in out and "starts a trial of pro" in out
     assert "CN-2026-0001 refunds 10.00 USD of INV-2026-0003 (acct_trial)" in out
     assert "Adjustment: usage geocode (team), invoice INV-2026-0001  2026-03" in out
-    assert "lookups denied in all" in out
+    assert "acct_prepaid's credits run out: lookups denied until the top-up (" in out
     assert out.rstrip().endswith(f"written to {demo.html_path}")
 
 

@@ -83,7 +83,7 @@ GRANTS = (
 )
 LATE = ("acct_growth", "geocode", 750, datetime(2026, 3, 31, 23, 10, tzinfo=timezone.utc))
 """(subject, meter, quantity, occurred at): recorded on April 1 after March was finalized."""
-REFUND = ("acct_trial", Decimal("10.00"), "onboarding outage on 2026-03-20")
+REFUND = ("acct_trial", Decimal("10.00"), "outage on 2026-03-20")
 """(subject, amount, reason): refunded from the subject's March invoice."""
 MARCH_CLOSED = APRIL + timedelta(hours=2)
 """When March is closed: past its end and the policy's one-hour grace."""

@@ -40,7 +40,9 @@ def _story(demo: BillingDemo) -> list[str]:
     march = [i for i in demo.invoices if _month(i) == "2026-03"]
     april = [i for i in demo.invoices if _month(i) == "2026-04"]
     prepaid_denied = sum(
-        t.denied for t in demo.traffic_of("acct_prepaid") if t.operation == "lookup"
+        t.denied
+        for t in demo.traffic_of("acct_prepaid", month="2026-03")
+        if t.operation == "lookup"
     )
     late = demo.late
     lines = [
@@ -54,8 +56,8 @@ def _story(demo: BillingDemo) -> list[str]:
     ]
     if demo.ran_out_at is not None:
         lines.append(
-            f"  {_at(demo.ran_out_at)}  acct_prepaid's credits cannot cover a lookup: denied "
-            f"until a top-up ({plural(prepaid_denied, 'lookup')} denied in all)"
+            f"  {_at(demo.ran_out_at)}  acct_prepaid's credits run out: lookups denied until "
+            f"the top-up ({prepaid_denied} in March)"
         )
     for gid, amount, when in GRANTS[1:]:
         lines.append(f"  {_at(when)}  acct_prepaid tops up: grant {gid} of {amount} USD")
@@ -71,8 +73,8 @@ def _story(demo: BillingDemo) -> list[str]:
             f"{note.invoice_number} ({note.subject}): {note.reason}"
         )
     lines.append(
-        f"  {_at(APRIL_CLOSED)}  April closed: {plural(len(april), 'invoice')} finalized, "
-        "the late event on one as an adjustment of March"
+        f"  {_at(APRIL_CLOSED)}  April closed: {plural(len(april), 'invoice')} finalized "
+        "(the late event: an adjustment of March)"
     )
     return lines
 
