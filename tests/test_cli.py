@@ -483,9 +483,10 @@ def test_each_command_ends_with_its_own_exit_statuses(run: Any, argv: list[str],
         assert "acquire" not in statuses and "denied" not in statuses
 
 
-def test_demo_help_describes_its_three_parts_and_its_files(run: Any) -> None:
+def test_demo_help_describes_its_four_parts_and_its_files(run: Any) -> None:
     text = " ".join(run("demo", "--help").out.split())
-    for part in ("inbound: a simulated day", "geocoding: a batch", "metering: an hour of usage"):
+    parts = ("inbound: a simulated day", "geocoding: a batch", "metering: an hour of usage")
+    for part in (*parts, "billing: March 2026 for three subjects"):
         assert part in text
     assert "temporary folder, removed at the end" in text
 

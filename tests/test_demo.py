@@ -25,6 +25,12 @@ def by_name(result: DemoResult) -> dict[str, SubjectStats]:
     return {stats.name: stats for stats in result.subjects}
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The billing part writes its HTML invoice to the current directory: keep it in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module", params=SEEDS)
 def day(request: pytest.FixtureRequest) -> DemoResult:
     seed: int = request.param
@@ -50,6 +56,8 @@ def test_a_built_wheel_carries_the_demo_policy(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("tollway-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("tollway/demo/tollway.toml") == EXAMPLE.read_bytes()
+        billing = ROOT / "src" / "tollway" / "demo" / "billing.toml"
+        assert archive.read("tollway/demo/billing.toml") == billing.read_bytes()
 
 
 def test_demo_command_runs_fast_and_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,6 +73,7 @@ def test_demo_command_runs_fast_and_prints_the_report(capsys: pytest.CaptureFixt
     assert "hour   calls  allowed  denied" in out
     assert "first denied by hourly" in out
     assert "first denied by spend (enrich)" in out
+    assert "Billing: March 2026" in out and "written to tollway-invoice-INV-2026-0004.html" in out
     assert "moved from free to pro; counts kept: daily " in out
     # the hour table has one row per hour, 00:00 to 23:00
     hours = [line[:5] for line in out.splitlines() if line[:3].rstrip(":").isdigit()]

@@ -6,6 +6,7 @@ a `FakeClock`, so the lateness window moves without sleeping.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -157,3 +158,19 @@ async def test_the_async_face_records_and_flushes(tmp_path: Path, clock: FakeClo
         atw.record("acct", "calls", 5)
     with Tollway(policy(url), clock=clock) as tw:
         assert window(tw, "acct")["calls"].quantity == 7
+
+
+def test_recorded_usage_can_name_its_plan_and_an_unknown_plan_is_refused(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    db = tmp_path / "u.db"
+    plans = {"pro": {"limits": [{"name": "hourly", "quota": "10/hour"}]}}
+    with Tollway({**policy(f"sqlite:///{db}"), "plans": plans}, clock=clock) as tw:
+        assert tw.record("acct", "geocode", 2, id="with-plan", plan="pro").plan == "pro"
+        assert tw.record("acct", "geocode", 1, id="without").plan is None
+        with pytest.raises(InvalidArgumentError, match=r"plan: 'team' is not a plan .* pro"):
+            tw.record("acct", "geocode", 1, id="bad", plan="team")
+        assert tw.flush() == 2  # the refused one queued nothing
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT id, plan FROM usage_events ORDER BY id").fetchall()
+    assert rows == [("with-plan", "pro"), ("without", None)]

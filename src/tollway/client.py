@@ -22,6 +22,7 @@ from tollway.engine.requests import Delete, Flow
 from tollway.errors import (
     BillingError,
     ConfigurationError,
+    InvalidArgumentError,
     StoreUnavailableError,
     UnknownLimitError,
 )
@@ -128,11 +129,18 @@ class _Face(Generic[S, D]):
         amount: Decimal | None = None,
         currency: str | None = None,
         attributes: Mapping[str, str | int | bool] | None = None,
+        plan: str | None = None,
     ) -> UsageEvent:
         """Queue a usage event measured elsewhere (``id``: its idempotency key; the ledger
         keeps one event per id); `flush` writes the queue to the ledger. Refused with a clear
-        error, and nothing queued, when older than ``[ledger] lateness_s``."""
+        error, and nothing queued, when older than ``[ledger] lateness_s``. ``plan``: the
+        plan the usage is billed under (None: the default plan's charges price it)."""
         self._engine.check_subject(subject)
+        if plan is not None and plan not in self.policy.plans:
+            raise InvalidArgumentError(
+                f"plan: {plan!r} is not a plan of the policy; expected one of "
+                f"{', '.join(sorted(self.policy.plans))}"
+            )
         if self._recorder is None:
             from tollway.metering.recorder import Recorder
 
@@ -145,6 +153,7 @@ class _Face(Generic[S, D]):
             occurred_at=occurred_at,
             amount=amount,
             currency=currency,
+            plan=plan,
             attributes=attributes,
         )
 

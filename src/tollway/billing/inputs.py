@@ -103,6 +103,8 @@ def period_inputs(
         first = min(g.granted_us for g in kept)
         if first < period[1]:
             points = change_points(kept, first, period[1])
+            if first < period[0]:  # draws of the period dated inside it, not before
+                points = sorted({*points, period[0]})
             draws = yield from _draws(ctx, subject, points, as_of_us, limits)
     redeemed = [r for r in (yield from redemptions(d, subject)) if r.redeemed_us <= as_of_us]
     return InvoiceInputs(

@@ -1,4 +1,4 @@
-"""``tollway demo``: the three parts of the demo (`tollway.demo`), printed one after another."""
+"""``tollway demo``: the four parts of the demo (`tollway.demo`), printed one after another."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ __all__ = ["demo", "register"]
 EXITS = """\
 exit status:
   0  the demo ran (every part asked for; --part all skips geocoding, with a note, without the
-     geocode extra)
+     geocode extra); the billing part wrote its HTML invoice
   2  a bad option; a --config policy that is invalid or lacks what the inbound day needs;
-     --part geocoding without the geocode extra (pip install 'tollway[geocode]')
+     --part geocoding without the geocode extra (pip install 'tollway[geocode]'); an --html
+     file that cannot be written
 """
 
 DESCRIPTION = (
-    "Run tollway's three jobs on embedded defaults, with a fake clock, and print what happened. "
+    "Run tollway's four jobs on embedded defaults, with a fake clock, and print what happened. "
     "inbound: a simulated day of API traffic (free and pro subjects: bursts, an hourly quota "
     "run out, a spend budget run out, an upgrade at noon, reservations) through the engine on "
     "the memory store, on the built-in policy (the file examples/tollway.toml) unless --config "
@@ -31,7 +32,11 @@ DESCRIPTION = (
     "providers as their quotas and budgets run out (needs pip install 'tollway[geocode]'; "
     "skipped with a note under --part all when missing). metering: an hour of usage written "
     "to a SQLite ledger and delivered to a callable hook and a signed webhook on 127.0.0.1, "
-    "held against the counters. Files are written to a temporary folder, removed at the end."
+    "held against the counters. billing: March 2026 for three subjects (a trial, an upgrade "
+    "with a coupon, prepaid credits running out and topped up), a late event and a refund, "
+    "March and April closed into invoices, printed as a table; the HTML of one invoice is "
+    "written to tollway-invoice-NUMBER.html in the current directory, or to --html FILE. "
+    "Other files are written to a temporary folder, removed at the end."
 )
 
 
@@ -39,7 +44,8 @@ def register(sub: Any, add: Any) -> None:
     demo_command = add(
         "demo",
         demo,
-        "run the demo: a day of API traffic, a geocoding batch, an hour of metering",
+        "run the demo: a day of API traffic, a geocoding batch, an hour of metering, a month "
+        "of billing",
         description=DESCRIPTION,
         parents=(),
         exits=EXITS,
@@ -52,12 +58,18 @@ def register(sub: Any, add: Any) -> None:
     demo_command.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     demo_command.add_argument(
         "--part",
-        choices=("all", "inbound", "geocoding", "metering"),
+        choices=("all", "inbound", "geocoding", "metering", "billing"),
         default="all",
         help="inbound: the day of API traffic; geocoding: a batch failing over across three "
         "stub providers as their budgets run out; metering: an hour of usage written to a "
         "SQLite ledger and delivered to a callable and a signed webhook, held against the "
-        "counters (default: all three)",
+        "counters; billing: a month of traffic rated into invoices (default: all four)",
+    )
+    demo_command.add_argument(
+        "--html",
+        metavar="FILE",
+        help="billing: write the HTML invoice to FILE (default: tollway-invoice-NUMBER.html "
+        "in the current directory)",
     )
     demo_command.add_argument(
         "--subjects",
@@ -100,4 +112,24 @@ def demo(args: argparse.Namespace) -> int:
         if printed:
             print()
         print(render_metering(run_metering_demo(args.seed)))
+        printed = True
+    if args.part in ("all", "billing"):
+        from tollway.demo.billing import run_billing_demo
+        from tollway.demo.billing_report import render_billing
+
+        if printed:
+            print()
+        print(render_billing(run_billing_demo(args.seed, _html(args.html))))
     return OK
+
+
+def _html(value: str | None) -> Path | None:
+    """The --html file, checked before the run: its folder exists and it is not a folder."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir() or not path.parent.is_dir():
+        raise ConfigurationError(
+            f"--html: {value!r} is not a file in an existing folder; expected e.g. invoice.html"
+        )
+    return path
