@@ -204,7 +204,7 @@ def test_the_late_event_is_an_adjustment_of_march_on_april_invoice(
     assert adjustment.amount == Decimal("1.50")
     assert march.number is not None and march.number in adjustment.description
     assert adjustment.trace["invoice"] == march.number
-    assert adjustment.trace["after_us"] == march.as_of_us
+    assert adjustment.trace["after_us"] == march.as_of_us - 1  # from March's cut on, included
     # March's invoice itself never changed; the other invoices carry no adjustment
     assert all(not lines(i, "adjustment") for i in demo.invoices if i is not april)
 

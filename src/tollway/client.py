@@ -134,7 +134,7 @@ class _Face(Generic[S, D]):
         """Queue a usage event measured elsewhere (``id``: its idempotency key; the ledger
         keeps one event per id); `flush` writes the queue to the ledger. Refused with a clear
         error, and nothing queued, when older than ``[ledger] lateness_s``. ``plan``: the
-        plan the usage is billed under (None: the default plan's charges price it)."""
+        plan the usage is billed under (None: the plan in force when it occurred)."""
         self._engine.check_subject(subject)
         if plan is not None and plan not in self.policy.plans:
             raise InvalidArgumentError(

@@ -166,9 +166,10 @@ def _close_subject(
 ) -> Op[tuple[list[Invoice], list[CreditNote]]]:
     config, d = ctx.config, ctx.dialect
     grace = config.invoice_grace_s * US
-    # The cut is just before now: what is recorded at now, during this close or after it,
-    # is after the cut and reaches the next re-rating (nothing falls between two cuts).
-    cut = now - 1
+    # The cut: what the ledger holds up to now, included. Something recorded at that very
+    # microsecond after this close read is found by the next re-rating, whose lower bound
+    # is inclusive (see `_rerated`), so nothing falls between two cuts.
+    cut = now
     stored = yield from in_ledger(lambda: invoices(d, subject, 1000))
     done = [parse_invoice(s) for s in stored]  # newest first
     history = yield from in_ledger(lambda: changes(d, subject, until_us=now))
@@ -319,7 +320,8 @@ def _rerated(
             build_invoice(again), number=invoice.number, status="finalized", as_of_us=billed_as_of
         )
     rerated = build_invoice((yield from period_inputs(ctx, invoice.subject, period, cut, known)))
-    return adjust(baseline, rerated), notes
+    # The adjustment lines trace the events recorded from the billed cut on, included.
+    return adjust(replace(baseline, as_of_us=billed_as_of - 1), rerated), notes
 
 
 def _billed_as_of(invoice: Invoice, done: Sequence[Invoice], notes: Sequence[CreditNote]) -> int:

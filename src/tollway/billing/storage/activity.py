@@ -31,15 +31,16 @@ def changed_since(
     dialect: Dialect, subject: str, start_us: int, end_us: int, after_us: int, until_us: int
 ) -> Flow[bool]:
     """Whether ``subject``'s period ``[start_us, end_us)`` got a usage event, or the subject a
-    plan change effective before ``end_us``, recorded in ``(after_us, until_us]``."""
+    plan change effective before ``end_us``, recorded in ``[after_us, until_us]`` (from the
+    last cut on, included: a record of that very microsecond may have come after the read)."""
     require_text("subject", subject)
     p = mark(dialect)
     rows = yield Query(
         "SELECT 1 FROM usage_events WHERE subject = "
         f"{p} AND occurred_at_us >= {p} AND occurred_at_us < {p}"
-        f" AND recorded_at_us > {p} AND recorded_at_us <= {p}"
+        f" AND recorded_at_us >= {p} AND recorded_at_us <= {p}"
         " UNION ALL SELECT 1 FROM billing_plan_changes WHERE subject = "
-        f"{p} AND effective_at_us < {p} AND recorded_at_us > {p} AND recorded_at_us <= {p}"
+        f"{p} AND effective_at_us < {p} AND recorded_at_us >= {p} AND recorded_at_us <= {p}"
         " LIMIT 1",
         (subject, start_us, end_us, after_us, until_us, subject, end_us, after_us, until_us),
     )
