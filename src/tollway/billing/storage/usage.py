@@ -26,6 +26,8 @@ BOUNDARIES_MAX = 1000
 TRACE_MAX = 10_000
 UNIQUES_MAX = 32
 SEGMENTS_MAX = 1000
+WORK_MEM = "32MB"
+"""PostgreSQL's memory for the hash of a period's groups (``SET LOCAL``: this transaction)."""
 
 
 class _Builder:
@@ -199,22 +201,63 @@ def usage_totals_all(
 ) -> Flow[dict[str, list[UsageTotal]]]:
     """`usage_totals` of every subject with usage in the period, in one query (closing a
     period): subject -> its totals."""
-    b = _Builder(dialect)
-    cols, uniques = _aggregate_sql(
-        b,
-        by_subject=True,
-        currency=currency,
-        unique_attributes=unique_attributes or {},
-        credit_limits=credit_limits or {},
-    )
-    where = b.where(start_us, end_us, as_of_us, after_us)
-    rows = yield Query(
-        f"SELECT {cols} FROM usage_events WHERE {where} GROUP BY subject, plan, meter", b.params
-    )
+    uniques_of, limits = unique_attributes or {}, credit_limits or {}
+    if dialect == "postgres" and uniques_of:
+        _check_window(start_us, end_us, as_of_us, after_us)
+        if len(uniques_of) > UNIQUES_MAX:
+            raise BillingError(f"unique_attributes: {len(uniques_of)}; at most {UNIQUES_MAX}")
+        sql, params = _hashable_sql(
+            dialect, (start_us, end_us, as_of_us, after_us), currency, uniques_of, limits
+        )
+        uniques = sorted(uniques_of.items())
+        yield Query(f"SET LOCAL work_mem = '{WORK_MEM}'")
+    else:
+        b = _Builder(dialect)
+        cols, uniques = _aggregate_sql(
+            b, by_subject=True, currency=currency, unique_attributes=uniques_of,
+            credit_limits=limits,
+        )  # fmt: skip
+        where = b.where(start_us, end_us, as_of_us, after_us)
+        sql = f"SELECT {cols} FROM usage_events WHERE {where} GROUP BY subject, plan, meter"
+        params = b.params
+    rows = yield Query(sql, params)
     out: dict[str, list[UsageTotal]] = {}
     for row in rows:
         out.setdefault(row[0], []).append(_total(row[1:], uniques))
     return {subject: sorted(out[subject], key=_order) for subject in sorted(out)}
+
+
+def _hashable_sql(
+    dialect: Dialect,
+    window: tuple[int, int, int, int | None],
+    currency: str,
+    unique_attributes: Mapping[str, str],
+    credit_limits: Mapping[str | None, str],
+) -> tuple[str, list[Any]]:
+    """`usage_totals_all`'s statement for PostgreSQL with unique counts, the same columns in
+    two steps: group by (subject, plan, meter, the value counted), then by (subject, plan,
+    meter) counting the values. ``COUNT(DISTINCT ...)`` can only aggregate sorted rows, and
+    sorting a month of events took most of the rating (bench/RATING_RESULTS.md); both steps
+    here can hash. An event has one meter, so one column holds the value of its meter's
+    attribute."""
+    b = _Builder(dialect)
+    uniques = sorted(unique_attributes.items())
+    value = " ".join(f"WHEN meter = {b.bind(m)} THEN {b.attribute(a)}" for m, a in uniques)
+    usd = b.bind(currency)
+    paid = f"currency = {b.bind(currency)} AND ({b.drawn(credit_limits)})"
+    inner = (
+        f"SELECT subject, plan, meter, CASE {value} END AS v, SUM(quantity) AS q,"
+        f" COUNT(*) AS n, SUM(CASE WHEN currency = {usd} THEN amount_micros END) AS a,"
+        f" SUM(CASE WHEN {paid} THEN amount_micros END) AS d, MIN(id) AS lo, MAX(id) AS hi"
+        f" FROM usage_events WHERE {b.where(*window)}"
+        " GROUP BY subject, plan, meter, v"
+    )
+    counts = ", COUNT(v)" * len(uniques)  # each unique column: its meter's groups only count
+    sql = (
+        "SELECT subject, plan, meter, SUM(q), SUM(n), COALESCE(SUM(a), 0), COALESCE(SUM(d), 0),"
+        f" MIN(lo), MAX(hi){counts} FROM ({inner}) AS g GROUP BY subject, plan, meter"
+    )
+    return sql, b.params
 
 
 def _order(total: UsageTotal) -> tuple[str, str, bool]:

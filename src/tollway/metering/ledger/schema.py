@@ -271,6 +271,19 @@ CREATE TABLE billing_credit_notes (
 CREATE INDEX billing_credit_notes_invoice ON billing_credit_notes (invoice_number)
 """
 
+# Migration 4: rating a period on SQLite (`tollway.billing.storage.usage`). SQLite aggregates
+# by sorting: ``GROUP BY subject, plan, meter`` over a month of events built a temporary b-tree
+# of every row, most of the rating's time (bench/RATING_RESULTS.md). This index holds the
+# rows in group order with every column the aggregate reads but ``attributes``, so the scan
+# needs no sort and reads the table only for a row a unique count looks into. PostgreSQL
+# aggregates by hashing and gets nothing from it: its text is empty (the version is recorded).
+_SQLITE_4 = """
+CREATE INDEX usage_events_rating ON usage_events (
+    subject, plan, meter, occurred_at_us, recorded_at_us,
+    currency, amount_micros, quantity, limits, id
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage_events, unique on id, indexed by subject and time", _SQLITE_1, _POSTGRES_1),
     Migration(
@@ -284,6 +297,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "billing: plan history, trials, grants, redemptions, numbers, invoices, credit notes",
         _BILLING_TABLES,
         _BILLING_TABLES,
+    ),
+    Migration(
+        4, "rating: usage_events in group order, covering the aggregate (SQLite)", _SQLITE_4, ""
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
