@@ -95,7 +95,7 @@ def _ratio(times: dict[str, list[Sample]], part: str) -> float:
     pairs = zip(times["without credits"], times["with credits"], strict=True)
     if part == "cpu+redis":
         return statistics.median((b.cpu + b.redis) / (a.cpu + a.redis) for a, b in pairs)
-    return statistics.median(getattr(b, part) / getattr(a, part) for a, b in pairs)
+    return float(statistics.median(getattr(b, part) / getattr(a, part) for a, b in pairs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     foreign = [x.foreign for v in times.values() for x in v if x.foreign is not None]
 
     def med(name: str, part: str) -> float:
-        return statistics.median(getattr(x, part) for x in times[name])
+        return float(statistics.median(getattr(x, part) for x in times[name]))
 
     lines = [
         "# Prepaid credits: the cost of drawing in the atomic step",

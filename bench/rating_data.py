@@ -26,8 +26,8 @@ from tollway.metering.ledger import UsageEvent
 from tollway.metering.ledger.flows import Flow
 
 
-def _us(*args: int) -> int:
-    return int(datetime(*args, tzinfo=timezone.utc).timestamp()) * 1_000_000  # type: ignore[misc]
+def _us(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=timezone.utc).timestamp()) * 10**6
 
 
 START = _us(2026, 1, 1)
