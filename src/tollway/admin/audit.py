@@ -96,6 +96,7 @@ class VerifyReport:
     """Records checked (all of them when ``ok``)."""
     first_bad_seq: int | None = None
     reason: str = ""
+    """Why ``first_bad_seq`` is bad (the seq itself is not repeated in it)."""
     head_seq: int = 0
     head_hash: str = GENESIS
     """The head as found: keep it elsewhere to detect a rewrite of the whole chain later."""
@@ -254,7 +255,7 @@ def verify_flow(dialect: Dialect) -> Flow[VerifyReport]:
             False,
             checked,
             head_seq,
-            f"seq {head_seq}: its hash is not the head's; the record or the head was edited",
+            "its hash is not the head's; the record or the head was edited",
             head_seq,
             head_hash,
         )
@@ -262,13 +263,13 @@ def verify_flow(dialect: Dialect) -> Flow[VerifyReport]:
 
 
 def _problem(record: AuditRecord, expected: int, prev: str) -> str | None:
+    """What is wrong with the record found where seq ``expected`` should be (None: nothing)."""
     if record.seq != expected:
-        missing = f"{expected}" if record.seq == expected + 1 else f"{expected}..{record.seq - 1}"
-        return f"seq {missing} missing: the record(s) were deleted (next is seq {record.seq})"
+        return f"missing: deleted (the next record is seq {record.seq})"
     if record.prev_hash != prev:
-        return f"seq {expected}: prev_hash does not link to seq {expected - 1}'s hash"
+        return f"prev_hash does not link to seq {expected - 1}'s hash"
     if record_hash(_fields(record)) != record.hash:
-        return f"seq {expected}: its content does not match its hash; the record was edited"
+        return "its content does not match its hash; the record was edited"
     return None
 
 
