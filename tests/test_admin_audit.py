@@ -13,7 +13,15 @@ import pytest
 
 from admin_support import ROOT, raw
 from processes import run_together
-from tollway.admin.audit import GENESIS, JSON_MAX, append_flow, canonical, record_hash
+from tollway.admin.audit import (
+    GENESIS,
+    JSON_MAX,
+    append_flow,
+    audit_flow,
+    canonical,
+    record_hash,
+)
+from tollway.admin.roles import Principal
 from tollway.admin.store import AdminStore
 from tollway.metering.ledger import open_ledger
 from tollway.metering.ledger.flows import Flow
@@ -250,3 +258,39 @@ def test_four_processes_appending_at_once_keep_one_chain(billing_ledger_url: str
         assert seqs == list(range(4 * per, 0, -1))
         targets = {r.target for r in admin.audit_log(limit=1000)}
         assert targets == {f"w{w}:{i}" for w in range(4) for i in range(per)}
+
+
+def test_hostile_text_is_kept_safely_on_every_database(billing_ledger_url: str) -> None:
+    """A NUL (PostgreSQL's text refuses it) or a lone surrogate (no UTF-8 for it) in any field
+    is escaped, never failing the change, and the chain still verifies."""
+    admin = fill(billing_ledger_url, 0)
+    try:
+        nasty = "a\x00b\ud800c'; DROP TABLE admin_audit; --"
+        record = admin.audit(
+            ROOT,
+            "subjects.reset",
+            nasty,
+            before={nasty: nasty},
+            after=[nasty],
+            request_id=nasty,
+            client=nasty,
+        )
+        assert "\x00" not in record.target and "\\x00" in record.target
+        assert record.target.encode()  # encodable: no lone surrogate left
+        assert json.loads(record.before) == {nasty: nasty}  # JSON keeps it exactly, escaped
+        stored = admin.audit_log()[0]
+        assert stored == record
+        assert admin.verify().ok
+    finally:
+        admin.ledger.close()
+
+
+def test_a_principal_is_recorded_as_the_actor(billing_ledger_url: str) -> None:
+    who = Principal(token_id="adm_00000000000000aa", name="desk", role="support", scope="acme:")
+    with open_ledger(billing_ledger_url) as ledger:
+        record = ledger.transact(
+            lambda: audit_flow(ledger.dialect, who, "subjects.reset", "acme:1", at_us=5)
+        )
+        assert (record.actor_id, record.actor_name) == (who.token_id, "desk")
+        assert record.role == "support"
+        assert (record.at_us, record.before, record.after) == (5, "null", "null")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tollway.admin.roles import Principal
 from tollway.metering.ledger.flows import Flow, Query
 from tollway.metering.ledger.outbox import Dialect
 
@@ -33,6 +34,7 @@ __all__ = [
     "AuditRecord",
     "VerifyReport",
     "append_flow",
+    "audit_flow",
     "canonical",
     "read_flow",
     "record_hash",
@@ -103,8 +105,9 @@ class VerifyReport:
 
 
 def canonical(value: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, UTF-8 as is; what is not JSON becomes its str."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Canonical JSON: sorted keys, no spaces, ASCII only (a NUL or a lone surrogate becomes an
+    escape, so every database takes it and it always encodes); what is not JSON, its str."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def bounded_json(value: Any) -> str:
@@ -121,7 +124,9 @@ def bounded_json(value: Any) -> str:
 
 
 def _cut(field: str, value: object) -> str:
+    """A text field within its bound, as text any database keeps (no NUL, no lone surrogate)."""
     text = value if isinstance(value, str) else str(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
     most = TEXT_MAX[field]
     return text if len(text) <= most else text[: most - 1] + "…"
 
@@ -194,6 +199,36 @@ def append_flow(
     yield Query(
         f"UPDATE admin_audit_head SET seq = {p}, hash = {p} WHERE id = 1",
         (record.seq, record.hash),
+    )
+    return record
+
+
+def audit_flow(
+    dialect: Dialect,
+    actor: Principal,
+    action: str,
+    target: str,
+    *,
+    at_us: int,
+    before: Any = None,
+    after: Any = None,
+    request_id: str = "",
+    client: str = "",
+) -> Flow[AuditRecord]:
+    """`append_flow` for a change made by ``actor``: what a mutation's flow runs with
+    ``yield from audit_flow(dialect, principal, "subjects.assign", subject, ...)``."""
+    record: AuditRecord = yield from append_flow(
+        dialect,
+        at_us=at_us,
+        actor_id=actor.token_id,
+        actor_name=actor.name,
+        role=actor.role,
+        action=action,
+        target=target,
+        before=before,
+        after=after,
+        request_id=request_id,
+        client=client,
     )
     return record
 

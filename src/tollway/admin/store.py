@@ -100,14 +100,12 @@ class AdminStore:
         """Append one audit record in a transaction of its own."""
         led, now = self.ledger, self.clock()
         return led.transact(
-            lambda: audit.append_flow(
+            lambda: audit.audit_flow(
                 led.dialect,
+                actor,
+                action,
+                target,
                 at_us=now,
-                actor_id=actor.token_id,
-                actor_name=actor.name,
-                role=actor.role,
-                action=action,
-                target=target,
                 before=before,
                 after=after,
                 request_id=request_id,
@@ -199,14 +197,12 @@ class AsyncAdminStore:
         """See `AdminStore.audit`."""
         led, now = self.ledger, self.clock()
         return await led.transact(
-            lambda: audit.append_flow(
+            lambda: audit.audit_flow(
                 led.dialect,
+                actor,
+                action,
+                target,
                 at_us=now,
-                actor_id=actor.token_id,
-                actor_name=actor.name,
-                role=actor.role,
-                action=action,
-                target=target,
                 before=before,
                 after=after,
                 request_id=request_id,

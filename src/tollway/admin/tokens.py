@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
-from tollway.admin.audit import append_flow
+from tollway.admin.audit import audit_flow
 from tollway.admin.roles import Principal, check_role, check_scope
 from tollway.clock import US
 from tollway.errors import InvalidArgumentError, UnauthorizedError, UnknownTokenError
@@ -162,14 +162,12 @@ def create_flow(
         f"INSERT INTO admin_tokens (token_hash, {_COLS}) VALUES ({', '.join([p] * 10)})",
         (token_hash(raw), *_row(info)),
     )
-    yield from append_flow(
+    yield from audit_flow(
         dialect,
+        actor,
+        "tokens.create",
+        info.id,
         at_us=now_us,
-        actor_id=actor.token_id,
-        actor_name=actor.name,
-        role=actor.role,
-        action="tokens.create",
-        target=info.id,
         before=None,
         after=info.to_dict(),
         request_id=request_id,
@@ -243,14 +241,12 @@ def revoke_flow(
         f"UPDATE admin_tokens SET revoked_at_us = {p} WHERE id = {p}", (int(now_us), token_id)
     )
     after = replace(before, revoked_at_us=int(now_us))
-    yield from append_flow(
+    yield from audit_flow(
         dialect,
+        actor,
+        "tokens.revoke",
+        token_id,
         at_us=now_us,
-        actor_id=actor.token_id,
-        actor_name=actor.name,
-        role=actor.role,
-        action="tokens.revoke",
-        target=token_id,
         before=before.to_dict(),
         after=after.to_dict(),
         request_id=request_id,
