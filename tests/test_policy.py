@@ -782,7 +782,7 @@ def test_unknown_section_lists_the_allowed_ones() -> None:
     message = issue_at({"plan": {}}, "plan")
     assert message == (
         'unknown section "plan"; expected one of store, defaults, operations, plans, '
-        'providers, routes, ledger, hooks, keys, billing, coupons (did you mean "plans"?)'
+        'providers, routes, ledger, hooks, keys, billing, coupons, admin (did you mean "plans"?)'
     )
 
 

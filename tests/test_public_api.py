@@ -121,6 +121,10 @@ def test_all_is_pinned_and_importable() -> None:
 
 
 ERRORS = {
+    "AdminError",
+    "ForbiddenError",
+    "UnauthorizedError",
+    "UnknownTokenError",
     "BillingError",
     "CacheError",
     "CouponError",

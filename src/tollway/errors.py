@@ -11,11 +11,13 @@ if TYPE_CHECKING:
     from tollway.outbound.signals import Signal
 
 __all__ = [
+    "AdminError",
     "BillingError",
     "CacheError",
     "CouponError",
     "ConfigurationError",
     "EventFormatError",
+    "ForbiddenError",
     "GrantConflictError",
     "InvalidArgumentError",
     "InvoiceError",
@@ -38,7 +40,9 @@ __all__ = [
     "UnknownNameError",
     "UnknownOperationError",
     "UnknownPlanError",
+    "UnauthorizedError",
     "UnknownSubjectError",
+    "UnknownTokenError",
     "WebhookVerificationError",
 ]
 
@@ -240,3 +244,24 @@ class CouponError(BillingError, ValueError):
 
 class InvoiceError(BillingError):
     """An invoice or credit note that does not exist or cannot take the change asked."""
+
+
+class AdminError(TollwayError):
+    """The control plane (`tollway.admin`) refused a request: who asks, or what they may do."""
+
+
+class UnauthorizedError(AdminError):
+    """No valid admin token: malformed, unknown, revoked or expired (`reason` says which)."""
+
+    def __init__(self, message: str, reason: str = "unknown") -> None:
+        super().__init__(message)
+        self.reason = reason
+        """``malformed``, ``unknown``, ``revoked`` or ``expired``."""
+
+
+class ForbiddenError(AdminError):
+    """A valid admin token whose role or subject scope does not allow the action."""
+
+
+class UnknownTokenError(AdminError, UnknownNameError):
+    """No admin token has that id."""

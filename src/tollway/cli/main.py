@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
 from tollway import __version__
+from tollway.cli import admin as admin_cli
 from tollway.cli import billing as billing_cli
 from tollway.cli import commands, keys
 from tollway.cli import demo as demo_cli
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile_cli.register(sub, add)
     hooks_cli.register(sub, add)
     billing_cli.register(sub, add)
+    admin_cli.register(sub, add)
     return parser
 
 

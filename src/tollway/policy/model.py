@@ -334,6 +334,23 @@ class KeysConfig:
     (``failed_attempts = false``): not limited."""
 
 
+_SUPPORT_GRANT_MAX = Money(50_000_000, "USD")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The control plane's settings (``[admin]``; `tollway.admin`)."""
+
+    support_grant_max: Money = _SUPPORT_GRANT_MAX
+    """The largest credit grant a ``support`` token may make at once."""
+    token_ttl_s: int = 90 * 86_400
+    """How long a new admin token lives unless its creator says otherwise."""
+    rate: Rate = Rate(20, 1_000_000, "20/s")
+    """The admin API's rate per token (the server limits itself with tollway)."""
+    sessions_ttl_s: int = 12 * 3600
+    """How long a dashboard login lasts."""
+
+
 HookAggregate = Literal["none", "minute", "hour"]
 HookKind = Literal["url", "callable", "stream"]
 
@@ -390,6 +407,8 @@ class Policy:
     billing: BillingConfig | None = None
     """``[billing]``; None when the policy has no such section (no invoicing)."""
     coupons: Mapping[str, Coupon] = field(default_factory=dict)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    """``[admin]``: the control plane's token lifetime, support grant cap and rate."""
     source: str | None = None
     """The file the policy was loaded from, if any."""
     version: str = ""

@@ -18,6 +18,7 @@ from typing import cast
 
 from tollway.errors import PolicyError
 from tollway.policy import fields, pricing
+from tollway.policy.admin import parse_admin
 from tollway.policy.billing import PLAN_BILLING_KEYS, parse_billing, parse_coupons, plan_billing
 from tollway.policy.fields import quoted, show, text
 from tollway.policy.hooks import parse_hooks
@@ -51,6 +52,7 @@ SECTIONS = (
     "keys",
     "billing",
     "coupons",
+    "admin",
 )
 LEDGER_KEYS = (
     "url",
@@ -129,6 +131,7 @@ def _policy(w: Walker, document: object) -> Policy:
         keys=_keys(w, doc),
         billing=billing,
         coupons=MappingProxyType(parse_coupons(w, doc, billing)),
+        admin=parse_admin(w, doc),
     )
 
 

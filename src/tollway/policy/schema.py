@@ -94,6 +94,7 @@ def policy_schema() -> Schema:
             },
             "billing": _billing(),
             "coupons": _named("coupon", "Discount codes subjects may redeem, by code."),
+            "admin": _admin(),
         },
         "$defs": _defs(),
     }
@@ -403,6 +404,20 @@ def _billing() -> Schema:
             "items": {"$ref": "#/$defs/name"},
             "description": "Meters charged besides the operations (names recorded events use).",
         },
+    )
+
+
+def _admin() -> Schema:
+    span = "^[0-9]{1,7}(s|m|h|d)$"
+    return _object(
+        "The control plane (tollway serve, tollway admin): admin tokens, sessions, its rate.",
+        support_grant_max=_pattern(
+            fields.MONEY_PATTERN,
+            'The largest credit grant a support token may make at once. Default: "50.00 USD".',
+        ),
+        token_ttl=_pattern(span, 'A new admin token\'s lifetime, 1s to 3650d. Default: "90d".'),
+        rate=_pattern(fields.RATE_PATTERN, 'The admin API\'s rate per token. Default: "20/s".'),
+        sessions_ttl=_pattern(span, 'How long a dashboard login lasts. Default: "12h".'),
     )
 
 

@@ -284,6 +284,49 @@ CREATE INDEX usage_events_rating ON usage_events (
 )
 """
 
+# Migration 5: the control plane (`tollway.admin`). Admin tokens are kept as the sha256 of the
+# raw token only (found by it: a unique index), with role, subject scope and lifetime. The
+# audit log is append-only and hash-chained: each row's hash covers its fields and the hash
+# before it; admin_audit_head (one row) holds the last seq and hash, updated in the appending
+# transaction, so deleting rows from the end is seen too. Before/after are canonical JSON text,
+# not jsonb, so the bytes hashed are the bytes kept. The same text for both dialects.
+_ADMIN_TABLES = """
+CREATE TABLE admin_tokens (
+    id              TEXT    NOT NULL PRIMARY KEY,
+    token_hash      TEXT    NOT NULL UNIQUE,
+    name            TEXT    NOT NULL,
+    role            TEXT    NOT NULL,
+    scope           TEXT,
+    created_at_us   BIGINT  NOT NULL,
+    expires_at_us   BIGINT,
+    revoked_at_us   BIGINT,
+    last_used_at_us BIGINT,
+    created_by      TEXT    NOT NULL
+);
+CREATE TABLE admin_audit (
+    seq             BIGINT  NOT NULL PRIMARY KEY,
+    at_us           BIGINT  NOT NULL,
+    actor_id        TEXT    NOT NULL,
+    actor_name      TEXT    NOT NULL,
+    role            TEXT    NOT NULL,
+    action          TEXT    NOT NULL,
+    target          TEXT    NOT NULL,
+    before_json     TEXT    NOT NULL,
+    after_json      TEXT    NOT NULL,
+    request_id      TEXT    NOT NULL,
+    client          TEXT    NOT NULL,
+    prev_hash       TEXT    NOT NULL,
+    hash            TEXT    NOT NULL
+);
+CREATE TABLE admin_audit_head (
+    id              INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    seq             BIGINT  NOT NULL,
+    hash            TEXT    NOT NULL
+);
+INSERT INTO admin_audit_head (id, seq, hash)
+    VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000')
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage_events, unique on id, indexed by subject and time", _SQLITE_1, _POSTGRES_1),
     Migration(
@@ -300,6 +343,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4, "rating: usage_events in group order, covering the aggregate (SQLite)", _SQLITE_4, ""
+    ),
+    Migration(
+        5,
+        "admin: admin_tokens (hashed), admin_audit hash-chained with admin_audit_head",
+        _ADMIN_TABLES,
+        _ADMIN_TABLES,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
