@@ -10,8 +10,9 @@ Content-Security-Policy and no-store caching.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -68,7 +69,17 @@ class Admin:
         self.tw = tw
         self.access = access
         self.routes = tuple(routes)
-        self._app = Starlette(routes=self._starlette_routes())
+        self._app = Starlette(routes=self._starlette_routes(), lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            close = getattr(self.access, "close", None)
+            if callable(close):
+                close()
+            await self.tw.aclose()
 
     # -- what handlers ask of the application ------------------------------------------------
 
@@ -139,7 +150,10 @@ def _problem(exc: BaseException) -> Response:
     if isinstance(exc, KeyError):  # a lookup the error tree raises as KeyError too
         return problem_response(404, str(exc.args[0]) if exc.args else "not found")
     status = status_of(exc)
-    headers = {"WWW-Authenticate": 'Bearer realm="tollway"'} if status == 401 else None
+    headers = {"WWW-Authenticate": 'Bearer realm="tollway"'} if status == 401 else {}
+    wait = getattr(exc, "retry_after", None)
+    if status == 429 and isinstance(wait, int):
+        headers["Retry-After"] = str(wait)
     detail = str(exc) if status < 500 else "an internal error; see the server's log"
     return problem_response(status, detail, headers=headers)
 

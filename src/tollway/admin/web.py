@@ -24,13 +24,16 @@ from tollway.errors import (
     BillingError,
     ConfigurationError,
     CouponError,
+    ForbiddenError,
     GrantConflictError,
     InvalidArgumentError,
     InvoiceError,
     PolicyError,
     TollwayError,
     TrialUsedError,
+    UnauthorizedError,
     UnknownLimitError,
+    UnknownNameError,
     UnknownPlanError,
 )
 from tollway.http.problem import problem
@@ -62,8 +65,11 @@ class BadRequest(TollwayError):
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (BadRequest, 400),  # replaced by its own status
+    (UnauthorizedError, 401),
+    (ForbiddenError, 403),
     (UnknownPlanError, 422),
     (UnknownLimitError, 422),
+    (UnknownNameError, 404),
     (TrialUsedError, 409),
     (GrantConflictError, 409),
     (CouponError, 409),

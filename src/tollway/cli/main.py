@@ -16,6 +16,7 @@ from tollway.cli import demo as demo_cli
 from tollway.cli import geocode as geocode_cli
 from tollway.cli import hooks as hooks_cli
 from tollway.cli import reconcile as reconcile_cli
+from tollway.cli import serve as serve_cli
 from tollway.cli import worker as worker_cli
 from tollway.cli.output import PROG, error
 from tollway.errors import PolicyError, StoreError, TollwayError
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     hooks_cli.register(sub, add)
     billing_cli.register(sub, add)
     admin_cli.register(sub, add)
+    serve_cli.register(sub, add)
     return parser
 
 

@@ -1,0 +1,237 @@
+"""`tollway serve` end to end: the real command in a subprocess on loopback, a real Redis store
+shared with the test's own `Tollway`, a SQLite ledger, admin tokens made by `tollway admin
+token create`, and httpx as the client. The admin API's paths, problem+json errors, the RBAC
+matrix of every route and every role, scoped tokens, the audit log, and bad input that changes
+nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from http_support import free_port
+from metering_e2e_support import to_toml
+from tollway import Tollway
+from tollway.admin import control, subjects
+from tollway.admin.roles import PERMISSIONS, ROLES
+from tollway.admin.store import AdminStore
+from tollway.cli.admin import cli_principal
+from tollway.metering.ledger import open_ledger
+
+ROLE_NAMES = ROLES
+
+
+def policy(redis_url: str, ledger: Path) -> dict[str, Any]:
+    return {
+        "store": {"url": redis_url},
+        "ledger": {"url": f"sqlite:///{ledger}"},
+        "defaults": {"plan": "free"},
+        "operations": {"search": {"price": "0.01 USD"}},
+        "billing": {"currency": "USD"},
+        "admin": {"support_grant_max": "5.00 USD", "rate": "1000/s"},
+        "plans": {
+            "free": {"limits": [{"name": "hourly", "quota": "100/hour"}]},
+            "pro": {
+                "limits": [
+                    {"name": "hourly", "quota": "1000/hour"},
+                    {"name": "wallet", "credits": "USD"},
+                ]
+            },
+        },
+    }
+
+
+def tollway(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tollway", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+class Server:
+    def __init__(self, base: str, tokens: dict[str, str], config: Path, redis_url: str) -> None:
+        self.base = base
+        self.tokens = tokens
+        self.config = config
+        self.redis_url = redis_url
+
+    def call(self, method: str, path: str, role: str | None, **kw: Any) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}))
+        if role is not None:
+            headers["Authorization"] = f"Bearer {self.tokens[role]}"
+        return httpx.request(method, self.base + path, headers=headers, timeout=10, **kw)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("serve")
+    config = folder / "tollway.toml"
+    config.write_text(to_toml(policy(redis_url, folder / "ledger.db")), encoding="utf-8")
+    # One token by the documented command (its raw value alone on the last line), the rest
+    # through the same store the command uses.
+    made = tollway("admin", "token", "create", "--role", "viewer", "--name", "t-viewer",
+                   "--config", str(config))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    tokens = {"viewer": made.stdout.strip().splitlines()[-1]}
+    with open_ledger(f"sqlite:///{folder / 'ledger.db'}") as ledger:
+        store = AdminStore(ledger)
+        for role in ROLE_NAMES[1:]:
+            tokens[role] = store.create_token(
+                name=f"t-{role}", role=role, actor=cli_principal(), ttl_s=3600
+            ).raw
+        tokens["scoped"] = store.create_token(
+            name="t-scoped", role="support", scope="acme:", actor=cli_principal(), ttl_s=3600
+        ).raw
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tollway", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "tollway serve did not start"
+            time.sleep(0.05)  # polls the server, with a deadline
+        yield Server(base, tokens, config, redis_url)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_subjects_standing_plan_and_reset(server: Server) -> None:
+    document = policy(server.redis_url, Path("/unused"))
+    document["ledger"] = {"url": f"sqlite:///{server.config.parent / 'ledger.db'}"}
+    with Tollway(document) as tw:
+        for _ in range(3):
+            tw.acquire("srv-a1", "search")
+    got = server.call("GET", "/v1/subjects/srv-a1", "viewer")
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["subject"] == "srv-a1" and body["plan"] == "free"
+    (hourly,) = body["limits"]
+    assert (hourly["name"], hourly["kind"], hourly["limit"], hourly["used"]) == (
+        "hourly",
+        "quota",
+        100,
+        3,
+    )
+    assert hourly["remaining"] == 97 and hourly["reset_after"] > 0
+    put = server.call("PUT", "/v1/subjects/srv-a1/plan", "operator", json={"plan": "pro"})
+    assert put.status_code == 200 and put.json()["plan"] == "pro"
+    assert server.call("GET", "/v1/subjects/srv-a1", "viewer").json()["plan"] == "pro"
+    reset = server.call("POST", "/v1/subjects/srv-a1/reset", "support", json={"limit": "hourly"})
+    assert reset.status_code == 200 and reset.json()["cleared"] == 1
+    audit = server.call("GET", "/v1/audit?limit=5", "operator").json()["records"]
+    assert [r["action"] for r in audit[:2]] == ["subjects.reset", "subjects.assign"]
+    assert audit[1]["before"] == {"plan": "free"} and audit[1]["after"] == {"plan": "pro"}
+    assert audit[1]["actor"]["role"] == "operator" and audit[1]["target"] == "srv-a1"
+    verify = tollway("audit", "verify", "--config", str(server.config))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_errors_are_problems_and_change_nothing(server: Server) -> None:
+    none = server.call("GET", "/v1/subjects/srv-a2", None)
+    assert none.status_code == 401 and none.headers["content-type"] == "application/problem+json"
+    assert none.json()["status"] == 401 and "Bearer" in none.headers["www-authenticate"]
+    bad = server.call(
+        "GET", "/v1/subjects/srv-a2", None, headers={"Authorization": "Bearer x" * 2000}
+    )
+    assert bad.status_code == 401
+    wrong = server.call("PUT", "/v1/subjects/srv-a2/plan", "viewer", json={"plan": "pro"})
+    assert wrong.status_code == 403 and "subjects.assign" in wrong.json()["detail"]
+    unknown = server.call("PUT", "/v1/subjects/srv-a2/plan", "operator", json={"plan": "gold"})
+    assert unknown.status_code == 422 and "gold" in unknown.json()["detail"]
+    huge = server.call(
+        "PUT", "/v1/subjects/srv-a2/plan", "operator", content=b"{" + b" " * (10 * 1024 * 1024)
+    )
+    assert huge.status_code == 413
+    garbled = server.call(
+        "PUT", "/v1/subjects/srv-a2/plan", "operator", content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert garbled.status_code == 400
+    too_much = server.call(
+        "POST", "/v1/subjects/srv-a2/credits", "support", json={"amount": "5.01"}
+    )
+    assert too_much.status_code == 403 and "5.00" in too_much.json()["detail"]
+    outside = server.call("GET", "/v1/subjects/other:1", "scoped")
+    assert outside.status_code == 403
+    inside = server.call("GET", "/v1/subjects/acme%3A1", "scoped")
+    assert inside.status_code == 200 and inside.json()["subject"] == "acme:1"
+    assert server.call("GET", "/v1/subjects/srv-a2", "viewer").json()["plan"] == "free"
+    assert server.call("GET", "/v1/audit", "operator").json()["records"][0]["action"] != (
+        "subjects.assign"
+    )
+
+
+def test_a_subject_with_a_slash_is_one_path_segment(server: Server) -> None:
+    got = server.call("GET", "/v1/subjects/team%2Falpha", "viewer")
+    assert got.status_code == 200 and got.json()["subject"] == "team/alpha"
+    literal = server.call("GET", "/v1/subjects/team%252Falpha", "viewer")
+    assert literal.json()["subject"] == "team%2Falpha"  # decoded once: injective
+
+
+def test_grants_and_the_openapi_document(server: Server) -> None:
+    grant = server.call(
+        "POST", "/v1/subjects/srv-a3/credits", "billing",
+        json={"amount": "12.50", "id": "g-1"},
+    )  # fmt: skip
+    assert grant.status_code == 201, grant.text
+    assert grant.json()["balance"] == "12.50"
+    again = server.call(
+        "POST", "/v1/subjects/srv-a3/credits", "billing", json={"amount": "12.50", "id": "g-1"}
+    )
+    assert again.json()["balance"] == "12.50"  # idempotent on the grant id
+    doc = httpx.get(server.base + "/openapi.json", timeout=10).json()
+    assert doc["openapi"] == "3.1.0"
+    assert {"/v1/subjects/{subject}", "/v1/subjects/{subject}/plan", "/v1/audit"} <= set(
+        doc["paths"]
+    )
+
+
+# -- the RBAC matrix: every route, every role ---------------------------------------------------
+
+
+ROUTES = (*subjects.ROUTES, *control.ROUTES)
+SAMPLE_BODY = {
+    "subjects.assign": {"plan": "pro"},
+    "subjects.reset": {},
+    "credits.grant": {"amount": "1.00"},
+    "tokens.write": {"name": "made-by-test", "role": "viewer"},
+}
+
+
+def test_every_route_answers_every_role_as_the_matrix_says(server: Server) -> None:
+    checked = 0
+    for route in ROUTES:
+        path = route.path.replace("{subject}", "srv-m").replace("{token}", "nope")
+        for role in ROLE_NAMES:
+            body = SAMPLE_BODY.get(route.action) if route.method != "GET" else None
+            got = server.call(route.method, path, role, json=body)
+            expected_allowed = role in PERMISSIONS[route.action]
+            assert (got.status_code != 403) == expected_allowed, (
+                route.method, route.path, role, got.status_code, got.text,
+            )  # fmt: skip
+            checked += 1
+    assert checked == len(ROUTES) * len(ROLE_NAMES)
