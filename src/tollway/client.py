@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from tollway.outbound.router import AsyncRoute, Route
 
 PolicySource = Policy | Mapping[str, Any] | str | os.PathLike[str]
+Observer = Callable[[Decision, float], None]
+"""Called after each `acquire` with its decision and the seconds the call took (e.g.
+`tollway.metrics.Metrics.observer`); it must not raise."""
 
 
 def _policy(source: PolicySource) -> Policy:
@@ -68,8 +72,10 @@ class _Face(Generic[S, D]):
         store: str | S | None = None,
         *,
         clock: Callable[[], int] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._engine = Engine(_policy(policy), clock)
+        self._observer = observer
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
         self._ledger_lock = threading.Lock()
@@ -92,8 +98,9 @@ class _Face(Generic[S, D]):
         store: str | None = None,
         *,
         clock: Callable[[], int] | None = None,
+        observer: Observer | None = None,
     ) -> F:
-        return cls(load(Path(path)), store, clock=clock)
+        return cls(load(Path(path)), store, clock=clock, observer=observer)
 
     @property
     def store(self) -> S:
@@ -287,7 +294,8 @@ class Tollway(_Face[SyncStore, Driver]):
     ``Tollway(policy, store="redis://127.0.0.1:6379/0")``; ``policy`` is a `Policy`, a dict
     shaped like the policy file, or a path to a TOML/YAML file. The store defaults to the
     policy's ``[store] url``. ``clock`` (microseconds since the epoch) drives the memory store
-    and is how tests avoid sleeping.
+    and is how tests avoid sleeping. ``observer`` (optional) is called after each `acquire`
+    with the decision and the seconds it took (`tollway.metrics`).
     """
 
     def _open(self, spec: str | SyncStore | None) -> SyncStore:
@@ -314,8 +322,10 @@ class Tollway(_Face[SyncStore, Driver]):
         at most ``[ledger] max_repeats`` times (then ``refused == "repeats"``); another cost
         or amount is refused (``"conflict"``). ``attributes`` travel with the usage event."""
         # The common case makes no generator: one store call, then the decision (see
-        # `flows.acquire_step`); anything else is the shared flow's.
-        engine, store = self._engine, self._store
+        # `flows.acquire_step`); anything else is the shared flow's. Without an observer the
+        # clock is not read.
+        engine, store, observer = self._engine, self._store, self._observer
+        started = time.perf_counter() if observer is not None else 0.0
         step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
         outcome: Reply | StoreUnavailableError
         try:
@@ -325,11 +335,16 @@ class Tollway(_Face[SyncStore, Driver]):
         else:
             decision = flows.acquire_answered(engine, step, answer)
             if decision is not None:
+                if observer is not None:
+                    observer(decision, time.perf_counter() - started)
                 return decision
         rest = flows.acquire_rest(
             engine, step, outcome, subject, operation, cost, amount, id, attributes
         )
-        return drive(rest, store)
+        decision = drive(rest, store)
+        if observer is not None:
+            observer(decision, time.perf_counter() - started)
+        return decision
 
     def reserve(
         self,
@@ -425,7 +440,7 @@ class Tollway(_Face[SyncStore, Driver]):
 
 class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
     """Fair-usage control, asyncio face: the same flows, awaited store calls
-    (``AsyncTollway(policy, store=None, *, clock=None)``, as `Tollway`)."""
+    (``AsyncTollway(policy, store=None, *, clock=None, observer=None)``, as `Tollway`)."""
 
     def _open(self, spec: str | AsyncStore | None) -> AsyncStore:
         return open_async_store(spec, self.policy, self._engine.clock)
@@ -444,7 +459,9 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         attributes: Mapping[str, str | int | bool] | None = None,
     ) -> Decision:
         """See `Tollway.acquire`."""
-        engine, store = self._engine, self._store  # the hot path of `Tollway.acquire`
+        # The hot path of `Tollway.acquire`.
+        engine, store, observer = self._engine, self._store, self._observer
+        started = time.perf_counter() if observer is not None else 0.0
         step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
         outcome: Reply | StoreUnavailableError
         try:
@@ -454,11 +471,16 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         else:
             decision = flows.acquire_answered(engine, step, answer)
             if decision is not None:
+                if observer is not None:
+                    observer(decision, time.perf_counter() - started)
                 return decision
         rest = flows.acquire_rest(
             engine, step, outcome, subject, operation, cost, amount, id, attributes
         )
-        return await drive_async(rest, store)
+        decision = await drive_async(rest, store)
+        if observer is not None:
+            observer(decision, time.perf_counter() - started)
+        return decision
 
     async def reserve(
         self,
