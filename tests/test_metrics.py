@@ -510,3 +510,19 @@ def test_tollway_imports_without_prometheus_client() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'tollway[metrics]'" in done.stdout
+
+
+def test_without_an_observer_acquire_is_the_plain_method() -> None:
+    seen: list[tuple[str, float]] = []
+    with (
+        Tollway(POLICY, clock=FakeClock(START)) as plain,
+        Tollway(
+            POLICY, clock=FakeClock(START), observer=lambda d, s: seen.append((d.subject, s))
+        ) as observed,
+    ):
+        assert plain.acquire.__func__ is Tollway.acquire  # type: ignore[attr-defined]
+        assert observed.acquire.__doc__ == Tollway.acquire.__doc__
+        decision = observed.acquire("acct", "geocode", 2, id="req-1", attributes={"k": "v"})
+        assert decision.allowed and decision.cost == 2
+    assert [subject for subject, _ in seen] == ["acct"]
+    assert 0 <= seen[0][1] < 5

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -75,7 +76,6 @@ class _Face(Generic[S, D]):
         observer: Observer | None = None,
     ) -> None:
         self._engine = Engine(_policy(policy), clock)
-        self._observer = observer
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
         self._ledger_lock = threading.Lock()
@@ -84,6 +84,13 @@ class _Face(Generic[S, D]):
         self._store: S = self._open(store)
         self._driver: D = self._driven(self._store)
         self._start_drain(self._store)
+        if observer is not None:
+            # Only an observed face wraps its acquire: without one, `acquire` is the very same
+            # code as before (nothing checked, no clock read).
+            self._observe(observer)
+
+    def _observe(self, observer: Observer) -> None:
+        raise NotImplementedError
 
     def _open(self, spec: str | S | None) -> S:
         raise NotImplementedError
@@ -295,7 +302,7 @@ class Tollway(_Face[SyncStore, Driver]):
     shaped like the policy file, or a path to a TOML/YAML file. The store defaults to the
     policy's ``[store] url``. ``clock`` (microseconds since the epoch) drives the memory store
     and is how tests avoid sleeping. ``observer`` (optional) is called after each `acquire`
-    with the decision and the seconds it took (`tollway.metrics`).
+    with the decision and the seconds it took (see `tollway.metrics`).
     """
 
     def _open(self, spec: str | SyncStore | None) -> SyncStore:
@@ -303,6 +310,20 @@ class Tollway(_Face[SyncStore, Driver]):
 
     def _driven(self, store: SyncStore) -> Driver:
         return Driver(self._engine, store)
+
+    def _observe(self, observer: Observer) -> None:
+        plain = self.acquire
+
+        @functools.wraps(plain)
+        def acquire(
+            subject: str, operation: str, cost: int | None = None, **options: Any
+        ) -> Decision:
+            started = time.perf_counter()
+            decision = plain(subject, operation, cost, **options)
+            observer(decision, time.perf_counter() - started)
+            return decision
+
+        self.acquire = acquire  # type: ignore[method-assign]
 
     def acquire(
         self,
@@ -322,10 +343,8 @@ class Tollway(_Face[SyncStore, Driver]):
         at most ``[ledger] max_repeats`` times (then ``refused == "repeats"``); another cost
         or amount is refused (``"conflict"``). ``attributes`` travel with the usage event."""
         # The common case makes no generator: one store call, then the decision (see
-        # `flows.acquire_step`); anything else is the shared flow's. Without an observer the
-        # clock is not read.
-        engine, store, observer = self._engine, self._store, self._observer
-        started = time.perf_counter() if observer is not None else 0.0
+        # `flows.acquire_step`); anything else is the shared flow's.
+        engine, store = self._engine, self._store
         step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
         outcome: Reply | StoreUnavailableError
         try:
@@ -335,16 +354,11 @@ class Tollway(_Face[SyncStore, Driver]):
         else:
             decision = flows.acquire_answered(engine, step, answer)
             if decision is not None:
-                if observer is not None:
-                    observer(decision, time.perf_counter() - started)
                 return decision
         rest = flows.acquire_rest(
             engine, step, outcome, subject, operation, cost, amount, id, attributes
         )
-        decision = drive(rest, store)
-        if observer is not None:
-            observer(decision, time.perf_counter() - started)
-        return decision
+        return drive(rest, store)
 
     def reserve(
         self,
@@ -448,6 +462,20 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
     def _driven(self, store: AsyncStore) -> AsyncDriver:
         return AsyncDriver(self._engine, store)
 
+    def _observe(self, observer: Observer) -> None:
+        plain = self.acquire
+
+        @functools.wraps(plain)
+        async def acquire(
+            subject: str, operation: str, cost: int | None = None, **options: Any
+        ) -> Decision:
+            started = time.perf_counter()
+            decision = await plain(subject, operation, cost, **options)
+            observer(decision, time.perf_counter() - started)
+            return decision
+
+        self.acquire = acquire  # type: ignore[method-assign]
+
     async def acquire(
         self,
         subject: str,
@@ -459,9 +487,7 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         attributes: Mapping[str, str | int | bool] | None = None,
     ) -> Decision:
         """See `Tollway.acquire`."""
-        # The hot path of `Tollway.acquire`.
-        engine, store, observer = self._engine, self._store, self._observer
-        started = time.perf_counter() if observer is not None else 0.0
+        engine, store = self._engine, self._store  # the hot path of `Tollway.acquire`
         step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
         outcome: Reply | StoreUnavailableError
         try:
@@ -471,16 +497,11 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         else:
             decision = flows.acquire_answered(engine, step, answer)
             if decision is not None:
-                if observer is not None:
-                    observer(decision, time.perf_counter() - started)
                 return decision
         rest = flows.acquire_rest(
             engine, step, outcome, subject, operation, cost, amount, id, attributes
         )
-        decision = await drive_async(rest, store)
-        if observer is not None:
-            observer(decision, time.perf_counter() - started)
-        return decision
+        return await drive_async(rest, store)
 
     async def reserve(
         self,
