@@ -31,7 +31,10 @@ TARGET_MS = 20.0
 
 POLICY: dict[str, Any] = {
     "defaults": {"plan": "free"},
-    "operations": {"geocode": {"cost": 1}, "search": {"cost": 2}},
+    "operations": {
+        "geocode": {"cost": 1, "price": "0.005 USD"},
+        "search": {"cost": 2, "price": "0.01 USD"},
+    },
     "plans": {
         "free": {
             "limits": [
@@ -147,7 +150,9 @@ def report(result: dict[str, Any], cost: dict[str, Any], argv: list[str]) -> str
         "# tollway.metrics: scrape time and the observer's cost",
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `{command}`, "
-        f"Python {platform.python_version()}, CPUs {cpus} (pin with `taskset -c 1`).",
+        f"Python {platform.python_version()}, CPUs {cpus} (pin with `taskset -c 1`), load "
+        f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a busy machine inflates "
+        "every figure).",
         "",
         "## Scrape (`render(metrics)`)",
         "",

@@ -24,7 +24,7 @@ from tollway.metrics.sources import Families, Sources
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from tollway.client import Tollway
+    from tollway.client import AsyncTollway, Tollway
     from tollway.engine.decision import Decision
     from tollway.metering.drain import Drain
     from tollway.metering.ledger import Ledger
@@ -103,10 +103,13 @@ class Metrics:
 
         self._sources.add("providers", read)
 
-    def add_tollway(self, tw: Tollway) -> None:
-        """`add_store` (as ``default``) and `add_routes` for one `Tollway`."""
+    def add_tollway(self, tw: Tollway | AsyncTollway) -> None:
+        """`add_store` (as ``default``), and for a sync `Tollway` `add_routes` too."""
+        from tollway.client import Tollway
+
         self.add_store(tw.store)
-        self.add_routes(tw)
+        if isinstance(tw, Tollway):
+            self.add_routes(tw)
 
     def add_drain(self, drain: Drain) -> None:
         """A `Drain`'s stats (stream lag, committed events, failures), labelled by its

@@ -39,7 +39,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 timeout about its ``timeout_ms``."""
 
 TRACK_FACTOR = 4
-"""Subjects tracked per subject reported: the slack that keeps the reported ones right."""
+"""Subjects kept after an eviction per subject reported (up to twice as many are counted):
+the slack that keeps the reported ones right."""
 
 MAX_TOP = 1000
 
@@ -85,7 +86,8 @@ class DecisionObserver:
         self._top: TopN[Decision] = TopN(max(1, top * TRACK_FACTOR))
 
     def __call__(self, decision: Decision, seconds: float) -> None:
-        plan, operation = decision.plan or "", decision.operation
+        step = decision.step  # one property read; the rest are its slots
+        plan, operation = step.plan or "", step.operation
         allowed = decision.allowed
         if decision.degraded:
             outcome = "degraded"
@@ -94,15 +96,18 @@ class DecisionObserver:
         key = (plan, operation, outcome)
         slot = bisect_left(self.bounds, seconds)
         with self._lock:
-            self._decisions[key] = self._decisions.get(key, 0) + 1
+            decisions = self._decisions
+            decisions[key] = decisions.get(key, 0) + 1
             self._buckets[slot] += 1
             self._sum += seconds
             if self.top_n:
-                self._top.hit(decision.subject, decision)
+                self._top.hit(step.subject, decision)
+            if allowed and outcome != "degraded":
+                return
             if outcome == "degraded":
                 verdict = (plan, operation, "allowed" if allowed else "denied")
                 self._degraded[verdict] = self._degraded.get(verdict, 0) + 1
-            elif not allowed:
+            else:
                 for limit in decision.violated:
                     which = (plan, operation, limit)
                     self._denials[which] = self._denials.get(which, 0) + 1

@@ -1,11 +1,12 @@
-"""The busiest subjects in bounded memory: the Space-Saving algorithm (Metwally, Agrawal and
-El Abbadi, 2005) over a stream summary, so each hit costs O(1) however many subjects pass.
+"""The busiest subjects in bounded memory: Space-Saving (Metwally, Agrawal and El Abbadi,
+2005), with its evictions batched so that a hit costs one dict lookup in Python.
 
-At most ``capacity`` subjects are tracked. A hit on an untracked subject when full takes the
-place of one with the smallest count and inherits that count plus one: counts overestimate by
-at most that inherited part (``error``), and any subject with more than total/capacity hits
-is guaranteed to be tracked. Tracking a few times more subjects than are reported keeps the
-reported ones right on skewed traffic.
+Up to ``2 * capacity`` subjects are counted. When one more arrives, the ``capacity`` highest
+are kept and the rest evicted; ``floor`` becomes the highest count evicted so far, and a new
+subject starts from it (its ``error``). So, as in Space-Saving, a count never underestimates
+and overestimates by at most its ``error``, and a subject is evicted only when ``capacity``
+others count at least as many. The work of an eviction (a sort of ``2 * capacity`` counts)
+is spread over the ``capacity`` new subjects that caused it.
 """
 
 from __future__ import annotations
@@ -16,68 +17,59 @@ from typing import Generic, TypeVar
 V = TypeVar("V")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Tracked(Generic[V]):
     key: str
     count: int
     error: int
-    """How much of ``count`` was inherited from the subject it replaced (an upper bound)."""
+    """The count it started from (inherited from those evicted): an upper bound of the
+    overestimate."""
     value: V
 
 
+class _Entry(Generic[V]):
+    __slots__ = ("count", "error", "value")
+
+    def __init__(self, count: int, value: V) -> None:
+        self.count = count
+        self.error = count - 1
+        self.value = value
+
+
 class TopN(Generic[V]):
-    """Space-Saving counters keyed by subject, each with the latest value seen for it (not
-    thread-safe: the observer holds its lock around it)."""
+    """Counters keyed by subject, each with the latest value seen for it (not thread-safe:
+    the observer holds its lock around it)."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity: {capacity!r}; expected at least 1")
         self.capacity = capacity
-        self._items: dict[str, Tracked[V]] = {}
-        # count -> the keys with that count (dicts as ordered sets: the oldest goes first).
-        self._buckets: dict[int, dict[str, None]] = {}
-        self._min = 0
+        self._entries: dict[str, _Entry[V]] = {}
+        self.floor = 0
         self.total = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._entries)
 
     def hit(self, key: str, value: V) -> None:
         self.total += 1
-        item = self._items.get(key)
-        if item is not None:
-            self._move(item, item.count + 1)
-            item.value = value
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.count += 1
+            entry.value = value
             return
-        if len(self._items) < self.capacity:
-            item = self._items[key] = Tracked(key, 0, 0, value)
-            self._min = 1
-            self._move(item, 1)
-            return
-        # Full: replace the oldest of the least counted.
-        bucket = self._buckets[self._min]
-        victim = self._items.pop(next(iter(bucket)))
-        item = self._items[key] = Tracked(key, victim.count, victim.count, value)
-        del bucket[victim.key]
-        self._put(item, victim.count)
-        self._move(item, victim.count + 1)
+        self._entries[key] = _Entry(self.floor + 1, value)
+        if len(self._entries) > 2 * self.capacity:
+            self._evict()
 
-    def _put(self, item: Tracked[V], count: int) -> None:
-        item.count = count
-        self._buckets.setdefault(count, {})[item.key] = None
-
-    def _move(self, item: Tracked[V], count: int) -> None:
-        old = item.count
-        if old:
-            bucket = self._buckets[old]
-            del bucket[item.key]
-            if not bucket:
-                del self._buckets[old]
-                if self._min == old:
-                    self._min = count  # counts only grow by one: the next bucket up
-        self._put(item, count)
+    def _evict(self) -> None:
+        ranked = sorted(self._entries.items(), key=lambda kv: kv[1].count, reverse=True)
+        kept, evicted = ranked[: self.capacity], ranked[self.capacity :]
+        self.floor = max(self.floor, evicted[0][1].count)  # ranked: the first is the highest
+        self._entries = dict(kept)
 
     def top(self, n: int) -> list[Tracked[V]]:
         """The ``n`` subjects with the highest counts, highest first (ties: by key)."""
-        items = sorted(self._items.values(), key=lambda t: (-t.count, t.key))
+        items = [Tracked(key, e.count, e.error, e.value) for key, e in self._entries.items()]
+        items.sort(key=lambda t: (-t.count, t.key))
         return items[:n]
