@@ -6,7 +6,7 @@
 #
 # Works from any directory and on a fresh Debian machine: creates .venv, installs
 # '.[dev]' when pyproject.toml changed, and apt-installs the servers the tests need
-# (redis-server, redis-cli; postgresql for initdb/postgres/pg_ctl). Env: PYTHON (interpreter for a new .venv, default python3).
+# (redis-server, redis-cli; postgresql for initdb/postgres/pg_ctl; prometheus for promtool). Env: PYTHON (interpreter for a new .venv, default python3).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -96,6 +96,8 @@ fi
 need_command initdb postgresql
 need_command pg_ctl postgresql
 need_command postgres postgresql
+# promtool (the metrics tests check /metrics and examples/alerts.yml with it).
+need_command promtool prometheus
 
 # ---------------------------------------------------------------- checks
 lint_paths=()

@@ -59,6 +59,7 @@ LAYER_OF = {
     "tollway.outbound": "features",
     "tollway.metering": "features",
     "tollway.billing": "features",
+    "tollway.metrics": "features",
     "tollway.cli": "top",
     "tollway.__main__": "top",
     "tollway.demo": "top",
@@ -68,7 +69,7 @@ LAYER_OF = {
 # Packages whose modules take the package's layer (the others are single modules).
 PACKAGES = {"tollway.policy", "tollway.engine", "tollway.stores", "tollway.http"}
 PACKAGES |= {"tollway.outbound", "tollway.metering", "tollway.billing", "tollway.cli"}
-PACKAGES |= {"tollway.demo", "tollway.admin"}
+PACKAGES |= {"tollway.demo", "tollway.admin", "tollway.metrics"}
 
 # The only imports that go up: (importer, imported) -> why. Each is a type annotation or a
 # face's convenience entry into a feature, imported lazily where it is used; a new entry

@@ -7,6 +7,7 @@ import inspect
 import tollway
 import tollway.billing
 import tollway.errors
+import tollway.metrics
 import tollway.outbound
 import tollway.outbound.geocode
 import tollway.testing
@@ -118,6 +119,9 @@ def test_all_is_pinned_and_importable() -> None:
         assert hasattr(tollway.outbound.geocode, name), name
     for name in tollway.outbound.__all__:
         assert hasattr(tollway.outbound, name), name
+    assert tollway.metrics.__all__ == ["DecisionObserver", "Metrics", "metrics_app", "render"]
+    for name in tollway.metrics.__all__:
+        assert hasattr(tollway.metrics, name), name
 
 
 ERRORS = {

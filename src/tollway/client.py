@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
     from tollway.outbound.router import AsyncRoute, Route
 
 PolicySource = Policy | Mapping[str, Any] | str | os.PathLike[str]
+Observer = Callable[[Decision, float], None]
+"""Called after each `acquire` with its decision and the seconds the call took (e.g.
+`tollway.metrics.Metrics.observer`); it must not raise."""
 
 
 def _policy(source: PolicySource) -> Policy:
@@ -68,6 +73,7 @@ class _Face(Generic[S, D]):
         store: str | S | None = None,
         *,
         clock: Callable[[], int] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._engine = Engine(_policy(policy), clock)
         self._recorder: Recorder | None = None
@@ -78,6 +84,13 @@ class _Face(Generic[S, D]):
         self._store: S = self._open(store)
         self._driver: D = self._driven(self._store)
         self._start_drain(self._store)
+        if observer is not None:
+            # Only an observed face wraps its acquire: without one, `acquire` is the very same
+            # code as before (nothing checked, no clock read).
+            self._observe(observer)
+
+    def _observe(self, observer: Observer) -> None:
+        raise NotImplementedError
 
     def _open(self, spec: str | S | None) -> S:
         raise NotImplementedError
@@ -92,8 +105,9 @@ class _Face(Generic[S, D]):
         store: str | None = None,
         *,
         clock: Callable[[], int] | None = None,
+        observer: Observer | None = None,
     ) -> F:
-        return cls(load(Path(path)), store, clock=clock)
+        return cls(load(Path(path)), store, clock=clock, observer=observer)
 
     @property
     def store(self) -> S:
@@ -287,7 +301,8 @@ class Tollway(_Face[SyncStore, Driver]):
     ``Tollway(policy, store="redis://127.0.0.1:6379/0")``; ``policy`` is a `Policy`, a dict
     shaped like the policy file, or a path to a TOML/YAML file. The store defaults to the
     policy's ``[store] url``. ``clock`` (microseconds since the epoch) drives the memory store
-    and is how tests avoid sleeping.
+    and is how tests avoid sleeping. ``observer`` (optional) is called after each `acquire`
+    with the decision and the seconds it took (see `tollway.metrics`).
     """
 
     def _open(self, spec: str | SyncStore | None) -> SyncStore:
@@ -295,6 +310,20 @@ class Tollway(_Face[SyncStore, Driver]):
 
     def _driven(self, store: SyncStore) -> Driver:
         return Driver(self._engine, store)
+
+    def _observe(self, observer: Observer) -> None:
+        plain = self.acquire
+
+        @functools.wraps(plain)
+        def acquire(
+            subject: str, operation: str, cost: int | None = None, **options: Any
+        ) -> Decision:
+            started = time.perf_counter()
+            decision = plain(subject, operation, cost, **options)
+            observer(decision, time.perf_counter() - started)
+            return decision
+
+        self.acquire = acquire  # type: ignore[method-assign]
 
     def acquire(
         self,
@@ -425,13 +454,27 @@ class Tollway(_Face[SyncStore, Driver]):
 
 class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
     """Fair-usage control, asyncio face: the same flows, awaited store calls
-    (``AsyncTollway(policy, store=None, *, clock=None)``, as `Tollway`)."""
+    (``AsyncTollway(policy, store=None, *, clock=None, observer=None)``, as `Tollway`)."""
 
     def _open(self, spec: str | AsyncStore | None) -> AsyncStore:
         return open_async_store(spec, self.policy, self._engine.clock)
 
     def _driven(self, store: AsyncStore) -> AsyncDriver:
         return AsyncDriver(self._engine, store)
+
+    def _observe(self, observer: Observer) -> None:
+        plain = self.acquire
+
+        @functools.wraps(plain)
+        async def acquire(
+            subject: str, operation: str, cost: int | None = None, **options: Any
+        ) -> Decision:
+            started = time.perf_counter()
+            decision = await plain(subject, operation, cost, **options)
+            observer(decision, time.perf_counter() - started)
+            return decision
+
+        self.acquire = acquire  # type: ignore[method-assign]
 
     async def acquire(
         self,

@@ -50,3 +50,13 @@ class Breaker:
     @property
     def is_open(self) -> bool:
         return self._count >= self.failures
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` (calls refused until the cooldown ends) or ``half_open`` (the
+        cooldown is over: the next call, or the one in flight, is the probe); for metrics."""
+        if self._count < self.failures:
+            return "closed"
+        if self._probing or self.clock() >= self._open_until:
+            return "half_open"
+        return "open"
