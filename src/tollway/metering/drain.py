@@ -170,7 +170,11 @@ class Drain:
         self.ledger = ledger
         self.policy = policy
         self.streams = Streams(
-            client, cluster=cluster, partitions=partitions, consumer=consumer or default_consumer()
+            client,
+            cluster=cluster,
+            partitions=partitions,
+            consumer=consumer or default_consumer(),
+            prefix=policy.store.prefix if policy is not None else "",
         )
         self.commit = commit
         self.batch = batch or (ledger_config.batch if ledger_config is not None else 1000)
