@@ -24,7 +24,10 @@ CENT = 10_000
 
 
 def policy(prefix: str | None, ledger: str) -> dict[str, Any]:
-    store: dict[str, Any] = {} if prefix is None else {"prefix": prefix}
+    # A generous timeout: a cluster client's first connection is slow on a loaded machine.
+    store: dict[str, Any] = {"timeout_ms": 5000}
+    if prefix is not None:
+        store["prefix"] = prefix
     return {
         "store": store,
         "defaults": {"plan": "free"},
@@ -173,3 +176,22 @@ def test_a_good_prefix_is_accepted() -> None:
     for good in ("acme", "A-1_b", "x" * 32, "tw"):
         assert check_prefix(good) == good
         assert build_policy({"store": {"prefix": good}}).store.prefix == good
+
+
+async def test_the_async_face_keeps_to_its_prefix(shared: tuple[str, Any], tmp_path: Path) -> None:
+    from tollway import AsyncTollway
+    from tollway.keys import AsyncApiKeys
+
+    url, client = shared
+    async with AsyncTollway(policy("acme", f"sqlite:///{tmp_path / 'a.db'}"), url) as acme:
+        assert [(await acme.acquire("alice", "call")).allowed for _ in range(4)] == [1, 1, 1, 0]
+        await acme.assign("bob", "pro")
+        issued = await AsyncApiKeys(acme, secret=SECRET).create("bob")
+        assert await AsyncApiKeys(acme, secret=SECRET).verify(issued.key) == "bob"
+    with Tollway(policy(None, f"sqlite:///{tmp_path / 'p.db'}"), url) as plain:
+        assert plain.acquire("alice", "call").allowed  # its own alice, with its own quota
+        assert ApiKeys(plain, secret=SECRET).verify(issued.key) is None
+    keys = all_keys(client)
+    assert any(k.startswith("acme:tw:{alice}") for k in keys)
+    assert {k for k in keys if not k.startswith("acme:")} >= {"tw:{alice}"}
+    assert not any(k.startswith("tw:key:") for k in keys)
