@@ -24,6 +24,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -105,24 +106,32 @@ def _read_reply(reader: BinaryIO) -> object:
     raise ServerError(f"unexpected RESP reply: {line!r}")
 
 
-def command(port: int, *args: str, host: str = HOST, timeout: float = 2.0) -> object:
-    """Send one command and return its decoded reply (errors raise ServerError)."""
+def command(
+    port: int,
+    *args: str,
+    host: str = HOST,
+    timeout: float = 2.0,
+    tls: ssl.SSLContext | None = None,
+) -> object:
+    """Send one command and return its decoded reply (errors raise ServerError); ``tls``:
+    over TLS with this context."""
     payload = f"*{len(args)}\r\n".encode()
     for arg in args:
         raw = arg.encode()
         payload += b"$%d\r\n%s\r\n" % (len(raw), raw)
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as plain:
+        sock = plain if tls is None else tls.wrap_socket(plain, server_hostname=host)
         sock.sendall(payload)
         with sock.makefile("rb") as reader:
             return _read_reply(reader)
 
 
-def _serving_pid(port: int) -> int | None:
+def _serving_pid(port: int, tls: ssl.SSLContext | None = None) -> int | None:
     """pid of the redis-server answering on ``port`` (None if none answers yet)."""
     try:
-        if command(port, "PING", timeout=0.5) != "PONG":
+        if command(port, "PING", timeout=0.5, tls=tls) != "PONG":
             return None
-        info = command(port, "INFO", "server", timeout=0.5)
+        info = command(port, "INFO", "server", timeout=0.5, tls=tls)
     except (OSError, ServerError):  # refused, reset, or -LOADING
         return None
     for line in str(info).splitlines():
@@ -183,6 +192,9 @@ class RedisServer:
 
     ``stop()`` ends it and removes its directory; ``kill()`` SIGKILLs it (for failure
     tests) and keeps the directory; ``start()`` (again) restarts it on the same port.
+
+    ``tls`` (`tls_support.TlsFiles`): TLS only (``--port 0 --tls-port PORT``), with that
+    certificate; `url` is then ``rediss://...?ssl_ca_certs=CA``.
     """
 
     def __init__(
@@ -192,7 +204,9 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         directory: Path | None = None,
         startup_timeout: float = 10.0,
+        tls: Any = None,
     ) -> None:
+        self.tls = tls
         self.port = port if port is not None else find_free_port()
         self.host = HOST
         self.extra_args = list(extra_args)
@@ -207,7 +221,21 @@ class RedisServer:
     # -- info
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://{self.host}:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{self.host}:{self.port}/0"
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        return None if self.tls is None else ssl.create_default_context(cafile=str(self.tls.ca))
+
+    def _port_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0", "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     @property
     def pid(self) -> int | None:
@@ -261,7 +289,7 @@ class RedisServer:
         args = [
             *_die_with_parent_prefix(),
             executable,
-            "--port", str(self.port),
+            *self._port_args(),
             "--bind", self.host,
             "--dir", str(directory),
             "--save", "",
@@ -294,7 +322,7 @@ class RedisServer:
                     f"{_log_tail(self.log_path)}"
                 )
             # the pid check makes sure it is our server, not another one on this port
-            if _serving_pid(self.port) == proc.pid:
+            if _serving_pid(self.port, self._tls_context()) == proc.pid:
                 self.startup_seconds = time.monotonic() - self._started_at
                 return
             if time.monotonic() > deadline:
@@ -584,6 +612,10 @@ class PostgresServer:
     ``durable=False`` (the default, for tests) turns fsync and full-page writes off (safe
     against a crash of the server, not of the machine); ``durable=True`` keeps PostgreSQL's
     defaults (for benchmarks).
+
+    ``tls`` (`tls_support.TlsFiles`): ``ssl=on`` with that certificate (copied into the
+    server's directory, owned by its account); plain connections are still taken, so a
+    client's ``sslmode`` decides.
     """
 
     def __init__(
@@ -593,7 +625,9 @@ class PostgresServer:
         durable: bool = False,
         extra_settings: dict[str, str] | None = None,
         startup_timeout: float = 30.0,
+        tls: Any = None,
     ) -> None:
+        self.tls = tls
         self.port = port if port is not None else find_free_port()
         self.host = HOST
         self.durable = durable
@@ -705,6 +739,8 @@ class PostgresServer:
             # A crash of the server process alone loses nothing even so: the OS keeps what
             # was written. (synchronous_commit stays on: off would lose commits in a kill().)
             settings.update(fsync="off", full_page_writes="off")
+        if self.tls is not None:
+            settings.update(self._tls_settings())
         settings.update(self.extra_settings)
         args = [*_die_with_parent_prefix(), _require_pg("postgres"), "-D", str(self.data_dir),
                 "-p", str(self.port)]  # fmt: skip
@@ -721,6 +757,20 @@ class PostgresServer:
                 **self._popen_kwargs(),
             )
         _live[id(self)] = self
+
+    def _tls_settings(self) -> dict[str, str]:
+        """The certificate and key where the server's account can read them (the key 0600:
+        PostgreSQL refuses a key others can read)."""
+        folder = self._directory() / "tls"
+        folder.mkdir(exist_ok=True)
+        cert, key = folder / "server.pem", folder / "server.key"
+        shutil.copyfile(self.tls.cert, cert)
+        shutil.copyfile(self.tls.key, key)
+        key.chmod(0o600)
+        if self.account is not None:
+            for path in (folder, cert, key):
+                os.chown(path, self.account.pw_uid, self.account.pw_gid)
+        return {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}
 
     def _postmaster_ready(self, pid: int) -> bool:
         # pg_ctl's own test: postmaster.pid names our pid and says "ready" (line 8).

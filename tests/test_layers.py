@@ -40,6 +40,7 @@ LAYER_OF = {
     "tollway.drive": "base",
     "tollway.clock": "base",
     "tollway.keyspace": "base",
+    "tollway.netrules": "base",
     "tollway.policy": "policy",
     "tollway.engine": "engine",
     "tollway.stores": "stores",

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from tollway.billing.facade import AsyncBilling, Billing
     from tollway.billing.records import Proration
     from tollway.metering.embedded import EmbeddedDrain
-    from tollway.metering.ledger import Ledger, UsageEvent
+    from tollway.metering.ledger import Ledger, Sealer, UsageEvent
     from tollway.metering.recorder import Recorder
     from tollway.outbound.router import AsyncRoute, Route
 
@@ -48,6 +48,15 @@ PolicySource = Policy | Mapping[str, Any] | str | os.PathLike[str]
 Observer = Callable[[Decision, float], None]
 """Called after each `acquire` with its decision and the seconds the call took (e.g.
 `tollway.metrics.Metrics.observer`); it must not raise."""
+
+
+def _sealer(policy: Policy) -> Sealer | None:
+    """The sealer of the policy's sensitive attributes (`tollway.metering.ledger.sealing`)."""
+    if not policy.ledger.sensitive:
+        return None
+    from tollway.metering.ledger import sealer_for
+
+    return sealer_for(policy.ledger)
 
 
 def _policy(source: PolicySource) -> Policy:
@@ -79,6 +88,7 @@ class _Face(Generic[S, D]):
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
         self._ledger_lock = threading.Lock()
+        self._sealer = _sealer(self._engine.policy)  # a missing key fails here, not later
         self._drain: EmbeddedDrain | None = None
         self._billing: Any = None
         self._store: S = self._open(store)
@@ -185,7 +195,9 @@ class _Face(Generic[S, D]):
 
             with self._ledger_lock:  # the drain thread may ask at the same time
                 if self._ledger is None:
-                    self._ledger = open_ledger(url)
+                    ledger = open_ledger(url)
+                    ledger.seal_with(self._sealer)
+                    self._ledger = ledger
         return self._ledger
 
     def _write_queued(self) -> int:

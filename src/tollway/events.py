@@ -46,7 +46,7 @@ import binascii
 from functools import lru_cache
 from typing import Final
 
-from tollway.keyspace import key_text
+from tollway.keyspace import key_text, prefixed
 
 __all__ = [
     "EVENT_TYPES",
@@ -145,11 +145,11 @@ def warm_slot_tags() -> None:
     _tags()
 
 
-def stream_key(subject: str, *, cluster: bool, partitions: int) -> str:
+def stream_key(subject: str, *, cluster: bool, partitions: int, prefix: str = "") -> str:
     """The event stream the subject's steps append to. On a cluster it must share the slot of
     the subject's hash (one script touches both): one stream per slot in use. On a standalone
-    Redis, ``partitions`` streams."""
+    Redis, ``partitions`` streams. ``prefix``: the ``[store] prefix`` (`tollway.keyspace`)."""
     slot = slot_of(subject)
     if cluster:
-        return f"tw:{{{_tags()[slot]}}}:events"
-    return f"tw:events:{slot % partitions}"
+        return prefixed(prefix, f"tw:{{{_tags()[slot]}}}:events")
+    return prefixed(prefix, f"tw:events:{slot % partitions}")

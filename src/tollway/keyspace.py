@@ -15,6 +15,17 @@ or forge another key: ``%`` (the escape itself) as ``%25``, ``{`` as ``%7B``, ``
 
 Subjects holding ``%``, ``{`` or ``}`` were stored unescaped before (and could collide);
 their counters start afresh under the escaped tag.
+
+**Tenants.** ``[store] prefix = "acme"`` puts ``acme:`` before every key a Redis store
+writes (``acme:tw:{TAG}``, ``acme:tw:events:3``, ``acme:tw:key:{ID}``...). The prefix is
+``[A-Za-z0-9_-]{1,32}``: no ``:`` (so the first ``:`` ends it, and two prefixes never make
+one key) and no brace (so the hash tag is still the subject's: the same slot as without a
+prefix). Two prefixed keys of different prefixes differ before their first ``:``; a
+prefixed key and an unprefixed one differ too: every unprefixed key is ``tw:`` then ``{``,
+``key:`` or ``events:``, never ``tw:tw:`` (what prefix ``tw`` makes). So the mapping
+(prefix, key) -> stored key is injective, and no prefix (the default) leaves every key as
+it was: existing data stays readable. The memory store is one process's own: it has no
+prefix.
 """
 
 from __future__ import annotations
@@ -29,6 +40,24 @@ _ESCAPES: Final = {"%": "%25", "{": "%7B", "}": "%7D"}
 _UNESCAPES: Final = {code: char for char, code in _ESCAPES.items()}
 _ESCAPED: Final = re.compile(r"%(?:25|7B|7D)")
 _SPECIAL: Final = re.compile(r"[%{}]")
+
+
+PREFIX_PATTERN: Final = r"^[A-Za-z0-9_-]{1,32}$"
+_PREFIX: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def check_prefix(value: str) -> str:
+    """``value`` if it is a valid key prefix, else `ValueError` saying what is expected."""
+    if not _PREFIX.fullmatch(value):
+        raise ValueError(
+            f'{value!r} is not a key prefix; expected 1 to 32 letters, digits, "_" or "-"'
+        )
+    return value
+
+
+def prefixed(prefix: str, key: str) -> str:
+    """``key`` in the namespace of ``prefix`` (``""``: no namespace, the key itself)."""
+    return f"{prefix}:{key}" if prefix else key
 
 
 def key_text(text: str) -> str:
@@ -49,4 +78,4 @@ def text_of(part: str) -> str | None:
     return text if key_text(text) == part else None
 
 
-__all__ = ["MAX_SUBJECT", "key_text", "text_of"]
+__all__ = ["MAX_SUBJECT", "PREFIX_PATTERN", "check_prefix", "key_text", "prefixed", "text_of"]

@@ -168,8 +168,10 @@ class Billing(_Ops):
     def trace(
         self, number: str, line: int, *, cursor: str | None = None, limit: int = 100
     ) -> list[UsageEvent]:
-        """The usage events behind one line of an invoice (a page, in id order)."""
-        return self._run(lambda c: notes.trace(c, number, line, cursor=cursor, limit=limit))
+        """The usage events behind one line of an invoice (a page, in id order), their
+        sensitive attributes opened."""
+        found = self._run(lambda c: notes.trace(c, number, line, cursor=cursor, limit=limit))
+        return self._ledger().opened(found)
 
 
 class AsyncBilling(_Ops):
@@ -275,4 +277,5 @@ class AsyncBilling(_Ops):
     async def trace(
         self, number: str, line: int, *, cursor: str | None = None, limit: int = 100
     ) -> list[UsageEvent]:
-        return await self._run(lambda c: notes.trace(c, number, line, cursor=cursor, limit=limit))
+        found = await self._run(lambda c: notes.trace(c, number, line, cursor=cursor, limit=limit))
+        return self._ledger().opened(found)

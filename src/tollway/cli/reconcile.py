@@ -114,6 +114,7 @@ def reconcile(args: argparse.Namespace) -> int:
                 cluster=cluster,
                 partitions=policy.ledger.partitions,
                 consumer="reconcile",
+                prefix=policy.store.prefix,
             )
             streams.discover()
             pending = streams.backlog()

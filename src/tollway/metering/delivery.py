@@ -285,6 +285,8 @@ class Delivery(Generic[S]):
             state.finished_at = now
         elif result.outcome == "gone":
             self._dead(state, "gone")
+        elif result.refused:
+            self._dead(state, "refused")
         elif number >= self.schedule.attempts:
             self._dead(state, "exhausted")
         else:

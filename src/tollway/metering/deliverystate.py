@@ -26,14 +26,15 @@ __all__ = [
 ]
 
 DeliveryStatus = Literal["pending", "delivered", "dead"]
-DeadReason = Literal["exhausted", "gone", "disabled"]
-"""Why a message was dead-lettered: every attempt failed, the sink answered 410 Gone, or the
-sink was already disabled."""
+DeadReason = Literal["exhausted", "gone", "disabled", "refused"]
+"""Why a message was dead-lettered: every attempt failed, the sink answered 410 Gone, the
+sink was already disabled, or its target's address was refused (`tollway.netrules`: the
+attempt's error says which address and why)."""
 
 _STATE_VERSION = 1
 _OUTCOMES = ("delivered", "failed", "gone")
 _STATUSES = ("pending", "delivered", "dead")
-_REASONS = ("exhausted", "gone", "disabled")
+_REASONS = ("exhausted", "gone", "disabled", "refused")
 
 
 # --------------------------------------------------------------------------- state

@@ -167,10 +167,18 @@ class Drain:
                 raise TollwayError("Drain: give a ledger or a commit callable")
             hooks = policy.hooks if policy is not None else ()
             commit = default_commit(ledger, hooks, clock)
+        if ledger is not None and policy is not None and ledger.sealer is None:
+            from tollway.metering.ledger.sealing import sealer_for
+
+            ledger.seal_with(sealer_for(policy.ledger))  # a missing key fails here, at start
         self.ledger = ledger
         self.policy = policy
         self.streams = Streams(
-            client, cluster=cluster, partitions=partitions, consumer=consumer or default_consumer()
+            client,
+            cluster=cluster,
+            partitions=partitions,
+            consumer=consumer or default_consumer(),
+            prefix=policy.store.prefix if policy is not None else "",
         )
         self.commit = commit
         self.batch = batch or (ledger_config.batch if ledger_config is not None else 1000)

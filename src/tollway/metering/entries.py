@@ -177,9 +177,10 @@ def decode_entry(
 
 
 def _label(stream: str) -> str:
-    """``tw:events:3`` → ``3``; ``tw:{e123}:events`` → ``e123``."""
-    if stream.startswith("tw:{"):
-        return stream[4 : stream.index("}")]
+    """``tw:events:3`` → ``3``; ``tw:{e123}:events`` → ``e123``; under a ``[store] prefix``
+    (``acme:tw:events:3``, ``acme:tw:{e123}:events``) the same."""
+    if "{" in stream:
+        return stream[stream.index("{") + 1 : stream.index("}")]
     return stream.rsplit(":", 1)[-1]
 
 

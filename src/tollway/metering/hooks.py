@@ -138,7 +138,9 @@ def _configure(
 def _webhook(hook: HookConfig, secrets: Secrets, where: str) -> WebhookSink:
     assert hook.url is not None
     try:
-        return WebhookSink(hook.url, secrets)
+        return WebhookSink(
+            hook.url, secrets, allow_http=hook.allow_http, allow_private=hook.allow_private
+        )
     except ConfigurationError as exc:
         raise ConfigurationError(f"{where}.url: {exc}") from None
 

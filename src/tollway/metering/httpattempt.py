@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tollway.metering.sinkresult import SendResult
+from tollway.netrules import address_refusal
 from tollway.outbound.signals import parse_retry_after
 
 __all__ = ["MAX_ANSWER_BYTES", "AttemptGuard", "Target", "post"]
@@ -116,6 +117,12 @@ class Target:
     path: str
     https: bool
     ssl_context: ssl.SSLContext | None = None
+    allow_private: bool = False
+    """Connect to private, link-local... addresses too (`tollway.netrules`)."""
+
+
+class RefusedAddress(OSError):
+    """Every address the host resolved to is refused by `tollway.netrules`."""
 
 
 def post(
@@ -130,7 +137,7 @@ def post(
     conn: http.client.HTTPConnection | None = None
     try:
         port = target.port or (443 if target.https else 80)
-        sock = _connect(target.host, port, guard)
+        sock = _connect(target.host, port, guard, allow_private=target.allow_private)
         if target.https:
             context = target.ssl_context or ssl.create_default_context()
             sock = context.wrap_socket(
@@ -155,11 +162,16 @@ def post(
         if not guard.settle():
             raise TimeoutError("the answer was cut at the deadline")
         error = f"HTTP {status} {response.reason}".rstrip() + (f": {detail}" if detail else "")
+        if 300 <= status < 400:  # never followed: a redirect could lead anywhere (SSRF)
+            where = _snippet((response.getheader("Location") or "").encode())
+            error += f" (a redirect to {where!r}, not followed)" if where else " (not followed)"
         if status == 410:
             return SendResult.gone(error, status=status)
         return SendResult.failed(
             error, status=status, retry_after=parse_retry_after(response.getheader("Retry-After"))
         )
+    except RefusedAddress as exc:
+        return SendResult.refused_by_rules(f"refused: {exc}")
     except (OSError, http.client.HTTPException, ValueError) as exc:
         return guard.failure(exc)
     finally:
@@ -168,10 +180,17 @@ def post(
             conn.close()
 
 
-def _connect(host: str, port: int, guard: AttemptGuard) -> socket.socket:
-    """A connected socket, every address tried within the attempt's time (not each its own)."""
+def _connect(host: str, port: int, guard: AttemptGuard, *, allow_private: bool) -> socket.socket:
+    """A connected socket, every address tried within the attempt's time (not each its own).
+    Each address is checked as resolved, and the socket connected to that very address (no
+    second lookup a rebinding DNS could answer otherwise); the name stays for Host and SNI."""
     last: OSError | None = None
+    refused: list[str] = []
     for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        why = address_refusal(str(address[0]), allow_private=allow_private)
+        if why is not None:
+            refused.append(why)
+            continue
         sock = socket.socket(family, kind, proto)
         guard.watch(sock)
         try:
@@ -184,6 +203,11 @@ def _connect(host: str, port: int, guard: AttemptGuard) -> socket.socket:
             last = exc
             if isinstance(exc, TimeoutError) or guard.expired or guard.aborted:
                 raise
+    if last is None and refused:
+        raise RefusedAddress(
+            f"{host!r} resolves to {'; '.join(refused)}: not connected, so a hook cannot reach "
+            "inside the network (allow_private = true allows it)"
+        )
     raise last if last is not None else OSError(f"{host!r} resolves to no address")
 
 

@@ -140,11 +140,13 @@ def store_subjects(store: object) -> list[str]:
     client = getattr(store, "client", None)
     if client is None:  # a store of another kind: only the ledger's subjects are known
         return []
-    from tollway.stores.redis_codec import STATE_PATTERN, subject_of
+    from tollway.stores.redis_codec import state_pattern, subject_of
 
+    prefix = str(getattr(store, "prefix", ""))
     try:
-        keys = client.scan_iter(match=STATE_PATTERN, count=1000)
-        return sorted({subject for key in keys if (subject := subject_of(key)) is not None})
+        keys = client.scan_iter(match=state_pattern(prefix), count=1000)
+        found = (subject_of(key, prefix) for key in keys)
+        return sorted({subject for subject in found if subject is not None})
     except Exception as exc:  # redis-py's errors: the store could not be listed
         raise StoreUnavailableError(f"listing the store's subjects failed: {exc}") from exc
 

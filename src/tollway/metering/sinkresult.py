@@ -21,6 +21,9 @@ class SendResult:
     """What went wrong (``"HTTP 500: …"``, ``"timed out after 0.2 s"``, an exception)."""
     retry_after: float | None = None
     """Seconds the sink asked to wait (``Retry-After``)."""
+    refused: bool = False
+    """A failure no retry can mend: the target was refused before anything was sent (its
+    address is inside the network, `tollway.netrules`). The message is dead-lettered at once."""
 
     @classmethod
     def delivered(cls, status: int | None = None) -> SendResult:
@@ -31,6 +34,11 @@ class SendResult:
         cls, error: str, *, status: int | None = None, retry_after: float | None = None
     ) -> SendResult:
         return cls("failed", status=status, error=error, retry_after=retry_after)
+
+    @classmethod
+    def refused_by_rules(cls, error: str) -> SendResult:
+        """Not sent: the rules refused the target (see ``refused``)."""
+        return cls("failed", error=error, refused=True)
 
     @classmethod
     def gone(cls, error: str, *, status: int | None = 410) -> SendResult:

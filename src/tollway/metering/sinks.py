@@ -28,6 +28,7 @@ from tollway.metering.webhooks import (
     headers_for,
     parse_secrets,
 )
+from tollway.netrules import address_refusal, literal_ip, scheme_refusal
 
 __all__ = [
     "AttemptOutcome",
@@ -87,9 +88,12 @@ class Sink(Protocol):
     def send(self, message: Message, *, timeout: float) -> SendResult: ...
 
 
-def check_sink_url(url: Any) -> str:
-    """Return ``url`` if a webhook can be sent to it: ``http`` or ``https``, with a host, a
-    valid port and no credentials. Raises `ConfigurationError` naming the URL."""
+def check_sink_url(url: Any, *, allow_http: bool = False, allow_private: bool = False) -> str:
+    """Return ``url`` if a webhook can be sent to it: ``https`` (``http`` only to a loopback
+    host, or with ``allow_http``), with a host, a valid port, no credentials, and not a
+    literal address inside the network (unless ``allow_private``; a name is checked on what
+    it resolves to, at each attempt: `tollway.netrules`). Raises `ConfigurationError` naming
+    the URL."""
     if not isinstance(url, str) or not url or any(c.isspace() or ord(c) < 32 for c in url):
         raise ConfigurationError(
             f"sink URL {url!r}: expected an http:// or https:// URL without spaces"
@@ -114,6 +118,14 @@ def check_sink_url(url: Any) -> str:
         )
     if port == 0:
         raise ConfigurationError(f"sink URL {url!r}: port 0; expected a port from 1 to 65535")
+    refused = scheme_refusal(split.scheme, split.hostname, allow_http=allow_http)
+    ip = literal_ip(split.hostname)
+    if refused is None and ip is not None:
+        refused = address_refusal(ip, allow_private=allow_private)
+        if refused is not None:
+            refused += "; expected a public address, or allow_private=True"
+    if refused is not None:
+        raise ConfigurationError(f"sink URL {url!r}: {refused}")
     return url
 
 
@@ -123,7 +135,11 @@ class WebhookSink:
 
     ``clock`` stamps ``webhook-timestamp`` (real Unix time by default: receivers check it
     within 5 minutes, so it is not the deliverer's scheduling clock). ``headers`` are added to
-    every request. Redirects are not followed (a 3xx is a failure, as the spec advises)."""
+    every request. Redirects are not followed (a 3xx is a failure, as the spec advises).
+
+    ``allow_http``: plain http to any host (else only to loopback); ``allow_private``: private,
+    link-local... addresses too (else refused, checked on the address each attempt resolves
+    to, and the message dead-lettered as ``refused``): see `tollway.netrules`."""
 
     def __init__(
         self,
@@ -134,8 +150,10 @@ class WebhookSink:
         user_agent: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
+        allow_http: bool = False,
+        allow_private: bool = False,
     ) -> None:
-        self._url = check_sink_url(url)
+        self._url = check_sink_url(url, allow_http=allow_http, allow_private=allow_private)
         split: SplitResult = urlsplit(url)
         self._target = Target(
             host=split.hostname or "",
@@ -143,6 +161,7 @@ class WebhookSink:
             path=(split.path or "/") + (f"?{split.query}" if split.query else ""),
             https=split.scheme.lower() == "https",
             ssl_context=ssl_context,
+            allow_private=allow_private,
         )
         self._secrets = parse_secrets(secrets)
         extra = dict(headers or {})

@@ -14,6 +14,7 @@ from typing import Any
 
 from tollway.errors import ConfigurationError
 from tollway.events import REGISTRY
+from tollway.keyspace import prefixed
 
 try:
     import redis
@@ -87,13 +88,19 @@ class Streams:
         partitions: int,
         consumer: str,
         group: str = GROUP,
+        prefix: str = "",
     ) -> None:
         self.client = client
         self.cluster = cluster
         self.consumer = consumer
         self.group = group
+        self.registry = prefixed(prefix, REGISTRY)
+        """The registry of this namespace's streams (``[store] prefix``): only its own."""
+        self.bad_stream = prefixed(prefix, BAD_STREAM)
         # A standalone store's partitions are read even before a client registers them.
-        self._fixed = [] if cluster else [f"tw:events:{n}" for n in range(partitions)]
+        self._fixed = (
+            [] if cluster else [prefixed(prefix, f"tw:events:{n}") for n in range(partitions)]
+        )
         self.keys: list[str] = list(self._fixed)
         self._grouped: set[str] = set()
         self._ever_registered: set[str] = set()
@@ -103,10 +110,10 @@ class Streams:
     def discover(self) -> list[str]:
         """Read the registry (and the standalone partitions) into `keys`; streams known before
         stay known, and are registered again if the registry lost them."""
-        registered = {_text(key) for key in self.client.smembers(REGISTRY)}
+        registered = {_text(key) for key in self.client.smembers(self.registry)}
         lost = self._ever_registered - registered
         if lost:  # Redis lost the registry (restarted without it): put back what we knew
-            self.client.sadd(REGISTRY, *sorted(lost))
+            self.client.sadd(self.registry, *sorted(lost))
         self._ever_registered |= registered
         self.keys = sorted(set(self._fixed) | self._ever_registered)
         return self.keys
@@ -229,8 +236,8 @@ class Streams:
         self._pipelined(keys, lambda pipe, key: pipe.xack(key, self.group, *ids[key]))
 
     def park(self, entries: Iterable[tuple[Entry, str]]) -> int:
-        """Copy entries that are not events to `BAD_STREAM`, each with its stream, id, reason
-        and original fields (prefixed ``f:``)."""
+        """Copy entries that are not events to `bad_stream` (`BAD_STREAM`), each with its
+        stream, id, reason and original fields (prefixed ``f:``)."""
         parked = list(entries)
         if not parked:
             return 0
@@ -239,7 +246,7 @@ class Streams:
             fields: dict[Any, Any] = {"stream": entry.stream, "id": entry.id, "reason": reason}
             for name, value in (entry.fields or {}).items():
                 fields[b"f:" + (name if isinstance(name, bytes) else str(name).encode())] = value
-            pipe.xadd(BAD_STREAM, fields)
+            pipe.xadd(self.bad_stream, fields)
         pipe.execute()
         return len(parked)
 

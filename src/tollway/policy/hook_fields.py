@@ -8,6 +8,7 @@ import math
 import re
 from urllib.parse import urlsplit
 
+from tollway.netrules import address_refusal, literal_ip, scheme_refusal
 from tollway.policy.fields import show
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "REDIS_URL_PATTERN",
     "SECRET_ENV_PATTERN",
     "delay_seconds",
+    "hook_url_refusal",
     "is_redis_url",
     "parse_callable",
     "parse_hook_url",
@@ -59,6 +61,25 @@ def parse_hook_url(value: str) -> str:
     if port == 0:
         raise ValueError(f"{show(value)}: port 0; expected a port from 1 to 65535")
     return value
+
+
+def hook_url_refusal(value: str, *, allow_http: bool, allow_private: bool) -> str | None:
+    """Why a valid hook URL may not be delivered to (`tollway.netrules`), else None: plain
+    http to a host that is not loopback, or a literal address inside the network (a name is
+    checked on what it resolves to, at each delivery)."""
+    split = urlsplit(value)
+    host = split.hostname or ""
+    refused = scheme_refusal(split.scheme, host, allow_http=allow_http)
+    if refused is not None:
+        return f"{show(value)}: {refused}"
+    ip = literal_ip(host)
+    refused = None if ip is None else address_refusal(ip, allow_private=allow_private)
+    if refused is not None:
+        return (
+            f"{show(value)}: {refused}, refused so a hook cannot reach inside the network; "
+            "expected a public address, or allow_private = true"
+        )
+    return None
 
 
 def parse_callable(value: str) -> str:

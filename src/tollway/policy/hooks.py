@@ -26,6 +26,8 @@ HOOK_KEYS = (
     "timeout_ms",
     "schedule",
     "batch",
+    "allow_http",
+    "allow_private",
 )
 AGGREGATE = fields.one_of("none", "minute", "hour")
 MAX_HOOK_BATCH = 1000
@@ -104,6 +106,17 @@ def _hook(w: Walker, raw: object, path: str, store: StoreConfig) -> HookConfig |
         )
     elif kind in ("callable", "stream") and "secret_env" in t:
         w.error(join(path, "secret_env"), f"only applies to a url hook; this is a {kind} hook")
+    allow_http = w.get(t, path, "allow_http", fields.boolean, False)
+    allow_private = w.get(t, path, "allow_private", fields.boolean, False)
+    for key in ("allow_http", "allow_private"):
+        if key in t and kind != "url":
+            w.error(join(path, key), f"only applies to a url hook; this is a {kind} hook")
+    if url is not None:
+        refused = hook_fields.hook_url_refusal(
+            url, allow_http=allow_http, allow_private=allow_private
+        )
+        if refused is not None:
+            w.error(join(path, "url"), refused)
     events = _hook_events(w, t, path)
     aggregate = w.get(t, path, "aggregate", AGGREGATE, "none")
     timeout_ms = w.get(t, path, "timeout_ms", fields.integer(1, 600_000), 5_000)
@@ -125,6 +138,8 @@ def _hook(w: Walker, raw: object, path: str, store: StoreConfig) -> HookConfig |
         timeout_ms=timeout_ms,
         schedule=schedule,
         batch=batch,
+        allow_http=allow_http,
+        allow_private=allow_private,
     )
 
 

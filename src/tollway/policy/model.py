@@ -297,6 +297,9 @@ class StoreConfig:
     """How long an open breaker skips the store before one probe call."""
     hold_ttl_ms: int = 60_000
     """How long an unsettled reservation holds capacity before it is released by itself."""
+    prefix: str = ""
+    """Put before every Redis key (``acme`` → ``acme:tw:{SUBJECT}``), so deployments sharing
+    a Redis do not see each other's keys; "" (the default): keys as they always were."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +325,13 @@ class LedgerConfig:
     """Embedded (memory store): how often the background thread writes queued events."""
     batch: int = 1000
     """Most events written to the ledger in one transaction."""
+    sensitive: tuple[str, ...] = ()
+    """Event attributes encrypted in the ledger (AES-GCM, `tollway.metering.ledger.sealing`)."""
+    encryption_key_env: str | None = None
+    """The environment variable holding the key (base64 of 32 bytes); never the key itself."""
+    encryption_keys_env: str | None = None
+    """Or: the variable holding several keys, space-separated, newest first (a rotation: new
+    rows are sealed with the first, old rows open with whichever sealed them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +394,10 @@ class HookConfig:
     """Delays before each attempt, in seconds; None: the Standard Webhooks schedule."""
     batch: int = 1
     """Most events in one message; above 1 a message is a CloudEvents batch."""
+    allow_http: bool = False
+    """Allow plain ``http://`` to a host that is not loopback (`tollway.netrules`)."""
+    allow_private: bool = False
+    """Allow private, link-local, unique-local... addresses (checked once resolved)."""
 
     @property
     def target(self) -> str:

@@ -14,9 +14,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import cast
+from typing import Any, cast
 
 from tollway.errors import PolicyError
+from tollway.keyspace import check_prefix
 from tollway.policy import fields, pricing
 from tollway.policy.admin import parse_admin
 from tollway.policy.billing import PLAN_BILLING_KEYS, parse_billing, parse_coupons, plan_billing
@@ -63,6 +64,9 @@ LEDGER_KEYS = (
     "max_repeats",
     "flush_ms",
     "batch",
+    "sensitive",
+    "encryption_key_env",
+    "encryption_keys_env",
 )
 STORE_KEYS = (
     "url",
@@ -72,6 +76,7 @@ STORE_KEYS = (
     "breaker_failures",
     "breaker_cooldown_ms",
     "hold_ttl_ms",
+    "prefix",
 )
 DEFAULTS_KEYS = ("plan", "timezone")
 OPERATION_KEYS = ("cost", "price", "endpoints")
@@ -150,6 +155,7 @@ def _store(w: Walker, doc: Table) -> StoreConfig:
             t, "store", "breaker_cooldown_ms", fields.integer(1), d.breaker_cooldown_ms
         ),
         hold_ttl_ms=w.get(t, "store", "hold_ttl_ms", fields.integer(1), d.hold_ttl_ms),
+        prefix=w.get(t, "store", "prefix", text(check_prefix, "acme"), d.prefix),
     )
 
 
@@ -173,7 +179,52 @@ def _ledger(w: Walker, doc: Table) -> LedgerConfig:
         max_repeats=w.get(t, "ledger", "max_repeats", fields.integer(0, 1000), d.max_repeats),
         flush_ms=w.get(t, "ledger", "flush_ms", fields.integer(1, 60_000), d.flush_ms),
         batch=w.get(t, "ledger", "batch", fields.integer(1, 100_000), d.batch),
+        **_encryption(w, t),
     )
+
+
+MAX_SENSITIVE = 64
+
+
+def _encryption(w: Walker, t: Table) -> dict[str, Any]:
+    """``sensitive``, and the one environment variable its key(s) come from."""
+    env = text(fields.parse_env_name, "TOLLWAY_LEDGER_KEY")
+    one = w.get(t, "ledger", "encryption_key_env", env, None)
+    many = w.get(t, "ledger", "encryption_keys_env", env, None)
+    names: list[str] = []
+    if "sensitive" in t:
+        items = w.items(t["sensitive"], "ledger.sensitive")
+        if len(items) > MAX_SENSITIVE:
+            w.error("ledger.sensitive", f"{len(items)} names; at most {MAX_SENSITIVE}")
+        for i, item in enumerate(items[:MAX_SENSITIVE]):
+            name = w.check(item, f"ledger.sensitive[{i}]", _attribute_name, None)
+            if name is not None and name in names:
+                w.error(f"ledger.sensitive[{i}]", f"{show(name)} is listed twice")
+            elif name is not None:
+                names.append(name)
+    if one is not None and many is not None:
+        w.error(
+            "ledger.encryption_keys_env",
+            "give encryption_key_env (one key) or encryption_keys_env (several), not both",
+        )
+    elif names and one is None and many is None:
+        w.error(
+            "ledger.sensitive",
+            "sensitive attributes are encrypted with a key from the environment; expected "
+            'encryption_key_env = "TOLLWAY_LEDGER_KEY" (or encryption_keys_env for a rotation)',
+        )
+    elif not names and (one is not None or many is not None):
+        key = "encryption_key_env" if one is not None else "encryption_keys_env"
+        w.error(f"ledger.{key}", 'only applies with sensitive = ["attribute", ...]')
+    return {"sensitive": tuple(names), "encryption_key_env": one, "encryption_keys_env": many}
+
+
+def _attribute_name(value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise ValueError(
+            f"expected an event attribute name (1 to 128 characters), got {show(value)}"
+        )
+    return value
 
 
 def _failed_attempts(value: object) -> Quota | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tollway.events import EVENT_TYPES
+from tollway.keyspace import PREFIX_PATTERN
 from tollway.policy import fields, hook_fields
 from tollway.policy.model import PERIODS
 
@@ -75,6 +76,21 @@ def policy_schema() -> Schema:
                     60_000,
                 ),
                 batch=_int("Most events per ledger transaction. Default: 1000.", 1, 100_000),
+                sensitive={
+                    "type": "array",
+                    "uniqueItems": True,
+                    "maxItems": 64,
+                    "items": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "description": "Event attributes encrypted in the ledger (AES-GCM).",
+                },
+                encryption_key_env=_pattern(
+                    hook_fields.SECRET_ENV_PATTERN,
+                    "Environment variable holding the key (base64 of 32 bytes).",
+                ),
+                encryption_keys_env=_pattern(
+                    hook_fields.SECRET_ENV_PATTERN,
+                    "Or: the variable holding several keys, newest first (rotation).",
+                ),
             ),
             "keys": _object(
                 "How the HTTP faces guard API keys.",
@@ -154,6 +170,9 @@ def _store() -> Schema:
         breaker_failures=_int("Consecutive failures that open the breaker. Default: 3.", 1),
         breaker_cooldown_ms=_int("How long an open breaker waits, in ms. Default: 1000.", 1),
         hold_ttl_ms=_int("How long a reservation holds capacity, in ms. Default: 60000.", 1),
+        prefix=_pattern(
+            PREFIX_PATTERN, "Put before every Redis key (acme: acme:tw:{...}). Default: none."
+        ),
     )
 
 
@@ -195,6 +214,14 @@ def _hook() -> Schema:
         batch=_int(
             "Most events in one message (a CloudEvents batch above 1). Default: 1.", 1, 1000
         ),
+        allow_http={
+            "type": "boolean",
+            "description": "Allow http:// to a host that is not loopback. Default: false.",
+        },
+        allow_private={
+            "type": "boolean",
+            "description": "Allow private and link-local addresses. Default: false.",
+        },
     )
     hook["oneOf"] = [{"required": [kind]} for kind in ("url", "callable", "stream")]
     hook["dependentRequired"] = {"url": ["secret_env"]}

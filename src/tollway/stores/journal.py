@@ -102,9 +102,11 @@ class JournalEntry:
         )
 
 
-def default_folder(url: str) -> Path:
+def default_folder(url: str, prefix: str = "") -> Path:
+    """One folder per store and key prefix: a tenant's journal is replayed into its own keys."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    digest = uuid.uuid5(uuid.NAMESPACE_URL, url).hex[:12]
+    name = f"{url} {prefix}" if prefix else url  # no prefix: the folder it always was
+    digest = uuid.uuid5(uuid.NAMESPACE_URL, name).hex[:12]
     return Path(base) / "tollway" / f"journal-{digest}"
 
 

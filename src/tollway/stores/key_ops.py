@@ -25,20 +25,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from tollway.errors import ConfigurationError
-from tollway.keyspace import key_text
+from tollway.keyspace import key_text, prefixed
 
 Fields = dict[str, str]
 
 
-def record_key(key_id: str) -> str:
+def record_key(key_id: str, prefix: str = "") -> str:
     """The store key of one API key's record (the id escaped like a subject: `tollway.keys`
     only reads ids of ``[a-z2-7]``, which are their own text)."""
-    return f"tw:key:{{{key_text(key_id)}}}"
+    return prefixed(prefix, f"tw:key:{{{key_text(key_id)}}}")
 
 
-def index_key(subject: str) -> str:
+def index_key(subject: str, prefix: str = "") -> str:
     """The store key of a subject's set of key ids (in the subject's hash tag)."""
-    return f"tw:{{{key_text(subject)}}}:keys"
+    return prefixed(prefix, f"tw:{{{key_text(subject)}}}:keys")
 
 
 @dataclass(frozen=True, slots=True)

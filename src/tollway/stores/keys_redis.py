@@ -40,22 +40,22 @@ CREATE = _script("keys_create")
 SET = _script("keys_set")
 
 
-def call_for(op: KeyOp) -> Request:
-    """What to send for ``op``."""
+def call_for(op: KeyOp, prefix: str = "") -> Request:
+    """What to send for ``op`` (its keys under the store's ``prefix``)."""
     if isinstance(op, ReadRecords):
         ids = op.key_ids
         if len(ids) == 1:
-            return Command(lambda client: client.hgetall(record_key(ids[0])))
-        return Command(lambda client: _read_many(client, ids))
+            return Command(lambda client: client.hgetall(record_key(ids[0], prefix)))
+        return Command(lambda client: _read_many(client, ids, prefix))
     if isinstance(op, ListIds):
-        return Command(lambda client: client.smembers(index_key(op.subject)))
+        return Command(lambda client: client.smembers(index_key(op.subject, prefix)))
     if isinstance(op, AddToIndex):
-        return Command(lambda client: client.sadd(index_key(op.subject), op.key_id))
+        return Command(lambda client: client.sadd(index_key(op.subject, prefix), op.key_id))
     if isinstance(op, CreateRecord):
-        return ScriptCall(CREATE, [record_key(op.key_id)], _pairs(op.fields))
+        return ScriptCall(CREATE, [record_key(op.key_id, prefix)], _pairs(op.fields))
     assert isinstance(op, SetFields)
     mode = "1" if op.only_new else "0"
-    return ScriptCall(SET, [record_key(op.key_id)], [mode, *_pairs(op.fields)])
+    return ScriptCall(SET, [record_key(op.key_id, prefix)], [mode, *_pairs(op.fields)])
 
 
 def read_answer(op: KeyOp, raw: Any) -> Any:
@@ -70,11 +70,11 @@ def read_answer(op: KeyOp, raw: Any) -> Any:
     return None
 
 
-def _read_many(client: Any, key_ids: tuple[str, ...]) -> Any:
+def _read_many(client: Any, key_ids: tuple[str, ...], prefix: str) -> Any:
     # Commands on a pipeline are buffered on both faces; only execute() is awaited.
     pipe = client.pipeline(transaction=False)
     for key_id in key_ids:
-        pipe.hgetall(record_key(key_id))
+        pipe.hgetall(record_key(key_id, prefix))
     return pipe.execute()
 
 
@@ -95,7 +95,7 @@ class RedisKeys:
         self.store = store
 
     def run(self, op: KeyOp) -> Any:
-        return read_answer(op, self.store.send(call_for(op)))
+        return read_answer(op, self.store.send(call_for(op, self.store.prefix)))
 
 
 class AsyncRedisKeys:
@@ -103,4 +103,4 @@ class AsyncRedisKeys:
         self.store = store
 
     async def run(self, op: KeyOp) -> Any:
-        return read_answer(op, await self.store.send(call_for(op)))
+        return read_answer(op, await self.store.send(call_for(op, self.store.prefix)))

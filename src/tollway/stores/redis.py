@@ -23,6 +23,7 @@ from tollway.engine.settle import SettleStep
 from tollway.engine.step import ACQUIRE, Step
 from tollway.errors import ConfigurationError, StoreUnavailableError
 from tollway.events import REGISTRY, stream_key, warm_slot_tags
+from tollway.keyspace import prefixed
 from tollway.policy.model import LedgerConfig, StoreConfig
 from tollway.stores import redis_codec as codec
 from tollway.stores.deadline import Deadlines
@@ -84,7 +85,7 @@ class _Common(Guard):
         _need_redis()
         super().__init__(url, config, clock)
         self._target, self.cluster = split_url(url)
-        self.journal = Journal(config.journal or default_folder(url))
+        self.journal = Journal(config.journal or default_folder(url, config.prefix))
         self.doubt = InDoubt(self.journal)
         self.replayer = Replayer(self.journal, self._replay_entry, self._target)
         ledger = ledger or LedgerConfig()
@@ -92,6 +93,9 @@ class _Common(Guard):
         if self.cluster and ledger.url is not None and ledger.events:
             warm_slot_tags()  # about 50 ms once: at startup, not on the first request
         self.dedupe_ms = ledger.dedupe_s * 1000
+        self.prefix = config.prefix
+        """Put before every key (see `tollway.keyspace`); "" for none."""
+        self.registry = prefixed(self.prefix, REGISTRY)
         self._streams: dict[str, str] = {}
         """Each subject's event stream key, as computed (a slot's CRC per subject is dear)."""
         self._registered: set[str] = set()
@@ -119,7 +123,7 @@ class _Common(Guard):
             if len(self._streams) >= 100_000:
                 self._streams.clear()
             key = self._streams[subject] = stream_key(
-                subject, cluster=self.cluster, partitions=self._partitions
+                subject, cluster=self.cluster, partitions=self._partitions, prefix=self.prefix
             )
         return key
 
@@ -142,9 +146,17 @@ class _Common(Guard):
         """A step's sequence number (0: not an acquire), deadline, and script call."""
         deadline = self._deadline()
         if step.mode != ACQUIRE:
-            return 0, deadline, codec.step_call(step, deadline, stream, self.dedupe_ms)
+            return (
+                0,
+                deadline,
+                codec.step_call(step, deadline, stream, self.dedupe_ms, prefix=self.prefix),
+            )
         seq, ident = self.doubt.begin()
-        return seq, deadline, codec.step_call(step, deadline, stream, self.dedupe_ms, ident)
+        return (
+            seq,
+            deadline,
+            codec.step_call(step, deadline, stream, self.dedupe_ms, ident, self.prefix),
+        )
 
     def _answered(self, seq: int, raw: list[Any]) -> Reply:
         """The reply of the step sent as ``seq``: settled, and the store's clock learnt."""
@@ -185,7 +197,7 @@ class _Common(Guard):
 
     def _register(self, stream: str) -> Flow[None]:
         """List the stream where `tollway worker` looks, before its first entry is written."""
-        yield Command(lambda client: client.sadd(REGISTRY, stream))
+        yield Command(lambda client: client.sadd(self.registry, stream))
         self._registered.add(stream)
 
     def _stream_for(self, subject: str, *, again: bool = False) -> Flow[str]:
@@ -248,15 +260,15 @@ class _Common(Guard):
         stream = ""
         if settle.event:
             stream = yield from self._stream_for(settle.hold.subject)
-        keys, args = codec.settle_call(settle, stream, self.dedupe_ms)
+        keys, args = codec.settle_call(settle, stream, self.dedupe_ms, self.prefix)
         return codec.read_reply((yield ScriptCall(codec.SETTLE, keys, args)))
 
     def _health(self, op: HealthOp) -> Flow[HealthReply]:
-        keys, args = codec.health_call(op)
+        keys, args = codec.health_call(op, self.prefix)
         return codec.read_health((yield ScriptCall(codec.HEALTH, keys, args)))
 
     def _credits(self, op: CreditsOp) -> Flow[CreditsReply]:
-        keys, args = codec.credits_call(op)
+        keys, args = codec.credits_call(op, self.prefix)
         return codec.read_credits((yield ScriptCall(codec.CREDITS, keys, args)))
 
     def _append(self, subject: str, entry: dict[str, str]) -> Flow[None]:
@@ -269,29 +281,30 @@ class _Common(Guard):
         if entry.event:
             stream = self.stream_of(entry.subject)
             if stream not in self._registered:
-                yield Command(lambda client: client.sadd(REGISTRY, stream), guarded=False)
+                yield Command(lambda client: client.sadd(self.registry, stream), guarded=False)
                 self._registered.add(stream)
-        keys, args = codec.replay_call(entry, stream, self.dedupe_ms)
+        keys, args = codec.replay_call(entry, stream, self.dedupe_ms, self.prefix)
         return int((yield ScriptCall(codec.REPLAY, keys, args, guarded=False)))
 
     def _assign(self, subject: str, plan: str | None) -> Flow[None]:
-        keys, args = codec.assign_call(subject, plan)
+        keys, args = codec.assign_call(subject, plan, self.prefix)
         yield ScriptCall(codec.ASSIGN, keys, args)
 
     def _assigned(self, subject: str) -> Flow[str | None]:
-        raw = yield Command(lambda client: client.hget(codec.state_key(subject), "plan"))
+        key = codec.state_key(subject, self.prefix)
+        raw = yield Command(lambda client: client.hget(key, "plan"))
         return raw.decode("utf-8") if raw is not None else None
 
     def _delete(self, subject: str, fields: list[str]) -> Flow[int]:
         if not fields:
             return 0
-        key = codec.state_key(subject)
+        key = codec.state_key(subject, self.prefix)
         cleared = yield Command(lambda client: client.hdel(key, *fields))
         yield Command(lambda client: client.hdel(key, *(field + "@" for field in fields)))
         return int(cleared)
 
     def _held(self, subject: str) -> Flow[dict[tuple[str, int], int]]:
-        key = codec.state_key(subject)
+        key = codec.state_key(subject, self.prefix)
         now = self.clock() + self._offset_us
         ids = yield Command(lambda client: client.zrangebyscore(f"{key}:holds", f"({now}", "+inf"))
         out: dict[tuple[str, int], int] = {}

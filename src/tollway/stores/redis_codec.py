@@ -19,7 +19,7 @@ from tollway.engine.replies import PLAN_MISMATCH, Reply, ReplyCode, reply
 from tollway.engine.rules import GATE, RATE
 from tollway.engine.settle import SettleStep
 from tollway.engine.step import ACQUIRE, Step
-from tollway.keyspace import key_text, text_of
+from tollway.keyspace import key_text, prefixed, text_of
 from tollway.stores.journal import JournalEntry
 from tollway.stores.memory import RETENTION_US
 
@@ -54,9 +54,10 @@ EXPIRED = ReplyCode.EXPIRED
 """The step reached the store after its deadline and was not taken (the store resends)."""
 
 
-def state_key(subject: str) -> str:
-    """The subject's hash; its holds and replay marks hang below it in the same slot."""
-    return f"tw:{{{key_text(subject)}}}"
+def state_key(subject: str, prefix: str = "") -> str:
+    """The subject's hash; its holds and replay marks hang below it in the same slot (the
+    scripts derive them from it, so the ``[store] prefix`` reaches them too)."""
+    return prefixed(prefix, f"tw:{{{key_text(subject)}}}")
 
 
 STATE_PATTERN = "tw:{*}"
@@ -64,15 +65,21 @@ STATE_PATTERN = "tw:{*}"
 ending in ``}`` marked before ids were escaped): `subject_of` tells them apart."""
 
 
-def subject_of(key: bytes | str) -> str | None:
+def state_pattern(prefix: str = "") -> str:
+    """`STATE_PATTERN` in the namespace of ``prefix`` (which holds no glob character)."""
+    return prefixed(prefix, STATE_PATTERN)
+
+
+def subject_of(key: bytes | str, prefix: str = "") -> str | None:
     """The subject whose hash ``key`` (`state_key`) is; None when ``key`` is not one."""
     try:
         text = key.decode("utf-8") if isinstance(key, bytes) else key
     except UnicodeDecodeError:
         return None
-    if not (text.startswith("tw:{") and text.endswith("}")) or len(text) < 6:
+    start = prefixed(prefix, "tw:{")
+    if not (text.startswith(start) and text.endswith("}")) or len(text) < len(start) + 2:
         return None
-    return text_of(text[len("tw:{") : -1])
+    return text_of(text[len(start) : -1])
 
 
 def request_key_part(operation: str, request_id: str) -> str:
@@ -90,6 +97,7 @@ def step_call(
     stream: str = "",
     dedupe_ms: int = 0,
     ident: tuple[str, int, int] | None = None,
+    prefix: str = "",
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the step script: the step's figures and rules in one JSON array (the
     rules part is cached per check and window), the expected plan, and a hold id (a
@@ -106,16 +114,16 @@ def step_call(
         args = [spec, step.assigned or "", third, step.event, step.call_id, step.attrs, dedupe_ms]
         if step.call_id:  # its scope, fingerprint and repeats (step.lua's request-id record)
             args += (step.scope, step.fingerprint, step.max_repeats)
-        return [state_key(step.subject), stream], args
+        return [state_key(step.subject, prefix), stream], args
     if third:
-        return [state_key(step.subject)], [spec, step.assigned or "", third]
-    return [state_key(step.subject)], [spec, step.assigned or ""]
+        return [state_key(step.subject, prefix)], [spec, step.assigned or "", third]
+    return [state_key(step.subject, prefix)], [spec, step.assigned or ""]
 
 
 def settle_call(
-    settle: SettleStep, stream: str = "", dedupe_ms: int = 0
+    settle: SettleStep, stream: str = "", dedupe_ms: int = 0, prefix: str = ""
 ) -> tuple[list[str], list[Any]]:
-    keys = [state_key(settle.hold.subject)]
+    keys = [state_key(settle.hold.subject, prefix)]
     if settle.event:
         keys.append(stream)
     ttl = dedupe_ms if settle.caller_id else 0
@@ -128,9 +136,9 @@ def settle_call(
 
 
 def replay_call(
-    entry: JournalEntry, stream: str = "", dedupe_ms: int = 0
+    entry: JournalEntry, stream: str = "", dedupe_ms: int = 0, prefix: str = ""
 ) -> tuple[list[str], list[Any]]:
-    key = state_key(entry.subject)
+    key = state_key(entry.subject, prefix)
     args: list[Any] = [REPLAY_MARK_TTL_MS, RETENTION, entry.at_us]
     args += (entry.event, entry.event_id, entry.attrs, dedupe_ms if entry.caller_id else 0)
     args.append(len(entry.fields))
@@ -145,17 +153,17 @@ def replay_call(
     return keys, args
 
 
-def health_call(op: HealthOp) -> tuple[list[str], list[Any]]:
-    return [state_key(op.subject)], op.args()
+def health_call(op: HealthOp, prefix: str = "") -> tuple[list[str], list[Any]]:
+    return [state_key(op.subject, prefix)], op.args()
 
 
 def read_health(raw: list[Any]) -> HealthReply:
     return HealthReply(int(raw[0]), int(raw[1]), int(raw[2]))
 
 
-def credits_call(op: CreditsOp) -> tuple[list[str], list[Any]]:
+def credits_call(op: CreditsOp, prefix: str = "") -> tuple[list[str], list[Any]]:
     args = [op.op, op.currency, op.grant_id, op.micros, op.priority, op.expires_us, MAX_GRANTS]
-    return [state_key(op.subject)], [str(a) for a in args]
+    return [state_key(op.subject, prefix)], [str(a) for a in args]
 
 
 def read_credits(raw: list[Any]) -> CreditsReply:
@@ -171,8 +179,8 @@ def read_credits(raw: list[Any]) -> CreditsReply:
     return CreditsReply(now, balance, code, old, int(raw[6]), grants)
 
 
-def assign_call(subject: str, plan: str | None) -> tuple[list[str], list[Any]]:
-    return [state_key(subject)], [plan or ""]
+def assign_call(subject: str, plan: str | None, prefix: str = "") -> tuple[list[str], list[Any]]:
+    return [state_key(subject, prefix)], [plan or ""]
 
 
 def read_reply(raw: list[Any]) -> Reply:

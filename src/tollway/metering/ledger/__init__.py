@@ -22,6 +22,7 @@ from tollway.metering.ledger.base import AsyncLedger, Ledger
 from tollway.metering.ledger.events import UsageEvent
 from tollway.metering.ledger.queries import Conflict, PeriodUsage, Totals, WriteResult
 from tollway.metering.ledger.schema import SCHEMA_VERSION
+from tollway.metering.ledger.sealing import Sealer, sealer_for
 from tollway.metering.ledger.sqlite import AsyncSqliteLedger, SqliteLedger
 
 if TYPE_CHECKING:
@@ -36,12 +37,14 @@ __all__ = [
     "Ledger",
     "PeriodUsage",
     "PostgresLedger",
+    "Sealer",
     "SqliteLedger",
     "Totals",
     "UsageEvent",
     "WriteResult",
     "open_async_ledger",
     "open_ledger",
+    "sealer_for",
 ]
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres")

@@ -37,6 +37,7 @@ from tollway.metering.ledger.ops import (
 )
 from tollway.metering.ledger.outbox import CommitExtras, Dialect
 from tollway.metering.ledger.queries import PreparedBatch, UsageStyle
+from tollway.metering.ledger.sealing import Sealer
 
 __all__ = ["After", "AsyncLedger", "Ledger", "Rows"]
 
@@ -49,13 +50,24 @@ class _Backend:
     """What both faces share: the backend's shape, for the operations."""
 
     url: str
+    sealer: Sealer | None = None
+    """Seals sensitive attributes on write; opens them in `opened` (None: none sensitive)."""
     _param: ClassVar[str] = "?"
     _dialect: ClassVar[Dialect] = "sqlite"
     _usage_style: ClassVar[UsageStyle] = "values"
 
     @property
     def shape(self) -> Shape:
-        return Shape(self.url, self._dialect, self._param, self._usage_style)
+        return Shape(self.url, self._dialect, self._param, self._usage_style, self.sealer)
+
+    def seal_with(self, sealer: Sealer | None) -> None:
+        """Seal the sensitive attributes of every event written from now on with ``sealer``
+        (`tollway.metering.ledger.sealing.sealer_for` of the policy's ``[ledger]``)."""
+        self.sealer = sealer
+
+    def opened(self, events: Sequence[UsageEvent]) -> list[UsageEvent]:
+        """``events`` as read from this ledger, their sealed attributes opened."""
+        return list(events) if self.sealer is None else self.sealer.opened(events)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

@@ -39,6 +39,7 @@ from tollway.metering.ledger.queries import (
     totals_query,
     usage_query,
 )
+from tollway.metering.ledger.sealing import Sealer
 from tollway.policy.model import HookConfig
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ class Shape:
     dialect: Dialect
     param: str
     usage_style: UsageStyle
+    sealer: Sealer | None = None
+    """Seals the sensitive attributes of what is written (`tollway.metering.ledger.sealing`)."""
 
 
 def write_op(shape: Shape, events: Iterable[UsageEvent]) -> Op[WriteResult]:
@@ -101,7 +104,7 @@ def commit_op(
     (a redelivery) enqueues nothing twice. ``now_us`` stamps the enqueued messages
     (default: now). With no notices and no hook on usage, it is `write`."""
     plan = _commit_plan(shape.dialect, notices, hooks, now_us)
-    batch = prepare(events)
+    batch = prepare(_sealed(shape.sealer, events))
     if plan is None and not batch.events:
         return WriteResult(0, 0)
     need_new, after = plan if plan is not None else (False, None)
@@ -111,6 +114,16 @@ def commit_op(
     if extras is None:
         return result
     return dataclasses.replace(result, notices=extras.notices, enqueued=extras.enqueued)
+
+
+def _sealed(sealer: Sealer | None, events: Iterable[UsageEvent]) -> Iterable[UsageEvent]:
+    """The events as stored: sensitive attributes sealed (anything else left for `prepare`
+    to refuse, naming the item)."""
+    if sealer is None or isinstance(events, (UsageEvent, str, bytes)):
+        return events
+    if not isinstance(events, Iterable):
+        return events
+    return [sealer.seal(e) if isinstance(e, UsageEvent) else e for e in events]
 
 
 def totals_op(

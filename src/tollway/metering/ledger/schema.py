@@ -384,7 +384,13 @@ def migrate_flow(dialect: DialectName, *, where: str, now_us: int, param: str) -
     applied. SQLite, psycopg and psycopg's async face share it."""
     if dialect == "postgres":
         yield Query(_PG_LOCK)
-    yield Query(_CREATE_SCHEMA_TABLE)
+        # Created only when missing: a least-privilege writer (examples/sql/roles.sql) may
+        # not CREATE in the schema, even a table that exists.
+        found = yield Query("SELECT to_regclass('tollway_schema') IS NOT NULL")
+        if not next(iter(found))[0]:
+            yield Query(_CREATE_SCHEMA_TABLE)
+    else:
+        yield Query(_CREATE_SCHEMA_TABLE)
     rows = yield Query("SELECT version FROM tollway_schema")
     todo = pending((int(row[0]) for row in rows), where=where)
     insert = (
