@@ -54,12 +54,14 @@ LAYER_OF = {
     "tollway.wsgi": "faces",
     "tollway.fastapi": "faces",
     "tollway.testing": "faces",
+    "tollway.watch": "faces",
     "tollway.inline": "faces",
     "tollway.driver": "faces",
     "tollway.outbound": "features",
     "tollway.metering": "features",
     "tollway.billing": "features",
     "tollway.cli": "top",
+    "tollway.admin": "top",
     "tollway.__main__": "top",
     "tollway.demo": "top",
 }
@@ -67,7 +69,7 @@ LAYER_OF = {
 # Packages whose modules take the package's layer (the others are single modules).
 PACKAGES = {"tollway.policy", "tollway.engine", "tollway.stores", "tollway.http"}
 PACKAGES |= {"tollway.outbound", "tollway.metering", "tollway.billing", "tollway.cli"}
-PACKAGES |= {"tollway.demo"}
+PACKAGES |= {"tollway.demo", "tollway.admin"}
 
 # The only imports that go up: (importer, imported) -> why. Each is a type annotation or a
 # face's convenience entry into a feature, imported lazily where it is used; a new entry

@@ -57,20 +57,30 @@ class Engine:
     """Pure, I/O-free: builds steps from the policy and turns store replies into decisions."""
 
     def __init__(self, policy: Policy, clock: Callable[[], int] | None = None) -> None:
-        self.policy = policy
-        self.compiled: Compiled = compile_policy(policy)
         self.clock = clock or system_clock
-        self.hold_ttl_us = policy.store.hold_ttl_ms * 1000
         self._assigned: dict[str, str | None] = {}
         self.offset_us = 0
         """Store clock minus local clock, learned from replies, to pick the store's windows."""
+        self.use(policy)
+
+    def use(self, policy: Policy) -> None:
+        """Decide under ``policy`` from now on (an activation picked up without a restart).
+
+        Compiled first, then swapped in; the step caches built under the old policy are
+        replaced last, so a step being built meanwhile is of one policy or the other (a
+        cached step is immutable and carries its own). Plan assignments stay valid: they are
+        the store's, not the policy's. The open store keeps its ``[store]`` settings."""
+        compiled = compile_policy(policy)
+        self.policy = policy
+        self.compiled: Compiled = compiled
+        self.hold_ttl_us = policy.store.hold_ttl_ms * 1000
         self._default_plan = policy.defaults.plan
-        self._steps: dict[str, dict[str, Step]] = {}
-        self._provider_steps: dict[str, Step] = {}
-        """Recent default-cost acquire steps per subject and operation, reused while valid."""
         self.events = policy.ledger.url is not None and policy.ledger.events
         """Whether steps append usage events (a ledger is configured and events are on)."""
         self.max_repeats = policy.ledger.max_repeats
+        self._steps: dict[str, dict[str, Step]] = {}
+        self._provider_steps: dict[str, Step] = {}
+        """Recent default-cost acquire steps per subject and operation, reused while valid."""
 
     # -- building steps ---------------------------------------------------------------------
 
@@ -105,6 +115,10 @@ class Engine:
 
     def assigned(self, subject: str) -> str | None:
         return self._assigned.get(subject)
+
+    def knows(self, subject: str) -> bool:
+        """Whether this process has learned the subject's assignment (from a step or a read)."""
+        return subject in self._assigned
 
     def remember(self, subject: str, plan: str | None) -> None:
         cache = self._assigned

@@ -284,6 +284,42 @@ CREATE INDEX usage_events_rating ON usage_events (
 )
 """
 
+# Migration 6: policy versions (`tollway.admin.policies`). A version is the document's hash
+# (`Policy.version`), so uploading the same document twice stores it once. An activation row
+# is the state it put in force: ``version`` for the ``cohort`` (NULL: everyone), ``base`` for
+# everyone else, ``prior`` the activation it replaced (what a rollback goes back to). An
+# override raises (or adds) one limit of one subject until ``expires_at_us``.
+_POLICIES = """
+CREATE TABLE policy_versions (
+    version         TEXT    NOT NULL PRIMARY KEY,
+    format          TEXT    NOT NULL CHECK (format IN ('toml', 'yaml', 'json')),
+    body            TEXT    NOT NULL,
+    created_at_us   BIGINT  NOT NULL,
+    created_by      TEXT    NOT NULL,
+    note            TEXT    NOT NULL
+);
+CREATE TABLE policy_activations (
+    seq             BIGINT  NOT NULL PRIMARY KEY,
+    version         TEXT    NOT NULL REFERENCES policy_versions (version),
+    cohort          TEXT,
+    base            TEXT    NOT NULL REFERENCES policy_versions (version),
+    prior           BIGINT,
+    at_us           BIGINT  NOT NULL,
+    activated_by    TEXT    NOT NULL,
+    note            TEXT    NOT NULL
+);
+CREATE TABLE policy_overrides (
+    subject         TEXT    NOT NULL,
+    limit_name      TEXT    NOT NULL,
+    spec            TEXT    NOT NULL,
+    created_at_us   BIGINT  NOT NULL,
+    expires_at_us   BIGINT  NOT NULL,
+    created_by      TEXT    NOT NULL,
+    PRIMARY KEY (subject, limit_name, created_at_us)
+);
+CREATE INDEX policy_overrides_expiry ON policy_overrides (expires_at_us)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage_events, unique on id, indexed by subject and time", _SQLITE_1, _POSTGRES_1),
     Migration(
@@ -300,6 +336,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4, "rating: usage_events in group order, covering the aggregate (SQLite)", _SQLITE_4, ""
+    ),
+    Migration(
+        6, "policies: versions, activations (pilots, rollback), overrides", _POLICIES, _POLICIES
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,1 @@
+"""The control plane: `tollway serve`, its admin API, and what it administers."""
