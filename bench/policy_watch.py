@@ -1,0 +1,143 @@
+"""What following the active policy costs an acquire: a client opened with
+``policy_from="ledger"`` (reads ``tw:policy:active`` at most every 0.5 s, on the acquire path)
+vs the same client with a fixed policy, in the same run, on the memory store and on Redis.
+
+    taskset -c 1 .venv/bin/python -m bench.policy_watch            # 7 rounds x 50,000 calls
+    taskset -c 1 .venv/bin/python -m bench.policy_watch --quick    # 1 round x 5,000 (smoke)
+
+Target (issue 13): checking for a new policy version costs <= 2% of acquire throughput.
+Each round times both clients on one subject after a warm-up, the first alternating; the
+ratio (watched / fixed time per call) is taken within a round and its median reported. An
+active version is published before the run, so the watched client decides under it (the
+same limits as the fixed one). The harness starts its own redis-server and stops it by its
+pid. Writes ``bench/POLICY_WATCH_RESULTS.md``; exit status 1 when a ratio misses the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.server import RedisServer
+
+HERE = Path(__file__).resolve().parent
+TARGET = 1.02
+POLICY = """
+[store]
+timeout_ms = 5000
+[defaults]
+plan = "p"
+[operations]
+call = { cost = 1 }
+[plans.p]
+limits = [{ name = "burst", rate = "1000000/s", burst = 10000000 }]
+"""
+
+
+def _time(tw: Any, calls: int) -> tuple[float, float]:
+    """(wall, CPU) ns for ``calls`` acquires."""
+    acquire = tw.acquire
+    cpu = time.process_time_ns()
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        acquire("bench", "call")
+    return time.perf_counter_ns() - start, time.process_time_ns() - cpu
+
+
+CHUNKS = 10
+"""A round alternates the two clients in this many chunks: load from the rest of the machine
+then falls on both alike."""
+
+
+def _case(url: str, rounds: int, calls: int, ledger: str) -> dict[str, Any]:
+    from tollway import Tollway
+    from tollway.admin.policies import Policies
+    from tollway.metering.ledger import open_ledger
+
+    fixed = Tollway(_doc(), url)
+    watched = Tollway(_doc(), url, policy_from="ledger")
+    with open_ledger(ledger) as led:
+        policies = Policies(led, watched.store)
+        version = policies.upload(POLICY, by="bench").version
+        policies.activate(version, by="bench")
+    walls: list[float] = []
+    cpus: list[float] = []
+    per_call: list[tuple[float, float]] = []
+    chunk = max(1, calls // CHUNKS)
+    for tw in (fixed, watched):
+        _time(tw, chunk)  # warm-up
+    for n in range(rounds):
+        totals = {id(fixed): [0, 0], id(watched): [0, 0]}
+        for c in range(CHUNKS):
+            pair = (fixed, watched) if (n + c) % 2 == 0 else (watched, fixed)
+            for tw in pair:
+                wall, cpu = _time(tw, chunk)
+                totals[id(tw)][0] += wall
+                totals[id(tw)][1] += cpu
+        f, w = totals[id(fixed)], totals[id(watched)]
+        walls.append(w[0] / f[0])
+        cpus.append(w[1] / max(1, f[1]))
+        per_call.append((f[0] / chunk / CHUNKS / 1000, w[0] / chunk / CHUNKS / 1000))
+    assert watched.acquire("bench", "call").policy_version == version
+    return {
+        "fixed_us": statistics.median(p[0] for p in per_call),
+        "watched_us": statistics.median(p[1] for p in per_call),
+        "ratio": statistics.median(walls),
+        "cpu_ratio": statistics.median(cpus),
+    }
+
+
+def _doc() -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads(POLICY)
+
+
+def main(argv: list[str] | None = None) -> int:
+    doc = (__doc__ or "").splitlines()[0]
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=50_000)
+    args = parser.parse_args(argv)
+    rounds, calls = (1, 5_000) if args.quick else (args.rounds, args.calls)
+    server = RedisServer(0, HERE / "results" / "policy-watch-redis.log")
+    server.start()
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, url in (("memory", "memory://"), ("redis", server.url)):
+                calls_here = calls if name == "memory" else max(1, calls // 10)
+                results[name] = _case(url, rounds, calls_here, f"sqlite:///{tmp}/{name}.db")
+    finally:
+        server.stop()
+    lines = [
+        "# Following the active policy: cost per acquire",
+        "",
+        f"`python -m bench.policy_watch` ({rounds} rounds; median of per-round ratios). "
+        f"Target: ratio <= {TARGET:.2f}.",
+        "",
+        '| store | fixed policy µs/call | policy_from="ledger" µs/call | wall ratio | CPU ratio |',
+        "|---|---|---|---|---|",
+    ]
+    ok = True
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['fixed_us']:.2f} | {r['watched_us']:.2f} | {r['ratio']:.3f} "
+            f"| {r['cpu_ratio']:.3f} |"
+        )
+        ok = ok and r["ratio"] <= TARGET
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.quick:
+        (HERE / "POLICY_WATCH_RESULTS.md").write_text(text, encoding="utf-8")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
