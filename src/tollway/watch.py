@@ -37,6 +37,7 @@ from tollway.engine.step import PEEK
 from tollway.errors import ConfigurationError, PolicyError, PolicyIssue, TollwayError
 from tollway.policy import load, loads
 from tollway.policy.model import Policy
+from tollway.policy.overrides import Override, override_limit
 from tollway.stores.control import (
     ACTIVE_KEY,
     CountUp,
@@ -44,6 +45,7 @@ from tollway.stores.control import (
     ReadCounts,
     body_key,
     checked_version,
+    overrides_key,
     shadow_key,
 )
 
@@ -85,6 +87,8 @@ class Activation:
     version: str
     pilot: str | None = None
     cohort: Cohort | None = None
+    overrides: str | None = None
+    """The digest of the per-subject overrides in force (None: none)."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -93,6 +97,7 @@ class Activation:
                 "version": self.version,
                 "pilot": self.pilot,
                 "cohort": None if self.cohort is None else self.cohort.to_dict(),
+                "overrides": self.overrides,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -103,11 +108,13 @@ class Activation:
         data = json.loads(text)
         cohort = data.get("cohort")
         pilot = data.get("pilot")
+        overrides = data.get("overrides")
         return cls(
             int(data["seq"]),
             checked_version(data["version"]),
             None if pilot is None else checked_version(pilot),
             None if cohort is None else Cohort.from_dict(cohort),
+            None if overrides is None else checked_version(overrides),
         )
 
 
@@ -162,6 +169,10 @@ class Watcher:
             pilot = None
             if activation.pilot is not None:
                 pilot = yield from self._policy(activation.pilot)
+            overrides: list[dict[str, Any]] = []
+            if activation.overrides is not None:
+                text = yield Control(GetValue(overrides_key(activation.overrides)))
+                overrides = json.loads(text) if text is not None else []
         except (TollwayError, ValueError, KeyError, TypeError) as exc:
             log.warning("tollway: the active policy could not be read: %s", exc)
             return
@@ -173,6 +184,9 @@ class Watcher:
             engine = Engine(pilot, self.base.clock)
             engine.offset_us = self.base.offset_us
             self.pilot = engine
+        for each in (self.base, self.pilot):
+            if each is not None:
+                each.set_overrides(_overrides(each.policy, overrides))
         self._cohort = activation.cohort
         listed = activation.cohort.subjects if activation.cohort is not None else None
         self._listed = frozenset(listed or ())
@@ -269,6 +283,21 @@ class Watcher:
             yield Control(CountUp(shadow_key(version), tuple(dict.fromkeys(fields)), ttl_ms))
         except TollwayError as exc:  # a shadow never fails the call it watches
             log.debug("tollway: shadow evaluation skipped: %s", exc)
+
+
+def _overrides(policy: Policy, entries: list[dict[str, Any]]) -> dict[str, list[Override]]:
+    """The published overrides parsed for ``policy``; one that does not fit it is skipped."""
+    out: dict[str, list[Override]] = {}
+    for entry in entries:
+        try:
+            subject, name = str(entry["subject"]), str(entry["limit"])
+            limit = override_limit(policy, name, entry["spec"])
+            expires = int(entry["expires_us"])
+        except (TollwayError, KeyError, TypeError, ValueError) as exc:
+            log.warning("tollway: an override was skipped: %s", exc)
+            continue
+        out.setdefault(subject, []).append(Override(subject, name, limit, expires))
+    return out
 
 
 def shadow_counts(version: str) -> Flow[dict[str, Any]]:

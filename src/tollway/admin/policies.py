@@ -11,10 +11,19 @@ Each mutation returns what it changed, ``(before, after)``, for the caller's aud
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from tollway.admin.override_ledger import (
+    MAX_LIVE,
+    OverrideRecord,
+    add_override,
+    live_overrides,
+)
 from tollway.admin.policy_diff import Change, diff, document
 from tollway.admin.policy_ledger import (
     ActivationRecord,
@@ -33,10 +42,18 @@ from tollway.engine.cohort import Cohort
 from tollway.engine.requests import Control, Flow
 from tollway.engine.step import system_clock
 from tollway.errors import InvalidArgumentError, UnknownNameError
+from tollway.keyspace import MAX_SUBJECT
 from tollway.metering.ledger import Ledger
 from tollway.metering.ledger.flows import Flow as LedgerFlow
+from tollway.policy.overrides import override_limit
 from tollway.stores import SyncStore
-from tollway.stores.control import ACTIVE_KEY, SetValues, body_key, checked_version
+from tollway.stores.control import (
+    ACTIVE_KEY,
+    SetValues,
+    body_key,
+    checked_version,
+    overrides_key,
+)
 from tollway.watch import parse_policy, shadow_counts
 
 T = TypeVar("T")
@@ -70,13 +87,25 @@ def checked_upload(text: object, format: object, by: object, note: object) -> tu
     return text, format
 
 
-def publish_flow(record: ActivationRecord, bodies: dict[str, Version]) -> Flow[None]:
-    """The texts of the versions in force, then the active key (read by `tollway.watch`)."""
+MAX_OVERRIDE_DAYS = 366
+
+
+def publish_flow(
+    record: ActivationRecord, bodies: dict[str, Version], overrides: list[OverrideRecord]
+) -> Flow[None]:
+    """The texts of the versions in force and the overrides, then the active key naming them
+    (read by `tollway.watch`)."""
     pairs = [
         (body_key(v.version), json.dumps({"format": v.format, "body": v.body}))
         for v in bodies.values()
     ]
-    pairs.append((ACTIVE_KEY, record.state.to_json()))
+    state = record.state
+    if overrides:
+        text = json.dumps([o.published() for o in overrides], sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        pairs.append((overrides_key(digest), text))
+        state = replace(state, overrides=digest)
+    pairs.append((ACTIVE_KEY, state.to_json()))
     yield Control(SetValues(tuple(pairs)))
 
 
@@ -161,10 +190,100 @@ class Policies:
         checked_version(version)
         return drive(shadow_counts(version), self.store)
 
+    # -- per-subject overrides --------------------------------------------------------------
+
+    def override(
+        self,
+        subject: str,
+        limit_name: str,
+        spec: Mapping[str, Any],
+        expires: datetime | timedelta,
+        *,
+        by: str,
+    ) -> tuple[OverrideRecord | None, OverrideRecord]:
+        """Raise (or add) ``subject``'s limit ``limit_name`` to ``spec`` (a limit table as in
+        the policy file, e.g. ``{"quota": "5000/hour"}``) until ``expires`` (a time, or a
+        duration from now), without a new plan; validated against the version in force for
+        everyone, published to the store. (the override it replaced or None, the new one)."""
+        _subject(subject)
+        _text("limit_name", limit_name)
+        _text("by", by)
+        now = self.clock()
+        until = _until(expires, now)
+        record = self.active()
+        if record is None:
+            raise InvalidArgumentError(
+                "override: no policy version is active; activate one first (overrides apply "
+                "on top of the version in force)"
+            )
+        base = self.get(record.base)
+        limit = override_limit(parse_policy(base.body, base.format), limit_name, spec)
+        plain = json.loads(json.dumps(dict(spec)))
+        row = OverrideRecord(subject, limit.name, plain, now, until, by)
+        live = self._run(lambda d: live_overrides(d, now))
+        if len(live) >= MAX_LIVE:
+            raise InvalidArgumentError(f"override: {MAX_LIVE} overrides are in force, the most")
+        before, after = self._run(lambda d: add_override(d, row, now))
+        self._publish(record)
+        return before, after
+
+    def end_override(
+        self, subject: str, limit_name: str, *, by: str
+    ) -> tuple[OverrideRecord | None, OverrideRecord]:
+        """End ``subject``'s override of ``limit_name`` now (published)."""
+        _subject(subject)
+        _text("limit_name", limit_name)
+        _text("by", by)
+        now = self.clock()
+        row = OverrideRecord(subject, limit_name, {}, now, now, by)
+        before, after = self._run(lambda d: add_override(d, row, now))
+        record = self.active()
+        if record is not None:
+            self._publish(record)
+        return before, after
+
+    def overrides(self, subject: str | None = None) -> list[OverrideRecord]:
+        """The overrides in force now (of ``subject``, if given)."""
+        now = self.clock()
+        return self._run(lambda d: live_overrides(d, now, subject))
+
     def _publish(self, record: ActivationRecord) -> None:
         wanted = dict.fromkeys((record.base, record.version))
         bodies = {v: self.get(v) for v in wanted}
-        drive(publish_flow(record, bodies), self.store)
+        live = self.overrides()
+        drive(publish_flow(record, bodies, live), self.store)
+
+
+def _subject(subject: object) -> str:
+    if (
+        not isinstance(subject, str)
+        or not subject
+        or len(subject) > MAX_SUBJECT
+        or not subject.isprintable()
+    ):
+        raise InvalidArgumentError(
+            f"subject: {subject!r:.80} is not a subject; expected 1 to {MAX_SUBJECT} printable "
+            "characters"
+        )
+    return subject
+
+
+def _until(expires: object, now_us: int) -> int:
+    """``expires`` as microseconds since the epoch: later than now, within a year."""
+    if isinstance(expires, timedelta):
+        until = now_us + int(expires / timedelta(microseconds=1))
+    elif isinstance(expires, datetime) and expires.tzinfo is not None:
+        until = int(expires.timestamp() * 1_000_000)
+    else:
+        raise InvalidArgumentError(
+            f"expires: {expires!r:.80}; expected a timezone-aware datetime or a timedelta"
+        )
+    if not now_us < until <= now_us + MAX_OVERRIDE_DAYS * 86_400_000_000:
+        raise InvalidArgumentError(
+            f"expires: {expires!r:.80}; expected a time after now and within "
+            f"{MAX_OVERRIDE_DAYS} days"
+        )
+    return until
 
 
 __all__ = ["FORMATS", "MAX_BODY", "Policies", "checked_upload", "publish_flow"]

@@ -352,6 +352,25 @@ def _provider_check(provider: Provider) -> Check:
     return Check(provider.name, PROVIDER_OPERATION, rules, 1, price, currency)
 
 
+def plan_checks(
+    plan: str, limits: tuple[Limit, ...], policy: Policy
+) -> tuple[dict[str, Check], Check]:
+    """The checks of one plan's ``limits`` (a subject's, with its overrides): per operation,
+    and its usage view, as `compile_policy` builds them for a plan of ``policy``."""
+    operations = tuple(policy.operations)
+    checks = {op.name: _check(plan, limits, op) for op in policy.operations.values()}
+    usage_rules: list[Rule] = []
+    for limit in limits:
+        if limit.per == "operation":
+            usage_rules.extend(Rule(limit, op) for op in operations if limit.applies_to(op))
+        else:
+            usage_rules.append(Rule(limit, None))
+    usage = Check(plan, "", tuple(usage_rules), 0, None)
+    for check in (*checks.values(), usage):
+        check.version = policy.version
+    return checks, usage
+
+
 def compile_policy(policy: Policy) -> Compiled:
     operations = tuple(policy.operations)
     checks = {

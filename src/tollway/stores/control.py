@@ -10,6 +10,9 @@ Layout:
 - ``tw:policy:active``: JSON of the activation in force (see `tollway.watch.Activation`);
 - ``tw:policy:body:VERSION``: JSON ``{"format", "body"}``, the text of a published version
   (content-addressed: the version is the document's hash, so it never changes);
+- ``tw:policy:overrides:DIGEST``: JSON list of the per-subject overrides in force
+  (``{"subject", "limit", "spec", "expires_us"}``), content-addressed like a body (DIGEST: 12
+  hex digits of its sha256); the active key names the one in force;
 - ``tw:policy:shadow:VERSION``: a hash, per limit name the steps the pilot version would have
   denied that were evaluated in its shadow, expiring ``ttl_ms`` after the last count.
 
@@ -43,6 +46,10 @@ def checked_version(version: object) -> str:
 
 def body_key(version: str) -> str:
     return f"tw:policy:body:{checked_version(version)}"
+
+
+def overrides_key(digest: str) -> str:
+    return f"tw:policy:overrides:{checked_version(digest)}"
 
 
 def shadow_key(version: str) -> str:
@@ -166,5 +173,6 @@ __all__ = [
     "answer_async",
     "body_key",
     "checked_version",
+    "overrides_key",
     "shadow_key",
 ]
