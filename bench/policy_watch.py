@@ -25,6 +25,11 @@ from typing import Any
 
 from bench.server import RedisServer
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.10 only
+    import tomli as tomllib
+
 HERE = Path(__file__).resolve().parent
 TARGET = 1.02
 POLICY = """
@@ -93,8 +98,6 @@ def _case(url: str, rounds: int, calls: int, ledger: str) -> dict[str, Any]:
 
 
 def _doc() -> dict[str, Any]:
-    import tomllib
-
     return tomllib.loads(POLICY)
 
 

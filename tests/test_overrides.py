@@ -49,11 +49,14 @@ def store_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def setup(store_url: str, tmp_path: Path) -> Iterator[tuple[Tollway, Policies, FakeClock]]:
     clock = FakeClock(NOW)
-    with Tollway(DOC, store_url, clock=clock, policy_from=PolicyWatch(check_every=0)) as tw:
-        with open_ledger(f"sqlite:///{tmp_path / 'l.db'}") as ledger:
-            policies = Policies(ledger, tw.store, clock)
-            policies.activate(policies.upload(V1, by="ops").version, by="ops")
-            yield tw, policies, clock
+    watch = PolicyWatch(check_every=0)
+    with (
+        Tollway(DOC, store_url, clock=clock, policy_from=watch) as tw,
+        open_ledger(f"sqlite:///{tmp_path / 'l.db'}") as ledger,
+    ):
+        policies = Policies(ledger, tw.store, clock)
+        policies.activate(policies.upload(V1, by="ops").version, by="ops")
+        yield tw, policies, clock
 
 
 def allowed(tw: Tollway, subject: str, n: int, op: str = "call") -> list[bool]:
@@ -83,7 +86,7 @@ def test_an_override_raises_one_subjects_limit_until_it_expires(
 def test_an_override_adds_a_limit_and_a_new_one_replaces_it(
     setup: tuple[Tollway, Policies, FakeClock],
 ) -> None:
-    tw, policies, clock = setup
+    tw, policies, _ = setup
     policies.override(
         "cap", "calls", {"quota": "2/day", "operations": ["other"]}, timedelta(hours=1), by="s"
     )

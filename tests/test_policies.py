@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,11 @@ import pytest
 import redis
 
 from processes import run_together
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.10 only
+    import tomli as tomllib
 from tollway import Tollway
 from tollway.admin.policies import Policies
 from tollway.engine.cohort import Cohort
@@ -126,8 +132,6 @@ def test_upload_is_idempotent_on_the_document_hash(ledger_path: str) -> None:
 
 
 def _doc(text: str) -> Any:
-    import tomllib
-
     return tomllib.loads(text)
 
 
