@@ -359,3 +359,59 @@ def test_four_other_processes_see_an_activation_within_a_second(
     assert {version for _, version, _ in found} == {v2}
     lags = [seen - at for _, _, seen in found]
     assert max(lags) < 1.0, lags
+
+
+# ------------------------------------------------------------------ the async face, a cluster
+
+
+async def test_the_async_face_follows_activations_and_pilots(
+    store_url: str, ledger_path: str
+) -> None:
+    from tollway import AsyncTollway
+
+    clock = FakeClock(NOW)
+    watch = PolicyWatch(check_every=0, shadow_every=1)
+    tw = AsyncTollway(V1_DOC, store_url, clock=clock, policy_from=watch)
+    try:
+        with open_ledger(ledger_path) as ledger, Tollway(V1_DOC, store_url) as admin:
+            # The admin side writes through a sync client of the same store (memory: its own).
+            store = tw.store.sync if store_url == "memory://" else admin.store  # type: ignore[attr-defined]
+            policies = Policies(ledger, store, clock)
+            v1, v2 = policies.upload(V1, by="ops").version, policies.upload(V2, by="ops").version
+            policies.activate(v1, by="ops")
+            assert (await tw.acquire("a", "call")).policy_version == v1
+            policies.activate(v2, Cohort(subjects=["p"]), by="ops")
+            got = [(await tw.acquire("p", "call")).allowed for _ in range(6)]
+            assert got == [True] * 5 + [False]
+            assert (await tw.usage("p")).limits[0].limit == 5
+            assert (await tw.acquire("a", "call")).policy_version == v1
+            assert (await tw.shadow_report(v2))["evaluated"] == 1
+            policies.rollback(by="ops")
+            assert (await tw.acquire("p", "call")).policy_version == v1
+    finally:
+        await tw.aclose()
+
+
+def test_activation_on_a_cluster(
+    redis_cluster_url: str, redis_cluster_client: Any, ledger_path: str
+) -> None:
+    clock = FakeClock(NOW)
+    watch = PolicyWatch(check_every=0, shadow_every=1)
+    with (
+        Tollway(V1_DOC, redis_cluster_url, clock=clock, policy_from=watch) as tw,
+        open_ledger(ledger_path) as ledger,
+    ):
+        policies = Policies(ledger, tw.store, clock)
+        v1 = policies.upload(V1, by="ops").version
+        v3 = policies.upload(V1.replace('"3/hour"', '"1/hour"'), by="ops").version
+        policies.activate(v1, by="ops")
+        policies.activate(v3, Cohort(percent=50), by="ops")
+        subjects = [f"c{n}" for n in range(20)]
+        versions = {s: tw.acquire(s, "call").policy_version for s in subjects}
+        assert set(versions.values()) == {v1, v3}
+        for s in subjects:
+            tw.acquire(s, "call")
+        report = policies.shadow_report(v3)
+        outside = sum(1 for v in versions.values() if v == v1)
+        assert report["evaluated"] == 2 * outside
+        assert report["would_deny"] == {"hourly": outside}
