@@ -415,3 +415,25 @@ def test_activation_on_a_cluster(
         outside = sum(1 for v in versions.values() if v == v1)
         assert report["evaluated"] == 2 * outside
         assert report["would_deny"] == {"hourly": outside}
+
+
+def test_a_watched_client_with_the_store_away_still_decides(
+    make_redis_server: Any, ledger_path: str
+) -> None:
+    server = make_redis_server()
+    clock = FakeClock(NOW)
+    watch = PolicyWatch(check_every=0, shadow_every=1)
+    with (
+        Tollway(V1_DOC, server.url, clock=clock, policy_from=watch) as tw,
+        open_ledger(ledger_path) as ledger,
+    ):
+        policies = Policies(ledger, tw.store, clock)
+        v1, v2 = policies.upload(V1, by="ops").version, policies.upload(V2, by="ops").version
+        policies.activate(v1, by="ops")
+        policies.activate(v2, Cohort(plan="pro"), by="ops")
+        assert tw.acquire("a", "call").policy_version == v1
+        server.kill()
+        for subject in ("a", "never-seen"):
+            decision = tw.acquire(subject, "call")
+            assert decision.degraded and decision.allowed  # on_error = "open"
+            assert decision.policy_version == v1  # the version in force, kept

@@ -378,7 +378,9 @@ class Tollway(_Face[SyncStore, Driver]):
 
     def _engine_for(self, subject: str) -> Engine:
         watch = self._watch
-        return self._engine if watch is None else drive(watch.select(subject), self._store)
+        if watch is None or (watch.pilot is None and monotonic() < watch.due):
+            return self._engine
+        return drive(watch.select(subject), self._store)
 
     def shadow_report(self, version: str) -> dict[str, Any]:
         """What the pilot ``version`` would have denied of the calls evaluated in its shadow
@@ -517,7 +519,7 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
 
     async def _engine_for(self, subject: str) -> Engine:
         watch = self._watch
-        if watch is None:
+        if watch is None or (watch.pilot is None and monotonic() < watch.due):
             return self._engine
         return await drive_async(watch.select(subject), self._store)
 

@@ -34,7 +34,13 @@ from tollway.engine.core import Engine
 from tollway.engine.replies import OK
 from tollway.engine.requests import Control, Flow
 from tollway.engine.step import PEEK
-from tollway.errors import ConfigurationError, PolicyError, PolicyIssue, TollwayError
+from tollway.errors import (
+    ConfigurationError,
+    PolicyError,
+    PolicyIssue,
+    StoreUnavailableError,
+    TollwayError,
+)
 from tollway.policy import load, loads
 from tollway.policy.model import Policy
 from tollway.policy.overrides import Override, override_limit
@@ -249,7 +255,10 @@ class Watcher:
             # The plan in force as this process knows it (read once for a subject not seen).
             base = self.base
             if not base.knows(subject):
-                yield from flows.plan_of(base, subject)
+                try:
+                    yield from flows.plan_of(base, subject)
+                except StoreUnavailableError:
+                    return False  # the call itself decides without the store, as ever
             assigned = base.assigned(subject)
             plan = assigned if assigned is not None else base.policy.defaults.plan
             return plan == cohort.plan
