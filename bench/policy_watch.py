@@ -5,7 +5,10 @@ vs the same client with a fixed policy, in the same run, on the memory store and
     taskset -c 1 .venv/bin/python -m bench.policy_watch            # 7 rounds x 50,000 calls
     taskset -c 1 .venv/bin/python -m bench.policy_watch --quick    # 1 round x 5,000 (smoke)
 
-Target (issue 13): checking for a new policy version costs <= 2% of acquire throughput.
+Target (issue 13): checking for a new policy version costs <= 2% of acquire throughput. The
+verdict is on the check alone (timed in a tight loop, less an empty loop) against a fixed
+client's memory-store acquire: the whole-acquire A/B ratios are reported beside it, but on a
+shared machine their noise is larger than 2%.
 Each round times both clients on one subject after a warm-up, the first alternating; the
 ratio (watched / fixed time per call) is taken within a round and its median reported. An
 active version is published before the run, so the watched client decides under it (the
@@ -16,6 +19,7 @@ pid. Writes ``bench/POLICY_WATCH_RESULTS.md``; exit status 1 when a ratio misses
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -89,12 +93,36 @@ def _case(url: str, rounds: int, calls: int, ledger: str) -> dict[str, Any]:
         cpus.append(w[1] / max(1, f[1]))
         per_call.append((f[0] / chunk / CHUNKS / 1000, w[0] / chunk / CHUNKS / 1000))
     assert watched.acquire("bench", "call").policy_version == version
+    checks = [_check_ns(watched) for _ in range(rounds)]
     return {
+        "check_ns": statistics.median(checks),
         "fixed_us": statistics.median(p[0] for p in per_call),
         "watched_us": statistics.median(p[1] for p in per_call),
         "ratio": statistics.median(walls),
         "cpu_ratio": statistics.median(cpus),
     }
+
+
+def _check_ns(tw: Any, loops: int = 2_000_000) -> float:
+    """ns of the checks the acquire path makes between two reads of the active key (the
+    very expressions of `Tollway.acquire`: one before the step, one on its reply), less an
+    empty loop's: robust where a whole acquire's time is not, on a loaded machine."""
+    watch = tw.watcher
+    answer = tw.store.execute(tw.engine.consume("bench", "call", None, None, 0))
+    saved, watch.due_us = watch.due_us, answer.now_us + 3600 * 10**6
+    start = time.perf_counter_ns()
+    for _ in range(loops):
+        if watch is not None and watch.routing:
+            pass
+        if watch is not None and answer.now_us >= watch.due_us:
+            pass
+    spent = time.perf_counter_ns() - start
+    start = time.perf_counter_ns()
+    for _ in range(loops):
+        pass
+    empty = time.perf_counter_ns() - start
+    watch.due_us = saved
+    return max(0.0, (spent - empty) / loops)
 
 
 def _doc() -> dict[str, Any]:
@@ -128,13 +156,25 @@ def main(argv: list[str] | None = None) -> int:
         '| store | fixed policy µs/call | policy_from="ledger" µs/call | wall ratio | CPU ratio |',
         "|---|---|---|---|---|",
     ]
-    ok = True
+    memory = results["memory"]
+    share = memory["check_ns"] / (memory["fixed_us"] * 1000)
+    ok = share <= TARGET - 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['fixed_us']:.2f} | {r['watched_us']:.2f} | {r['ratio']:.3f} "
             f"| {r['cpu_ratio']:.3f} |"
         )
         ok = ok and r["ratio"] <= TARGET
+    lines += [
+        "",
+        f"The checks themselves, between two reads of the active key (every call but one "
+        f"per 0.5 s): {memory['check_ns']:.0f} ns, {share:.2%} of a memory-store acquire "
+        f"({memory['fixed_us']:.2f} µs here), less of a Redis one. Verdict on this figure: "
+        f"{'met' if ok else 'missed'}. Whole-acquire ratios are listed too; with a load "
+        f"average of {load:.1f} on this machine during the run they mostly measure the "
+        "neighbours (a ratio below 1 is noise too).",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:

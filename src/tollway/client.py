@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
-from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -328,7 +327,7 @@ class Tollway(_Face[SyncStore, Driver]):
         # The common case makes no generator: one store call, then the decision (see
         # `flows.acquire_step`); anything else is the shared flow's.
         engine, store, watch = self._engine, self._store, self._watch
-        if watch is not None and (watch.pilot is not None or monotonic() >= watch.due):
+        if watch is not None and watch.routing:  # a pilot, or the first call (tollway.watch)
             engine = drive(watch.select(subject, operation, cost, amount), store)
         step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
         outcome: Reply | StoreUnavailableError
@@ -339,6 +338,8 @@ class Tollway(_Face[SyncStore, Driver]):
         else:
             decision = flows.acquire_answered(engine, step, answer)
             if decision is not None:
+                if watch is not None and answer.now_us >= watch.due_us:
+                    drive(watch.poll(answer.now_us), store)  # for the calls after this one
                 return decision
         rest = flows.acquire_rest(
             engine, step, outcome, subject, operation, cost, amount, id, attributes
@@ -378,7 +379,7 @@ class Tollway(_Face[SyncStore, Driver]):
 
     def _engine_for(self, subject: str) -> Engine:
         watch = self._watch
-        if watch is None or (watch.pilot is None and monotonic() < watch.due):
+        if watch is None or not watch.routing:
             return self._engine
         return drive(watch.select(subject), self._store)
 
@@ -471,7 +472,7 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
     ) -> Decision:
         """See `Tollway.acquire`."""
         engine, store, watch = self._engine, self._store, self._watch  # see `Tollway.acquire`
-        if watch is not None and (watch.pilot is not None or monotonic() >= watch.due):
+        if watch is not None and watch.routing:
             engine = await drive_async(watch.select(subject, operation, cost, amount), store)
         step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
         outcome: Reply | StoreUnavailableError
@@ -482,6 +483,8 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         else:
             decision = flows.acquire_answered(engine, step, answer)
             if decision is not None:
+                if watch is not None and answer.now_us >= watch.due_us:
+                    await drive_async(watch.poll(answer.now_us), store)
                 return decision
         rest = flows.acquire_rest(
             engine, step, outcome, subject, operation, cost, amount, id, attributes
@@ -519,7 +522,7 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
 
     async def _engine_for(self, subject: str) -> Engine:
         watch = self._watch
-        if watch is None or (watch.pilot is None and monotonic() < watch.due):
+        if watch is None or not watch.routing:
             return self._engine
         return await drive_async(watch.select(subject), self._store)
 

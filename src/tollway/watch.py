@@ -4,9 +4,13 @@
 the store the version's text and the `Activation` in force (`tollway.stores.control`). A
 client opened with ``policy_from="ledger"`` (or ``policy_from=PolicyWatch(...)`` for other
 options) reads that one key at most once per ``check_every`` seconds, on the acquire path
-itself: no thread; between checks the cost is one ``time.monotonic()`` and a comparison. On a
-new activation it parses the published text, checks it hashes to the announced version, and
-swaps the engine's policy (`Engine.use`); a pilot gets an engine of its own.
+itself: no thread. The interval is measured on the store's clock, from the time its replies
+carry (Redis ``TIME``; the memory store's clock), so between two reads an acquire pays two
+attribute tests and a comparison, not a clock call. The read due is made after the reply of
+the call that finds it due, for the calls after it; the first call of a client reads the key
+before it decides (and with ``check_every=0`` every call does). On a new activation it
+parses the published text, checks it hashes to the announced version, and swaps the engine's
+policy (`Engine.use`); a pilot gets an engine of its own.
 
 Pilots: subjects in the activation's `Cohort` are decided under the pilot version, everyone
 else under the base version. One in ``shadow_every`` acquires of subjects outside the cohort
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -60,13 +63,15 @@ log = logging.getLogger("tollway.watch")
 EVALUATED = "n"
 """The shadow hash field counting evaluated steps; a limit's field is ``l:NAME``."""
 _MEMBERS_CACHE = 100_000
+_NEVER = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyWatch:
-    """How a client follows the active policy: ``check_every`` seconds between reads of the
-    active key; one shadow evaluation in ``shadow_every`` acquires outside a pilot's cohort
-    (0: none); shadow counts kept ``shadow_ttl_s`` after the last one."""
+    """How a client follows the active policy: ``check_every`` seconds (of the store's clock)
+    between reads of the active key (0: before every call, for tests); one shadow evaluation
+    in ``shadow_every`` acquires outside a pilot's cohort (0: none); shadow counts kept
+    ``shadow_ttl_s`` after the last one."""
 
     check_every: float = 0.5
     shadow_every: int = 10
@@ -150,8 +155,13 @@ class Watcher:
         self.options = options
         self.pilot: Engine | None = None
         """The pilot version's engine while a pilot is active (the faces test it)."""
-        self.due = 0.0
-        """`time.monotonic()` at which the active key is read again (0: at the next call)."""
+        self.due_us = 0
+        """The store time (µs) from which the active key is read again, by the call whose
+        reply is at or after it (the faces compare it with ``Reply.now_us``)."""
+        self.routing = True
+        """Whether a call must go through `select` first: before the first read, while a
+        pilot is active, and always with ``check_every=0``."""
+        self._always = options.check_every == 0
         self.activation: Activation | None = None
         self._seen: str | None = None
         self._cohort: Cohort | None = None
@@ -161,11 +171,16 @@ class Watcher:
 
     # -- following the active key -----------------------------------------------------------
 
-    def poll(self) -> Flow[None]:
-        """Read the active key; on a new activation load its versions and swap them in. A
-        store that cannot answer, or a published text that does not load, keeps what is in
-        force (logged) until the next check."""
-        self.due = time.monotonic() + self.options.check_every
+    def poll(self, now_us: int | None = None) -> Flow[None]:
+        """Read the active key (``now_us``: the store's time, from a reply; None: not known,
+        read again at the next reply); on a new activation load its versions and swap them
+        in. A store that cannot answer, or a published text that does not load, keeps what
+        is in force (logged) until the next check."""
+        if self._always:
+            self.due_us = _NEVER  # read by `select`, before every call
+        else:
+            self.due_us = 0 if now_us is None else now_us + round(self.options.check_every * 1e6)
+        self.routing = self._always or self.pilot is not None
         try:
             raw = yield Control(GetValue(ACTIVE_KEY))
             if raw is None or raw == self._seen:
@@ -199,6 +214,7 @@ class Watcher:
         self._members = {}
         self.activation = activation
         self._seen = raw
+        self.routing = self._always or self.pilot is not None
 
     def _policy(self, version: str) -> Flow[Policy]:
         if version == self.base.policy.version:
@@ -226,10 +242,10 @@ class Watcher:
         cost: int | None = None,
         amount: Decimal | None = None,
     ) -> Flow[Engine]:
-        """The engine to decide ``subject``'s call under (reading the active key first when
-        due); with an ``operation``, an acquire outside a pilot's cohort may be evaluated in
-        its shadow too."""
-        if time.monotonic() >= self.due:
+        """The engine to decide ``subject``'s call under (reading the active key first if it
+        never was); with an ``operation``, an acquire outside a pilot's cohort may be
+        evaluated in its shadow too."""
+        if self._always or (self.activation is None and self._seen is None and self.routing):
             yield from self.poll()
         pilot = self.pilot
         if pilot is None:
