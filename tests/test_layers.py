@@ -55,6 +55,7 @@ LAYER_OF = {
     "tollway.wsgi": "faces",
     "tollway.fastapi": "faces",
     "tollway.testing": "faces",
+    "tollway.watch": "faces",
     "tollway.inline": "faces",
     "tollway.driver": "faces",
     "tollway.outbound": "features",

@@ -33,6 +33,7 @@ from tollway.policy.model import Policy
 from tollway.reservation import AsyncReservation, Reservation
 from tollway.stores import AsyncStore, MemoryStore, SyncStore, open_async_store, open_store
 from tollway.usage import Usage
+from tollway.watch import PolicyWatch, Watcher, shadow_counts, watch_options
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -83,8 +84,12 @@ class _Face(Generic[S, D]):
         *,
         clock: Callable[[], int] | None = None,
         observer: Observer | None = None,
+        policy_from: str | PolicyWatch | None = None,
     ) -> None:
         self._engine = Engine(_policy(policy), clock)
+        options = watch_options(policy_from)
+        self._watch = None if options is None else Watcher(self._engine, options)
+        """Follows the activations of `tollway.admin.policies` (None: the policy is fixed)."""
         self._recorder: Recorder | None = None
         self._ledger: Ledger | None = None
         self._ledger_lock = threading.Lock()
@@ -116,8 +121,9 @@ class _Face(Generic[S, D]):
         *,
         clock: Callable[[], int] | None = None,
         observer: Observer | None = None,
+        policy_from: str | PolicyWatch | None = None,
     ) -> F:
-        return cls(load(Path(path)), store, clock=clock, observer=observer)
+        return cls(load(Path(path)), store, clock=clock, observer=observer, policy_from=policy_from)
 
     @property
     def store(self) -> S:
@@ -240,6 +246,11 @@ class _Face(Generic[S, D]):
     def engine(self) -> Engine:
         return self._engine
 
+    @property
+    def watcher(self) -> Watcher | None:
+        """What follows the active policy (``policy_from``), or None."""
+        return self._watch
+
 
 def _billed(
     policy: Policy,
@@ -356,7 +367,9 @@ class Tollway(_Face[SyncStore, Driver]):
         or amount is refused (``"conflict"``). ``attributes`` travel with the usage event."""
         # The common case makes no generator: one store call, then the decision (see
         # `flows.acquire_step`); anything else is the shared flow's.
-        engine, store = self._engine, self._store
+        engine, store, watch = self._engine, self._store, self._watch
+        if watch is not None and watch.routing:  # a pilot, or the first call (tollway.watch)
+            engine = drive(watch.select(subject, operation, cost, amount), store)
         step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
         outcome: Reply | StoreUnavailableError
         try:
@@ -366,6 +379,8 @@ class Tollway(_Face[SyncStore, Driver]):
         else:
             decision = flows.acquire_answered(engine, step, answer)
             if decision is not None:
+                if watch is not None and answer.now_us >= watch.due_us:
+                    drive(watch.poll(answer.now_us), store)  # for the calls after this one
                 return decision
         rest = flows.acquire_rest(
             engine, step, outcome, subject, operation, cost, amount, id, attributes
@@ -384,7 +399,8 @@ class Tollway(_Face[SyncStore, Driver]):
     ) -> Reservation:
         """Hold ``estimate`` units until `Reservation.commit` or `Reservation.release`; the
         commit appends the usage event (``id``: its id; ``attributes``: its attributes)."""
-        flow = flows.reserve(self._engine, subject, operation, estimate, amount, id, attributes)
+        engine = self._engine_for(subject)
+        flow = flows.reserve(engine, subject, operation, estimate, amount, id, attributes)
         return Reservation(drive(flow, self._store), self._driver)
 
     def route(self, name: str, **options: Any) -> Route:
@@ -396,11 +412,22 @@ class Tollway(_Face[SyncStore, Driver]):
 
     def usage(self, subject: str) -> Usage:
         """Where every limit of the subject's plan stands, consuming nothing."""
-        return drive(_usage(self._engine, subject), self._store)
+        return drive(_usage(self._engine_for(subject), subject), self._store)
 
     def reset(self, subject: str, limit: str | None = None) -> int:
         """Clear the subject's counters (of one limit, if named); returns how many existed."""
-        return drive(_reset(self._engine, subject, limit), self._store)
+        return drive(_reset(self._engine_for(subject), subject, limit), self._store)
+
+    def _engine_for(self, subject: str) -> Engine:
+        watch = self._watch
+        if watch is None or not watch.routing:
+            return self._engine
+        return drive(watch.select(subject), self._store)
+
+    def shadow_report(self, version: str) -> dict[str, Any]:
+        """What the pilot ``version`` would have denied of the calls evaluated in its shadow
+        (see `tollway.watch`): ``{"version", "evaluated", "would_deny": {limit: count}}``."""
+        return drive(shadow_counts(version), self._store)
 
     @property
     def billing(self) -> Billing:
@@ -499,7 +526,9 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         attributes: Mapping[str, str | int | bool] | None = None,
     ) -> Decision:
         """See `Tollway.acquire`."""
-        engine, store = self._engine, self._store  # the hot path of `Tollway.acquire`
+        engine, store, watch = self._engine, self._store, self._watch  # see `Tollway.acquire`
+        if watch is not None and watch.routing:
+            engine = await drive_async(watch.select(subject, operation, cost, amount), store)
         step = flows.acquire_step(engine, subject, operation, cost, amount, id, attributes)
         outcome: Reply | StoreUnavailableError
         try:
@@ -509,6 +538,8 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         else:
             decision = flows.acquire_answered(engine, step, answer)
             if decision is not None:
+                if watch is not None and answer.now_us >= watch.due_us:
+                    await drive_async(watch.poll(answer.now_us), store)
                 return decision
         rest = flows.acquire_rest(
             engine, step, outcome, subject, operation, cost, amount, id, attributes
@@ -526,7 +557,8 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         attributes: Mapping[str, str | int | bool] | None = None,
     ) -> AsyncReservation:
         """See `Tollway.reserve`."""
-        flow = flows.reserve(self._engine, subject, operation, estimate, amount, id, attributes)
+        engine = await self._engine_for(subject)
+        flow = flows.reserve(engine, subject, operation, estimate, amount, id, attributes)
         return AsyncReservation(await drive_async(flow, self._store), self._driver)
 
     def route(self, name: str, **options: Any) -> AsyncRoute:
@@ -536,10 +568,22 @@ class AsyncTollway(_Face[AsyncStore, AsyncDriver]):
         return AsyncRoute(self, name, **options)
 
     async def usage(self, subject: str) -> Usage:
-        return await drive_async(_usage(self._engine, subject), self._store)
+        engine = await self._engine_for(subject)
+        return await drive_async(_usage(engine, subject), self._store)
 
     async def reset(self, subject: str, limit: str | None = None) -> int:
-        return await drive_async(_reset(self._engine, subject, limit), self._store)
+        engine = await self._engine_for(subject)
+        return await drive_async(_reset(engine, subject, limit), self._store)
+
+    async def _engine_for(self, subject: str) -> Engine:
+        watch = self._watch
+        if watch is None or not watch.routing:
+            return self._engine
+        return await drive_async(watch.select(subject), self._store)
+
+    async def shadow_report(self, version: str) -> dict[str, Any]:
+        """See `Tollway.shadow_report`."""
+        return await drive_async(shadow_counts(version), self._store)
 
     @property
     def billing(self) -> AsyncBilling:

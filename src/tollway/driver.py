@@ -28,6 +28,7 @@ from tollway.engine.requests import (
     Append,
     Assign,
     Assigned,
+    Control,
     Credits,
     Delete,
     Flow,
@@ -38,6 +39,7 @@ from tollway.engine.requests import (
     Settle,
 )
 from tollway.engine.step import Step
+from tollway.stores import control
 
 if TYPE_CHECKING:
     from tollway.engine.core import Engine
@@ -69,6 +71,7 @@ _SYNC: dict[type, Callable[[Any, Any], Any]] = {
     Assigned: lambda store, r: store.assigned(r.subject),
     Delete: lambda store, r: store.delete(r.subject, r.fields),
     Invoke: lambda store, r: r.fn(r.arg),
+    Control: lambda store, r: control.answer(store, r.op),
 }
 
 
@@ -85,6 +88,7 @@ _ASYNC: dict[type, Callable[[Any, Any], Awaitable[Any]]] = {
     # What the async stores answer without awaiting.
     NewHoldId: _hold_id,
     Journal: _journal_async,
+    Control: lambda store, r: control.answer_async(store, r.op),
 }
 
 

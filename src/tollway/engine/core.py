@@ -10,7 +10,7 @@ the flow then builds the step again.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +25,7 @@ from tollway.engine.replies import (
     STALE_WINDOW,
     Reply,
 )
-from tollway.engine.rules import ALWAYS, Check, Compiled, compile_policy
+from tollway.engine.rules import ALWAYS, Check, Compiled, compile_policy, plan_checks
 from tollway.engine.step import (
     ACQUIRE,
     MAX_COST,
@@ -47,6 +47,7 @@ from tollway.errors import (
 from tollway.keyspace import MAX_SUBJECT
 from tollway.money import MAX_MICROS, decimal_to_micros
 from tollway.policy.model import Policy
+from tollway.policy.overrides import Override, with_overrides
 
 _UNSEEN: Any = object()
 # Assignments cached per process; a stale entry costs one extra round trip, never a wrong answer.
@@ -57,20 +58,66 @@ class Engine:
     """Pure, I/O-free: builds steps from the policy and turns store replies into decisions."""
 
     def __init__(self, policy: Policy, clock: Callable[[], int] | None = None) -> None:
-        self.policy = policy
-        self.compiled: Compiled = compile_policy(policy)
         self.clock = clock or system_clock
-        self.hold_ttl_us = policy.store.hold_ttl_ms * 1000
         self._assigned: dict[str, str | None] = {}
         self.offset_us = 0
         """Store clock minus local clock, learned from replies, to pick the store's windows."""
+        self._overrides: dict[str, tuple[Override, ...]] = {}
+        self.use(policy)
+
+    def use(self, policy: Policy) -> None:
+        """Decide under ``policy`` from now on (an activation picked up without a restart).
+
+        Compiled first, then swapped in; the step caches built under the old policy are
+        replaced last, so a step being built meanwhile is of one policy or the other (a
+        cached step is immutable and carries its own). Plan assignments stay valid: they are
+        the store's, not the policy's. The open store keeps its ``[store]`` settings."""
+        compiled = compile_policy(policy)
+        self.policy = policy
+        self.compiled: Compiled = compiled
+        self.hold_ttl_us = policy.store.hold_ttl_ms * 1000
         self._default_plan = policy.defaults.plan
-        self._steps: dict[str, dict[str, Step]] = {}
-        self._provider_steps: dict[str, Step] = {}
-        """Recent default-cost acquire steps per subject and operation, reused while valid."""
         self.events = policy.ledger.url is not None and policy.ledger.events
         """Whether steps append usage events (a ledger is configured and events are on)."""
         self.max_repeats = policy.ledger.max_repeats
+        self._steps: dict[str, dict[str, Step]] = {}
+        self._provider_steps: dict[str, Step] = {}
+        """Recent default-cost acquire steps per subject and operation, reused while valid."""
+        self._override_checks: dict[str, tuple[int, str, dict[str, Check], Check]] = {}
+        """Per overridden subject: (valid until, plan, checks, usage check)."""
+
+    # -- per-subject overrides --------------------------------------------------------------
+
+    def set_overrides(self, overrides: Mapping[str, Sequence[Override]]) -> None:
+        """Every subject's overrides from now on (replacing the previous set). A subject
+        without one costs nothing: its steps are cached as before; an overridden subject's are
+        not, so an override's end (``expires_us`` against this engine's clock: a wall clock,
+        like the admin's that set it; not the store's) is seen by the next call."""
+        before = self._overrides
+        self._overrides = {subject: tuple(found) for subject, found in overrides.items() if found}
+        self._override_checks = {}
+        for subject in (*before, *self._overrides):
+            self._steps.pop(subject, None)
+
+    def overrides(self, subject: str) -> tuple[Override, ...]:
+        """The subject's overrides in force now."""
+        now = self.clock()
+        return tuple(o for o in self._overrides.get(subject, ()) if o.expires_us > now)
+
+    def _checks_of(self, subject: str, plan: str) -> tuple[Mapping[str, Check], Check] | None:
+        now = self.clock()
+        entry = self._override_checks.get(subject)
+        if entry is not None and entry[1] == plan and now < entry[0]:
+            return entry[2], entry[3]
+        live = [o for o in self._overrides.get(subject, ()) if o.expires_us > now]
+        found = self.policy.plans.get(plan)
+        if not live or found is None:
+            self._override_checks.pop(subject, None)
+            return None
+        limits = with_overrides(found.limits, tuple(o.limit for o in live))
+        checks, usage = plan_checks(plan, limits, self.policy)
+        self._override_checks[subject] = (min(o.expires_us for o in live), plan, checks, usage)
+        return checks, usage
 
     # -- building steps ---------------------------------------------------------------------
 
@@ -105,6 +152,10 @@ class Engine:
 
     def assigned(self, subject: str) -> str | None:
         return self._assigned.get(subject)
+
+    def knows(self, subject: str) -> bool:
+        """Whether this process has learned the subject's assignment (from a step or a read)."""
+        return subject in self._assigned
 
     def remember(self, subject: str, plan: str | None) -> None:
         cache = self._assigned
@@ -147,6 +198,11 @@ class Engine:
             if self.plan_of(subject, assigned) is None:
                 return Step(subject, None, None, None, 0, None, [], mode)  # unknown subject
             raise AssertionError("unreachable")  # pragma: no cover - plan_of raised
+        overridden = bool(self._overrides) and subject in self._overrides
+        if overridden:
+            found = self._checks_of(subject, plan)
+            if found is not None:
+                checks = found[0]
         check = checks.get(operation)
         if check is None:
             raise UnknownOperationError(
@@ -174,7 +230,7 @@ class Engine:
             step.event = usage_template(step, self.policy.version)
         if mode == RESERVE:
             step.hold_ttl_us = self.hold_ttl_us
-        elif mode == ACQUIRE and cost is None and amount is None:
+        elif mode == ACQUIRE and cost is None and amount is None and not overridden:
             steps = self._steps.get(subject)
             if steps is None:
                 if len(self._steps) >= _PLAN_CACHE_SIZE:
@@ -255,6 +311,10 @@ class Engine:
         if plan is None:
             return Step(subject, assigned, plan, None, 0, None, [], PEEK)
         check = self.compiled.usage[plan]
+        if self._overrides and subject in self._overrides:
+            found = self._checks_of(subject, plan)
+            if found is not None:
+                check = found[1]
         step = Step(subject, assigned, plan, check, 0, None, [0] * len(check.rules), PEEK)
         span = step.span = check.windows(self.clock() + self.offset_us)
         step.windows = span[2]

@@ -279,6 +279,13 @@ class Decision:
         return self._step.plan
 
     @property
+    def policy_version(self) -> str:
+        """The version (`Policy.version`) of the policy the step was built from; ``""`` for
+        a subject without a plan."""
+        check = self._step.check
+        return check.version if check is not None else ""
+
+    @property
     def cost(self) -> int:
         """Units of cost taken (or asked for, when denied)."""
         return self._step.cost
@@ -384,6 +391,7 @@ class Decision:
             "subject": self.subject,
             "operation": self.operation,
             "plan": self.plan,
+            "policy_version": self.policy_version,
             "cost": self.cost,
             "retry_after": self.retry_after,
             "violated": list(self.violated),

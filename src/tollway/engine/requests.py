@@ -98,6 +98,14 @@ class Invoke:
     arg: Any
 
 
+@dataclass(frozen=True, slots=True)
+class Control:
+    """One small control record of the store (`tollway.stores.control`: the active policy
+    version, a policy's published text, shadow counts); answered as ``op`` says."""
+
+    op: Any
+
+
 Request = (
     Step
     | Settle
@@ -110,6 +118,7 @@ Request = (
     | Assigned
     | Delete
     | Invoke
+    | Control
 )
 Flow = Generator[Request, Any, T]
 """The logic of one operation: yields `Request`s, is sent their answers, returns a ``T``."""
@@ -118,6 +127,7 @@ __all__ = [
     "Append",
     "Assign",
     "Assigned",
+    "Control",
     "Credits",
     "Delete",
     "Flow",

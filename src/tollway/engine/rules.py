@@ -207,6 +207,7 @@ class Check:
         "reads",
         "rules",
         "static_packed",
+        "version",
     )
 
     def __init__(
@@ -223,6 +224,8 @@ class Check:
         self.rules = rules
         self.default_cost = default_cost
         self.price_micros = price_micros
+        self.version = ""
+        """The version of the policy it was compiled from (what decisions report)."""
         self.has_money = any(rule.money for rule in rules)
         self.currency = currency or next((r.currency for r in rules if r.currency), None)
         """The currency of its price or budgets (what its usage events' amounts are in)."""
@@ -349,6 +352,25 @@ def _provider_check(provider: Provider) -> Check:
     return Check(provider.name, PROVIDER_OPERATION, rules, 1, price, currency)
 
 
+def plan_checks(
+    plan: str, limits: tuple[Limit, ...], policy: Policy
+) -> tuple[dict[str, Check], Check]:
+    """The checks of one plan's ``limits`` (a subject's, with its overrides): per operation,
+    and its usage view, as `compile_policy` builds them for a plan of ``policy``."""
+    operations = tuple(policy.operations)
+    checks = {op.name: _check(plan, limits, op) for op in policy.operations.values()}
+    usage_rules: list[Rule] = []
+    for limit in limits:
+        if limit.per == "operation":
+            usage_rules.extend(Rule(limit, op) for op in operations if limit.applies_to(op))
+        else:
+            usage_rules.append(Rule(limit, None))
+    usage = Check(plan, "", tuple(usage_rules), 0, None)
+    for check in (*checks.values(), usage):
+        check.version = policy.version
+    return checks, usage
+
+
 def compile_policy(policy: Policy) -> Compiled:
     operations = tuple(policy.operations)
     checks = {
@@ -362,4 +384,18 @@ def compile_policy(policy: Policy) -> Compiled:
         for plan in policy.plans.values()
     }
     providers = {name: _provider_check(p) for name, p in policy.providers.items()}
+    for check in _every_check(checks, usage, providers):
+        check.version = policy.version
     return Compiled(checks=checks, usage=usage, providers=providers)
+
+
+def _every_check(
+    checks: Mapping[str, Mapping[str, Check]],
+    usage: Mapping[str, Check],
+    providers: Mapping[str, Check],
+) -> list[Check]:
+    return [
+        *(check for by_op in checks.values() for check in by_op.values()),
+        *usage.values(),
+        *providers.values(),
+    ]

@@ -327,6 +327,42 @@ INSERT INTO admin_audit_head (id, seq, hash)
     VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000')
 """
 
+# Migration 6: policy versions (`tollway.admin.policies`). A version is the document's hash
+# (`Policy.version`), so uploading the same document twice stores it once. An activation row
+# is the state it put in force: ``version`` for the ``cohort`` (NULL: everyone), ``base`` for
+# everyone else, ``prior`` the activation it replaced (what a rollback goes back to). An
+# override raises (or adds) one limit of one subject until ``expires_at_us``.
+_POLICIES = """
+CREATE TABLE policy_versions (
+    version         TEXT    NOT NULL PRIMARY KEY,
+    format          TEXT    NOT NULL CHECK (format IN ('toml', 'yaml', 'json')),
+    body            TEXT    NOT NULL,
+    created_at_us   BIGINT  NOT NULL,
+    created_by      TEXT    NOT NULL,
+    note            TEXT    NOT NULL
+);
+CREATE TABLE policy_activations (
+    seq             BIGINT  NOT NULL PRIMARY KEY,
+    version         TEXT    NOT NULL REFERENCES policy_versions (version),
+    cohort          TEXT,
+    base            TEXT    NOT NULL REFERENCES policy_versions (version),
+    prior           BIGINT,
+    at_us           BIGINT  NOT NULL,
+    activated_by    TEXT    NOT NULL,
+    note            TEXT    NOT NULL
+);
+CREATE TABLE policy_overrides (
+    subject         TEXT    NOT NULL,
+    limit_name      TEXT    NOT NULL,
+    spec            TEXT    NOT NULL,
+    created_at_us   BIGINT  NOT NULL,
+    expires_at_us   BIGINT  NOT NULL,
+    created_by      TEXT    NOT NULL,
+    PRIMARY KEY (subject, limit_name, created_at_us)
+);
+CREATE INDEX policy_overrides_expiry ON policy_overrides (expires_at_us)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage_events, unique on id, indexed by subject and time", _SQLITE_1, _POSTGRES_1),
     Migration(
@@ -349,6 +385,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "admin: admin_tokens (hashed), admin_audit hash-chained with admin_audit_head",
         _ADMIN_TABLES,
         _ADMIN_TABLES,
+    ),
+    Migration(
+        6, "policies: versions, activations (pilots, rollback), overrides", _POLICIES, _POLICIES
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
