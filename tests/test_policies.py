@@ -437,3 +437,23 @@ def test_a_watched_client_with_the_store_away_still_decides(
             decision = tw.acquire(subject, "call")
             assert decision.degraded and decision.allowed  # on_error = "open"
             assert decision.policy_version == v1  # the version in force, kept
+
+
+def test_an_activation_stays_inside_its_store_prefix(redis_url: str, ledger_path: str) -> None:
+    redis.Redis.from_url(redis_url).flushall()
+    clock = FakeClock(NOW)
+    watch = PolicyWatch(check_every=0)
+    acme = {**V1_DOC, "store": {"url": redis_url, "prefix": "acme"}}
+    umbrella = {**V1_DOC, "store": {"url": redis_url, "prefix": "umbrella"}}
+    with (
+        Tollway(acme, clock=clock, policy_from=watch) as a,
+        Tollway(umbrella, clock=clock, policy_from=watch) as u,
+        open_ledger(ledger_path) as ledger,
+    ):
+        policies = Policies(ledger, a.store, clock)
+        v2 = policies.upload(V2, by="ops").version
+        policies.activate(v2, by="ops")
+        assert a.acquire("s", "call").policy_version == v2
+        assert u.acquire("s", "call").policy_version == u.policy.version != v2
+    keys = {key.decode() for key in redis.Redis.from_url(redis_url).scan_iter("*policy*")}
+    assert keys and all(key.startswith("acme:tw:policy:") for key in keys)

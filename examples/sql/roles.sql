@@ -44,8 +44,10 @@ BEGIN
     EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT USAGE, SELECT ON SEQUENCES TO tollway_writer', ledger_schema);
 
     -- ... and UPDATE / DELETE only where tollway changes rows: the hook outbox (a message's
-    -- attempts, delivered messages pruned; aggregation buckets) and the invoice numbering.
+    -- attempts, delivered messages pruned; aggregation buckets), the invoice numbering, and
+    -- the control plane's token use and revocation and the audit log's head (never its rows).
     EXECUTE format('GRANT UPDATE, DELETE ON %I.hook_messages, %I.hook_buckets TO tollway_writer', ledger_schema, ledger_schema);
     EXECUTE format('GRANT UPDATE ON %I.billing_numbers TO tollway_writer', ledger_schema);
+    EXECUTE format('GRANT UPDATE ON %I.admin_tokens, %I.admin_audit_head TO tollway_writer', ledger_schema, ledger_schema);
 END
 $roles$;

@@ -16,6 +16,8 @@ Layout:
 - ``tw:policy:shadow:VERSION``: a hash, per limit name the steps the pilot version would have
   denied that were evaluated in its shadow, expiring ``ttl_ms`` after the last count.
 
+On Redis each key is in the store's ``[store] prefix`` namespace (``acme:tw:policy:active``).
+
 Versions are 12 lowercase hex digits (`Policy.version`), checked before they become a key.
 """
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollway.errors import InvalidArgumentError
+from tollway.keyspace import prefixed
 from tollway.stores import AsyncMemoryStore
 from tollway.stores.memory import MemoryStore
 from tollway.stores.redis_requests import Command
@@ -93,7 +96,7 @@ def answer(store: Any, op: ControlOp) -> Any:
     """``op`` answered by a sync store (memory or Redis)."""
     if isinstance(store, MemoryStore):
         return _memory(store, op)
-    raw = store.send(_command(op))
+    raw = store.send(_command(op, store.prefix))
     return _read(op, raw)
 
 
@@ -101,18 +104,24 @@ async def answer_async(store: Any, op: ControlOp) -> Any:
     """``op`` answered by an async store (memory or Redis)."""
     if isinstance(store, AsyncMemoryStore):
         return _memory(store.sync, op)
-    raw = await store.send(_command(op))
+    raw = await store.send(_command(op, store.prefix))
     return _read(op, raw)
 
 
-def _command(op: ControlOp) -> Command:
+def _command(op: ControlOp, prefix: str) -> Command:
+    # A store's ``[store] prefix`` namespaces these keys like every other (a tenant's policy
+    # is its own).
     if isinstance(op, GetValue):
-        return Command(lambda client: client.get(op.key))
+        key = prefixed(prefix, op.key)
+        return Command(lambda client: client.get(key))
     if isinstance(op, SetValues):
-        return Command(lambda client: _set_all(client, op.pairs))
+        pairs = tuple((prefixed(prefix, k), v) for k, v in op.pairs)
+        return Command(lambda client: _set_all(client, pairs))
     if isinstance(op, CountUp):
-        return Command(lambda client: _count(client, op))
-    return Command(lambda client: client.hgetall(op.key))
+        counted = CountUp(prefixed(prefix, op.key), op.fields, op.ttl_ms)
+        return Command(lambda client: _count(client, counted))
+    key = prefixed(prefix, op.key)
+    return Command(lambda client: client.hgetall(key))
 
 
 def _set_all(client: Any, pairs: tuple[tuple[str, str], ...]) -> Any:
