@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
+
+from starlette.responses import Response
 
 from tollway.admin import control, subjects
 from tollway.admin.access import TokenAccess
 from tollway.admin.app import Admin
+from tollway.admin.routes import Call, Route
 from tollway.admin.store import AdminStore
 from tollway.client import AsyncTollway
 from tollway.policy import load
@@ -20,7 +24,31 @@ def build(config: str | os.PathLike[str], store: str | None = None, **options: A
     tw = AsyncTollway(load(config), store, **options)
     ledger = tw.ledger  # opened (and migrated) before the first request
     access = TokenAccess(AdminStore(ledger, clock=tw.engine.clock), tw.policy.admin)
-    return Admin(tw, access, (*subjects.ROUTES, *control.ROUTES))
+    return Admin(tw, access, (*subjects.ROUTES, *control.ROUTES, _metrics_route(tw)))
+
+
+def _metrics_route(tw: AsyncTollway) -> Route:
+    """``GET /metrics``: the store's breaker and journal, the hook outbox (Prometheus text;
+    services mount `tollway.metrics.metrics_app` for their own decisions)."""
+    from tollway.metrics import Metrics, render
+    from tollway.metrics.app import CONTENT_TYPE
+
+    metrics = Metrics()
+    metrics.add_store(tw.store)
+    metrics.add_ledger(tw.ledger)
+
+    async def scrape(call: Call) -> Response:
+        body = await asyncio.to_thread(render, metrics)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    return Route(
+        "GET",
+        "/metrics",
+        "metrics.read",
+        scrape,
+        "Prometheus metrics (text format)",
+        response={"type": "string"},
+    )
 
 
 def serve(
