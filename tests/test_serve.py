@@ -241,8 +241,12 @@ def test_metrics_need_a_token_and_pass_promtool(server: Server) -> None:
     assert server.call("GET", "/metrics", None).status_code == 401
     got = server.call("GET", "/metrics", "viewer")
     assert got.status_code == 200 and got.headers["content-type"].startswith("text/plain")
-    assert "tollway_hook_messages" in got.text or "tollway_" in got.text
+    assert "tollway_" in got.text
     checked = subprocess.run(
-        ["promtool", "check", "metrics"], input=got.content, capture_output=True, timeout=30
+        ["promtool", "check", "metrics"],
+        input=got.content,
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
