@@ -250,3 +250,40 @@ def test_metrics_need_a_token_and_pass_promtool(server: Server) -> None:
         check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_an_idempotency_key_replays_the_first_answer_and_changes_nothing(server: Server) -> None:
+    key = {"Idempotency-Key": "grant-once-1"}
+    first = server.call(
+        "POST", "/v1/subjects/srv-i1/credits", "billing", json={"amount": "2.00"}, headers=key
+    )
+    again = server.call(
+        "POST", "/v1/subjects/srv-i1/credits", "billing", json={"amount": "2.00"}, headers=key
+    )
+    assert first.status_code == again.status_code == 201
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json() == first.json() and first.json()["balance"] == "2.00"
+    other = server.call(
+        "POST", "/v1/subjects/srv-i1/credits", "billing", json={"amount": "3.00"}, headers=key
+    )
+    assert other.status_code == 422 and "another request" in other.json()["detail"]
+    fresh = server.call("POST", "/v1/subjects/srv-i1/credits", "billing", json={"amount": "1.00"})
+    assert fresh.json()["balance"] == "3.00"  # without a key, a new grant
+    audit = server.call("GET", "/v1/audit?limit=20", "operator").json()["records"]
+    grants = [r for r in audit if r["action"] == "credits.grant" and r["target"] == "srv-i1"]
+    assert len(grants) == 2
+    failed = server.call(
+        "PUT", "/v1/subjects/srv-i1/plan", "operator", json={"plan": "gold"},
+        headers={"Idempotency-Key": "plan-1"},
+    )  # fmt: skip
+    assert failed.status_code == 422
+    fixed = server.call(
+        "PUT", "/v1/subjects/srv-i1/plan", "operator", json={"plan": "gold"},
+        headers={"Idempotency-Key": "plan-1"},
+    )  # fmt: skip
+    assert fixed.status_code == 422 and fixed.headers.get("idempotent-replayed") is None
+    bad = server.call(
+        "PUT", "/v1/subjects/srv-i1/plan", "operator", json={"plan": "pro"},
+        headers={"Idempotency-Key": "x" * 300},
+    )  # fmt: skip
+    assert bad.status_code == 400

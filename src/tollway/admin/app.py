@@ -10,6 +10,7 @@ Content-Security-Policy and no-store caching.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
@@ -22,8 +23,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.routing import Route as StarletteRoute
 
+from tollway.admin.idempotency import answer_flow, check_key, claim_flow, request_hash
 from tollway.admin.routes import Call, Route
-from tollway.admin.web import BadRequest, json_response, problem_response, status_of
+from tollway.admin.web import BadRequest, json_response, problem_response, read_body, status_of
 from tollway.client import AsyncTollway
 from tollway.errors import TollwayError
 
@@ -118,9 +120,11 @@ class Admin:
                 subject = Call.decoded(request, "subject")
                 self.access.authorize(actor, route.action, subject)
                 call = Call(request=request, admin=self, actor=actor, subject=subject)
-                response = await route.handler(call)
-                if route.mutates and response.status_code < 400:
-                    await self.access.audit(call, route.action)
+                key = request.headers.get("idempotency-key")
+                if route.mutates and key is not None:
+                    response = await self._once(call, route, check_key(key))
+                else:
+                    response = await self._run(call, route)
             except (TollwayError, KeyError) as exc:
                 response = _problem(exc)
             except Exception:
@@ -130,6 +134,40 @@ class Admin:
             return response
 
         return endpoint
+
+    async def _run(self, call: Call, route: Route) -> Response:
+        response = await route.handler(call)
+        if route.mutates and response.status_code < 400:
+            await self.access.audit(call, route.action)
+        return response
+
+    async def _once(self, call: Call, route: Route, key: str) -> Response:
+        """`_run` under an Idempotency-Key: a repeat gets the first answer, running nothing."""
+        request, ledger = call.request, self.tw.ledger
+        digest = request_hash(request.method, request.url.path, await read_body(request))
+        token = str(getattr(call.actor, "token_id", ""))
+        now = self.tw.engine.clock()
+        claim = await asyncio.to_thread(
+            ledger.transact, lambda: claim_flow(ledger.dialect, token, key, digest, now)
+        )
+        if not claim.fresh:
+            replay = Response(claim.body or "", status_code=claim.status or 200)
+            replay.headers["Content-Type"] = "application/json"
+            replay.headers["Idempotent-Replayed"] = "true"
+            return replay
+        try:
+            response = await self._run(call, route)
+        except BaseException:
+            await asyncio.to_thread(
+                ledger.transact, lambda: answer_flow(ledger.dialect, token, key, 500, "")
+            )
+            raise
+        body = bytes(response.body).decode("utf-8", "replace")
+        status = response.status_code
+        await asyncio.to_thread(
+            ledger.transact, lambda: answer_flow(ledger.dialect, token, key, status, body)
+        )
+        return response
 
     async def _openapi(self, request: Request) -> Response:
         from tollway.admin.openapi import document
