@@ -20,7 +20,7 @@ import pytest
 from http_support import free_port
 from metering_e2e_support import to_toml
 from tollway import Tollway
-from tollway.admin import control, subjects
+from tollway.admin import control, policies_api, subjects
 from tollway.admin.roles import PERMISSIONS, ROLES
 from tollway.admin.store import AdminStore
 from tollway.cli.admin import cli_principal
@@ -213,7 +213,7 @@ def test_grants_and_the_openapi_document(server: Server) -> None:
 # -- the RBAC matrix: every route, every role ---------------------------------------------------
 
 
-ROUTES = (*subjects.ROUTES, *control.ROUTES)
+ROUTES = (*subjects.ROUTES, *control.ROUTES, *policies_api.ROUTES)
 SAMPLE_BODY = {
     "subjects.assign": {"plan": "pro"},
     "subjects.reset": {},
@@ -225,7 +225,13 @@ SAMPLE_BODY = {
 def test_every_route_answers_every_role_as_the_matrix_says(server: Server) -> None:
     checked = 0
     for route in ROUTES:
-        path = route.path.replace("{subject}", "srv-m").replace("{token}", "nope")
+        path = (
+            route.path.replace("{subject}", "srv-m")
+            .replace("{token}", "nope")
+            .replace("{version}", "0" * 12)
+            .replace("{other}", "1" * 12)
+            .replace("{limit}", "hourly")
+        )
         for role in ROLE_NAMES:
             body = SAMPLE_BODY.get(route.action) if route.method != "GET" else None
             got = server.call(route.method, path, role, json=body)
@@ -287,3 +293,54 @@ def test_an_idempotency_key_replays_the_first_answer_and_changes_nothing(server:
         headers={"Idempotency-Key": "x" * 300},
     )  # fmt: skip
     assert bad.status_code == 400
+
+
+V2_TEXT = """
+[defaults]
+plan = "free"
+[operations]
+search = { price = "0.01 USD" }
+[plans.free]
+limits = [{ name = "hourly", quota = "7/hour" }]
+"""
+
+
+def test_policies_upload_diff_activate_roll_back_and_override(server: Server) -> None:
+    bad = server.call(
+        "POST", "/v1/policies", "operator", json={"text": "[plans.free]\nlimits = 5\n"}
+    )
+    assert bad.status_code == 422 and bad.json()["issues"][0]["path"].startswith("plans.free")
+    assert server.call("GET", "/v1/policies", "viewer").json()["versions"] == []
+    up = server.call("POST", "/v1/policies", "operator", json={"text": V2_TEXT})
+    assert up.status_code == 201, up.text
+    version = up.json()["version"]
+    assert server.call("POST", "/v1/policies", "viewer", json={"text": V2_TEXT}).status_code == 403
+    got = server.call("GET", f"/v1/policies/{version}", "viewer").json()
+    assert got["version"] == version and "7/hour" in got["body"]
+    on = server.call("POST", f"/v1/policies/{version}/activate", "operator", json={})
+    assert on.status_code == 200 and on.json()["version"] == version
+    active = server.call("GET", "/v1/policies", "viewer").json()["active"]
+    assert active["version"] == version
+    over = server.call(
+        "PUT", "/v1/subjects/srv-p1/overrides/hourly", "support",
+        json={"spec": {"quota": "500/hour"}, "expires_in_s": 3600},
+    )  # fmt: skip
+    assert over.status_code == 200, over.text
+    listed = server.call("GET", "/v1/subjects/srv-p1/overrides", "viewer").json()["overrides"]
+    assert [o["limit"] for o in listed] == ["hourly"]
+    once = server.call("POST", "/v1/policies/rollback", "operator", json={})
+    assert once.status_code == 400 and "no earlier activation" in once.json()["detail"]
+    v3 = server.call(
+        "POST", "/v1/policies", "operator", json={"text": V2_TEXT.replace("7/hour", "9/hour")}
+    ).json()["version"]
+    diff = server.call("GET", f"/v1/policies/{version}/diff/{v3}", "viewer").json()
+    assert diff["changes"] == [
+        {"path": "plans.free.limits[0].quota", "before": "7/hour", "after": "9/hour"}
+    ]
+    assert server.call("POST", f"/v1/policies/{v3}/activate", "operator").status_code == 200
+    back = server.call("POST", "/v1/policies/rollback", "operator", json={})
+    assert back.status_code == 200 and back.json()["version"] == version
+    audit = server.call("GET", "/v1/audit?limit=10", "operator").json()["records"]
+    assert [r["action"] for r in audit[:3]] == ["policies.write"] * 3
+    assert audit[0]["before"]["version"] == v3 and audit[0]["after"]["version"] == version
+    assert "overrides.write" in [r["action"] for r in audit]

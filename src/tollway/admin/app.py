@@ -27,7 +27,7 @@ from tollway.admin.idempotency import answer_flow, check_key, claim_flow, reques
 from tollway.admin.routes import Call, Route
 from tollway.admin.web import BadRequest, json_response, problem_response, read_body, status_of
 from tollway.client import AsyncTollway
-from tollway.errors import TollwayError
+from tollway.errors import PolicyError, TollwayError
 
 __all__ = ["Access", "Admin", "SECURITY_HEADERS"]
 
@@ -71,6 +71,10 @@ class Admin:
         self.tw = tw
         self.access = access
         self.routes = tuple(routes)
+        self.policies: Any = None
+        """`tollway.admin.policies.Policies` when the server keeps policy versions."""
+        self.closing: list[Callable[[], Any]] = []
+        """Run when the server stops (what `server.build` opened besides the Tollway)."""
         self._app = Starlette(routes=self._starlette_routes(), lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
@@ -81,6 +85,8 @@ class Admin:
             close = getattr(self.access, "close", None)
             if callable(close):
                 close()
+            for done in self.closing:
+                done()
             await self.tw.aclose()
 
     # -- what handlers ask of the application ------------------------------------------------
@@ -188,12 +194,15 @@ def _problem(exc: BaseException) -> Response:
     if isinstance(exc, KeyError):  # a lookup the error tree raises as KeyError too
         return problem_response(404, str(exc.args[0]) if exc.args else "not found")
     status = status_of(exc)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, PolicyError):  # every problem of an upload, each with its key path
+        extra["issues"] = [{"path": i.path, "message": i.message} for i in exc.issues]
     headers = {"WWW-Authenticate": 'Bearer realm="tollway"'} if status == 401 else {}
     wait = getattr(exc, "retry_after", None)
     if status == 429 and isinstance(wait, int):
         headers["Retry-After"] = str(wait)
     detail = str(exc) if status < 500 else "an internal error; see the server's log"
-    return problem_response(status, detail, headers=headers)
+    return problem_response(status, detail, headers=headers, **extra)
 
 
 def _forbidden(message: str) -> TollwayError:
