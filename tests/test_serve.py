@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ import pytest
 from http_support import free_port
 from metering_e2e_support import to_toml
 from tollway import Tollway
-from tollway.admin import control, policies_api, subjects
+from tollway.admin import billing_api, control, policies_api, subjects
 from tollway.admin.roles import PERMISSIONS, ROLES
 from tollway.admin.store import AdminStore
 from tollway.cli.admin import cli_principal
 from tollway.metering.ledger import open_ledger
+from tollway.testing import FakeClock
 
 ROLE_NAMES = ROLES
 
@@ -213,7 +215,7 @@ def test_grants_and_the_openapi_document(server: Server) -> None:
 # -- the RBAC matrix: every route, every role ---------------------------------------------------
 
 
-ROUTES = (*subjects.ROUTES, *control.ROUTES, *policies_api.ROUTES)
+ROUTES = (*subjects.ROUTES, *control.ROUTES, *policies_api.ROUTES, *billing_api.ROUTES)
 SAMPLE_BODY = {
     "subjects.assign": {"plan": "pro"},
     "subjects.reset": {},
@@ -231,6 +233,7 @@ def test_every_route_answers_every_role_as_the_matrix_says(server: Server) -> No
             .replace("{version}", "0" * 12)
             .replace("{other}", "1" * 12)
             .replace("{limit}", "hourly")
+            .replace("{number}", "INV-0000-000000")
         )
         for role in ROLE_NAMES:
             body = SAMPLE_BODY.get(route.action) if route.method != "GET" else None
@@ -344,3 +347,36 @@ def test_policies_upload_diff_activate_roll_back_and_override(server: Server) ->
     assert [r["action"] for r in audit[:3]] == ["policies.write"] * 3
     assert audit[0]["before"]["version"] == v3 and audit[0]["after"]["version"] == version
     assert "overrides.write" in [r["action"] for r in audit]
+
+
+def test_invoices_and_credit_notes_keep_to_the_tokens_scope(server: Server) -> None:
+    document = policy(server.redis_url, server.config.parent / "ledger.db")
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    document["plans"]["basic"] = {"fee": {"amount": "10.00 USD"}}
+    # The server's policy has no basic plan: bill straight in the ledger the server reads.
+    with Tollway(document, clock=clock) as tw:
+        tw.assign("acme:paying", "basic")
+        tw.assign("other:paying", "basic")
+        clock.set(datetime(2026, 2, 1, 2, tzinfo=timezone.utc))
+        made = {i.subject: i.number for i in tw.billing.close().invoices}
+    mine = server.call("GET", "/v1/subjects/acme%3Apaying/invoices", "scoped")
+    assert mine.status_code == 200 and [i["number"] for i in mine.json()["invoices"]] == [
+        made["acme:paying"]
+    ]
+    theirs = server.call("GET", f"/v1/invoices/{made['other:paying']}", "scoped")
+    assert theirs.status_code == 403
+    one = server.call("GET", f"/v1/invoices/{made['acme:paying']}", "viewer")
+    assert one.status_code == 200 and one.json()["total"] == "10.00"
+    note = server.call(
+        "POST", f"/v1/invoices/{made['acme:paying']}/credit-notes", "billing",
+        json={"amount": "4.00", "reason": "outage", "refund": True},
+    )  # fmt: skip
+    assert note.status_code == 201, note.text
+    too_much = server.call(
+        "POST", f"/v1/invoices/{made['acme:paying']}/credit-notes", "billing",
+        json={"amount": "6.01", "reason": "again"},
+    )  # fmt: skip
+    assert too_much.status_code == 422 and "at most 6.00" in too_much.json()["detail"]
+    listed = server.call("GET", f"/v1/invoices/{made['acme:paying']}", "viewer").json()
+    assert [n["amount"] for n in listed["credit_notes"]] == ["4.00"]
+    assert server.call("POST", "/v1/billing/close", "scoped").status_code == 403

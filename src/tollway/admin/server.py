@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from tollway.admin import control, policies_api, subjects
+from tollway.admin import billing_api, control, policies_api, subjects
 from tollway.admin.access import TokenAccess
 from tollway.admin.app import Admin
 from tollway.admin.policies import Policies
@@ -26,7 +26,14 @@ def build(config: str | os.PathLike[str], store: str | None = None, **options: A
     tw = AsyncTollway(load(config), store, **options)
     ledger = tw.ledger  # opened (and migrated) before the first request
     access = TokenAccess(AdminStore(ledger, clock=tw.engine.clock), tw.policy.admin)
-    routes = (*subjects.ROUTES, *control.ROUTES, *policies_api.ROUTES, _metrics_route(tw))
+    routes: tuple[Route, ...] = (
+        *subjects.ROUTES,
+        *control.ROUTES,
+        *policies_api.ROUTES,
+        _metrics_route(tw),
+    )
+    if tw.policy.billing is not None:
+        routes = (*routes, *billing_api.ROUTES)
     admin = Admin(tw, access, routes)
     # Policy versions publish to the store with sync calls (in a worker thread): the memory
     # store's sync face, or a sync client of the same Redis.
