@@ -21,7 +21,7 @@ import pytest
 from http_support import free_port
 from metering_e2e_support import to_toml
 from tollway import Tollway
-from tollway.admin import billing_api, control, policies_api, subjects
+from tollway.admin import billing_api, control, hooks_api, policies_api, subjects
 from tollway.admin.roles import PERMISSIONS, ROLES
 from tollway.admin.store import AdminStore
 from tollway.cli.admin import cli_principal
@@ -215,12 +215,19 @@ def test_grants_and_the_openapi_document(server: Server) -> None:
 # -- the RBAC matrix: every route, every role ---------------------------------------------------
 
 
-ROUTES = (*subjects.ROUTES, *control.ROUTES, *policies_api.ROUTES, *billing_api.ROUTES)
+ROUTES = (
+    *subjects.ROUTES,
+    *control.ROUTES,
+    *policies_api.ROUTES,
+    *billing_api.ROUTES,
+    *hooks_api.ROUTES,
+)
 SAMPLE_BODY = {
     "subjects.assign": {"plan": "pro"},
     "subjects.reset": {},
     "credits.grant": {"amount": "1.00"},
     "tokens.write": {"name": "made-by-test", "role": "viewer"},
+    "hooks.write": {"dead": True},
 }
 
 
@@ -380,3 +387,14 @@ def test_invoices_and_credit_notes_keep_to_the_tokens_scope(server: Server) -> N
     listed = server.call("GET", f"/v1/invoices/{made['acme:paying']}", "viewer").json()
     assert [n["amount"] for n in listed["credit_notes"]] == ["4.00"]
     assert server.call("POST", "/v1/billing/close", "scoped").status_code == 403
+
+
+def test_hook_messages_are_listed_and_retried(server: Server) -> None:
+    listed = server.call("GET", "/v1/hooks/messages?status=dead", "viewer")
+    assert listed.status_code == 200 and listed.json() == {"messages": []}
+    assert server.call("GET", "/v1/hooks/messages?status=lost", "viewer").status_code == 400
+    retried = server.call("POST", "/v1/hooks/retry", "operator", json={"dead": True})
+    assert retried.status_code == 200 and retried.json() == {"retried": []}
+    vague = server.call("POST", "/v1/hooks/replay", "operator", json={})
+    assert vague.status_code == 400 and "say which messages" in vague.json()["detail"]
+    assert server.call("POST", "/v1/hooks/retry", "support", json={"dead": True}).status_code == 403

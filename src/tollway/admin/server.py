@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from tollway.admin import billing_api, control, policies_api, subjects
+from tollway.admin import billing_api, control, hooks_api, policies_api, subjects
 from tollway.admin.access import TokenAccess
 from tollway.admin.app import Admin
 from tollway.admin.policies import Policies
@@ -30,6 +30,7 @@ def build(config: str | os.PathLike[str], store: str | None = None, **options: A
         *subjects.ROUTES,
         *control.ROUTES,
         *policies_api.ROUTES,
+        *hooks_api.ROUTES,
         _metrics_route(tw),
     )
     if tw.policy.billing is not None:
