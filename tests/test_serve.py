@@ -21,14 +21,16 @@ import pytest
 from http_support import free_port
 from metering_e2e_support import to_toml
 from tollway import Tollway
-from tollway.admin import billing_api, control, hooks_api, policies_api, subjects
+from tollway.admin import billing_api, control, hooks_api, keys_api, policies_api, subjects
 from tollway.admin.roles import PERMISSIONS, ROLES
 from tollway.admin.store import AdminStore
 from tollway.cli.admin import cli_principal
+from tollway.keys import ApiKeys
 from tollway.metering.ledger import open_ledger
 from tollway.testing import FakeClock
 
 ROLE_NAMES = ROLES
+KEY_SECRET = "serve-test-pepper-" + "k" * 40
 
 
 def policy(redis_url: str, ledger: Path) -> dict[str, Any]:
@@ -101,7 +103,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         [sys.executable, "-m", "tollway", "serve", "--config", str(config), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ},
+        env={**os.environ, "TOLLWAY_KEY_SECRET": KEY_SECRET},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -221,6 +223,7 @@ ROUTES = (
     *policies_api.ROUTES,
     *billing_api.ROUTES,
     *hooks_api.ROUTES,
+    *keys_api.ROUTES,
 )
 SAMPLE_BODY = {
     "subjects.assign": {"plan": "pro"},
@@ -241,6 +244,7 @@ def test_every_route_answers_every_role_as_the_matrix_says(server: Server) -> No
             .replace("{other}", "1" * 12)
             .replace("{limit}", "hourly")
             .replace("{number}", "INV-0000-000000")
+            .replace("{key}", "aaaaaaaa")
         )
         for role in ROLE_NAMES:
             body = SAMPLE_BODY.get(route.action) if route.method != "GET" else None
@@ -398,3 +402,24 @@ def test_hook_messages_are_listed_and_retried(server: Server) -> None:
     vague = server.call("POST", "/v1/hooks/replay", "operator", json={})
     assert vague.status_code == 400 and "say which messages" in vague.json()["detail"]
     assert server.call("POST", "/v1/hooks/retry", "support", json={"dead": True}).status_code == 403
+
+
+def test_api_keys_are_issued_once_rotated_and_revoked(server: Server) -> None:
+    issued = server.call("POST", "/v1/subjects/srv-k1/keys", "operator", json={"label": "ci"})
+    assert issued.status_code == 201, issued.text
+    raw, key_id = issued.json()["key"], issued.json()["key_id"]
+    listed = server.call("GET", "/v1/subjects/srv-k1/keys", "viewer").json()["keys"]
+    assert [k["key_id"] for k in listed] == [key_id] and "key" not in listed[0]
+    document = policy(server.redis_url, server.config.parent / "ledger.db")
+    with Tollway(document) as tw:
+        keys = ApiKeys(tw, secret=KEY_SECRET)
+        assert keys.verify(raw) == "srv-k1"
+        rotated = server.call(
+            "POST", f"/v1/keys/{key_id}/rotate", "operator", json={"overlap_s": 0}
+        )
+        assert rotated.status_code == 201
+        assert keys.verify(rotated.json()["key"]) == "srv-k1"
+        gone = server.call("DELETE", f"/v1/keys/{rotated.json()['key_id']}", "operator")
+        assert gone.status_code == 200 and gone.json()["state"] == "revoked"
+        assert keys.verify(rotated.json()["key"]) is None
+    assert server.call("DELETE", f"/v1/keys/{key_id}", "scoped").status_code == 403

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from tollway.admin import billing_api, control, hooks_api, policies_api, subjects
+from tollway.admin import billing_api, control, hooks_api, keys_api, policies_api, subjects
 from tollway.admin.access import TokenAccess
 from tollway.admin.app import Admin
 from tollway.admin.policies import Policies
@@ -31,6 +31,7 @@ def build(config: str | os.PathLike[str], store: str | None = None, **options: A
         *control.ROUTES,
         *policies_api.ROUTES,
         *hooks_api.ROUTES,
+        *keys_api.ROUTES,
         _metrics_route(tw),
     )
     if tw.policy.billing is not None:
