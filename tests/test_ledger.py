@@ -606,15 +606,15 @@ def test_a_newer_schema_is_refused(ledger_url: str) -> None:
 
 
 def test_pending_lists_what_is_missing() -> None:
-    assert [m.version for m in pending([], where="x")] == [1, 2, 3, 4, 5, 6]
-    assert [m.version for m in pending([1], where="x")] == [2, 3, 4, 5, 6]
-    assert [m.version for m in pending([1, 2], where="x")] == [3, 4, 5, 6]
-    assert [m.version for m in pending([1, 2, 3], where="x")] == [4, 5, 6]
-    assert [m.version for m in pending([1, 2, 3, 4], where="x")] == [5, 6]
-    assert [m.version for m in pending([1, 2, 3, 4, 6], where="x")] == [5]
-    assert pending([1, 2, 3, 4, 5, 6], where="x") == []
+    assert [m.version for m in pending([], where="x")] == [1, 2, 3, 4, 5, 6, 7]
+    assert [m.version for m in pending([1], where="x")] == [2, 3, 4, 5, 6, 7]
+    assert [m.version for m in pending([1, 2], where="x")] == [3, 4, 5, 6, 7]
+    assert [m.version for m in pending([1, 2, 3], where="x")] == [4, 5, 6, 7]
+    assert [m.version for m in pending([1, 2, 3, 4], where="x")] == [5, 6, 7]
+    assert [m.version for m in pending([1, 2, 3, 4, 6], where="x")] == [5, 7]
+    assert pending([1, 2, 3, 4, 5, 6, 7], where="x") == []
     with pytest.raises(LedgerSchemaError, match="unknown: 98, 99"):
-        pending([1, 2, 3, 4, 5, 6, 98, 99], where="x")
+        pending([1, 2, 3, 4, 5, 6, 7, 98, 99], where="x")
 
 
 @pytest.mark.postgres

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,16 @@ import pytest
 from http_support import free_port
 from metering_e2e_support import to_toml
 from tollway import Tollway
-from tollway.admin import control, subjects
+from tollway.admin import billing_api, control, hooks_api, keys_api, policies_api, subjects
 from tollway.admin.roles import PERMISSIONS, ROLES
 from tollway.admin.store import AdminStore
 from tollway.cli.admin import cli_principal
+from tollway.keys import ApiKeys
 from tollway.metering.ledger import open_ledger
+from tollway.testing import FakeClock
 
 ROLE_NAMES = ROLES
+KEY_SECRET = "serve-test-pepper-" + "k" * 40
 
 
 def policy(redis_url: str, ledger: Path) -> dict[str, Any]:
@@ -99,7 +103,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         [sys.executable, "-m", "tollway", "serve", "--config", str(config), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ},
+        env={**os.environ, "TOLLWAY_KEY_SECRET": KEY_SECRET},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -213,19 +217,35 @@ def test_grants_and_the_openapi_document(server: Server) -> None:
 # -- the RBAC matrix: every route, every role ---------------------------------------------------
 
 
-ROUTES = (*subjects.ROUTES, *control.ROUTES)
+ROUTES = (
+    *subjects.ROUTES,
+    *control.ROUTES,
+    *policies_api.ROUTES,
+    *billing_api.ROUTES,
+    *hooks_api.ROUTES,
+    *keys_api.ROUTES,
+)
 SAMPLE_BODY = {
     "subjects.assign": {"plan": "pro"},
     "subjects.reset": {},
     "credits.grant": {"amount": "1.00"},
     "tokens.write": {"name": "made-by-test", "role": "viewer"},
+    "hooks.write": {"dead": True},
 }
 
 
 def test_every_route_answers_every_role_as_the_matrix_says(server: Server) -> None:
     checked = 0
     for route in ROUTES:
-        path = route.path.replace("{subject}", "srv-m").replace("{token}", "nope")
+        path = (
+            route.path.replace("{subject}", "srv-m")
+            .replace("{token}", "nope")
+            .replace("{version}", "0" * 12)
+            .replace("{other}", "1" * 12)
+            .replace("{limit}", "hourly")
+            .replace("{number}", "INV-0000-000000")
+            .replace("{key}", "aaaaaaaa")
+        )
         for role in ROLE_NAMES:
             body = SAMPLE_BODY.get(route.action) if route.method != "GET" else None
             got = server.call(route.method, path, role, json=body)
@@ -250,3 +270,156 @@ def test_metrics_need_a_token_and_pass_promtool(server: Server) -> None:
         check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_an_idempotency_key_replays_the_first_answer_and_changes_nothing(server: Server) -> None:
+    key = {"Idempotency-Key": "grant-once-1"}
+    first = server.call(
+        "POST", "/v1/subjects/srv-i1/credits", "billing", json={"amount": "2.00"}, headers=key
+    )
+    again = server.call(
+        "POST", "/v1/subjects/srv-i1/credits", "billing", json={"amount": "2.00"}, headers=key
+    )
+    assert first.status_code == again.status_code == 201
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json() == first.json() and first.json()["balance"] == "2.00"
+    other = server.call(
+        "POST", "/v1/subjects/srv-i1/credits", "billing", json={"amount": "3.00"}, headers=key
+    )
+    assert other.status_code == 422 and "another request" in other.json()["detail"]
+    fresh = server.call("POST", "/v1/subjects/srv-i1/credits", "billing", json={"amount": "1.00"})
+    assert fresh.json()["balance"] == "3.00"  # without a key, a new grant
+    audit = server.call("GET", "/v1/audit?limit=20", "operator").json()["records"]
+    grants = [r for r in audit if r["action"] == "credits.grant" and r["target"] == "srv-i1"]
+    assert len(grants) == 2
+    failed = server.call(
+        "PUT", "/v1/subjects/srv-i1/plan", "operator", json={"plan": "gold"},
+        headers={"Idempotency-Key": "plan-1"},
+    )  # fmt: skip
+    assert failed.status_code == 422
+    fixed = server.call(
+        "PUT", "/v1/subjects/srv-i1/plan", "operator", json={"plan": "gold"},
+        headers={"Idempotency-Key": "plan-1"},
+    )  # fmt: skip
+    assert fixed.status_code == 422 and fixed.headers.get("idempotent-replayed") is None
+    bad = server.call(
+        "PUT", "/v1/subjects/srv-i1/plan", "operator", json={"plan": "pro"},
+        headers={"Idempotency-Key": "x" * 300},
+    )  # fmt: skip
+    assert bad.status_code == 400
+
+
+V2_TEXT = """
+[defaults]
+plan = "free"
+[operations]
+search = { price = "0.01 USD" }
+[plans.free]
+limits = [{ name = "hourly", quota = "7/hour" }]
+"""
+
+
+def test_policies_upload_diff_activate_roll_back_and_override(server: Server) -> None:
+    bad = server.call(
+        "POST", "/v1/policies", "operator", json={"text": "[plans.free]\nlimits = 5\n"}
+    )
+    assert bad.status_code == 422 and bad.json()["issues"][0]["path"].startswith("plans.free")
+    assert server.call("GET", "/v1/policies", "viewer").json()["versions"] == []
+    up = server.call("POST", "/v1/policies", "operator", json={"text": V2_TEXT})
+    assert up.status_code == 201, up.text
+    version = up.json()["version"]
+    assert server.call("POST", "/v1/policies", "viewer", json={"text": V2_TEXT}).status_code == 403
+    got = server.call("GET", f"/v1/policies/{version}", "viewer").json()
+    assert got["version"] == version and "7/hour" in got["body"]
+    on = server.call("POST", f"/v1/policies/{version}/activate", "operator", json={})
+    assert on.status_code == 200 and on.json()["version"] == version
+    active = server.call("GET", "/v1/policies", "viewer").json()["active"]
+    assert active["version"] == version
+    over = server.call(
+        "PUT", "/v1/subjects/srv-p1/overrides/hourly", "support",
+        json={"spec": {"quota": "500/hour"}, "expires_in_s": 3600},
+    )  # fmt: skip
+    assert over.status_code == 200, over.text
+    listed = server.call("GET", "/v1/subjects/srv-p1/overrides", "viewer").json()["overrides"]
+    assert [o["limit"] for o in listed] == ["hourly"]
+    once = server.call("POST", "/v1/policies/rollback", "operator", json={})
+    assert once.status_code == 400 and "no earlier activation" in once.json()["detail"]
+    v3 = server.call(
+        "POST", "/v1/policies", "operator", json={"text": V2_TEXT.replace("7/hour", "9/hour")}
+    ).json()["version"]
+    diff = server.call("GET", f"/v1/policies/{version}/diff/{v3}", "viewer").json()
+    assert diff["changes"] == [
+        {"path": "plans.free.limits[0].quota", "before": "7/hour", "after": "9/hour"}
+    ]
+    assert server.call("POST", f"/v1/policies/{v3}/activate", "operator").status_code == 200
+    back = server.call("POST", "/v1/policies/rollback", "operator", json={})
+    assert back.status_code == 200 and back.json()["version"] == version
+    audit = server.call("GET", "/v1/audit?limit=10", "operator").json()["records"]
+    assert [r["action"] for r in audit[:3]] == ["policies.write"] * 3
+    assert audit[0]["before"]["version"] == v3 and audit[0]["after"]["version"] == version
+    assert "overrides.write" in [r["action"] for r in audit]
+
+
+def test_invoices_and_credit_notes_keep_to_the_tokens_scope(server: Server) -> None:
+    document = policy(server.redis_url, server.config.parent / "ledger.db")
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    document["plans"]["basic"] = {"fee": {"amount": "10.00 USD"}}
+    # The server's policy has no basic plan: bill straight in the ledger the server reads.
+    with Tollway(document, clock=clock) as tw:
+        tw.assign("acme:paying", "basic")
+        tw.assign("other:paying", "basic")
+        clock.set(datetime(2026, 2, 1, 2, tzinfo=timezone.utc))
+        made = {i.subject: i.number for i in tw.billing.close().invoices}
+    mine = server.call("GET", "/v1/subjects/acme%3Apaying/invoices", "scoped")
+    assert mine.status_code == 200 and [i["number"] for i in mine.json()["invoices"]] == [
+        made["acme:paying"]
+    ]
+    theirs = server.call("GET", f"/v1/invoices/{made['other:paying']}", "scoped")
+    assert theirs.status_code == 403
+    one = server.call("GET", f"/v1/invoices/{made['acme:paying']}", "viewer")
+    assert one.status_code == 200 and one.json()["total"] == "10.00"
+    note = server.call(
+        "POST", f"/v1/invoices/{made['acme:paying']}/credit-notes", "billing",
+        json={"amount": "4.00", "reason": "outage", "refund": True},
+    )  # fmt: skip
+    assert note.status_code == 201, note.text
+    too_much = server.call(
+        "POST", f"/v1/invoices/{made['acme:paying']}/credit-notes", "billing",
+        json={"amount": "6.01", "reason": "again"},
+    )  # fmt: skip
+    assert too_much.status_code == 422 and "at most 6.00" in too_much.json()["detail"]
+    listed = server.call("GET", f"/v1/invoices/{made['acme:paying']}", "viewer").json()
+    assert [n["amount"] for n in listed["credit_notes"]] == ["4.00"]
+    assert server.call("POST", "/v1/billing/close", "scoped").status_code == 403
+
+
+def test_hook_messages_are_listed_and_retried(server: Server) -> None:
+    listed = server.call("GET", "/v1/hooks/messages?status=dead", "viewer")
+    assert listed.status_code == 200 and listed.json() == {"messages": []}
+    assert server.call("GET", "/v1/hooks/messages?status=lost", "viewer").status_code == 400
+    retried = server.call("POST", "/v1/hooks/retry", "operator", json={"dead": True})
+    assert retried.status_code == 200 and retried.json() == {"retried": []}
+    vague = server.call("POST", "/v1/hooks/replay", "operator", json={})
+    assert vague.status_code == 400 and "say which messages" in vague.json()["detail"]
+    assert server.call("POST", "/v1/hooks/retry", "support", json={"dead": True}).status_code == 403
+
+
+def test_api_keys_are_issued_once_rotated_and_revoked(server: Server) -> None:
+    issued = server.call("POST", "/v1/subjects/srv-k1/keys", "operator", json={"label": "ci"})
+    assert issued.status_code == 201, issued.text
+    raw, key_id = issued.json()["key"], issued.json()["key_id"]
+    listed = server.call("GET", "/v1/subjects/srv-k1/keys", "viewer").json()["keys"]
+    assert [k["key_id"] for k in listed] == [key_id] and "key" not in listed[0]
+    document = policy(server.redis_url, server.config.parent / "ledger.db")
+    with Tollway(document) as tw:
+        keys = ApiKeys(tw, secret=KEY_SECRET)
+        assert keys.verify(raw) == "srv-k1"
+        rotated = server.call(
+            "POST", f"/v1/keys/{key_id}/rotate", "operator", json={"overlap_s": 0}
+        )
+        assert rotated.status_code == 201
+        assert keys.verify(rotated.json()["key"]) == "srv-k1"
+        gone = server.call("DELETE", f"/v1/keys/{rotated.json()['key_id']}", "operator")
+        assert gone.status_code == 200 and gone.json()["state"] == "revoked"
+        assert keys.verify(rotated.json()["key"]) is None
+    assert server.call("DELETE", f"/v1/keys/{key_id}", "scoped").status_code == 403

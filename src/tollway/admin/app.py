@@ -10,6 +10,7 @@ Content-Security-Policy and no-store caching.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
@@ -22,10 +23,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.routing import Route as StarletteRoute
 
+from tollway.admin.idempotency import answer_flow, check_key, claim_flow, request_hash
 from tollway.admin.routes import Call, Route
-from tollway.admin.web import BadRequest, json_response, problem_response, status_of
+from tollway.admin.web import BadRequest, json_response, problem_response, read_body, status_of
 from tollway.client import AsyncTollway
-from tollway.errors import TollwayError
+from tollway.errors import PolicyError, TollwayError
 
 __all__ = ["Access", "Admin", "SECURITY_HEADERS"]
 
@@ -69,6 +71,10 @@ class Admin:
         self.tw = tw
         self.access = access
         self.routes = tuple(routes)
+        self.policies: Any = None
+        """`tollway.admin.policies.Policies` when the server keeps policy versions."""
+        self.closing: list[Callable[[], Any]] = []
+        """Run when the server stops (what `server.build` opened besides the Tollway)."""
         self._app = Starlette(routes=self._starlette_routes(), lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
@@ -79,6 +85,8 @@ class Admin:
             close = getattr(self.access, "close", None)
             if callable(close):
                 close()
+            for done in self.closing:
+                done()
             await self.tw.aclose()
 
     # -- what handlers ask of the application ------------------------------------------------
@@ -118,9 +126,11 @@ class Admin:
                 subject = Call.decoded(request, "subject")
                 self.access.authorize(actor, route.action, subject)
                 call = Call(request=request, admin=self, actor=actor, subject=subject)
-                response = await route.handler(call)
-                if route.mutates and response.status_code < 400:
-                    await self.access.audit(call, route.action)
+                key = request.headers.get("idempotency-key")
+                if route.mutates and key is not None:
+                    response = await self._once(call, route, check_key(key))
+                else:
+                    response = await self._run(call, route)
             except (TollwayError, KeyError) as exc:
                 response = _problem(exc)
             except Exception:
@@ -130,6 +140,40 @@ class Admin:
             return response
 
         return endpoint
+
+    async def _run(self, call: Call, route: Route) -> Response:
+        response = await route.handler(call)
+        if route.mutates and response.status_code < 400:
+            await self.access.audit(call, route.action)
+        return response
+
+    async def _once(self, call: Call, route: Route, key: str) -> Response:
+        """`_run` under an Idempotency-Key: a repeat gets the first answer, running nothing."""
+        request, ledger = call.request, self.tw.ledger
+        digest = request_hash(request.method, request.url.path, await read_body(request))
+        token = str(getattr(call.actor, "token_id", ""))
+        now = self.tw.engine.clock()
+        claim = await asyncio.to_thread(
+            ledger.transact, lambda: claim_flow(ledger.dialect, token, key, digest, now)
+        )
+        if not claim.fresh:
+            replay = Response(claim.body or "", status_code=claim.status or 200)
+            replay.headers["Content-Type"] = "application/json"
+            replay.headers["Idempotent-Replayed"] = "true"
+            return replay
+        try:
+            response = await self._run(call, route)
+        except BaseException:
+            await asyncio.to_thread(
+                ledger.transact, lambda: answer_flow(ledger.dialect, token, key, 500, "")
+            )
+            raise
+        body = bytes(response.body).decode("utf-8", "replace")
+        status = response.status_code
+        await asyncio.to_thread(
+            ledger.transact, lambda: answer_flow(ledger.dialect, token, key, status, body)
+        )
+        return response
 
     async def _openapi(self, request: Request) -> Response:
         from tollway.admin.openapi import document
@@ -150,12 +194,15 @@ def _problem(exc: BaseException) -> Response:
     if isinstance(exc, KeyError):  # a lookup the error tree raises as KeyError too
         return problem_response(404, str(exc.args[0]) if exc.args else "not found")
     status = status_of(exc)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, PolicyError):  # every problem of an upload, each with its key path
+        extra["issues"] = [{"path": i.path, "message": i.message} for i in exc.issues]
     headers = {"WWW-Authenticate": 'Bearer realm="tollway"'} if status == 401 else {}
     wait = getattr(exc, "retry_after", None)
     if status == 429 and isinstance(wait, int):
         headers["Retry-After"] = str(wait)
     detail = str(exc) if status < 500 else "an internal error; see the server's log"
-    return problem_response(status, detail, headers=headers)
+    return problem_response(status, detail, headers=headers, **extra)
 
 
 def _forbidden(message: str) -> TollwayError:

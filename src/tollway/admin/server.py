@@ -8,13 +8,15 @@ from typing import Any
 
 from starlette.responses import Response
 
-from tollway.admin import control, subjects
+from tollway.admin import billing_api, control, hooks_api, keys_api, policies_api, subjects
 from tollway.admin.access import TokenAccess
 from tollway.admin.app import Admin
+from tollway.admin.policies import Policies
 from tollway.admin.routes import Call, Route
 from tollway.admin.store import AdminStore
 from tollway.client import AsyncTollway
 from tollway.policy import load
+from tollway.stores import open_store
 
 __all__ = ["build", "serve"]
 
@@ -24,7 +26,29 @@ def build(config: str | os.PathLike[str], store: str | None = None, **options: A
     tw = AsyncTollway(load(config), store, **options)
     ledger = tw.ledger  # opened (and migrated) before the first request
     access = TokenAccess(AdminStore(ledger, clock=tw.engine.clock), tw.policy.admin)
-    return Admin(tw, access, (*subjects.ROUTES, *control.ROUTES, _metrics_route(tw)))
+    routes: tuple[Route, ...] = (
+        *subjects.ROUTES,
+        *control.ROUTES,
+        *policies_api.ROUTES,
+        *hooks_api.ROUTES,
+        *keys_api.ROUTES,
+        _metrics_route(tw),
+    )
+    if tw.policy.billing is not None:
+        routes = (*routes, *billing_api.ROUTES)
+    admin = Admin(tw, access, routes)
+    # Policy versions publish to the store with sync calls (in a worker thread): the memory
+    # store's sync face, or a sync client of the same Redis.
+    sync = getattr(tw.store, "sync", None)
+    if sync is None:
+        sync = (
+            open_store(None, tw.policy, tw.engine.clock)
+            if store is None
+            else open_store(store, tw.policy, tw.engine.clock)
+        )
+        admin.closing.append(sync.close)
+    admin.policies = Policies(ledger, sync, tw.engine.clock)
+    return admin
 
 
 def _metrics_route(tw: AsyncTollway) -> Route:

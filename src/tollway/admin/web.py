@@ -130,7 +130,12 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def read_body(request: Request, limit: int = BODY_MAX) -> bytes:
-    """The body, refused with 413 past ``limit`` bytes (read in chunks: never held whole)."""
+    """The body, refused with 413 past ``limit`` bytes (read in chunks: never held whole);
+    kept on ``request.state`` so a second read (the handler after the idempotency check)
+    gets the same bytes."""
+    kept = getattr(request.state, "body", None)
+    if isinstance(kept, bytes):
+        return kept
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BadRequest(413, f"body: expected at most {limit} bytes")
@@ -141,7 +146,9 @@ async def read_body(request: Request, limit: int = BODY_MAX) -> bytes:
         if size > limit:
             raise BadRequest(413, f"body: expected at most {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    request.state.body = body
+    return body
 
 
 async def json_body(request: Request, *, optional: bool = False) -> dict[str, Any]:

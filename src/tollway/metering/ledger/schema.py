@@ -363,6 +363,21 @@ CREATE TABLE policy_overrides (
 CREATE INDEX policy_overrides_expiry ON policy_overrides (expires_at_us)
 """
 
+# Migration 7: the admin API's Idempotency-Key records (`tollway.admin.idempotency`): per
+# (token, key) the request's hash and, once answered, the answer, replayed to a repeat.
+_IDEMPOTENCY = """
+CREATE TABLE admin_idempotency (
+    token_id        TEXT    NOT NULL,
+    key             TEXT    NOT NULL,
+    request_hash    TEXT    NOT NULL,
+    status          INTEGER,
+    body            TEXT,
+    created_at_us   BIGINT  NOT NULL,
+    PRIMARY KEY (token_id, key)
+);
+CREATE INDEX admin_idempotency_created ON admin_idempotency (created_at_us)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage_events, unique on id, indexed by subject and time", _SQLITE_1, _POSTGRES_1),
     Migration(
@@ -388,6 +403,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         6, "policies: versions, activations (pilots, rollback), overrides", _POLICIES, _POLICIES
+    ),
+    Migration(
+        7, "admin: Idempotency-Key records of the admin API", _IDEMPOTENCY, _IDEMPOTENCY
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
