@@ -404,9 +404,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         6, "policies: versions, activations (pilots, rollback), overrides", _POLICIES, _POLICIES
     ),
-    Migration(
-        7, "admin: Idempotency-Key records of the admin API", _IDEMPOTENCY, _IDEMPOTENCY
-    ),
+    Migration(7, "admin: Idempotency-Key records of the admin API", _IDEMPOTENCY, _IDEMPOTENCY),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The newest schema version this code knows."""
