@@ -21,7 +21,15 @@ import pytest
 from http_support import free_port
 from metering_e2e_support import to_toml
 from tollway import Tollway
-from tollway.admin import billing_api, control, hooks_api, keys_api, policies_api, subjects
+from tollway.admin import (
+    billing_api,
+    control,
+    hooks_api,
+    keys_api,
+    policies_api,
+    providers_api,
+    subjects,
+)
 from tollway.admin.roles import PERMISSIONS, ROLES
 from tollway.admin.store import AdminStore
 from tollway.cli.admin import cli_principal
@@ -41,6 +49,11 @@ def policy(redis_url: str, ledger: Path) -> dict[str, Any]:
         "operations": {"search": {"price": "0.01 USD"}},
         "billing": {"currency": "USD"},
         "admin": {"support_grant_max": "5.00 USD", "rate": "1000/s"},
+        "providers": {
+            "alpha": {"price": "0.005 USD", "limits": [{"name": "daily", "quota": "100/day"}]},
+            "beta": {"price": "0 USD", "limits": [{"name": "daily", "quota": "50/day"}]},
+        },
+        "routes": {"geocoding": {"providers": ["alpha", "beta"]}},
         "plans": {
             "free": {"limits": [{"name": "hourly", "quota": "100/hour"}]},
             "pro": {
@@ -224,6 +237,7 @@ ROUTES = (
     *billing_api.ROUTES,
     *hooks_api.ROUTES,
     *keys_api.ROUTES,
+    *providers_api.ROUTES,
 )
 SAMPLE_BODY = {
     "subjects.assign": {"plan": "pro"},
@@ -423,3 +437,19 @@ def test_api_keys_are_issued_once_rotated_and_revoked(server: Server) -> None:
         assert gone.status_code == 200 and gone.json()["state"] == "revoked"
         assert keys.verify(rotated.json()["key"]) is None
     assert server.call("DELETE", f"/v1/keys/{key_id}", "scoped").status_code == 403
+
+
+def test_providers_stand_as_the_store_says(server: Server) -> None:
+    document = policy(server.redis_url, server.config.parent / "ledger.db")
+    with Tollway(document) as tw:
+        route = tw.route("geocoding")
+        for _ in range(3):
+            assert route.run(lambda provider: provider).provider == "alpha"
+    got = server.call("GET", "/v1/providers", "viewer")
+    assert got.status_code == 200, got.text
+    providers = {p["provider"]: p for p in got.json()["providers"]}
+    assert sorted(providers) == ["alpha", "beta"]
+    assert providers["alpha"]["routes"] == ["geocoding"] and providers["alpha"]["available"]
+    (daily,) = [lim for lim in providers["alpha"]["limits"] if lim["name"] == "daily"]
+    assert (daily["limit"], daily["used"]) == (100, 3)
+    assert server.call("GET", "/v1/providers", "scoped").status_code == 403

@@ -8,7 +8,15 @@ from typing import Any
 
 from starlette.responses import Response
 
-from tollway.admin import billing_api, control, hooks_api, keys_api, policies_api, subjects
+from tollway.admin import (
+    billing_api,
+    control,
+    hooks_api,
+    keys_api,
+    policies_api,
+    providers_api,
+    subjects,
+)
 from tollway.admin.access import TokenAccess
 from tollway.admin.app import Admin
 from tollway.admin.policies import Policies
@@ -32,6 +40,7 @@ def build(config: str | os.PathLike[str], store: str | None = None, **options: A
         *policies_api.ROUTES,
         *hooks_api.ROUTES,
         *keys_api.ROUTES,
+        *providers_api.ROUTES,
         _metrics_route(tw),
     )
     if tw.policy.billing is not None:
