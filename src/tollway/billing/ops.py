@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar, Union
 
@@ -28,7 +28,7 @@ from tollway.billing.records import PRORATIONS, GrantRecord, PlanChange, Prorati
 from tollway.billing.storage import add_grant, append_change, changes, grants, redeem, take_trial
 from tollway.billing.storage.sql import Dialect
 from tollway.billing.subscriptions import plan_at
-from tollway.clock import US
+from tollway.clock import US, micros
 from tollway.engine import flows
 from tollway.engine.core import Engine
 from tollway.engine.credits import grant_op
@@ -58,7 +58,6 @@ __all__ = [
 T = TypeVar("T")
 DAY_US = 86_400 * US
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +121,7 @@ def to_us(value: object, what: str) -> int:
             f"{what}: {value!r:.80} is not an aware datetime; expected e.g. "
             "datetime(2026, 3, 1, tzinfo=timezone.utc)"
         )
-    span = value.astimezone(timezone.utc) - _EPOCH  # exact: days, seconds, microseconds
-    return (span.days * 86_400 + span.seconds) * US + span.microseconds
+    return micros(value)
 
 
 def money_micros(amount: object, what: str) -> int:
